@@ -1,0 +1,132 @@
+//! Command-line front end: one file per subcommand, each thin over the library.
+
+mod check;
+mod eval;
+mod schema;
+mod test;
+
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tierwise::script::Limits;
+
+/// tierwise: key-account tiering rules — policies in, explained decisions out.
+#[derive(Parser)]
+#[command(name = "tierwise", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+/// Sandbox limits for policy expressions and scripts (operator settings, not policy ones).
+#[derive(clap::Args, Clone)]
+pub struct SandboxArgs {
+    /// rhai operations per evaluation.
+    #[arg(long, global = true, env = "TIERWISE_MAX_OPERATIONS", default_value_t = 100_000)]
+    max_operations: u64,
+    /// Wall-clock milliseconds per account.
+    #[arg(long, global = true, env = "TIERWISE_TIME_PER_ACCOUNT_MS", default_value_t = 50)]
+    time_per_account_ms: u64,
+}
+
+impl SandboxArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_operations: self.max_operations,
+            time_per_account: std::time::Duration::from_millis(self.time_per_account_ms),
+            ..Limits::default()
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate one policy folder or a folder of policies; lists every problem.
+    Check {
+        /// A policy folder (with policy.toml) or a folder of them.
+        #[arg(default_value = "policies")]
+        dir: PathBuf,
+    },
+    /// Run policies' own test cases (tests/*.toml).
+    Test {
+        #[arg(default_value = "policies")]
+        dir: PathBuf,
+    },
+    /// Evaluate accounts from a file (JSON, JSON lines or CSV; `-` for standard input).
+    Eval(eval::EvalArgs),
+    /// Write the JSON schemas (policy, test cases, snapshot, decision, portfolio).
+    Schema {
+        /// Folder to write to.
+        #[arg(long, default_value = "schemas")]
+        out: PathBuf,
+        /// Only check that the folder is up to date (exit 1 if not).
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    let limits = cli.sandbox.limits();
+    match cli.command {
+        Command::Check { dir } => check::run(&dir, &limits),
+        Command::Test { dir } => test::run(&dir, &limits),
+        Command::Eval(args) => eval::run(&args, &limits),
+        Command::Schema { out, check } => schema::run(&out, check),
+    }
+}
+
+/// Colour and graphics only for people at a terminal.
+pub fn stderr_is_terminal() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+/// Policy folders under `dir`, or the exit code for an unusable `dir`.
+pub fn policy_dirs(dir: &std::path::Path) -> Result<Vec<PathBuf>, ExitCode> {
+    match tierwise::policy::policy_dirs(dir) {
+        Ok(d) if d.is_empty() => {
+            eprintln!("error: no policy in `{}` (a policy is a folder with a policy.toml)", dir.display());
+            Err(ExitCode::from(2))
+        }
+        Ok(d) => Ok(d),
+        Err(e) => {
+            eprintln!("error: cannot read `{}`: {e}", dir.display());
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// Loads a policy, printing its diagnostics; `None` when it did not load.
+pub fn load(dir: &std::path::Path, limits: &Limits) -> Option<tierwise::policy::Policy> {
+    match tierwise::policy::load_dir(dir, limits) {
+        Ok(p) => Some(p),
+        Err(tierwise::policy::LoadError::Read(e)) => {
+            eprintln!("error: {e}");
+            None
+        }
+        Err(tierwise::policy::LoadError::Invalid(report)) => {
+            eprint!("{}", render(&report));
+            let n = report.errors().count();
+            eprintln!("error: policy `{}` has {n} problem{}", report.policy, if n == 1 { "" } else { "s" });
+            None
+        }
+    }
+}
+
+/// Graphical (miette) at a terminal, one line per problem otherwise (logs, CI, tests).
+pub fn render(report: &tierwise::policy::Report) -> String {
+    if stderr_is_terminal() {
+        report.render(true)
+    } else {
+        format!("{report}\n")
+    }
+}

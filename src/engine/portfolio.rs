@@ -1,0 +1,305 @@
+//! Portfolio level: the whole book at once.
+//!
+//! Order (DESIGN.md, settled details): validate → score → qualified tier → movement (per
+//! account, on every core) → tier caps, best tier first → `total_max` → manager capacity →
+//! account alerts on the final tier → aggregates → portfolio alerts. Ranking is always by
+//! score descending, then id ascending (UTF-8 bytes), so input order never matters.
+
+use super::*;
+use crate::policy::Overflow;
+use crate::script::Aggregates;
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+fn rank(a: &Scored, b: &Scored) -> Ordering {
+    b.score.total_cmp(&a.score).then_with(|| a.account.id.as_bytes().cmp(b.account.id.as_bytes()))
+}
+
+/// A tier's limit: `min(floor(max_share * N + 1e-9), max_count)`; `None` when it has neither.
+fn limit(max_share: Option<f64>, max_count: Option<u64>, n: usize) -> Option<u64> {
+    let by_share = max_share.map(|s| (s * n as f64 + 1e-9).floor().max(0.0) as u64);
+    match (by_share, max_count) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Applies the tier caps from tier `from` down: accounts over a tier's limit drop to the
+/// next tier (whatever its `when`) and are ranked there with its own accounts.
+fn apply_caps(p: &Policy, scored: &mut [Scored], from: usize, n: usize) {
+    let last = p.tiers.len() - 1;
+    for t in from..last {
+        let tier = &p.tiers[t];
+        let Some(lim) = limit(tier.max_share, tier.max_count, n) else { continue };
+        let mut members: Vec<usize> = (0..scored.len()).filter(|&i| scored[i].tier == t).collect();
+        if members.len() as u64 <= lim {
+            continue;
+        }
+        members.sort_by(|&a, &b| rank(&scored[a], &scored[b]));
+        let what = match (tier.max_share, tier.max_count) {
+            (Some(s), Some(c)) => format!("max_share {} of {n} accounts, max_count {c}", num(s)),
+            (Some(s), None) => format!("max_share {} of {n} accounts", num(s)),
+            (None, Some(c)) => format!("max_count {c}"),
+            (None, None) => String::new(),
+        };
+        for (pos, &i) in members.iter().enumerate().skip(lim as usize) {
+            let s = &mut scored[i];
+            s.tier = t + 1;
+            s.reasons.push(Reason {
+                code: "cap",
+                message: format!("{} keeps at most {lim} accounts ({what}); ranked {} by score, moves to {}", tier.id, pos + 1, p.tiers[t + 1].id),
+            });
+        }
+    }
+}
+
+pub(crate) struct Book {
+    pub managers: Vec<ManagerLoad>,
+}
+
+/// Caps, `total_max` and manager capacity over the decided accounts.
+fn place_accounts(p: &Policy, scored: &mut [Scored]) -> Book {
+    let n = scored.len();
+    apply_caps(p, scored, 0, n);
+    let Some(cap) = &p.capacity else { return Book { managers: Vec::new() } };
+
+    if let Some(total) = cap.total_max {
+        let mut members: Vec<usize> = (0..n).filter(|&i| cap.in_book[scored[i].tier]).collect();
+        if members.len() as u64 > total {
+            members.sort_by(|&a, &b| rank(&scored[a], &scored[b]));
+            for (pos, &i) in members.iter().enumerate().skip(total as usize) {
+                let s = &mut scored[i];
+                let from = p.tiers[s.tier].id.clone();
+                s.tier = cap.outside;
+                s.reasons.push(Reason {
+                    code: "total_max",
+                    message: format!("the capacity tiers hold at most {total} accounts together; ranked {} by score, moves from {from} to {}", pos + 1, p.tiers[cap.outside].id),
+                });
+            }
+            apply_caps(p, scored, cap.outside, n);
+        }
+    }
+
+    let mut books: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, s) in scored.iter().enumerate() {
+        if let Some(m) = &s.account.manager {
+            books.entry(m.as_str()).or_default();
+            if cap.in_book[s.tier] {
+                books.entry(m.as_str()).or_default().push(i);
+            }
+        }
+    }
+    let mut managers = Vec::with_capacity(books.len());
+    let mut to_demote: Vec<(usize, String)> = Vec::new();
+    for (m, mut members) in books {
+        let count = members.len() as u64;
+        let status = match (cap.min, cap.max) {
+            (Some(lo), _) if count < lo => Load::Under,
+            (_, Some(hi)) if count > hi => Load::Over,
+            _ => Load::Ok,
+        };
+        let mut load = ManagerLoad { manager: m.to_string(), count, status, reassign: Vec::new(), demoted: Vec::new() };
+        if let Some(hi) = cap.max
+            && count > hi
+        {
+            members.sort_by(|&a, &b| rank(&scored[a], &scored[b]));
+            for &i in &members[hi as usize..] {
+                let id = scored[i].account.id.clone();
+                match cap.on_overflow {
+                    Overflow::Flag => load.reassign.push(id),
+                    Overflow::Demote => {
+                        load.demoted.push(id);
+                        to_demote.push((i, m.to_string()));
+                    }
+                }
+            }
+            load.reassign.sort();
+            load.demoted.sort();
+        }
+        managers.push(load);
+    }
+    if !to_demote.is_empty() {
+        let max = cap.max.unwrap_or(0);
+        for (i, m) in to_demote {
+            let s = &mut scored[i];
+            let from = p.tiers[s.tier].id.clone();
+            s.tier = cap.outside;
+            s.reasons.push(Reason {
+                code: "capacity",
+                message: format!("manager {m} carries more than {max} accounts in the capacity tiers; among the lowest scores of the book, moves from {from} to {}", p.tiers[cap.outside].id),
+            });
+        }
+        apply_caps(p, scored, cap.outside, n);
+    }
+    Book { managers }
+}
+
+fn final_change(s: &Scored) -> Change {
+    match s.current {
+        None => Change::New,
+        Some(c) if s.tier == c => {
+            if s.held {
+                Change::Hold
+            } else {
+                Change::None
+            }
+        }
+        Some(c) if s.tier < c => Change::Promote,
+        Some(_) => Change::Demote,
+    }
+}
+
+/// Portfolio level (`/v1/portfolio`): everything [`evaluate`] does, then caps by rank,
+/// `total_max`, manager capacity, alerts on the final tier, aggregates and portfolio alerts.
+pub fn evaluate_portfolio(policy: &Policy, records: &[Record]) -> PortfolioResult {
+    let ctx = Ctx { policy };
+    let pref = policy_ref(policy);
+    let dup = duplicates(records);
+    let first: Vec<Result<Scored, AccountError>> = map_records(records, |i, r| match r {
+        Err(e) => Err(e.clone()),
+        Ok(s) if dup[i] => Err(duplicate_error(&s.id)),
+        Ok(s) => snapshot::validate(policy, s).and_then(|a| ctx.score_and_move(a)),
+    });
+
+    // Split: decided accounts go through the book-wide steps; errors keep their slot.
+    let mut slots: Vec<Result<usize, AccountError>> = Vec::with_capacity(first.len());
+    let mut scored: Vec<Scored> = Vec::new();
+    for r in first {
+        match r {
+            Ok(s) => {
+                slots.push(Ok(scored.len()));
+                scored.push(s);
+            }
+            Err(e) => slots.push(Err(e)),
+        }
+    }
+    let book = place_accounts(policy, &mut scored);
+    for s in &mut scored {
+        s.change = final_change(s);
+    }
+    let mut revenue = vec![0.0; slots.len()];
+    for (i, slot) in slots.iter().enumerate() {
+        if let Ok(k) = slot {
+            revenue[i] = revenue_value(policy, &scored[*k]);
+        }
+    }
+
+    let finished: Vec<Result<Decision, AccountError>> = if scored.len() >= 256 {
+        scored.into_par_iter().with_min_len(64).map(|s| ctx.finish(s, &pref)).collect()
+    } else {
+        scored.into_iter().map(|s| ctx.finish(s, &pref)).collect()
+    };
+    let mut finished: Vec<Option<Result<Decision, AccountError>>> = finished.into_iter().map(Some).collect();
+    let accounts: Vec<Outcome> = slots
+        .into_iter()
+        .enumerate()
+        .map(|(i, slot)| {
+            let r = match slot {
+                Ok(k) => finished.get_mut(k).and_then(Option::take).unwrap_or_else(|| Err(AccountError::new(None, "internal", "missing outcome"))),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(d) => Outcome::Decision(Box::new(d)),
+                Err(mut e) => {
+                    if e.record.is_none() {
+                        e.record = Some(i + 1);
+                    }
+                    Outcome::error(e)
+                }
+            }
+        })
+        .collect();
+    let summary = summarize(policy, &accounts, &revenue, book);
+    PortfolioResult { policy: pref, summary, accounts }
+}
+
+fn revenue_value(policy: &Policy, s: &Scored) -> f64 {
+    let Some(r) = policy.revenue else { return 0.0 };
+    match s.account.values.get(r) {
+        Some(v) => v.as_float().or_else(|_| v.as_int().map(|i| i as f64)).unwrap_or(0.0),
+        None => 0.0,
+    }
+}
+
+fn summarize(policy: &Policy, accounts: &[Outcome], revenue: &[f64], book: Book) -> Summary {
+    let mut tiers: Vec<TierSummary> = policy.tiers.iter().map(|t| TierSummary { id: t.id.clone(), label: t.label.clone(), count: 0, share: 0.0, revenue: 0.0 }).collect();
+    let mut changes = ChangeCounts::default();
+    let mut revenues = Vec::new();
+    let mut moves = Vec::new();
+    let mut errors = 0u64;
+    let mut total = 0.0;
+    for (i, o) in accounts.iter().enumerate() {
+        let Some(d) = o.decision() else {
+            errors += 1;
+            continue;
+        };
+        let rev = revenue.get(i).copied().unwrap_or(0.0);
+        total += rev;
+        revenues.push(rev);
+        if let Some(t) = policy.tier_index(&d.tier) {
+            tiers[t].count += 1;
+            tiers[t].revenue += rev;
+        }
+        match d.change {
+            Change::Promote => changes.promote += 1,
+            Change::Demote => changes.demote += 1,
+            Change::Hold => changes.hold += 1,
+            Change::None => changes.none += 1,
+            Change::New => changes.new += 1,
+        }
+        if let Some(prev) = &d.previous_tier
+            && *prev != d.tier
+        {
+            moves.push(Move { id: d.id.clone(), from: prev.clone(), to: d.tier.clone(), change: d.change });
+        }
+    }
+    let n = revenues.len();
+    for t in &mut tiers {
+        t.share = if n == 0 { 0.0 } else { t.count as f64 / n as f64 };
+    }
+    revenues.sort_by(|a, b| b.total_cmp(a));
+    moves.sort_by(|a, b| a.id.as_bytes().cmp(b.id.as_bytes()));
+    // Managers are counted from decided accounts only (an alert error removes an account).
+    let managers = book.managers;
+    let agg = Arc::new(Aggregates {
+        account_count: n as i64,
+        total_revenue: total,
+        revenues_desc: revenues,
+        tiers: tiers.iter().map(|t| (t.id.clone(), (t.count as i64, t.revenue))).collect(),
+        managers_over: managers.iter().filter(|m| m.status == Load::Over).count() as i64,
+        managers_under: managers.iter().filter(|m| m.status == Load::Under).count() as i64,
+    });
+    let top10 = agg.top_revenue_share(10);
+    let (portfolio_alerts, portfolio_errors) = portfolio_alerts(policy, agg.clone());
+    Summary {
+        account_count: n as u64,
+        error_count: errors,
+        total_revenue: total,
+        top10_revenue_share: top10,
+        tiers,
+        changes,
+        managers,
+        portfolio_alerts,
+        portfolio_errors,
+        moves,
+    }
+}
+
+fn portfolio_alerts(policy: &Policy, agg: Arc<Aggregates>) -> (Vec<AlertOut>, Vec<PortfolioError>) {
+    let ctx = Ctx { policy };
+    script::set_portfolio(agg, policy.limits.time_per_account);
+    let mut out = Vec::new();
+    let mut errs = Vec::new();
+    for a in &policy.portfolio_alerts {
+        let r = ctx.condition("", &a.when).and_then(|fired| if fired { ctx.render("", &a.message).map(Some) } else { Ok(None) });
+        match r {
+            Ok(Some(message)) => out.push(AlertOut { id: a.id.clone(), severity: a.severity, message }),
+            Ok(None) => {}
+            Err(mut e) => {
+                e.id = None;
+                errs.push(PortfolioError { alert: a.id.clone(), error: e });
+            }
+        }
+    }
+    (out, errs)
+}

@@ -1,0 +1,19 @@
+//! tierwise: a rules engine for key-account management.
+//!
+//! Crate map, top to bottom (arrows point down, DESIGN.md "Layers"):
+//! - [`policy`]: a policy folder (TOML + rhai) → a validated, compiled [`policy::Policy`];
+//!   every problem reported at once with file:line:column.
+//! - [`script`]: the one hardened rhai engine (limits, deadline, sandboxed imports).
+//! - [`snapshot`]: account snapshots in (JSON, JSON lines, CSV) and their validation.
+//! - [`engine`]: the pure evaluation — account level, portfolio level, policy test cases.
+//! - `cli` (in the binary): thin commands over the above.
+//!
+//! Domain modules know nothing of HTTP, Redis or watched files.
+#![forbid(unsafe_code)]
+
+pub mod date;
+pub mod engine;
+pub mod policy;
+pub mod schema;
+pub mod script;
+pub mod snapshot;

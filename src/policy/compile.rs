@@ -1,0 +1,987 @@
+//! Raw policy files → a validated [`Policy`], with every problem reported at once.
+//!
+//! Order: parse `policy.toml` (syntax and types stop here: nothing else can be checked
+//! without them), note unknown keys with a "did you mean", compile `scripts/*.rhai`, then check
+//! every section and compile every expression, collecting diagnostics as it goes. Only a
+//! policy without errors is returned; warnings travel with it.
+
+use super::diag::{did_you_mean, Diagnostics, Level, Place};
+use super::raw::*;
+use indexmap::IndexMap;
+use super::*;
+use crate::script::{self, Limits, Var};
+use rhai::{Dynamic, ParseError, Scope};
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+
+const POLICY_FILE: &str = "policy.toml";
+
+/// Variables portfolio alert expressions may read.
+const AGGREGATE_VARS: [(&str, Var); 4] = [
+    ("account_count", Var::AccountCount),
+    ("total_revenue", Var::TotalRevenue),
+    ("managers_over", Var::ManagersOver),
+    ("managers_under", Var::ManagersUnder),
+];
+
+pub(crate) fn compile(name: &str, files: &Files, limits: &Limits) -> Result<Policy, Report> {
+    let mut d = Diagnostics::default();
+    for (path, bytes) in files {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => {
+                d.sources.insert(path.clone(), Arc::from(text));
+            }
+            Err(_) if path == POLICY_FILE || path.ends_with(".rhai") || path.ends_with(".toml") => {
+                d.at(Level::Error, "not_utf8", path, None, None, format!("`{path}` is not UTF-8 text"), None);
+            }
+            Err(_) => {}
+        }
+    }
+    let Some(text) = d.sources.get(POLICY_FILE).cloned() else {
+        if !d.has_errors() {
+            d.at(Level::Error, "no_policy", POLICY_FILE, None, None, "the folder has no `policy.toml`", None);
+        }
+        return Err(Report::from_diagnostics(name, d));
+    };
+    let Some(raw) = parse_toml::<RawPolicy>(&mut d, POLICY_FILE, &text) else {
+        return Err(Report::from_diagnostics(name, d));
+    };
+    let mut c = Compiler { d, limits, text: text.clone(), vars: HashMap::new() };
+    let policy = c.policy(name, files, raw);
+    match policy {
+        Some(p) if !c.d.has_errors() => Ok(p),
+        _ => Err(Report::from_diagnostics(name, c.d)),
+    }
+}
+
+/// Parses one TOML file into `T`, reporting syntax errors, type errors and unknown keys.
+fn parse_toml<T: serde::de::DeserializeOwned + schemars::JsonSchema>(d: &mut Diagnostics, file: &str, text: &str) -> Option<T> {
+    let de = match toml::de::Deserializer::parse(text) {
+        Ok(de) => de,
+        Err(e) => {
+            d.at(Level::Error, "toml_syntax", file, e.span(), None, lower(e.message()), None);
+            return None;
+        }
+    };
+    let mut unknown: Vec<Vec<Seg>> = Vec::new();
+    let parsed: Result<T, _> = serde_ignored::deserialize(de, |path| unknown.push(segments(&path)));
+    let value = match parsed {
+        Ok(v) => v,
+        Err(e) => {
+            d.at(Level::Error, "toml_type", file, e.span(), None, lower(e.message()), None);
+            return None;
+        }
+    };
+    if !unknown.is_empty() {
+        let doc = toml::de::DeTable::parse(text).ok();
+        let schema = schemars::schema_for!(T);
+        for path in unknown {
+            let Some((Seg::Key(key), parent)) = path.split_last() else { continue };
+            let span = doc.as_ref().and_then(|doc| key_span(doc.get_ref(), &path));
+            let known = known_keys(schema.as_value(), parent);
+            let help = did_you_mean(key, known.iter().map(String::as_str)).or_else(|| {
+                (!known.is_empty()).then(|| format!("expected one of {}", known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")))
+            });
+            let at = display_path(parent);
+            let msg = if at.is_empty() { format!("unknown key `{key}`") } else { format!("unknown key `{key}` in `{at}`") };
+            d.at(Level::Error, "unknown_key", file, span, None, msg, help);
+        }
+    }
+    Some(value)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn segments(p: &serde_ignored::Path) -> Vec<Seg> {
+    let mut out = Vec::new();
+    let mut cur = p;
+    loop {
+        match cur {
+            serde_ignored::Path::Root => break,
+            serde_ignored::Path::Seq { parent, index } => {
+                out.push(Seg::Index(*index));
+                cur = parent;
+            }
+            serde_ignored::Path::Map { parent, key } => {
+                // toml::Spanned's private keys are plumbing, not the user's.
+                if !key.starts_with("$__") {
+                    out.push(Seg::Key(key.clone()));
+                }
+                cur = parent;
+            }
+            serde_ignored::Path::Some { parent } | serde_ignored::Path::NewtypeStruct { parent } | serde_ignored::Path::NewtypeVariant { parent } => cur = parent,
+        }
+    }
+    out.reverse();
+    out
+}
+
+fn display_path(p: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in p {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+fn key_span(table: &toml::de::DeTable, path: &[Seg]) -> Option<Range<usize>> {
+    let (first, rest) = path.split_first()?;
+    let Seg::Key(k) = first else { return None };
+    let (key, value) = table.iter().find(|(key, _)| key.get_ref().as_ref() == k.as_str())?;
+    if rest.is_empty() {
+        return Some(key.span());
+    }
+    value_span(value.get_ref(), rest)
+}
+
+fn value_span(v: &toml::de::DeValue, path: &[Seg]) -> Option<Range<usize>> {
+    match (v, path.first()?) {
+        (toml::de::DeValue::Table(t), Seg::Key(_)) => key_span(t, path),
+        (toml::de::DeValue::Array(a), Seg::Index(i)) => {
+            let item = a.iter().nth(*i)?;
+            if path.len() == 1 { Some(item.span()) } else { value_span(item.get_ref(), &path[1..]) }
+        }
+        _ => None,
+    }
+}
+
+/// The keys the schema allows at `path`, for "did you mean".
+fn known_keys(root: &serde_json::Value, path: &[Seg]) -> Vec<String> {
+    fn resolve<'a>(root: &'a serde_json::Value, mut s: &'a serde_json::Value) -> &'a serde_json::Value {
+        for _ in 0..8 {
+            if let Some(r) = s.get("$ref").and_then(|r| r.as_str()) {
+                let name = r.rsplit('/').next().unwrap_or_default();
+                match root.get("$defs").and_then(|d| d.get(name)) {
+                    Some(def) => s = def,
+                    None => break,
+                }
+            } else if let Some(alts) = s.get("anyOf").or_else(|| s.get("oneOf")).and_then(|a| a.as_array()) {
+                match alts.iter().find(|a| a.get("type").and_then(|t| t.as_str()) != Some("null")) {
+                    Some(a) => s = a,
+                    None => break,
+                }
+            } else {
+                break;
+            }
+        }
+        s
+    }
+    let mut s = resolve(root, root);
+    for seg in path {
+        let next = match seg {
+            Seg::Key(k) => s.get("properties").and_then(|p| p.get(k)).or_else(|| s.get("additionalProperties")),
+            Seg::Index(_) => s.get("items"),
+        };
+        match next {
+            Some(n) => s = resolve(root, n),
+            None => return Vec::new(),
+        }
+    }
+    s.get("properties").and_then(|p| p.as_object()).map(|o| o.keys().cloned().collect()).unwrap_or_default()
+}
+
+fn lower(s: &str) -> String {
+    let s = s.trim().trim_end_matches('.');
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// Maps a rhai position inside a TOML string value to a byte offset of the file.
+fn offset_in_string(text: &str, span: &Range<usize>, line: usize, col: usize) -> usize {
+    let rest = text.get(span.start..).unwrap_or("");
+    let mut start = span.start;
+    if rest.starts_with("\"\"\"") || rest.starts_with("'''") {
+        start += 3;
+        if text.get(start..).is_some_and(|r| r.starts_with('\n')) {
+            start += 1;
+        } else if text.get(start..).is_some_and(|r| r.starts_with("\r\n")) {
+            start += 2;
+        }
+    } else if rest.starts_with('"') || rest.starts_with('\'') {
+        start += 1;
+    }
+    let mut off = start;
+    let body = text.get(start..span.end.min(text.len())).unwrap_or("");
+    let mut lines_left = line.saturating_sub(1);
+    let mut cols_left = col.saturating_sub(1);
+    for (i, ch) in body.char_indices() {
+        if lines_left > 0 {
+            if ch == '\n' {
+                lines_left -= 1;
+            }
+            off = start + i + ch.len_utf8();
+            continue;
+        }
+        if cols_left == 0 {
+            return start + i;
+        }
+        cols_left -= 1;
+        off = start + i + ch.len_utf8();
+    }
+    off
+}
+
+#[derive(Clone, Copy)]
+enum ExprKind {
+    /// Criteria, tier conditions, holds: inputs only.
+    Account,
+    /// Alert conditions and messages: inputs, `score`, `tier`.
+    Alert,
+    /// Portfolio alerts: aggregates only.
+    Portfolio,
+}
+
+struct Compiler<'a> {
+    d: Diagnostics,
+    limits: &'a Limits,
+    text: Arc<str>,
+    vars: HashMap<String, Var>,
+}
+
+impl Compiler<'_> {
+    fn err(&mut self, code: &'static str, span: Option<Range<usize>>, rule: Option<&str>, msg: impl Into<String>, help: Option<String>) {
+        self.d.at(Level::Error, code, POLICY_FILE, span, rule, msg, help);
+    }
+
+    fn warn(&mut self, code: &'static str, span: Option<Range<usize>>, rule: Option<&str>, msg: impl Into<String>) {
+        self.d.at(Level::Warning, code, POLICY_FILE, span, rule, msg, None);
+    }
+
+    fn place(&self, span: &Range<usize>, rule: &str) -> Place {
+        let (line, column) = diag::LineIndex::new(&self.text).line_col(span.start);
+        Place { file: POLICY_FILE.into(), line, column, rule: Some(rule.to_string()) }
+    }
+
+    fn policy(&mut self, name: &str, files: &Files, raw: RawPolicy) -> Option<Policy> {
+        let inputs = self.inputs(&raw.inputs);
+        let input_slots: HashMap<String, usize> = inputs.iter().enumerate().map(|(i, inp)| (inp.name.clone(), i)).collect();
+        self.vars = input_slots.iter().map(|(n, &i)| (n.clone(), Var::Input(i))).collect();
+        self.vars.insert("score".into(), Var::Score);
+        self.vars.insert("tier".into(), Var::Tier);
+        for (n, v) in AGGREGATE_VARS {
+            self.vars.insert(n.into(), v);
+        }
+
+        let scripts: BTreeMap<String, String> = files
+            .iter()
+            .filter_map(|(p, _)| {
+                let stem = p.strip_prefix("scripts/")?.strip_suffix(".rhai")?;
+                (!stem.contains('/')).then(|| Some((stem.to_string(), self.d.sources.get(p)?.to_string())))?
+            })
+            .collect();
+        let engine = script::build_engine(self.limits, self.vars.clone(), input_slots.clone(), Arc::new(scripts.clone()));
+        let lib = self.scripts(&engine, &scripts);
+
+        let scale = match &raw.score.scale {
+            None => (1.0, 10.0),
+            Some(s) => {
+                if !(s.min.is_finite() && s.max.is_finite() && s.min < s.max) {
+                    self.err("bad_scale", Some(s.span.clone()), Some("score.scale"), format!("the scale needs finite `min` < `max`, got {} and {}", s.min, s.max), None);
+                }
+                (s.min, s.max)
+            }
+        };
+        let criteria = self.criteria(&raw.score, &inputs, &engine, &lib);
+        let tiers = self.tiers(&raw.tiers, scale, &engine, &lib);
+        let movement = self.movement(&raw.movement, &engine, &lib);
+        let capacity = raw.capacity.as_ref().and_then(|c| self.capacity(c, &tiers));
+        let alerts = self.alerts(&raw.alerts, &tiers, &engine, &lib);
+        let revenue = raw.portfolio.revenue.as_ref().and_then(|r| {
+            let found = inputs.iter().position(|i| i.name == r.value);
+            match found {
+                Some(i) if matches!(inputs[i].ty, InputType::Number | InputType::Integer) => Some(i),
+                Some(_) => {
+                    self.err("bad_revenue", Some(r.span.clone()), Some("portfolio.revenue"), format!("`portfolio.revenue` names `{}`, which is not a number or integer input", r.value), None);
+                    None
+                }
+                None => {
+                    let help = did_you_mean(&r.value, inputs.iter().map(|i| i.name.as_str()));
+                    self.err("unknown_input", Some(r.span.clone()), Some("portfolio.revenue"), format!("`portfolio.revenue` names `{}`, which is not a declared input", r.value), help);
+                    None
+                }
+            }
+        });
+        let portfolio_alerts = self.portfolio_alerts(&raw.portfolio.alerts, &engine, &lib);
+        let cases = self.cases(files, &tiers);
+
+        if self.d.has_errors() {
+            return None;
+        }
+        let warnings = self.d.items.iter().filter(|d| d.level == Level::Warning).cloned().collect();
+        Some(Policy {
+            name: name.to_string(),
+            description: raw.policy.description,
+            version: raw.policy.version,
+            hash: content_hash(files),
+            files: files.keys().cloned().collect(),
+            inputs,
+            scale,
+            criteria,
+            tiers,
+            movement,
+            capacity,
+            alerts,
+            revenue,
+            portfolio_alerts,
+            cases,
+            warnings,
+            limits: self.limits.clone(),
+            engine,
+            lib,
+        })
+    }
+
+    fn inputs(&mut self, raw: &IndexMap<String, Loc<RawInput>>) -> Vec<Input> {
+        let mut out = Vec::new();
+        for (name, inp) in raw {
+            let rule = format!("inputs.{name}");
+            let span = Some(inp.span.clone());
+            if !is_identifier(name) {
+                self.err("bad_input_name", span.clone(), Some(&rule), format!("input name `{name}` is not usable in expressions (letters, digits and `_`, not starting with a digit)"), None);
+            }
+            if matches!(name.as_ref(), "score" | "tier" | "account") || AGGREGATE_VARS.iter().any(|(n, _)| *n == name.as_ref() as &str) {
+                self.err("reserved_name", span.clone(), Some(&rule), format!("input name `{name}` is reserved"), None);
+            }
+            let ty = inp.ty.value;
+            let numeric = matches!(ty, InputType::Number | InputType::Integer);
+            for (b, which) in [(&inp.min, "min"), (&inp.max, "max")] {
+                if let Some(b) = b {
+                    if !numeric {
+                        self.err("bad_bound", Some(b.span.clone()), Some(&rule), format!("`{which}` applies to number and integer inputs, not `{}`", ty.as_str()), None);
+                    } else if !b.value.is_finite() {
+                        self.err("bad_bound", Some(b.span.clone()), Some(&rule), format!("`{which}` must be finite"), None);
+                    }
+                }
+            }
+            if let (Some(lo), Some(hi)) = (&inp.min, &inp.max)
+                && lo.value > hi.value
+            {
+                self.err("bad_bound", Some(lo.span.clone()), Some(&rule), format!("`min` {} is above `max` {}", lo.value, hi.value), None);
+            }
+            if let Some(one_of) = &inp.one_of {
+                if one_of.is_empty() {
+                    self.err("bad_one_of", Some(one_of.span.clone()), Some(&rule), "`one_of` is empty: no value could pass", None);
+                }
+                for v in one_of.iter() {
+                    if !scalar_fits(v, ty) {
+                        self.err("bad_one_of", Some(one_of.span.clone()), Some(&rule), format!("`one_of` value {} is not a {}", scalar_text(v), ty.as_str()), None);
+                    }
+                }
+            }
+            if let Some(def) = &inp.default {
+                if !scalar_fits(&def.value, ty) {
+                    self.err("bad_default", Some(def.span.clone()), Some(&rule), format!("`default` {} is not a {}", scalar_text(&def.value), ty.as_str()), None);
+                } else if let Some(why) = check_scalar(&def.value, inp.min.as_ref().map(|m| m.value), inp.max.as_ref().map(|m| m.value), inp.one_of.as_ref().map(|o| o.value.as_slice())) {
+                    self.err("bad_default", Some(def.span.clone()), Some(&rule), format!("`default` {why}"), None);
+                }
+                if inp.optional {
+                    self.warn("optional_with_default", Some(def.span.clone()), Some(&rule), "`optional` has no effect on an input with a `default`");
+                }
+            }
+            out.push(Input {
+                name: name.clone(),
+                ty,
+                min: inp.min.as_ref().map(|m| m.value),
+                max: inp.max.as_ref().map(|m| m.value),
+                one_of: inp.one_of.as_ref().map(|o| o.value.clone()),
+                optional: inp.optional,
+                default: inp.default.as_ref().map(|d| d.value.clone()),
+                description: inp.description.clone(),
+            });
+        }
+        out
+    }
+
+    fn scripts(&mut self, engine: &Engine, scripts: &BTreeMap<String, String>) -> AST {
+        let mut lib = AST::empty();
+        let mut seen: HashMap<(String, usize), String> = HashMap::new();
+        for (stem, src) in scripts {
+            let file = format!("scripts/{stem}.rhai");
+            let ast = match engine.compile_into_self_contained(&Scope::new(), src) {
+                Ok(ast) => ast,
+                Err(e) => {
+                    let pos = e.position();
+                    let span = self.script_span(&file, pos.line(), pos.position());
+                    let (code, msg) = match *e {
+                        rhai::EvalAltResult::ErrorParsing(ref p, _) => ("rhai_syntax", lower(&p.to_string())),
+                        rhai::EvalAltResult::ErrorModuleNotFound(ref m, _) => ("bad_import", m.clone()),
+                        ref other => ("bad_import", lower(&other.to_string())),
+                    };
+                    self.d.at(Level::Error, code, &file, span, None, msg, None);
+                    continue;
+                }
+            };
+            for f in ast.iter_functions() {
+                let key = (f.name.to_string(), f.params.len());
+                if let Some(other) = seen.get(&key) {
+                    self.d.at(Level::Error, "duplicate_function", &file, None, Some(f.name), format!("function `{}` with {} parameter(s) is also defined in `{other}`", f.name, f.params.len()), None);
+                } else {
+                    seen.insert(key, file.clone());
+                }
+            }
+            let mut funcs = ast.clone_functions_only();
+            funcs.set_source(file.as_str());
+            lib.combine(funcs);
+        }
+        lib
+    }
+
+    fn script_span(&self, file: &str, line: Option<usize>, col: Option<usize>) -> Option<Range<usize>> {
+        let text = self.d.sources.get(file)?;
+        let line = line?;
+        let start = text.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum::<usize>();
+        let col = col.unwrap_or(1).saturating_sub(1);
+        let off = text.get(start..).map_or(start, |rest| start + rest.char_indices().nth(col).map_or(0, |(i, _)| i));
+        Some(off..off + 1)
+    }
+
+    /// Compiles an expression of `policy.toml` with strict variables for its kind.
+    fn expr(&mut self, engine: &Engine, lib: &AST, kind: ExprKind, src: &Loc<String>, rule: &str) -> Option<Expr> {
+        let mut scope = Scope::new();
+        let mut allowed: Vec<&str> = Vec::new();
+        for (name, var) in &self.vars {
+            let ok = match (kind, var) {
+                (ExprKind::Account, Var::Input(_)) => true,
+                (ExprKind::Alert, Var::Input(_) | Var::Score | Var::Tier) => true,
+                (ExprKind::Portfolio, Var::AccountCount | Var::TotalRevenue | Var::ManagersOver | Var::ManagersUnder) => true,
+                _ => false,
+            };
+            if ok {
+                allowed.push(name);
+            }
+        }
+        allowed.sort_unstable();
+        for name in &allowed {
+            scope.push_dynamic(*name, Dynamic::UNIT);
+        }
+        match engine.compile_expression_with_scope(&scope, &src.value) {
+            Ok(ast) => {
+                let ast = if lib.iter_functions().next().is_some() { lib.merge(&ast) } else { ast };
+                Some(Expr { source: src.value.clone(), place: self.place(&src.span, rule), ast })
+            }
+            Err(ParseError(kind_err, pos)) => {
+                let off = offset_in_string(&self.text, &src.span, pos.line().unwrap_or(1), pos.position().unwrap_or(1));
+                let (code, msg, help) = match &*kind_err {
+                    rhai::ParseErrorType::VariableUndefined(v) => {
+                        let help = did_you_mean(v, allowed.iter().copied()).or_else(|| {
+                            let hint = match kind {
+                                ExprKind::Account => "expressions read declared `[inputs]` only",
+                                ExprKind::Alert => "alert expressions read declared `[inputs]`, `score` and `tier`",
+                                ExprKind::Portfolio => "portfolio alerts read `account_count`, `total_revenue`, `managers_over`, `managers_under` and the aggregate functions",
+                            };
+                            Some(hint.to_string())
+                        });
+                        ("unknown_variable", format!("`{v}` is not a declared input"), help)
+                    }
+                    other => ("rhai_syntax", lower(&other.to_string()), None),
+                };
+                let msg = if code == "unknown_variable" && matches!(kind, ExprKind::Portfolio) { msg.replace("is not a declared input", "is not a portfolio aggregate") } else { msg };
+                self.err(code, Some(off..off + 1), Some(rule), msg, help);
+                None
+            }
+        }
+    }
+
+    fn template(&mut self, engine: &Engine, lib: &AST, kind: ExprKind, src: &Loc<String>, rule: &str) -> Option<Template> {
+        let mut parts = Vec::new();
+        let mut text = String::new();
+        let s = src.value.as_str();
+        let mut chars = s.char_indices().peekable();
+        let mut ok = true;
+        while let Some((i, ch)) = chars.next() {
+            match ch {
+                '{' if chars.peek().map(|p| p.1) == Some('{') => {
+                    chars.next();
+                    text.push('{');
+                }
+                '}' if chars.peek().map(|p| p.1) == Some('}') => {
+                    chars.next();
+                    text.push('}');
+                }
+                '{' => {
+                    let Some(end) = matching_brace(s, i) else {
+                        self.err("bad_template", Some(src.span.clone()), Some(rule), "`{` without a matching `}` in the message (write `{{` for a literal brace)", None);
+                        return None;
+                    };
+                    if !text.is_empty() {
+                        parts.push(Part::Text(std::mem::take(&mut text)));
+                    }
+                    let inner = Loc::new(s[i + 1..end].to_string(), src.span.clone());
+                    match self.expr(engine, lib, kind, &inner, rule) {
+                        Some(e) => parts.push(Part::Expr(e)),
+                        None => ok = false,
+                    }
+                    while chars.peek().is_some_and(|(j, _)| *j <= end) {
+                        chars.next();
+                    }
+                }
+                '}' => {
+                    self.err("bad_template", Some(src.span.clone()), Some(rule), "`}` without a matching `{` in the message (write `}}` for a literal brace)", None);
+                    return None;
+                }
+                c => text.push(c),
+            }
+        }
+        if !text.is_empty() {
+            parts.push(Part::Text(text));
+        }
+        ok.then(|| Template { source: src.value.clone(), parts })
+    }
+
+    fn criteria(&mut self, score: &Loc<RawScore>, inputs: &[Input], engine: &Engine, lib: &AST) -> Vec<Criterion> {
+        let mut out = Vec::new();
+        if score.criteria.is_empty() {
+            self.err("no_criteria", Some(score.span.clone()), Some("score"), "the policy has no `[[score.criteria]]`", None);
+        }
+        let mut ids = HashSet::new();
+        let mut any_positive = false;
+        for c in &score.criteria {
+            let rule = format!("score.criteria.{}", c.id.value);
+            if !ids.insert(c.id.value.clone()) {
+                self.err("duplicate_id", Some(c.id.span.clone()), Some(&rule), format!("criterion id `{}` is used twice", c.id.value), None);
+            }
+            let w = c.weight.value;
+            if !w.is_finite() || w < 0.0 {
+                self.err("bad_weight", Some(c.weight.span.clone()), Some(&rule), format!("weight must be a finite number ≥ 0, got {w}"), None);
+            } else if w == 0.0 {
+                self.warn("zero_weight", Some(c.weight.span.clone()), Some(&rule), format!("criterion `{}` has weight 0 and never changes a score", c.id.value));
+            } else {
+                any_positive = true;
+            }
+            let kinds = usize::from(c.steps.is_some()) + usize::from(c.expr.is_some()) + usize::from(c.script.is_some());
+            if kinds != 1 {
+                self.err("bad_criterion", Some(c.span.clone()), Some(&rule), format!("criterion `{}` needs exactly one of `steps`, `expr`, `script` (found {kinds})", c.id.value), None);
+                continue;
+            }
+            let scoring = if let Some(steps) = &c.steps {
+                let input = inputs.iter().position(|i| i.name == steps.input.value);
+                let input = match input {
+                    None => {
+                        let help = did_you_mean(&steps.input.value, inputs.iter().map(|i| i.name.as_str()));
+                        self.err("unknown_input", Some(steps.input.span.clone()), Some(&rule), format!("`steps.input` names `{}`, which is not a declared input", steps.input.value), help);
+                        None
+                    }
+                    Some(i) => {
+                        let inp = &inputs[i];
+                        if !matches!(inp.ty, InputType::Number | InputType::Integer) {
+                            self.err("bad_steps", Some(steps.input.span.clone()), Some(&rule), format!("`steps` needs a number or integer input; `{}` is a {}", inp.name, inp.ty.as_str()), None);
+                        } else if inp.optional && inp.default.is_none() {
+                            self.err("bad_steps", Some(steps.input.span.clone()), Some(&rule), format!("`steps` reads `{}`, which is optional without a `default`", inp.name), Some("give the input a `default`, or score it with `expr` and handle `()`".into()));
+                        }
+                        Some(i)
+                    }
+                };
+                let at = &steps.at;
+                if at.is_empty() {
+                    self.err("bad_steps", Some(at.span.clone()), Some(&rule), "`at` needs at least one cut point", None);
+                }
+                if at.iter().any(|v| !v.is_finite()) {
+                    self.err("bad_steps", Some(at.span.clone()), Some(&rule), "`at` cut points must be finite numbers", None);
+                }
+                if let Some(k) = at.windows(2).position(|w| w[0] >= w[1]) {
+                    self.err("not_ascending", Some(at.span.clone()), Some(&rule), format!("`at` must be strictly ascending, but {} is followed by {}", at[k], at[k + 1]), None);
+                }
+                input.map(|input| Scoring::Steps { input, at: at.value.clone() })
+            } else if let Some(expr) = &c.expr {
+                self.expr(engine, lib, ExprKind::Account, expr, &rule).map(Scoring::Expr)
+            } else if let Some(f) = &c.script {
+                let found: Vec<usize> = lib.iter_functions().filter(|m| m.name == f.value.as_str()).map(|m| m.params.len()).collect();
+                if found.is_empty() {
+                    let names: Vec<&str> = lib.iter_functions().map(|m| m.name).collect();
+                    let help = did_you_mean(&f.value, names.iter().copied()).or_else(|| Some("define it in a file of `scripts/`: `fn name(account) { ... }`".into()));
+                    self.err("unknown_function", Some(f.span.clone()), Some(&rule), format!("`script` names `{}`, which no file of `scripts/` defines", f.value), help);
+                    None
+                } else if !found.contains(&1) {
+                    self.err("bad_function", Some(f.span.clone()), Some(&rule), format!("script function `{}` must take one argument, the account", f.value), None);
+                    None
+                } else {
+                    Some(Scoring::Script { function: f.value.clone(), place: self.place(&f.span, &rule) })
+                }
+            } else {
+                None
+            };
+            if let Some(scoring) = scoring {
+                out.push(Criterion { id: c.id.value.clone(), weight: w, scoring });
+            }
+        }
+        if !score.criteria.is_empty() && !any_positive {
+            self.err("bad_weight", Some(score.span.clone()), Some("score"), "at least one criterion needs a weight above 0", None);
+        }
+        out
+    }
+
+    fn tiers(&mut self, raw: &Loc<Vec<Loc<RawTier>>>, scale: (f64, f64), engine: &Engine, lib: &AST) -> Vec<Tier> {
+        let mut out = Vec::new();
+        if raw.is_empty() {
+            self.err("no_tiers", Some(raw.span.clone()), Some("tiers"), "the policy has no `[[tiers]]`", None);
+            return out;
+        }
+        let mut ids = HashSet::new();
+        let last = raw.len() - 1;
+        let mut prev_min: Option<f64> = None;
+        for (i, t) in raw.iter().enumerate() {
+            let rule = format!("tiers.{}", t.id.value);
+            if !ids.insert(t.id.value.clone()) {
+                self.err("duplicate_id", Some(t.id.span.clone()), Some(&rule), format!("tier id `{}` is used twice", t.id.value), None);
+            }
+            let min_score = t.min_score.as_ref().map_or(0.0, |m| m.value);
+            if let Some(m) = &t.min_score {
+                if !m.value.is_finite() {
+                    self.err("bad_min_score", Some(m.span.clone()), Some(&rule), "`min_score` must be a finite number", None);
+                } else if m.value > scale.1 && i != last {
+                    self.warn("unreachable_tier", Some(m.span.clone()), Some(&rule), format!("tier `{}` needs {} but scores end at {}", t.id.value, m.value, scale.1));
+                }
+            }
+            if let Some(p) = prev_min
+                && i != last
+                && min_score > p
+            {
+                self.warn("thresholds_not_descending", t.min_score.as_ref().map(|m| m.span.clone()), Some(&rule), format!("tier `{}` needs {min_score}, more than the better tier above it ({p})", t.id.value));
+            }
+            prev_min = Some(min_score);
+            if let Some(s) = &t.max_share
+                && !(s.value.is_finite() && s.value >= 0.0 && s.value <= 1.0)
+            {
+                self.err("bad_cap", Some(s.span.clone()), Some(&rule), format!("`max_share` is a fraction between 0 and 1 (0.10 for 10%), got {}", s.value), None);
+            }
+            if i == last {
+                if let Some(w) = &t.when {
+                    self.err("catch_all", Some(w.span.clone()), Some(&rule), format!("the last tier `{}` is the catch-all and cannot have a `when`", t.id.value), Some("add a tier below it without conditions".into()));
+                }
+                for (cap, span) in [("max_share", t.max_share.as_ref().map(|s| s.span.clone())), ("max_count", t.max_count.as_ref().map(|s| s.span.clone()))] {
+                    if let Some(span) = span {
+                        self.err("catch_all", Some(span), Some(&rule), format!("the last tier `{}` is the catch-all and cannot have `{cap}`: accounts over it would have nowhere to go", t.id.value), None);
+                    }
+                }
+            }
+            let when = match &t.when {
+                Some(w) if i != last => self.expr(engine, lib, ExprKind::Account, w, &rule),
+                _ => None,
+            };
+            out.push(Tier {
+                id: t.id.value.clone(),
+                id_str: t.id.value.as_str().into(),
+                label: t.label.clone().unwrap_or_else(|| t.id.value.clone()),
+                min_score,
+                when,
+                max_share: t.max_share.as_ref().map(|s| s.value),
+                max_count: t.max_count.as_ref().map(|s| s.value),
+            });
+        }
+        out
+    }
+
+    fn movement(&mut self, m: &RawMovement, engine: &Engine, lib: &AST) -> Movement {
+        for (v, name) in [(&m.promote_margin, "promote_margin"), (&m.demote_margin, "demote_margin")] {
+            if let Some(v) = v
+                && !(v.value.is_finite() && v.value >= 0.0)
+            {
+                self.err("bad_margin", Some(v.span.clone()), Some("movement"), format!("`{name}` must be a finite number ≥ 0, got {}", v.value), None);
+            }
+        }
+        if let Some(t) = &m.min_tenure_days
+            && t.value < 0
+        {
+            self.err("bad_tenure", Some(t.span.clone()), Some("movement"), format!("`min_tenure_days` must be ≥ 0, got {}", t.value), None);
+        }
+        if let Some(s) = &m.max_steps
+            && s.value == 0
+        {
+            self.err("bad_max_steps", Some(s.span.clone()), Some("movement"), "`max_steps` must be at least 1 (leave it out for no limit)", None);
+        }
+        let mut holds = Vec::new();
+        for (i, h) in m.holds.iter().enumerate() {
+            let id = h.id.as_ref().map_or_else(|| format!("hold-{}", i + 1), |id| id.value.clone());
+            let rule = format!("movement.holds.{id}");
+            if let Some(when) = self.expr(engine, lib, ExprKind::Account, &h.when, &rule) {
+                holds.push(Hold { id, when, reason: h.reason.clone() });
+            }
+        }
+        Movement {
+            promote_margin: m.promote_margin.as_ref().map_or(0.0, |v| v.value),
+            demote_margin: m.demote_margin.as_ref().map_or(0.0, |v| v.value),
+            min_tenure_days: m.min_tenure_days.as_ref().map_or(0, |v| v.value),
+            max_steps: m.max_steps.as_ref().map(|v| v.value),
+            holds,
+        }
+    }
+
+    fn tier_ref(&mut self, tiers: &[Tier], id: &str, span: &Range<usize>, rule: &str, field: &str) -> Option<usize> {
+        let found = tiers.iter().position(|t| t.id == id);
+        if found.is_none() {
+            let help = did_you_mean(id, tiers.iter().map(|t| t.id.as_str()));
+            self.err("unknown_tier", Some(span.clone()), Some(rule), format!("`{field}` names tier `{id}`, which the policy does not have"), help);
+        }
+        found
+    }
+
+    fn capacity(&mut self, c: &Loc<RawCapacity>, tiers: &[Tier]) -> Option<Capacity> {
+        let rule = "capacity";
+        if c.tiers.is_empty() {
+            self.err("bad_capacity", Some(c.tiers.span.clone()), Some(rule), "`capacity.tiers` is empty: name the tiers that count toward a manager's book", None);
+        }
+        let mut in_book = vec![false; tiers.len()];
+        for id in c.tiers.iter() {
+            if let Some(i) = self.tier_ref(tiers, id, &c.tiers.span, rule, "capacity.tiers") {
+                in_book[i] = true;
+            }
+        }
+        let (min, max) = c.per_manager.as_ref().map_or((None, None), |p| (p.min, p.max));
+        if let (Some(lo), Some(hi), Some(p)) = (min, max, &c.per_manager)
+            && lo > hi
+        {
+            self.err("bad_capacity", Some(p.span.clone()), Some(rule), format!("`per_manager.min` {lo} is above `per_manager.max` {hi}"), None);
+        }
+        let lowest = in_book.iter().rposition(|&b| b);
+        let outside = lowest.map(|l| l + 1).filter(|&o| o < tiers.len());
+        if lowest.is_some() && outside.is_none() {
+            self.err("bad_capacity", Some(c.tiers.span.clone()), Some(rule), "no tier lies below every capacity tier: accounts moved out of the capacity tiers would have nowhere to go", None);
+        }
+        if let (Some(total), Some(share_limit)) = (c.total_max.as_ref(), c.per_manager.as_ref().and_then(|p| p.max))
+            && total.value == 0
+            && share_limit > 0
+        {
+            self.warn("bad_capacity", Some(total.span.clone()), Some(rule), "`total_max = 0` leaves no account in the capacity tiers");
+        }
+        Some(Capacity {
+            in_book,
+            min,
+            max,
+            total_max: c.total_max.as_ref().map(|t| t.value),
+            on_overflow: c.on_overflow,
+            outside: outside?,
+        })
+    }
+
+    fn alerts(&mut self, raw: &[Loc<RawAlert>], tiers: &[Tier], engine: &Engine, lib: &AST) -> Vec<Alert> {
+        let mut out = Vec::new();
+        let mut ids = HashSet::new();
+        for a in raw {
+            let rule = format!("alerts.{}", a.id.value);
+            if !ids.insert(a.id.value.clone()) {
+                self.err("duplicate_id", Some(a.id.span.clone()), Some(&rule), format!("alert id `{}` is used twice", a.id.value), None);
+            }
+            let applies = match &a.tiers {
+                None => vec![true; tiers.len()],
+                Some(list) if list.is_empty() => {
+                    self.err("bad_alert_tiers", Some(list.span.clone()), Some(&rule), "`tiers = []` would never apply; leave `tiers` out to apply to every tier", None);
+                    vec![false; tiers.len()]
+                }
+                Some(list) => {
+                    let mut applies = vec![false; tiers.len()];
+                    for id in list.iter() {
+                        if let Some(i) = self.tier_ref(tiers, id, &list.span, &rule, "alerts.tiers") {
+                            applies[i] = true;
+                        }
+                    }
+                    applies
+                }
+            };
+            let when = self.expr(engine, lib, ExprKind::Alert, &a.when, &rule);
+            let message = self.template(engine, lib, ExprKind::Alert, &a.message, &rule);
+            if let (Some(when), Some(message)) = (when, message) {
+                out.push(Alert { id: a.id.value.clone(), severity: a.severity, applies, when, message });
+            }
+        }
+        out
+    }
+
+    fn portfolio_alerts(&mut self, raw: &[Loc<RawPortfolioAlert>], engine: &Engine, lib: &AST) -> Vec<PortfolioAlert> {
+        let mut out = Vec::new();
+        let mut ids = HashSet::new();
+        for a in raw {
+            let rule = format!("portfolio.alerts.{}", a.id.value);
+            if !ids.insert(a.id.value.clone()) {
+                self.err("duplicate_id", Some(a.id.span.clone()), Some(&rule), format!("portfolio alert id `{}` is used twice", a.id.value), None);
+            }
+            let when = self.expr(engine, lib, ExprKind::Portfolio, &a.when, &rule);
+            let message = self.template(engine, lib, ExprKind::Portfolio, &a.message, &rule);
+            if let (Some(when), Some(message)) = (when, message) {
+                out.push(PortfolioAlert { id: a.id.value.clone(), severity: a.severity, when, message });
+            }
+        }
+        out
+    }
+
+    fn cases(&mut self, files: &Files, tiers: &[Tier]) -> Vec<TestCase> {
+        let mut out = Vec::new();
+        for path in files.keys().filter(|p| p.starts_with("tests/") && p.ends_with(".toml")) {
+            let Some(text) = self.d.sources.get(path).cloned() else { continue };
+            let Some(raw) = parse_toml::<RawTestFile>(&mut self.d, path, &text) else { continue };
+            let lines = diag::LineIndex::new(&text);
+            for case in raw.case {
+                let (line, column) = lines.line_col(case.span.start);
+                let place = Place { file: path.clone(), line, column, rule: Some(case.name.clone()) };
+                let bad = |d: &mut Diagnostics, msg: String| d.at(Level::Error, "bad_case", path, Some(case.span.clone()), Some(&case.name), msg, None);
+                let (values, portfolio) = match (&case.account, &case.accounts) {
+                    (Some(a), None) => (vec![a.clone()], false),
+                    (None, Some(list)) => (list.clone(), true),
+                    _ => {
+                        bad(&mut self.d, format!("case `{}` needs exactly one of `account` and `accounts`", case.name));
+                        continue;
+                    }
+                };
+                let mut accounts = Vec::new();
+                for v in values {
+                    match serde_json::from_value::<crate::snapshot::Snapshot>(toml_to_json(v)) {
+                        Ok(s) => accounts.push(s),
+                        Err(e) => bad(&mut self.d, format!("case `{}`: bad account: {e}", case.name)),
+                    }
+                }
+                let e = &case.expect;
+                let mut tier_names: Vec<&String> = e.tier.iter().chain(e.qualified_tier.iter()).collect();
+                if let Some(t) = &e.tiers {
+                    tier_names.extend(t.values());
+                }
+                for t in tier_names {
+                    if !tiers.iter().any(|x| &x.id == t) {
+                        let help = did_you_mean(t, tiers.iter().map(|t| t.id.as_str()));
+                        self.d.at(Level::Error, "unknown_tier", path, Some(case.span.clone()), Some(&case.name), format!("case `{}` expects tier `{t}`, which the policy does not have", case.name), help);
+                    }
+                }
+                if let Some(c) = &e.change
+                    && !["promote", "demote", "hold", "none", "new"].contains(&c.as_str())
+                {
+                    self.d.at(Level::Error, "bad_case", path, Some(case.span.clone()), Some(&case.name), format!("case `{}` expects change `{c}`; changes are `promote`, `demote`, `hold`, `none`, `new`", case.name), None);
+                }
+                out.push(TestCase { name: case.name.clone(), place, accounts, portfolio, expect: case.expect.clone() });
+            }
+        }
+        out
+    }
+}
+
+fn matching_brace(s: &str, open: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_str: Option<char> = None;
+    let mut escaped = false;
+    for (i, ch) in s.char_indices().skip_while(|(i, _)| *i < open) {
+        if let Some(q) = in_str {
+            if escaped {
+                escaped = false;
+            } else if ch == '\\' {
+                escaped = true;
+            } else if ch == q {
+                in_str = None;
+            }
+            continue;
+        }
+        match ch {
+            '"' | '`' | '\'' => in_str = Some(ch),
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut c = s.chars();
+    matches!(c.next(), Some(f) if f.is_ascii_alphabetic() || f == '_') && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+}
+
+fn scalar_fits(v: &Scalar, ty: InputType) -> bool {
+    match (v, ty) {
+        (Scalar::Number(_) | Scalar::Integer(_), InputType::Number) => true,
+        (Scalar::Integer(_), InputType::Integer) => true,
+        (Scalar::Number(f), InputType::Integer) => f.fract() == 0.0,
+        (Scalar::String(_), InputType::String) => true,
+        (Scalar::String(s), InputType::Date) => crate::date::parse_days(s).is_some(),
+        (Scalar::Bool(_), InputType::Bool) => true,
+        _ => false,
+    }
+}
+
+pub(crate) fn scalar_text(v: &Scalar) -> String {
+    match v {
+        Scalar::Bool(b) => b.to_string(),
+        Scalar::Integer(i) => i.to_string(),
+        Scalar::Number(f) => f.to_string(),
+        Scalar::String(s) => format!("`{s}`"),
+    }
+}
+
+/// Why a value breaks an input's `min`/`max`/`one_of`, if it does.
+pub(crate) fn check_scalar(v: &Scalar, min: Option<f64>, max: Option<f64>, one_of: Option<&[Scalar]>) -> Option<String> {
+    let num = match v {
+        Scalar::Integer(i) => Some(*i as f64),
+        Scalar::Number(f) => Some(*f),
+        _ => None,
+    };
+    if let (Some(n), Some(lo)) = (num, min)
+        && n < lo
+    {
+        return Some(format!("{} is below the minimum {lo}", scalar_text(v)));
+    }
+    if let (Some(n), Some(hi)) = (num, max)
+        && n > hi
+    {
+        return Some(format!("{} is above the maximum {hi}", scalar_text(v)));
+    }
+    if let Some(list) = one_of {
+        let same = |a: &Scalar, b: &Scalar| match (a, b) {
+            (Scalar::String(x), Scalar::String(y)) => x == y,
+            (Scalar::Bool(x), Scalar::Bool(y)) => x == y,
+            _ => match (scalar_f64(a), scalar_f64(b)) {
+                (Some(x), Some(y)) => x == y,
+                _ => false,
+            },
+        };
+        if !list.iter().any(|x| same(x, v)) {
+            return Some(format!("{} is not one of {}", scalar_text(v), list.iter().map(scalar_text).collect::<Vec<_>>().join(", ")));
+        }
+    }
+    None
+}
+
+fn scalar_f64(v: &Scalar) -> Option<f64> {
+    match v {
+        Scalar::Integer(i) => Some(*i as f64),
+        Scalar::Number(f) => Some(*f),
+        _ => None,
+    }
+}
+
+/// Test-case accounts are written in TOML; snapshots are JSON-shaped. TOML dates become
+/// `YYYY-MM-DD` strings.
+pub(crate) fn toml_to_json(v: toml::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        toml::Value::String(s) => J::String(s),
+        toml::Value::Integer(i) => J::from(i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
+        toml::Value::Boolean(b) => J::Bool(b),
+        toml::Value::Datetime(d) => J::String(d.to_string()),
+        toml::Value::Array(a) => J::Array(a.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => J::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect()),
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Policy>();
+    let _ = OnceLock::<()>::new();
+}
