@@ -101,12 +101,11 @@ pub fn run(args: &EvalArgs, limits: &Limits) -> ExitCode {
         let errors = outcomes.iter().filter(|o| o.decision().is_none()).count() as u64;
         (errors, write_outcomes(&mut out, &outcomes, args.format))
     };
-    if let Err(e) = written.and_then(|_| out.flush()) {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
+    if let Err(e) = written.and_then(|_| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe {
             eprintln!("error: cannot write the output: {e}");
             return ExitCode::from(2);
         }
-    }
     if errors > 0 {
         eprintln!("{errors} account(s) answered with an error");
         return ExitCode::from(1);

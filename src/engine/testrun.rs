@@ -60,7 +60,7 @@ pub fn run_case(policy: &Policy, case: &TestCase) -> CaseResult {
         }
     } else {
         if let Some(code) = &e.error
-            && !outcomes.iter().any(|o| matches!(o, Outcome::Error { error, .. } if &error.code == code))
+            && !outcomes.iter().any(|o| matches!(o, Outcome::Error { error, .. } if error.code == code))
         {
             failures.push(format!("expected some account to fail with `{code}`"));
         }

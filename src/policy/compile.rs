@@ -13,7 +13,7 @@ use crate::script::{self, Limits, Var};
 use rhai::{Dynamic, ParseError, Scope};
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 const POLICY_FILE: &str = "policy.toml";
 
@@ -151,7 +151,7 @@ fn value_span(v: &toml::de::DeValue, path: &[Seg]) -> Option<Range<usize>> {
     match (v, path.first()?) {
         (toml::de::DeValue::Table(t), Seg::Key(_)) => key_span(t, path),
         (toml::de::DeValue::Array(a), Seg::Index(i)) => {
-            let item = a.iter().nth(*i)?;
+            let item = a.get(*i)?;
             if path.len() == 1 { Some(item.span()) } else { value_span(item.get_ref(), &path[1..]) }
         }
         _ => None,
@@ -278,9 +278,7 @@ impl Compiler<'_> {
             self.vars.insert(n.into(), v);
         }
 
-        let scripts: BTreeMap<String, String> = files
-            .iter()
-            .filter_map(|(p, _)| {
+        let scripts: BTreeMap<String, String> = files.keys().filter_map(|p| {
                 let stem = p.strip_prefix("scripts/")?.strip_suffix(".rhai")?;
                 (!stem.contains('/')).then(|| Some((stem.to_string(), self.d.sources.get(p)?.to_string())))?
             })
@@ -456,12 +454,12 @@ impl Compiler<'_> {
         let mut scope = Scope::new();
         let mut allowed: Vec<&str> = Vec::new();
         for (name, var) in &self.vars {
-            let ok = match (kind, var) {
-                (ExprKind::Account, Var::Input(_)) => true,
-                (ExprKind::Alert, Var::Input(_) | Var::Score | Var::Tier) => true,
-                (ExprKind::Portfolio, Var::AccountCount | Var::TotalRevenue | Var::ManagersOver | Var::ManagersUnder) => true,
-                _ => false,
-            };
+            let ok = matches!(
+                (kind, var),
+                (ExprKind::Account, Var::Input(_))
+                    | (ExprKind::Alert, Var::Input(_) | Var::Score | Var::Tier)
+                    | (ExprKind::Portfolio, Var::AccountCount | Var::TotalRevenue | Var::ManagersOver | Var::ManagersUnder)
+            );
             if ok {
                 allowed.push(name);
             }
@@ -979,9 +977,8 @@ pub(crate) fn toml_to_json(v: toml::Value) -> serde_json::Value {
     }
 }
 
-#[allow(dead_code)]
-fn _assert_send_sync() {
+/// The service shares one compiled policy across threads.
+const _: fn() = || {
     fn is<T: Send + Sync>() {}
     is::<Policy>();
-    let _ = OnceLock::<()>::new();
-}
+};

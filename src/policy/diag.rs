@@ -6,7 +6,7 @@
 //! file, line and column, and the id of the rule it concerns. [`Report`] renders them with
 //! miette when a terminal reader wants the source underlined.
 
-use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource};
+use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -109,6 +109,7 @@ impl Diagnostics {
     }
 
     /// Records a problem at a byte span of `file`.
+    #[allow(clippy::too_many_arguments)] // each is a part of the diagnostic; a builder would only rename them
     pub fn at(
         &mut self,
         level: Level,
@@ -244,11 +245,6 @@ impl miette::Diagnostic for Shown<'_> {
             len,
         ))))
     }
-}
-
-#[allow(dead_code)]
-fn _named(name: &str, text: &str) -> NamedSource<String> {
-    NamedSource::new(name, text.to_string())
 }
 
 /// "did you mean `x`?" for the closest candidate, when one is close enough.
