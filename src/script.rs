@@ -94,7 +94,7 @@ impl Aggregates {
             return 0.0;
         }
         let n = usize::try_from(n.max(0)).unwrap_or(usize::MAX);
-        let top: f64 = self.revenues_desc.iter().take(n).sum();
+        let top = self.revenues_desc.iter().take(n).fold(0.0, |a, b| a + b);
         top / self.total_revenue
     }
 }

@@ -138,7 +138,6 @@ fn imports_outside_scripts_are_refused_at_load() {
 /// imports of `compile_into_self_contained` with `Position::NONE`, and the engine does not
 /// find the `import` statement again, so the place is `scripts/evil.rhai:0:0`.
 #[test]
-#[ignore = "engine bug: bad_import diagnostics have no line:column (reported)"]
 fn a_refused_import_points_at_its_import_statement() {
     let script = "// a comment\nimport \"../x\" as x;\n";
     let (_tmp, dir) = write_policy("p", &[("policy.toml", SMALL), ("scripts/evil.rhai", script)]);
@@ -184,7 +183,6 @@ fn two_scripts_defining_the_same_function_is_an_error() {
 /// account fails at run time with `script_error` "module not found: h". Either the load
 /// should refuse it (with its place) or the import should work; today it is a silent trap.
 #[test]
-#[ignore = "engine bug: top-level imports in scripts load but fail every account at run time (reported)"]
 fn a_top_level_import_works_or_is_refused_at_load() {
     let text = SMALL.replace("steps = { input = \"revenue\", at = [100.0, 200.0] }", "script = \"four\"");
     let files = [("policy.toml", text.as_str()), ("scripts/h.rhai", "fn twice(x) { x * 2 }\n"), ("scripts/user.rhai", "import \"h\" as h;\nfn four(a) { h::twice(2) }\n")];
@@ -200,7 +198,6 @@ fn a_top_level_import_works_or_is_refused_at_load() {
 /// of the file: each escape (`\"`) before the error shifts it one column to the left. Here
 /// `bogus` is at 14:35 of the file; the report says 14:33.
 #[test]
-#[ignore = "engine bug: expression error columns drift by one per escape sequence (reported)"]
 fn an_error_after_escapes_in_a_basic_string_has_the_file_column() {
     let text = format!("{SMALL}\n").replace("min_score = 5.0\n", "min_score = 5.0\nwhen = \"revenue > 1.0 || \\\"a\\\" == bogus\"\n");
     let line = text.lines().position(|l| l.starts_with("when")).unwrap() + 1;
@@ -247,7 +244,6 @@ fn each_kind_of_mistake_has_its_code_and_place() {
 /// Same as for imports: `duplicate_function` is reported without a span, at
 /// `scripts/b.rhai:0:0`, though rhai knows where the second `fn fit` is (line 3).
 #[test]
-#[ignore = "engine bug: duplicate_function diagnostics have no line:column (reported)"]
 fn a_duplicate_function_points_at_its_definition() {
     let (_tmp, dir) = write_policy(
         "p",

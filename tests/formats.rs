@@ -322,7 +322,6 @@ fn unreadable_inputs_are_errors_of_the_whole_input() {
 /// `duplicates` counts only parsed records, so the other copy is decided: the output holds
 /// two entries for `dup`, an error and a decision.
 #[test]
-#[ignore = "engine bug: an id shared with a rejected record is not a duplicate_id (reported)"]
 fn an_id_shared_with_a_rejected_record_is_a_duplicate() {
     let p = policy();
     let text = "{\"id\": \"dup\", \"as_of\": 5}\n{\"id\": \"dup\", \"as_of\": \"2026-11-01\", \"fields\": {\"revenue\": 1, \"seats\": 1, \"segment\": \"smb\"}}\n";

@@ -83,7 +83,8 @@ pub struct NextTier {
     /// That tier's condition, if it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub when: Option<String>,
-    /// Whether the condition holds for this account (`null`: it could not be evaluated).
+    /// Whether the condition holds for this account; absent when it was not evaluated (the
+    /// score is below that tier's `min_score`: conditions are evaluated lazily).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub when_holds: Option<bool>,
 }

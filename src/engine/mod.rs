@@ -176,10 +176,15 @@ impl<'p> Ctx<'p> {
                     let v = self.run(&id, e)?;
                     self.number(&id, e.place.rule.as_deref().unwrap_or(""), v, &e.place)?
                 }
-                Scoring::Script { function, place } => {
+                Scoring::Script { function, file, place } => {
                     let rule = place.rule.as_deref().unwrap_or("");
-                    let v = script::call(&p.engine, &p.lib, function, AccountView(account.values.clone()))
-                        .map_err(|e| script_failure(&id, &ScriptError::from_rhai(&e, &p.limits), rule, place))?;
+                    let v = script::call(&p.engine, &p.lib, function, AccountView(account.values.clone())).map_err(|e| {
+                        // An error raised in the function itself carries no source: it is
+                        // in the file that defines the function.
+                        let mut err = ScriptError::from_rhai(&e, &p.limits);
+                        err.source.get_or_insert_with(|| file.clone());
+                        script_failure(&id, &err, rule, place)
+                    })?;
                     self.number(&id, rule, v, place)?
                 }
             };
@@ -359,12 +364,9 @@ impl<'p> Ctx<'p> {
             let up = s.tier - 1;
             let t = &p.tiers[up];
             let needs = t.min_score + p.movement.promote_margin;
-            let when_holds = match (&t.when, s.when[up]) {
-                (None, _) => None,
-                (Some(_), Some(v)) => Some(v),
-                // Shown for the reader only: an error here must not fail the decision.
-                (Some(w), None) => self.condition(&s.account.id, w).ok(),
-            };
+            // Lazy like everything else: known only if the score reached that tier's
+            // min_score and its condition was evaluated for the decision.
+            let when_holds = if t.when.is_some() { s.when[up] } else { None };
             Some(NextTier { tier: t.id.clone(), needs, gap: (needs - s.score).max(0.0), when: t.when.as_ref().map(|w| w.source.clone()), when_holds })
         } else {
             None
@@ -391,10 +393,19 @@ impl<'p> Ctx<'p> {
 /// Marks every record whose id appears more than once (`duplicate_id`).
 pub(crate) fn duplicates(records: &[Record]) -> Vec<bool> {
     let mut counts: HashMap<&str, u32> = HashMap::with_capacity(records.len());
-    for r in records.iter().flatten() {
-        *counts.entry(r.id.as_str()).or_default() += 1;
+    // A rejected record with an id still claims it: otherwise its valid twin would be
+    // decided and the output would hold two answers for one id.
+    for id in records.iter().filter_map(|r| match r {
+        Ok(s) => Some(s.id.as_str()),
+        Err(e) => e.id.as_deref(),
+    }) {
+        *counts.entry(id).or_default() += 1;
     }
-    records.iter().map(|r| r.as_ref().is_ok_and(|s| counts.get(s.id.as_str()).copied().unwrap_or(0) > 1)).collect()
+    let twice = |id: Option<&str>| id.is_some_and(|id| counts.get(id).copied().unwrap_or(0) > 1);
+    records.iter().map(|r| match r {
+        Ok(s) => twice(Some(&s.id)),
+        Err(e) => twice(e.id.as_deref()),
+    }).collect()
 }
 
 pub(crate) fn duplicate_error(id: &str) -> AccountError {
@@ -421,7 +432,7 @@ pub fn evaluate(policy: &Policy, records: &[Record]) -> Vec<Outcome> {
     map_records(records, |i, r| {
         let result = match r {
             Err(e) => Err(e.clone()),
-            Ok(_) if dup[i] => Err(duplicate_error(r.as_ref().map(|s| s.id.as_str()).unwrap_or_default())),
+            Ok(s) if dup[i] => Err(duplicate_error(&s.id)),
             Ok(s) => snapshot::validate(policy, s).and_then(|a| ctx.score_and_move(a)).and_then(|sc| ctx.finish(sc, &pref)),
         };
         match result {

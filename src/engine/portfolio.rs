@@ -227,18 +227,19 @@ fn summarize(policy: &Policy, accounts: &[Outcome], revenue: &[f64], book: Book)
     let mut revenues = Vec::new();
     let mut moves = Vec::new();
     let mut errors = 0u64;
-    let mut total = 0.0;
+    // f64 addition is not associative: sums run over values sorted descending, never in input
+    // order, so reordering the accounts cannot change a total (or flip a portfolio alert).
+    let mut by_tier: Vec<Vec<f64>> = vec![Vec::new(); policy.tiers.len()];
     for (i, o) in accounts.iter().enumerate() {
         let Some(d) = o.decision() else {
             errors += 1;
             continue;
         };
         let rev = revenue.get(i).copied().unwrap_or(0.0);
-        total += rev;
         revenues.push(rev);
         if let Some(t) = policy.tier_index(&d.tier) {
             tiers[t].count += 1;
-            tiers[t].revenue += rev;
+            by_tier[t].push(rev);
         }
         match d.change {
             Change::Promote => changes.promote += 1,
@@ -258,6 +259,12 @@ fn summarize(policy: &Policy, accounts: &[Outcome], revenue: &[f64], book: Book)
         t.share = if n == 0 { 0.0 } else { t.count as f64 / n as f64 };
     }
     revenues.sort_by(|a, b| b.total_cmp(a));
+    // fold from +0.0: `Sum` for f64 starts at -0.0, which would print as `-0.0`.
+    let total = revenues.iter().fold(0.0, |a, b| a + b);
+    for (t, mut revs) in tiers.iter_mut().zip(by_tier) {
+        revs.sort_by(|a, b| b.total_cmp(a));
+        t.revenue = revs.iter().fold(0.0, |a, b| a + b);
+    }
     moves.sort_by(|a, b| a.id.as_bytes().cmp(b.id.as_bytes()));
     // Managers are counted from decided accounts only (an alert error removes an account).
     let managers = book.managers;

@@ -47,7 +47,7 @@ pub(crate) fn compile(name: &str, files: &Files, limits: &Limits) -> Result<Poli
     let Some(raw) = parse_toml::<RawPolicy>(&mut d, POLICY_FILE, &text) else {
         return Err(Report::from_diagnostics(name, d));
     };
-    let mut c = Compiler { d, limits, text: text.clone(), vars: HashMap::new() };
+    let mut c = Compiler { d, limits, text: text.clone(), vars: HashMap::new(), fn_files: HashMap::new() };
     let policy = c.policy(name, files, raw);
     match policy {
         Some(p) if !c.d.has_errors() => Ok(p),
@@ -202,10 +202,13 @@ fn lower(s: &str) -> String {
     }
 }
 
-/// Maps a rhai position inside a TOML string value to a byte offset of the file.
+/// Maps a rhai position inside a TOML string value to a byte offset of the file. rhai counts
+/// characters of the value; in a basic (`"`) string an escape such as `\"` is one character
+/// of the value but several of the file.
 fn offset_in_string(text: &str, span: &Range<usize>, line: usize, col: usize) -> usize {
     let rest = text.get(span.start..).unwrap_or("");
     let mut start = span.start;
+    let basic = rest.starts_with('"');
     if rest.starts_with("\"\"\"") || rest.starts_with("'''") {
         start += 3;
         if text.get(start..).is_some_and(|r| r.starts_with('\n')) {
@@ -216,25 +219,33 @@ fn offset_in_string(text: &str, span: &Range<usize>, line: usize, col: usize) ->
     } else if rest.starts_with('"') || rest.starts_with('\'') {
         start += 1;
     }
-    let mut off = start;
     let body = text.get(start..span.end.min(text.len())).unwrap_or("");
     let mut lines_left = line.saturating_sub(1);
     let mut cols_left = col.saturating_sub(1);
-    for (i, ch) in body.char_indices() {
-        if lines_left > 0 {
-            if ch == '\n' {
-                lines_left -= 1;
-            }
-            off = start + i + ch.len_utf8();
-            continue;
-        }
-        if cols_left == 0 {
+    let mut chars = body.char_indices().peekable();
+    while let Some((i, ch)) = chars.next() {
+        if lines_left == 0 && cols_left == 0 {
             return start + i;
         }
-        cols_left -= 1;
-        off = start + i + ch.len_utf8();
+        if ch == '\n' {
+            lines_left = lines_left.saturating_sub(1);
+            continue;
+        }
+        if basic && ch == '\\' {
+            let skip = match chars.peek().map(|p| p.1) {
+                Some('u') => 5,
+                Some('U') => 9,
+                _ => 1,
+            };
+            for _ in 0..skip {
+                chars.next();
+            }
+        }
+        if lines_left == 0 {
+            cols_left -= 1;
+        }
     }
-    off
+    span.end.min(text.len())
 }
 
 #[derive(Clone, Copy)]
@@ -252,6 +263,8 @@ struct Compiler<'a> {
     limits: &'a Limits,
     text: Arc<str>,
     vars: HashMap<String, Var>,
+    /// Script function name (one parameter) → the file defining it.
+    fn_files: HashMap<String, String>,
 }
 
 impl Compiler<'_> {
@@ -421,16 +434,34 @@ impl Compiler<'_> {
                         rhai::EvalAltResult::ErrorModuleNotFound(ref m, _) => ("bad_import", m.clone()),
                         ref other => ("bad_import", lower(&other.to_string())),
                     };
+                    // rhai resolves imports without a position: find the path in the source.
+                    let span = span.or_else(|| {
+                        let path = msg.split('`').nth(1)?;
+                        let lit = src.find(&format!("\"{path}\""))?;
+                        let at = src.get(..lit)?.rfind("import").unwrap_or(lit);
+                        Some(at..lit + path.len() + 2)
+                    });
                     self.d.at(Level::Error, code, &file, span, None, msg, None);
                     continue;
                 }
             };
+            // Only functions of a script file are ever used: a top-level `import` would never
+            // run for them, so it is refused here rather than failing every account later.
+            let top = format!("{:?}", ast.clone_statements_only());
+            if top.contains("Import(") {
+                let at = src.find("import");
+                self.d.at(Level::Error, "bad_import", &file, at.map(|a| a..a + 6), None, "an `import` at the top of a script file is never run", Some("put the `import` inside the function that uses it".into()));
+            }
             for f in ast.iter_functions() {
                 let key = (f.name.to_string(), f.params.len());
                 if let Some(other) = seen.get(&key) {
-                    self.d.at(Level::Error, "duplicate_function", &file, None, Some(f.name), format!("function `{}` with {} parameter(s) is also defined in `{other}`", f.name, f.params.len()), None);
+                    let at = find_fn(src, f.name);
+                    self.d.at(Level::Error, "duplicate_function", &file, at, Some(f.name), format!("function `{}` with {} parameter(s) is also defined in `{other}`", f.name, f.params.len()), None);
                 } else {
                     seen.insert(key, file.clone());
+                }
+                if f.params.len() == 1 {
+                    self.fn_files.entry(f.name.to_string()).or_insert_with(|| file.clone());
                 }
             }
             let mut funcs = ast.clone_functions_only();
@@ -609,7 +640,8 @@ impl Compiler<'_> {
                     self.err("bad_function", Some(f.span.clone()), Some(&rule), format!("script function `{}` must take one argument, the account", f.value), None);
                     None
                 } else {
-                    Some(Scoring::Script { function: f.value.clone(), place: self.place(&f.span, &rule) })
+                    let file = self.fn_files.get(&f.value).cloned().unwrap_or_default();
+                    Some(Scoring::Script { function: f.value.clone(), file, place: self.place(&f.span, &rule) })
                 }
             } else {
                 None
@@ -863,6 +895,20 @@ impl Compiler<'_> {
         }
         out
     }
+}
+
+/// Where `fn name(` is defined in a script.
+fn find_fn(src: &str, name: &str) -> Option<Range<usize>> {
+    let mut from = 0;
+    while let Some(i) = src.get(from..)?.find("fn ") {
+        let at = from + i;
+        let rest = src.get(at + 3..)?.trim_start();
+        if rest.starts_with(name) && rest[name.len()..].trim_start().starts_with('(') {
+            return Some(at..at + 2);
+        }
+        from = at + 3;
+    }
+    None
 }
 
 fn matching_brace(s: &str, open: usize) -> Option<usize> {

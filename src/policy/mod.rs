@@ -61,8 +61,8 @@ pub enum Scoring {
     /// Index of the input and the ascending cut points.
     Steps { input: usize, at: Vec<f64> },
     Expr(Expr),
-    /// A function of `scripts/*.rhai` taking the account.
-    Script { function: String, place: Place },
+    /// A function of `scripts/*.rhai` taking the account; `file` defines it.
+    Script { function: String, file: String, place: Place },
 }
 
 #[derive(Debug)]
