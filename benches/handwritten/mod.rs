@@ -1347,9 +1347,12 @@ pub fn evaluate_portfolio<'a, 'p>(accounts: Vec<Result<Account<'a>, HwError>>, p
     (outcomes, summary)
 }
 
-/// The last line of `eval --portfolio --format jsonl`: policy and summary (keys sorted, as the
-/// engine writes it through `serde_json::json!`).
+/// The last line of `eval --portfolio --format jsonl`: policy and summary, in field order.
 pub fn summary_line(pol: &PolicyRef, summary: &Summary) -> serde_json::Result<Vec<u8>> {
-    let v = serde_json::json!({ "policy": pol, "summary": summary });
-    serde_json::to_vec(&v)
+    #[derive(serde::Serialize)]
+    struct Tail<'a> {
+        policy: &'a PolicyRef,
+        summary: &'a Summary,
+    }
+    serde_json::to_vec(&Tail { policy: pol, summary })
 }
