@@ -124,7 +124,8 @@ pub fn run(policy: &Policy, records: &[Record]) -> usize {
     let er = engine::evaluate_portfolio(policy, records);
     let (hand_p, summary) = hw::evaluate_portfolio(hw_accounts(records), &pref);
     let p = compare("portfolio", &er.accounts, &hand_p);
-    let es = serde_json::to_vec(&serde_json::json!({ "policy": er.policy, "summary": er.summary })).unwrap_or_default();
+    // The same bytes as the CLI's summary line: policy, then summary, in field order.
+    let es = [&b"{\"policy\":"[..], &serde_json::to_vec(&er.policy).unwrap_or_default(), b",\"summary\":", &serde_json::to_vec(&er.summary).unwrap_or_default(), b"}"].concat();
     let hs = hw::summary_line(&pref, &summary).unwrap_or_default();
     let summary_ok = es == hs;
     if !summary_ok {
