@@ -46,6 +46,11 @@ pub(crate) struct Scored {
     pub when: Vec<Option<bool>>,
 }
 
+/// A `number` or `integer` input's value as f64 (`None` for `()` or another type).
+pub(crate) fn as_number(v: &Dynamic) -> Option<f64> {
+    v.as_float().ok().or_else(|| v.as_int().ok().map(|i| i as f64))
+}
+
 /// Formats a figure for a sentence: at most two decimals, no trailing zeros.
 pub(crate) fn num(x: f64) -> String {
     let s = format!("{x:.2}");
@@ -112,11 +117,7 @@ impl<'p> Ctx<'p> {
     }
 
     fn number(&self, id: &str, rule: &str, v: Dynamic, place: &Place) -> Result<f64, AccountError> {
-        let x = if let Ok(f) = v.as_float() {
-            f
-        } else if let Ok(i) = v.as_int() {
-            i as f64
-        } else {
+        let Some(x) = as_number(&v) else {
             let mut e = AccountError::new(Some(id), "bad_score", format!("criterion gave {} `{v}`, not a number (in `{rule}`)", v.type_name()));
             e.rule = Some(rule.to_string());
             e.place = Some(place.clone());
@@ -168,7 +169,7 @@ impl<'p> Ctx<'p> {
             let sc = match &c.scoring {
                 Scoring::Steps { input, at } => {
                     let v = &account.values[*input];
-                    let x = v.as_float().or_else(|_| v.as_int().map(|i| i as f64)).unwrap_or(f64::NAN);
+                    let x = as_number(v).unwrap_or(f64::NAN);
                     let n = at.iter().take_while(|&&cut| cut <= x).count();
                     lo + (hi - lo) * n as f64 / at.len() as f64
                 }

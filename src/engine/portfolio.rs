@@ -215,10 +215,7 @@ pub fn evaluate_portfolio(policy: &Policy, records: &[Record]) -> PortfolioResul
 
 fn revenue_value(policy: &Policy, s: &Scored) -> f64 {
     let Some(r) = policy.revenue else { return 0.0 };
-    match s.account.values.get(r) {
-        Some(v) => v.as_float().or_else(|_| v.as_int().map(|i| i as f64)).unwrap_or(0.0),
-        None => 0.0,
-    }
+    s.account.values.get(r).and_then(as_number).unwrap_or(0.0)
 }
 
 fn summarize(policy: &Policy, accounts: &[Outcome], revenue: &[f64], book: Book) -> Summary {
