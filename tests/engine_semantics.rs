@@ -214,7 +214,7 @@ id = "t"
     let d = one(&p, A(json!({"id": "w", "as_of": AS_OF, "fields": {"a": 9.1, "b": 2.3, "c": 7.7}})));
     let want = (3.0 * 9.1 + 0.7 * 2.3 + 0.1 * 7.7) / (3.0 + 0.7 + 0.1);
     assert_eq!(d.score, want, "unrounded, summed in criteria order");
-    assert_eq!(d.scores.iter().map(|s| (s.id.as_str(), s.weight)).collect::<Vec<_>>(), vec![("a", 3.0), ("b", 0.7), ("c", 0.1)]);
+    assert_eq!(d.scores.iter().map(|s| (&*s.id, s.weight)).collect::<Vec<_>>(), vec![("a", 3.0), ("b", 0.7), ("c", 0.1)]);
 }
 
 #[test]
@@ -246,14 +246,14 @@ fn a_non_number_or_nan_criterion_is_that_accounts_bad_score() {
 #[test]
 fn the_qualified_tier_is_the_first_whose_min_score_and_when_hold() {
     let p = load_inline(&format!("{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\nwhen = \"ok\"\n\n[[tiers]]\nid = \"silver\"\nmin_score = 5.0\n\n[[tiers]]\nid = \"nomin\"\n\n[[tiers]]\nid = \"bronze\"\n"), &[]);
-    assert_eq!(one(&p, A::new("a", 9.0)).qualified_tier, "gold");
+    assert_eq!(one(&p, A::new("a", 9.0)).qualified_tier, "gold".into());
     let d = one(&p, A::new("a", 9.0).f("ok", false));
-    assert_eq!(d.qualified_tier, "silver");
+    assert_eq!(d.qualified_tier, "silver".into());
     assert_eq!(codes(&d), vec!["condition", "qualifies", "new"]);
-    assert_eq!(one(&p, A::new("a", 8.0)).qualified_tier, "gold", "score >= min_score, unrounded");
-    assert_eq!(one(&p, A::new("a", 7.999_999_999)).qualified_tier, "silver");
+    assert_eq!(one(&p, A::new("a", 8.0)).qualified_tier, "gold".into(), "score >= min_score, unrounded");
+    assert_eq!(one(&p, A::new("a", 7.999_999_999)).qualified_tier, "silver".into());
     // A missing min_score is 0: every score reaches `nomin`; the last tier is never reached.
-    assert_eq!(one(&p, A::new("a", 1.0)).qualified_tier, "nomin");
+    assert_eq!(one(&p, A::new("a", 1.0)).qualified_tier, "nomin".into());
 }
 
 #[test]
@@ -261,10 +261,10 @@ fn a_when_is_evaluated_only_once_the_score_reaches_min_score() {
     // `[1][5]` is an out-of-bounds error: evaluating it makes the account an error.
     let p = load_inline(&format!("{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\nwhen = \"[1][5] == 1\"\n\n[[tiers]]\nid = \"bronze\"\n"), &[]);
     let d = one(&p, A::new("below", 7.9));
-    assert_eq!((d.qualified_tier.as_str(), d.tier.as_str()), ("bronze", "bronze"));
+    assert_eq!((&*d.qualified_tier, &*d.tier), ("bronze", "bronze"));
     // The distance to gold is shown without failing the decision (`when_holds` unknown).
     let nt = d.next_tier.as_ref().unwrap();
-    assert_eq!((nt.tier.as_str(), nt.needs, nt.when_holds), ("gold", 8.0, None));
+    assert_eq!((&*nt.tier, nt.needs, nt.when_holds), ("gold", 8.0, None));
     let e = one_err(&p, A::new("reaches", 8.0));
     assert_eq!((e.code, e.rule.as_deref()), ("script_error", Some("tiers.gold")));
 }
@@ -329,23 +329,23 @@ fn promotion_needs_the_margin_and_lands_max_steps_away() {
     let p = load_inline(&format!("{HEAD}{FIVE}"), &[]);
     // e -> a qualifies (9.6 >= 9.5), capped at 2 steps: lands in c although c's `when` fails.
     let d = one(&p, A::new("far", 9.6).cur("e"));
-    assert_eq!((d.qualified_tier.as_str(), d.tier.as_str(), d.change), ("a", "c", Change::Promote));
+    assert_eq!((&*d.qualified_tier, &*d.tier, d.change), ("a", "c", Change::Promote));
     assert_eq!(codes(&d), vec!["qualifies", "promote", "max_steps"]);
     // 9.4 < 9.5: the best tier by margin is b (9.4 >= 7.5), still 3 steps: lands in c.
     let d = one(&p, A::new("b-ish", 9.4).cur("e"));
-    assert_eq!((d.qualified_tier.as_str(), d.tier.as_str()), ("a", "c"));
+    assert_eq!((&*d.qualified_tier, &*d.tier), ("a", "c"));
     // From d, 9.5 >= 9.5 exactly: a is 3 up, lands 2 up in b.
     let d = one(&p, A::new("exact", 9.5).cur("d"));
-    assert_eq!((d.tier.as_str(), d.change), ("b", Change::Promote));
+    assert_eq!((&*d.tier, d.change), ("b", Change::Promote));
     // c's `when` fails, so from e a score of 5.6 promotes to d (5.6 >= 3.5), not c.
     let d = one(&p, A::new("cond", 5.6).cur("e"));
-    assert_eq!((d.qualified_tier.as_str(), d.tier.as_str()), ("d", "d"));
+    assert_eq!((&*d.qualified_tier, &*d.tier), ("d", "d"));
     // With the flag, c qualifies and is one step: c.
     let d = one(&p, A::new("cond", 5.6).cur("e").f("flag", true));
-    assert_eq!((d.qualified_tier.as_str(), d.tier.as_str()), ("c", "c"));
+    assert_eq!((&*d.qualified_tier, &*d.tier), ("c", "c"));
     // Qualifies higher but not by the margin: stays, change none, reason promote_margin.
     let d = one(&p, A::new("near", 7.3).cur("d"));
-    assert_eq!((d.qualified_tier.as_str(), d.tier.as_str(), d.change), ("b", "d", Change::None));
+    assert_eq!((&*d.qualified_tier, &*d.tier, d.change), ("b", "d", Change::None));
     assert!(codes(&d).contains(&"promote_margin"));
     insta::assert_json_snapshot!("promote_max_steps", one(&p, A::new("far", 9.6).cur("e").since("2026-10-01")));
 }
@@ -355,7 +355,7 @@ fn demotion_lands_max_steps_away_whatever_the_when() {
     let p = load_inline(&format!("{HEAD}{FIVE}"), &[]);
     // a -> e qualifies (score 1), at most 2 down: c, although c's `when` (flag) fails.
     let d = one(&p, A::new("fall", 1.0).cur("a"));
-    assert_eq!((d.qualified_tier.as_str(), d.tier.as_str(), d.change), ("e", "c", Change::Demote));
+    assert_eq!((&*d.qualified_tier, &*d.tier, d.change), ("e", "c", Change::Demote));
     assert_eq!(codes(&d), vec!["qualifies", "demote", "max_steps"]);
 }
 
@@ -384,23 +384,23 @@ fn a_demotion_is_stopped_by_margin_then_tenure_then_holds() {
 
     // 7.5 >= 8 - 1: within the margin -> hold (margin), even with tenure unmet and the hold on.
     let d = one(&p, A::new("m", 7.5).cur("gold").since("2026-10-30").f("flag", true));
-    assert_eq!((d.tier.as_str(), d.change, hold(&d)), ("gold", Change::Hold, Some("margin")));
+    assert_eq!((&*d.tier, d.change, hold(&d)), ("gold", Change::Hold, Some("margin")));
     // 7.0 = 8 - 1 is not below: still the margin.
     let d = one(&p, A::new("m", 7.0).cur("gold"));
     assert_eq!((d.change, hold(&d)), (Change::Hold, Some("margin")));
     // 6.9 < 7: the margin lets it through; 89 days < 90: tenure, even with the hold on.
     let d = one(&p, A::new("t", 6.9).cur("gold").since("2026-08-04").f("flag", true));
-    assert_eq!((d.tier.as_str(), d.change, hold(&d)), ("gold", Change::Hold, Some("tenure")));
+    assert_eq!((&*d.tier, d.change, hold(&d)), ("gold", Change::Hold, Some("tenure")));
     // 90 days: tenure met; the first hold holds.
     let d = one(&p, A::new("h", 6.9).cur("gold").since("2026-08-03").f("flag", true));
-    assert_eq!((d.tier.as_str(), d.change, hold(&d)), ("gold", Change::Hold, Some("hold")));
+    assert_eq!((&*d.tier, d.change, hold(&d)), ("gold", Change::Hold, Some("hold")));
     assert!(d.reasons.iter().any(|r| r.message.contains("renewal coming")), "{:?}", d.reasons);
     // No tier_since: tenure counts as met.
     let d = one(&p, A::new("h", 6.9).cur("gold").f("flag", true));
     assert_eq!(hold(&d), Some("hold"));
     // Nothing stops it: demoted to the qualified tier (silver).
     let d = one(&p, A::new("d", 6.9).cur("gold").since("2026-08-03"));
-    assert_eq!((d.tier.as_str(), d.change, hold(&d)), ("silver", Change::Demote, None));
+    assert_eq!((&*d.tier, d.change, hold(&d)), ("silver", Change::Demote, None));
     // Holds run in declaration order and only when reached: `boom` fails only at x < 1.5 ...
     let d = one(&p, A::new("d", 1.4).cur("gold").f("flag", true));
     assert_eq!(hold(&d), Some("hold"));
@@ -413,10 +413,10 @@ fn a_demotion_is_stopped_by_margin_then_tenure_then_holds() {
 fn a_failing_current_when_demotes_even_above_the_margin() {
     let p = load_inline(&format!("{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\nwhen = \"ok\"\n\n[[tiers]]\nid = \"bronze\"\n{HOLDS}"), &[]);
     let d = one(&p, A::new("c", 9.5).cur("gold").f("ok", false));
-    assert_eq!((d.tier.as_str(), d.change), ("bronze", Change::Demote));
+    assert_eq!((&*d.tier, d.change), ("bronze", Change::Demote));
     // ... subject to tenure and holds all the same.
     let d = one(&p, A::new("c", 9.5).cur("gold").f("ok", false).since("2026-10-01"));
-    assert_eq!((d.tier.as_str(), d.change), ("gold", Change::Hold));
+    assert_eq!((&*d.tier, d.change), ("gold", Change::Hold));
     assert!(codes(&d).contains(&"tenure"));
 }
 
@@ -424,7 +424,7 @@ fn a_failing_current_when_demotes_even_above_the_margin() {
 fn no_current_tier_is_new_and_an_unknown_one_is_an_error() {
     let p = three("");
     let d = one(&p, A::new("n", 9.0));
-    assert_eq!((d.tier.as_str(), d.change, d.previous_tier.as_deref()), ("gold", Change::New, None));
+    assert_eq!((&*d.tier, d.change, d.previous_tier.as_deref()), ("gold", Change::New, None));
     let e = one_err(&p, A::new("u", 9.0).cur("platinum"));
     assert_eq!((e.code, e.field.as_deref()), ("unknown_tier", Some("current_tier")));
 }
@@ -451,7 +451,7 @@ fn caps_keep_floor_share_times_n_plus_epsilon_ranked_by_score_then_id() {
     accounts.reverse(); // input order must not matter
     let r = book(&p, &accounts);
     assert_eq!((tier_of(&r, "g028"), tier_of(&r, "g029"), tier_of(&r, "g030")), ("gold", "silver", "silver"));
-    let tiers: Vec<(String, String)> = r.accounts.iter().map(|o| (o.id().unwrap().to_string(), o.decision().unwrap().tier.clone())).collect();
+    let tiers: Vec<(String, String)> = r.accounts.iter().map(|o| (o.id().unwrap().to_string(), o.decision().unwrap().tier.to_string())).collect();
     // Ranked by score descending, then id: the first 29 gold, the next 50 silver (silver's
     // max_count), the remaining 21 bronze.
     let mut ranked: Vec<usize> = (0..100).collect();
@@ -518,7 +518,7 @@ fn held_accounts_are_ranked_in_caps_and_change_reflects_the_final_tier() {
     let want = [("held", "bronze", Change::Demote), ("g1", "gold", Change::None), ("g2", "gold", Change::New), ("s1", "silver", Change::None), ("s2", "bronze", Change::Demote), ("up", "silver", Change::None)];
     for (id, tier, change) in want {
         let d = dec(&r, id);
-        assert_eq!((d.tier.as_str(), d.change), (tier, change), "{id}: {:?}", d.reasons);
+        assert_eq!((&*d.tier, d.change), (tier, change), "{id}: {:?}", d.reasons);
     }
     assert_eq!(codes(dec(&r, "held")), vec!["qualifies", "margin", "cap", "cap"]);
     assert_eq!(codes(dec(&r, "up")), vec!["qualifies", "promote", "cap"]);
@@ -687,7 +687,7 @@ message = \"x\"
     );
     // N = 5, total 1000; top1 600/1000, top2 800/1000, top99 (fewer accounts) 1.0; gold 3 of 5,
     // gold revenue 900; ann 3 > 2 over; bob 0 < 2 under.
-    let msgs: Vec<(&str, &str)> = r.summary.portfolio_alerts.iter().map(|a| (a.id.as_str(), a.message.as_str())).collect();
+    let msgs: Vec<(&str, &str)> = r.summary.portfolio_alerts.iter().map(|a| (&*a.id, a.message.as_str())).collect();
     assert_eq!(
         msgs,
         vec![
@@ -740,13 +740,13 @@ message = \"top\"
     assert_eq!(d.alerts.len(), 2);
     // x is a number: `12.5`; score is clamped 10 -> `10.0`; n an integer `7`; absent `()` -> empty.
     assert_eq!(d.alerts[0].message, "{literal} x=12.5 n=7 name=Acme {Ltd} rev=[] sum=30.0 t=gold s=10.0 map=1 str=7% {7}");
-    assert_eq!((d.alerts[1].id.as_str(), d.alerts[1].message.as_str()), ("gold_only", "top"));
+    assert_eq!((&*d.alerts[1].id, d.alerts[1].message.as_str()), ("gold_only", "top"));
     // A whole-number float shows as `25.0`.
     let d = one(&p, A::new("m", 10.0).f("rev", 25));
     assert!(d.alerts[0].message.contains("x=10.0 ") && d.alerts[0].message.contains("rev=[25.0]"), "{}", d.alerts[0].message);
     // Alerts are evaluated on the final tier: bronze gets only `show`.
     let d = one(&p, A::new("m", 3.0));
-    assert_eq!(d.alerts.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), vec!["show"]);
+    assert_eq!(d.alerts.iter().map(|a| &*a.id).collect::<Vec<_>>(), vec!["show"]);
 }
 
 #[test]
@@ -761,7 +761,7 @@ fn account_alerts_see_the_final_tier_after_caps() {
     assert_eq!(show("b"), vec!["where: bronze 8.5", "bronze_only: b"]);
     // Account level has no caps: b stays gold.
     let d = one(&p, A::new("b", 8.5));
-    assert_eq!((d.tier.as_str(), d.alerts.len()), ("gold", 1));
+    assert_eq!((&*d.tier, d.alerts.len()), ("gold", 1));
 }
 
 // --- change at portfolio level -------------------------------------------------------------
@@ -784,7 +784,7 @@ fn change_compares_the_final_tier_with_the_current_one() {
             A::new("fresh", 9.7),                 // new, capped to silver: still new
         ],
     );
-    let got: Vec<(&str, &str, Change)> = r.accounts.iter().map(|o| o.decision().unwrap()).map(|d| (d.id.as_str(), d.tier.as_str(), d.change)).collect();
+    let got: Vec<(&str, &str, Change)> = r.accounts.iter().map(|o| o.decision().unwrap()).map(|d| (d.id.as_str(), &*d.tier, d.change)).collect();
     assert_eq!(
         got,
         vec![
@@ -815,20 +815,20 @@ fn next_tier_shows_what_the_tier_above_needs() {
     // Below gold's min_score its condition is not evaluated (lazy), so `when_holds` is absent.
     let d = one(&p, A::new("s", 6.5));
     let nt = d.next_tier.unwrap();
-    assert_eq!((nt.tier.as_str(), nt.needs, nt.gap, nt.when.as_deref(), nt.when_holds), ("gold", 8.25, 8.25 - 6.5, Some("ok"), None));
+    assert_eq!((&*nt.tier, nt.needs, nt.gap, nt.when.as_deref(), nt.when_holds), ("gold", 8.25, 8.25 - 6.5, Some("ok"), None));
     // At gold's min_score the condition was evaluated to qualify, and failed: shown.
     let d = one(&p, A::new("s", 8.5).f("ok", false));
     let nt = d.next_tier.unwrap();
-    assert_eq!((nt.tier.as_str(), nt.gap, nt.when_holds), ("gold", 0.0, Some(false)));
+    assert_eq!((&*nt.tier, nt.gap, nt.when_holds), ("gold", 0.0, Some(false)));
     let d = one(&p, A::new("b", 1.0));
     let nt = d.next_tier.unwrap();
-    assert_eq!((nt.tier.as_str(), nt.needs, nt.gap, nt.when, nt.when_holds), ("silver", 5.25, 4.25, None, None));
+    assert_eq!((&*nt.tier, nt.needs, nt.gap, nt.when, nt.when_holds), ("silver", 5.25, 4.25, None, None));
     // The best tier has no next tier.
     assert!(one(&p, A::new("g", 9.0)).next_tier.is_none());
     // Capped below a tier it already qualifies for: gap 0.
     let r = book(&p, &[A::new("a", 9.5), A::new("b", 9.0)]);
     let nt = dec(&r, "b").next_tier.clone().unwrap();
-    assert_eq!((nt.tier.as_str(), nt.gap, nt.when_holds), ("gold", 0.0, Some(true)));
+    assert_eq!((&*nt.tier, nt.gap, nt.when_holds), ("gold", 0.0, Some(true)));
 }
 
 // --- determinism ---------------------------------------------------------------------------

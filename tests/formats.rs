@@ -157,14 +157,14 @@ fn the_three_formats_give_identical_decisions() {
     // seats 80 -> 8; ent -> 10; partner 3 + nps 40/20 = 5. (2*10 + 8 + 10 + 5) / 5 = 8.6.
     let acme = json[0].decision().unwrap();
     assert_eq!(acme.score, 8.6);
-    assert_eq!((acme.tier.as_str(), acme.change.as_str()), ("key", "promote"));
+    assert_eq!((&*acme.tier, acme.change.as_str()), ("key", "promote"));
     assert_eq!(acme.alerts.len(), 1);
     assert_eq!(acme.alerts[0].message, "renewal on 2026-12-01, in 30 days");
     // bolt: 5000 -> 1 + 9 * 1/3 = 4; seats 3.0 (an integer) -> 0.3 clamped to 1; smb 2;
     // partner default false 1 + nps absent 0 = 1. (8 + 1 + 2 + 1) / 5 = 2.4.
     let bolt = json[1].decision().unwrap();
     assert_eq!(bolt.score, 2.4);
-    assert_eq!((bolt.tier.as_str(), bolt.change.as_str()), ("base", "new"));
+    assert_eq!((&*bolt.tier, bolt.change.as_str()), ("base", "new"));
 }
 
 #[test]

@@ -166,7 +166,7 @@ fn check_book(p: &Policy, accounts: &[Value], r: &PortfolioResult) -> Result<(),
     prop_assert_eq!(r.summary.error_count, accounts.len() as u64 - n);
     let mut count: HashMap<&str, u64> = HashMap::new();
     for d in &decided {
-        *count.entry(d.tier.as_str()).or_default() += 1;
+        *count.entry(&*d.tier).or_default() += 1;
     }
     for (t, s) in p.tiers.iter().zip(&r.summary.tiers) {
         let c = count.get(t.id.as_str()).copied().unwrap_or(0);

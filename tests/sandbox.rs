@@ -102,7 +102,7 @@ fn check_hostile_batch(out: &[Outcome]) {
     for o in out {
         match o {
             Outcome::Decision(d) => {
-                assert_eq!((d.score, d.tier.as_str()), (7.0, "key"));
+                assert_eq!((d.score, &*d.tier), (7.0, "key"));
             }
             Outcome::Error { error, .. } => {
                 assert_eq!(error.rule.as_deref(), Some("score.criteria.risky"), "{error:?}");

@@ -62,7 +62,7 @@ pub fn compare(label: &str, engine: &[Outcome], hand: &[hw::Outcome<'_, '_>]) ->
     for (e, h) in engine.iter().zip(hand) {
         match (e, h) {
             (Outcome::Decision(d), hw::Outcome::Decision(x)) => {
-                if d.tier != x.tier {
+                if *d.tier != *x.tier {
                     m.tier += 1;
                 }
                 if d.change.as_str() != serde_json::to_value(x.change).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default() {
@@ -71,7 +71,7 @@ pub fn compare(label: &str, engine: &[Outcome], hand: &[hw::Outcome<'_, '_>]) ->
                 if d.score.to_bits() != x.score.to_bits() {
                     m.score_bits += 1;
                 }
-                let ea: Vec<(&str, &str)> = d.alerts.iter().map(|a| (a.id.as_str(), a.message.as_str())).collect();
+                let ea: Vec<(&str, &str)> = d.alerts.iter().map(|a| (&*a.id, a.message.as_str())).collect();
                 let ha: Vec<(&str, &str)> = x.alerts.iter().map(|a| (a.id, a.message.as_str())).collect();
                 if ea != ha {
                     m.alerts += 1;
@@ -149,7 +149,7 @@ pub fn run(policy: &Policy, records: &[Record]) -> usize {
         c.none,
         c.new,
         er.summary.managers.iter().filter(|m| m.status == engine::Load::Over).count(),
-        er.summary.portfolio_alerts.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        er.summary.portfolio_alerts.iter().map(|a| &*a.id).collect::<Vec<_>>(),
     );
     a.decision_fields().max(a.json) + p.decision_fields().max(p.json) + usize::from(!summary_ok)
 }

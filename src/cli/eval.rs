@@ -216,7 +216,7 @@ fn write_table(out: &mut impl Write, outcomes: &[Outcome]) -> std::io::Result<()
     for o in outcomes {
         match o {
             Outcome::Decision(d) => {
-                let alerts: Vec<&str> = d.alerts.iter().map(|a| a.id.as_str()).collect();
+                let alerts: Vec<&str> = d.alerts.iter().map(|a| &*a.id).collect();
                 writeln!(out, "{:<20} {:>6.2}  {:<12} {:<12} {:<8} {}", d.id, d.score, d.tier, d.previous_tier.as_deref().unwrap_or("-"), d.change.as_str(), alerts.join(","))?;
             }
             Outcome::Error { id, error } => {
@@ -234,7 +234,7 @@ fn write_csv(out: &mut impl Write, outcomes: &[Outcome]) -> std::io::Result<()> 
     for o in outcomes {
         match o {
             Outcome::Decision(d) => {
-                let alerts: Vec<&str> = d.alerts.iter().map(|a| a.id.as_str()).collect();
+                let alerts: Vec<&str> = d.alerts.iter().map(|a| &*a.id).collect();
                 w.write_record([d.id.as_str(), &d.score.to_string(), &d.qualified_tier, d.previous_tier.as_deref().unwrap_or(""), &d.tier, d.change.as_str(), &alerts.join(";"), "", ""]).map_err(io)?;
             }
             Outcome::Error { id, error } => {

@@ -49,7 +49,9 @@ impl Change {
 /// One criterion's contribution.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct CriterionScore {
-    pub id: String,
+    // Ids are shared with the policy (`Arc<str>`): a decision names ten of them, and copying
+    // each would cost more than the decision's arithmetic.
+    pub id: Arc<str>,
     /// On the policy's scale (clamped).
     pub score: f64,
     pub weight: f64,
@@ -67,7 +69,7 @@ pub struct Reason {
 /// An alert raised for an account or a portfolio.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct AlertOut {
-    pub id: String,
+    pub id: Arc<str>,
     pub severity: Severity,
     pub message: String,
 }
@@ -75,14 +77,14 @@ pub struct AlertOut {
 /// How far the account is from the tier just above its final one.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct NextTier {
-    pub tier: String,
+    pub tier: Arc<str>,
     /// `min_score + promote_margin` of that tier.
     pub needs: f64,
     /// `needs - score` (0 when the score is already there).
     pub gap: f64,
     /// That tier's condition, if it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub when: Option<String>,
+    pub when: Option<Arc<str>>,
     /// Whether the condition holds for this account; absent when it was not evaluated (the
     /// score is below that tier's `min_score`: conditions are evaluated lazily).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -100,11 +102,11 @@ pub struct Decision {
     pub score: f64,
     pub scores: Vec<CriterionScore>,
     /// The best tier the score (and conditions) qualify for.
-    pub qualified_tier: String,
+    pub qualified_tier: Arc<str>,
     /// `current_tier` from the snapshot.
     pub previous_tier: Option<String>,
     /// The final tier.
-    pub tier: String,
+    pub tier: Arc<str>,
     pub change: Change,
     pub reasons: Vec<Reason>,
     pub alerts: Vec<AlertOut>,

@@ -392,12 +392,12 @@ impl<'p> Ctx<'p> {
     pub fn finish(&self, mut s: Scored, pref: &Arc<PolicyRef>) -> Result<Decision, AccountError> {
         let p = self.policy;
         let tier = &p.tiers[s.tier];
-        script::set_account(s.account.values.clone(), s.account.as_of, p.limits.time_per_account);
+        script::keep_or_set_account(&s.account.values, s.account.as_of, p.limits.time_per_account);
         script::set_outcome(s.score, &tier.id_str);
         let mut alerts = Vec::new();
         for a in p.alerts.iter().filter(|a| a.applies[s.tier]) {
             if self.condition(&s.account.id, &a.when)? {
-                alerts.push(AlertOut { id: a.id.clone(), severity: a.severity, message: self.render(&s.account.id, &a.message)? });
+                alerts.push(AlertOut { id: a.key.clone(), severity: a.severity, message: self.render(&s.account.id, &a.message)? });
             }
         }
         let next_tier = if s.tier > 0 {
@@ -407,11 +407,11 @@ impl<'p> Ctx<'p> {
             // Lazy like everything else: known only if the score reached that tier's
             // min_score and its condition was evaluated for the decision.
             let when_holds = if t.when.is_some() { s.when[up] } else { None };
-            Some(NextTier { tier: t.id.clone(), needs, gap: (needs - s.score).max(0.0), when: t.when.as_ref().map(|w| w.source.clone()), when_holds })
+            Some(NextTier { tier: t.key.clone(), needs, gap: (needs - s.score).max(0.0), when: t.when_src.clone(), when_holds })
         } else {
             None
         };
-        let scores = p.criteria.iter().zip(&s.scores).map(|(c, &sc)| CriterionScore { id: c.id.clone(), score: sc, weight: c.weight }).collect();
+        let scores = p.criteria.iter().zip(&s.scores).map(|(c, &sc)| CriterionScore { id: c.key.clone(), score: sc, weight: c.weight }).collect();
         let a = &mut s.account;
         Ok(Decision {
             id: std::mem::take(&mut a.id),
@@ -419,9 +419,9 @@ impl<'p> Ctx<'p> {
             policy: pref.clone(),
             score: s.score,
             scores,
-            qualified_tier: p.tiers[s.qualified].id.clone(),
+            qualified_tier: p.tiers[s.qualified].key.clone(),
             previous_tier: a.current_tier.take(),
-            tier: tier.id.clone(),
+            tier: tier.key.clone(),
             change: s.change,
             reasons: s.reasons,
             alerts,

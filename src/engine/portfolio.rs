@@ -246,9 +246,9 @@ fn summarize(policy: &Policy, accounts: &[Outcome], revenue: &[f64], book: Book)
             Change::New => changes.new += 1,
         }
         if let Some(prev) = &d.previous_tier
-            && *prev != d.tier
+            && **prev != *d.tier
         {
-            moves.push(Move { id: d.id.clone(), from: prev.clone(), to: d.tier.clone(), change: d.change });
+            moves.push(Move { id: d.id.clone(), from: prev.clone(), to: d.tier.to_string(), change: d.change });
         }
     }
     let n = revenues.len();
@@ -297,7 +297,7 @@ fn portfolio_alerts(policy: &Policy, agg: Arc<Aggregates>) -> (Vec<AlertOut>, Ve
     for a in &policy.portfolio_alerts {
         let r = ctx.condition("", &a.when).and_then(|fired| if fired { ctx.render("", &a.message).map(Some) } else { Ok(None) });
         match r {
-            Ok(Some(message)) => out.push(AlertOut { id: a.id.clone(), severity: a.severity, message }),
+            Ok(Some(message)) => out.push(AlertOut { id: a.id.as_str().into(), severity: a.severity, message }),
             Ok(None) => {}
             Err(mut e) => {
                 e.id = None;

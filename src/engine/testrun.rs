@@ -80,7 +80,7 @@ pub fn run_case(policy: &Policy, case: &TestCase) -> CaseResult {
     if let Some(tiers) = &e.tiers {
         for (id, want) in tiers {
             match outcomes.iter().find(|o| o.id() == Some(id.as_str())) {
-                Some(Outcome::Decision(d)) if &d.tier == want => {}
+                Some(Outcome::Decision(d)) if *d.tier == **want => {}
                 Some(Outcome::Decision(d)) => failures.push(format!("account `{id}`: expected tier `{want}`, got `{}`", d.tier)),
                 Some(Outcome::Error { error, .. }) => failures.push(format!("account `{id}`: expected tier `{want}`, got error `{}`", error.code)),
                 None => failures.push(format!("account `{id}` is not in the case")),
@@ -98,7 +98,7 @@ pub fn run_case(policy: &Policy, case: &TestCase) -> CaseResult {
         }
     }
     if let Some(want) = &e.portfolio_alerts {
-        let got: Vec<String> = summary.as_ref().map(|s| s.portfolio_alerts.iter().map(|a| a.id.clone()).collect()).unwrap_or_default();
+        let got: Vec<String> = summary.as_ref().map(|s| s.portfolio_alerts.iter().map(|a| a.id.to_string()).collect()).unwrap_or_default();
         if !same_set(want, &got) {
             failures.push(format!("expected portfolio alerts {want:?}, got {got:?}"));
         }
@@ -113,12 +113,12 @@ pub fn run_case(policy: &Policy, case: &TestCase) -> CaseResult {
 
 fn check_decision(e: &crate::policy::raw::RawExpect, d: &Decision, failures: &mut Vec<String>) {
     if let Some(t) = &e.tier
-        && &d.tier != t
+        && *d.tier != **t
     {
         failures.push(format!("expected tier `{t}`, got `{}`", d.tier));
     }
     if let Some(t) = &e.qualified_tier
-        && &d.qualified_tier != t
+        && *d.qualified_tier != **t
     {
         failures.push(format!("expected qualified tier `{t}`, got `{}`", d.qualified_tier));
     }
@@ -128,7 +128,7 @@ fn check_decision(e: &crate::policy::raw::RawExpect, d: &Decision, failures: &mu
         failures.push(format!("expected change `{c}`, got `{}`", d.change.as_str()));
     }
     if let Some(want) = &e.alerts {
-        let got: Vec<String> = d.alerts.iter().map(|a| a.id.clone()).collect();
+        let got: Vec<String> = d.alerts.iter().map(|a| a.id.to_string()).collect();
         if !same_set(want, &got) {
             failures.push(format!("expected alerts {want:?}, got {got:?}"));
         }

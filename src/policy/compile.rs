@@ -700,7 +700,7 @@ impl Compiler<'_> {
                 None
             };
             if let Some(scoring) = scoring {
-                out.push(Criterion { id: c.id.value.clone(), weight: w, scoring });
+                out.push(Criterion { id: c.id.value.clone(), key: c.id.value.as_str().into(), weight: w, scoring });
             }
         }
         if !score.criteria.is_empty() && !any_positive {
@@ -760,6 +760,8 @@ impl Compiler<'_> {
             out.push(Tier {
                 id: t.id.value.clone(),
                 id_str: t.id.value.as_str().into(),
+                key: t.id.value.as_str().into(),
+                when_src: when.as_ref().map(|w: &Expr| w.source.as_str().into()),
                 label: t.label.clone().unwrap_or_else(|| t.id.value.clone()),
                 min_score,
                 when,
@@ -879,7 +881,7 @@ impl Compiler<'_> {
             let when = self.expr(engine, lib, ExprKind::Alert, &a.when, &rule);
             let message = self.template(engine, lib, ExprKind::Alert, &a.message, &rule);
             if let (Some(when), Some(message)) = (when, message) {
-                out.push(Alert { id: a.id.value.clone(), severity: a.severity, applies, when, message });
+                out.push(Alert { id: a.id.value.clone(), key: a.id.value.as_str().into(), severity: a.severity, applies, when, message });
             }
         }
         out

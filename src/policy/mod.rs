@@ -76,6 +76,8 @@ pub enum Scoring {
 #[derive(Debug)]
 pub struct Criterion {
     pub id: String,
+    /// The id as decisions carry it, built once.
+    pub(crate) key: std::sync::Arc<str>,
     pub weight: f64,
     pub scoring: Scoring,
 }
@@ -85,6 +87,9 @@ pub struct Tier {
     pub id: String,
     /// The id as rhai sees it (`tier` in alerts), built once.
     pub(crate) id_str: ImmutableString,
+    /// The id and condition source as decisions carry them, built once.
+    pub(crate) key: std::sync::Arc<str>,
+    pub(crate) when_src: Option<std::sync::Arc<str>>,
     pub label: String,
     pub min_score: f64,
     pub when: Option<Expr>,
@@ -123,6 +128,7 @@ pub struct Capacity {
 #[derive(Debug)]
 pub struct Alert {
     pub id: String,
+    pub(crate) key: std::sync::Arc<str>,
     pub severity: Severity,
     /// `applies[t]`: the alert is checked for accounts whose final tier is `t`.
     pub applies: Vec<bool>,

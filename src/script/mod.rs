@@ -144,6 +144,19 @@ pub fn set_account(values: Arc<[Dynamic]>, as_of: i64, budget: Duration) {
     });
 }
 
+/// [`set_account`] unless this thread already holds this account (the alert phase right after
+/// scoring): its values and running deadline stay, so the alert phase shares the account's
+/// wall-clock budget instead of starting a new one.
+pub fn keep_or_set_account(values: &Arc<[Dynamic]>, as_of: i64, budget: Duration) {
+    let same = CTX.with(|c| {
+        let c = c.borrow();
+        Arc::ptr_eq(&c.values, values) && c.as_of == as_of && c.agg.is_none()
+    });
+    if !same {
+        set_account(values.clone(), as_of, budget);
+    }
+}
+
 /// Sets what alert expressions read as `score` and `tier`.
 pub fn set_outcome(score: f64, tier: &ImmutableString) {
     CTX.with(|c| {

@@ -145,7 +145,7 @@ enum Node {
     Call(Builtin, Vec<Node>),
     /// A script function of the policy, by index into [`Lib::funcs`].
     User(usize, Vec<Node>),
-    If(Box<Node>, Block, Block),
+    If(Box<Node>, Box<Node>, Box<Node>),
     Block(Block),
     Interp(Vec<Node>),
     /// `a ?? b`: the first operand that is not `()`.
@@ -276,16 +276,7 @@ impl<'a> Builder<'a> {
     /// Translates an expression's AST; `None` when it leaves the subset.
     pub fn code(&self, ast: &AST, lib: &Arc<Lib>) -> Option<Code> {
         let mut scope = Scope::new(false);
-        let mut block = self.block(ast.statements(), &mut scope, lib).ok()?;
-        // An expression is one statement: evaluate it without the block around it.
-        let root = match (block.0.len(), block.0.pop()) {
-            (1, Some(Stmt::Expr(e))) => e,
-            (_, Some(last)) => {
-                block.0.push(last);
-                Node::Block(block)
-            }
-            (_, None) => Node::Const(V::Unit),
-        };
+        let root = self.block_node(ast.statements(), &mut scope, lib).ok()?;
         if scope.nodes.saturating_mul(OPS_PER_NODE) >= self.max_operations {
             return None;
         }
@@ -319,11 +310,11 @@ impl<'a> Builder<'a> {
                 RStmt::FnCall(f, ..) => out.push(Stmt::Expr(self.call(f, None, scope, lib)?)),
                 RStmt::If(fc, ..) => {
                     let cond = self.expr(&fc.expr, scope, lib)?;
-                    let then = self.block(fc.body.statements(), scope, lib)?;
-                    let other = self.block(fc.branch.statements(), scope, lib)?;
-                    out.push(Stmt::Expr(Node::If(Box::new(cond), then, other)));
+                    let then = self.block_node(fc.body.statements(), scope, lib)?;
+                    let other = self.block_node(fc.branch.statements(), scope, lib)?;
+                    out.push(Stmt::Expr(Node::If(Box::new(cond), Box::new(then), Box::new(other))));
                 }
-                RStmt::Block(b) => out.push(Stmt::Expr(Node::Block(self.block(b.statements(), scope, lib)?))),
+                RStmt::Block(b) => out.push(Stmt::Expr(self.block_node(b.statements(), scope, lib)?)),
                 RStmt::Switch(x, pos) => out.push(Stmt::Expr(self.switch(&x.0, &x.1, *pos, scope, lib)?)),
                 RStmt::Return(Some(e), flags, _) if !flags.contains(rhai::ASTFlags::BREAK) && scope.in_fn => {
                     out.push(Stmt::Return(self.expr(e, scope, lib)?))
@@ -333,6 +324,20 @@ impl<'a> Builder<'a> {
         }
         scope.names.truncate(mark);
         Ok(Block(out))
+    }
+
+    /// A block as one node: a block of one expression needs no block at run time (its
+    /// `let`s, if any, were resolved to slots here).
+    fn block_node(&self, stmts: &[RStmt], scope: &mut Scope, lib: &Lib) -> Tr<Node> {
+        let mut b = self.block(stmts, scope, lib)?;
+        Ok(match (b.0.len(), b.0.pop()) {
+            (_, None) => Node::Const(V::Unit),
+            (1, Some(Stmt::Expr(e))) => e,
+            (_, Some(last)) => {
+                b.0.push(last);
+                Node::Block(b)
+            }
+        })
     }
 
     fn switch(&self, on: &RExpr, cases: &rhai::SwitchCasesCollection, pos: rhai::Position, scope: &mut Scope, lib: &Lib) -> Tr<Node> {
@@ -404,7 +409,7 @@ impl<'a> Builder<'a> {
                     }
                 }
             }
-            RExpr::Stmt(b) => Node::Block(self.block(b.statements(), scope, lib)?),
+            RExpr::Stmt(b) => self.block_node(b.statements(), scope, lib)?,
             RExpr::FnCall(f, _) => self.call(f, None, scope, lib)?,
             RExpr::Dot(x, flags, _) => {
                 if flags.contains(rhai::ASTFlags::NEGATED) {
@@ -491,9 +496,11 @@ impl<'a> Builder<'a> {
     }
 }
 
+/// Why evaluation stopped early. `return`'s value waits in the frame, so results stay small
+/// (`Result<V, Stop>` is a `V` plus nothing).
 enum Stop {
     Fallback,
-    Return(V),
+    Return,
 }
 
 impl From<Fallback> for Stop {
@@ -509,17 +516,18 @@ struct Frame<'e, 'a> {
     locals: Vec<V>,
     lib: &'e Lib,
     max_string: usize,
+    returned: Option<V>,
 }
 
 impl Code {
     /// Evaluates natively, or says to run rhai.
     pub fn eval(&self, env: &Env<'_>) -> Result<V, Fallback> {
-        let mut f = Frame { env, locals: vec![V::Unit; self.slots], lib: &self.lib, max_string: self.max_string_size };
+        let mut f = Frame { env, locals: vec![V::Unit; self.slots], lib: &self.lib, max_string: self.max_string_size, returned: None };
         match f.eval(&self.root) {
             Ok(v) => Ok(v),
             Err(Stop::Fallback) => Err(Fallback),
             // `return` outside a function is not translated; a stray one is rhai's to judge.
-            Err(Stop::Return(_)) => Err(Fallback),
+            Err(Stop::Return) => Err(Fallback),
         }
     }
 }
@@ -693,8 +701,8 @@ impl Frame<'_, '_> {
             Node::Call(b, args) => self.call(*b, args)?,
             Node::User(idx, args) => self.user(*idx, args)?,
             Node::If(c, then, other) => match self.eval(c)? {
-                V::Bool(true) => self.block(then)?,
-                V::Bool(false) => self.block(other)?,
+                V::Bool(true) => self.eval(then)?,
+                V::Bool(false) => self.eval(other)?,
                 _ => return Err(Stop::Fallback),
             },
             Node::Block(b) => self.block(b)?,
@@ -725,9 +733,10 @@ impl Frame<'_, '_> {
         for (k, a) in args.iter().enumerate() {
             *locals.get_mut(k).ok_or(Fallback)? = self.eval(a)?;
         }
-        let mut inner = Frame { env: self.env, locals, lib: self.lib, max_string: self.max_string };
+        let mut inner = Frame { env: self.env, locals, lib: self.lib, max_string: self.max_string, returned: None };
         match inner.block(&func.body) {
-            Ok(v) | Err(Stop::Return(v)) => Ok(v),
+            Ok(v) => Ok(v),
+            Err(Stop::Return) => inner.returned.take().ok_or(Stop::Fallback),
             Err(Stop::Fallback) => Err(Stop::Fallback),
         }
     }
@@ -781,7 +790,10 @@ impl Frame<'_, '_> {
                     V::Unit
                 }
                 Stmt::Expr(e) => self.eval(e)?,
-                Stmt::Return(e) => return Err(Stop::Return(self.eval(e)?)),
+                Stmt::Return(e) => {
+                    self.returned = Some(self.eval(e)?);
+                    return Err(Stop::Return);
+                }
             };
         }
         Ok(last)
