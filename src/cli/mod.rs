@@ -1,6 +1,7 @@
 //! Command-line front end: one file per subcommand, each thin over the library.
 
 mod check;
+mod diff;
 mod eval;
 mod schema;
 mod test;
@@ -57,6 +58,8 @@ enum Command {
     },
     /// Evaluate accounts from a file (JSON, JSON lines or CSV; `-` for standard input).
     Eval(eval::EvalArgs),
+    /// What-if: decide a book under a baseline and a candidate policy, show what differs.
+    Diff(diff::DiffArgs),
     /// Write the JSON schemas (policy, test cases, snapshot, decision, portfolio).
     Schema {
         /// Folder to write to.
@@ -81,6 +84,7 @@ pub fn main() -> ExitCode {
         Command::Check { dir } => check::run(&dir, &limits),
         Command::Test { dir } => test::run(&dir, &limits),
         Command::Eval(args) => eval::run(&args, &limits),
+        Command::Diff(args) => diff::run(&args, &limits),
         Command::Schema { out, check } => schema::run(&out, check),
     }
 }

@@ -92,7 +92,7 @@ fn parse_toml<T: serde::de::DeserializeOwned + schemars::JsonSchema>(d: &mut Dia
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Seg {
+pub(crate) enum Seg {
     Key(String),
     Index(usize),
 }
@@ -159,7 +159,7 @@ fn value_span(v: &toml::de::DeValue, path: &[Seg]) -> Option<Range<usize>> {
 }
 
 /// The keys the schema allows at `path`, for "did you mean".
-fn known_keys(root: &serde_json::Value, path: &[Seg]) -> Vec<String> {
+pub(crate) fn known_keys(root: &serde_json::Value, path: &[Seg]) -> Vec<String> {
     fn resolve<'a>(root: &'a serde_json::Value, mut s: &'a serde_json::Value) -> &'a serde_json::Value {
         for _ in 0..8 {
             if let Some(r) = s.get("$ref").and_then(|r| r.as_str()) {

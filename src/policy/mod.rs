@@ -7,6 +7,7 @@
 
 pub mod compile;
 pub mod diag;
+pub mod overrides;
 pub mod raw;
 
 pub use diag::{Diagnostic, Level, Place, Report};
