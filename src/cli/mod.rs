@@ -60,7 +60,7 @@ enum Command {
     Eval(eval::EvalArgs),
     /// What-if: decide a book under a baseline and a candidate policy, show what differs.
     Diff(diff::DiffArgs),
-    /// Write the JSON schemas (policy, test cases, snapshot, decision, portfolio).
+    /// Write the JSON schemas (policy, test cases, snapshot, decision, portfolio, diff).
     Schema {
         /// Folder to write to.
         #[arg(long, default_value = "schemas")]

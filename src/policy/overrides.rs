@@ -256,10 +256,7 @@ fn apply_one(doc: &mut DocumentMut, o: &Override, schema: &serde_json::Value) ->
                     let allowed = known_keys(schema, &seg_path[..seg_path.len() - 1]);
                     if last && allowed.contains(&key) {
                         // Absent but a field of this table: add it.
-                        let mut v = o.value.clone();
-                        if inline {
-                            v = v.decorated(" ", " ");
-                        }
+                        let v = o.value.clone().decorated(" ", if inline { " " } else { "" });
                         table.insert(&key, Item::Value(v));
                         return Ok(());
                     }

@@ -94,14 +94,27 @@ fn arrow<T: PartialEq + std::fmt::Display>(a: T, b: T) -> String {
 pub fn headline(d: &PolicyDiff) -> String {
     let s = &d.summary;
     let mut parts = Vec::new();
-    if s.promoted > 0 || s.demoted > 0 {
-        parts.push(format!("promotes {}, demotes {}", plural(s.promoted, "account", "accounts"), s.demoted));
+    match (s.promoted, s.demoted) {
+        (0, 0) => {}
+        (p, 0) => parts.push(format!("promotes {}", plural(p, "account", "accounts"))),
+        (0, d) => parts.push(format!("demotes {}", plural(d, "account", "accounts"))),
+        (p, d) => parts.push(format!("promotes {}, demotes {d}", plural(p, "account", "accounts"))),
     }
     if s.moved_unranked > 0 {
         parts.push(format!("moves {} between tiers only one policy has", plural(s.moved_unranked, "account", "accounts")));
     }
-    if s.same_tier_changed > 0 {
-        parts.push(format!("changes the movement or alerts of {} that stay in their tier", plural(s.same_tier_changed, "account", "accounts")));
+    // Accounts that keep their tier: a different movement (`hold` instead of `demote` when a
+    // cap sends them back, ...) or different alerts.
+    let same: Vec<_> = d.accounts.iter().filter(|a| a.direction == Direction::Same).collect();
+    let movement = same.iter().filter(|a| a.change_before != a.change_after).count() as u64;
+    if movement > 0 {
+        parts.push(format!("changes the movement of {}", plural(movement, "account that keeps its tier", "accounts that keep their tier")));
+    }
+    if s.alerts_added > 0 {
+        parts.push(format!("raises new alerts on {}", plural(s.alerts_added, "account", "accounts")));
+    }
+    if s.alerts_removed > 0 {
+        parts.push(format!("clears alerts on {}", plural(s.alerts_removed, "account", "accounts")));
     }
     if s.managers_newly_over > 0 {
         parts.push(format!("puts {} over capacity", plural(s.managers_newly_over, "manager", "managers")));
@@ -305,7 +318,8 @@ pub fn markdown(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
         let _ = writeln!(o, "|---|---|---|---|---|---|");
         for a in shown {
             let score = if (a.score_before - a.score_after).abs() > 1e-9 { format!("{} → {}", num(a.score_before), num(a.score_after)) } else { num(a.score_before) };
-            let why = a.reasons_after.last().map(|r| md(&r.message)).unwrap_or_default();
+            // The last reason that says more than "stays <tier>".
+            let why = a.reasons_after.iter().rev().find(|r| r.code != "stay").or(a.reasons_after.last()).map(|r| md(&r.message)).unwrap_or_default();
             let _ = writeln!(o, "| `{}` | {} | {} | {} | {} | {} |", md(&a.id), score, arrow(&a.from, &a.to), arrow(a.change_before.as_str(), a.change_after.as_str()), alerts_cell(a), why);
         }
         let _ = writeln!(o, "\n</details>");
