@@ -55,6 +55,9 @@ enum Command {
     Test {
         #[arg(default_value = "policies")]
         dir: PathBuf,
+        /// Also report which tiers, criteria, holds and alerts no test case reaches.
+        #[arg(long)]
+        coverage: bool,
     },
     /// Evaluate accounts from a file (JSON, JSON lines or CSV; `-` for standard input).
     Eval(eval::EvalArgs),
@@ -82,7 +85,7 @@ pub fn main() -> ExitCode {
     let limits = cli.sandbox.limits();
     match cli.command {
         Command::Check { dir } => check::run(&dir, &limits),
-        Command::Test { dir } => test::run(&dir, &limits),
+        Command::Test { dir, coverage } => test::run(&dir, &limits, coverage),
         Command::Eval(args) => eval::run(&args, &limits),
         Command::Diff(args) => diff::run(&args, &limits),
         Command::Schema { out, check } => schema::run(&out, check),

@@ -334,6 +334,7 @@ impl Compiler<'_> {
         if self.d.has_errors() {
             return None;
         }
+        self.lint(&raw, &inputs, &tiers, &movement, capacity.as_ref(), &engine);
         let warnings = self.d.items.iter().filter(|d| d.level == Level::Warning).cloned().collect();
         Some(Policy {
             name: name.to_string(),
@@ -356,6 +357,20 @@ impl Compiler<'_> {
             engine,
             lib,
         })
+    }
+
+    /// Warnings that need the compiled rules (see [`super::lint`]); only for a policy
+    /// without errors, whose rules are all there.
+    fn lint(&mut self, raw: &RawPolicy, inputs: &[Input], tiers: &[Tier], movement: &Movement, capacity: Option<&Capacity>, engine: &Engine) {
+        let mut findings = super::lint::tiers(tiers, &raw.tiers, inputs, engine, self.limits);
+        let holds: Vec<_> = movement.holds.iter().zip(&raw.movement.holds).map(|(h, r)| (h.id.clone(), &h.when, Some(r.when.span.clone()))).collect();
+        findings.extend(super::lint::holds(&holds, inputs, engine, self.limits));
+        if let (Some(rc), Some(c)) = (&raw.capacity, capacity) {
+            findings.extend(super::lint::capacity(rc, c, tiers));
+        }
+        for f in findings {
+            self.d.at(Level::Warning, f.code, POLICY_FILE, f.span, Some(&f.rule), f.message, f.help);
+        }
     }
 
     fn inputs(&mut self, raw: &IndexMap<String, Loc<RawInput>>) -> Vec<Input> {
