@@ -191,6 +191,28 @@ fn json_values_become_toml_values() {
     assert_eq!(v.to_string(), r#"["strategic", "key"]"#);
     assert_eq!(overrides::value_from_json(&json!(7)).unwrap().to_string(), "7");
     assert!(overrides::value_from_json(&Value::Null).is_err());
+    // As the HTTP dry run will send them.
+    let map = json!({ "tiers.key.min_score": 7, "capacity.per_manager.max": 20 });
+    let list = overrides::from_json_map(map.as_object().unwrap()).unwrap();
+    let out = overrides::apply(TOML, &list).unwrap();
+    assert!(out.contains("min_score = 7.0 # the key line") && out.contains("max = 20 }"), "{out}");
+}
+
+#[test]
+fn a_csv_book_is_read_for_each_policy() {
+    // CSV cells are typed by the policy's inputs; the candidate is read with its own.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("book.csv");
+    let mut csv = Vec::new();
+    gen_portfolio::write_accounts(&mut csv, 150, gen_portfolio::SEED, gen_portfolio::Format::Csv).unwrap();
+    std::fs::write(&file, &csv).unwrap();
+    let jsonl = tmp.path().join("book.jsonl");
+    std::fs::write(&jsonl, gen_portfolio::jsonl(150, gen_portfolio::SEED)).unwrap();
+    let run = |f: &std::path::Path| tierwise(&["diff", "--baseline", "policies/enterprise", "--set", "tiers.key.min_score=6.5", "--accounts", f.to_str().unwrap(), "--format", "json"]);
+    let (a, b) = (run(&file), run(&jsonl));
+    assert_eq!(a.status.code(), Some(0), "{}", String::from_utf8_lossy(&a.stderr));
+    // The same accounts give the same diff whichever format carries them.
+    assert_eq!(String::from_utf8_lossy(&a.stdout), String::from_utf8_lossy(&b.stdout));
 }
 
 // ---------------------------------------------------------------------------------------------

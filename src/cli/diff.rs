@@ -47,7 +47,8 @@ pub struct DiffArgs {
     input_format: Option<Format>,
     #[arg(long, value_enum, default_value = "table")]
     format: DiffFormat,
-    /// Exit 1 (DESIGN.md's code for "found a problem") when any account changes tier.
+    /// Exit 1 when any account changes tier or gets a decision under one policy only (1 is
+    /// every command's "ran and found a problem" code).
     #[arg(long)]
     fail_on_moves: bool,
     /// How many changed accounts the table and markdown list (JSON lists all).

@@ -4,8 +4,9 @@
 //! the scale, thresholds not descending — are found while compiling):
 //! - a tier (or hold) whose `when` holds for no account: when every input the condition reads
 //!   has a small finite domain (`bool`, `one_of`, a narrow integer range, plus `()` when
-//!   optional), the condition is evaluated for every combination, in the sandbox. Conditions
-//!   that read anything else are not judged (no false alarm, no solver);
+//!   optional) and it calls no function, the condition is evaluated for every combination, in
+//!   the sandbox. Conditions that read anything else are not judged (no false alarm, no
+//!   solver);
 //! - a tier no score qualifies for, because a tier above it without a `when` needs no more;
 //! - a tier whose caps keep no account (`max_share = 0`, `max_count = 0`);
 //! - capacity that cannot be met: the capacity tiers hold fewer accounts together
@@ -31,7 +32,35 @@ pub(crate) struct Finding {
 }
 
 /// Combinations of input values tried at most, per condition.
-const MAX_COMBINATIONS: usize = 1024;
+const MAX_COMBINATIONS: usize = 512;
+
+/// Does the source call a function (`name(`)? Such conditions are not judged: a script
+/// function could spend its whole sandbox budget on every combination (a hostile candidate
+/// would make loading slow), and a condition without calls is a plain expression that cannot
+/// loop.
+fn calls_a_function(source: &str) -> bool {
+    let b = source.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_alphabetic() || b[i] == b'_' {
+            let mut j = i;
+            while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+                j += 1;
+            }
+            let mut k = j;
+            while k < b.len() && b[k] == b' ' {
+                k += 1;
+            }
+            if k < b.len() && b[k] == b'(' {
+                return true;
+            }
+            i = j;
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
 
 /// The values an input can take when there are few of them, as expressions see them.
 fn domain(inp: &Input) -> Option<Vec<Dynamic>> {
@@ -74,6 +103,9 @@ fn inputs_read(source: &str, inputs: &[Input]) -> BTreeSet<usize> {
 /// `Some(false)` when the condition is false for every combination of the values of the
 /// inputs it reads; `None` when that cannot be decided cheaply (or some combination errs).
 pub(crate) fn ever_holds(expr: &Expr, inputs: &[Input], engine: &Engine, limits: &Limits) -> Option<bool> {
+    if calls_a_function(&expr.source) {
+        return None;
+    }
     let read: Vec<usize> = inputs_read(&expr.source, inputs).into_iter().collect();
     let domains: Vec<Vec<Dynamic>> = read.iter().map(|&i| domain(&inputs[i])).collect::<Option<_>>()?;
     let total = domains.iter().try_fold(1usize, |acc, d| acc.checked_mul(d.len().max(1)))?;

@@ -108,6 +108,20 @@ pub fn value_from_json(v: &serde_json::Value) -> Result<Value, String> {
     })
 }
 
+/// Overrides sent as JSON (`{"tiers.key.min_score": 7.0, "capacity.per_manager.max": 20}`),
+/// in key order; every bad value is reported.
+pub fn from_json_map(map: &serde_json::Map<String, serde_json::Value>) -> Result<Vec<Override>, Vec<OverrideError>> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (path, v) in map {
+        match value_from_json(v) {
+            Ok(value) => out.push(Override { path: path.clone(), value }),
+            Err(why) => errors.push(OverrideError::new(path, why, None)),
+        }
+    }
+    if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
 /// Applies the overrides to the files' `policy.toml`; the other files are unchanged. Every
 /// override is tried, so all the bad ones are reported at once.
 pub fn apply_files(files: &Files, overrides: &[Override]) -> Result<Files, Vec<OverrideError>> {
