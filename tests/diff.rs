@@ -241,6 +241,10 @@ fn the_command_line_exits_1_on_moves_only_when_asked() {
     let out = tierwise(&[&base[..], &["--candidate", "policies/enterprise", "--fail-on-moves", "--format", "markdown"]].concat());
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("This change moves no account and changes no decision."));
+    // Overrides on top of a candidate folder: here the same folder, so the same candidate.
+    let folder = tierwise(&[&base[..], &["--candidate", "policies/enterprise", "--set", "tiers.key.min_score=7.0", "--format", "json"]].concat());
+    let baseline = tierwise(&[&base[..], &["--set", "tiers.key.min_score=7.0", "--format", "json"]].concat());
+    assert_eq!(folder.stdout, baseline.stdout);
     // Usage: no candidate at all, a typo in a path.
     assert_eq!(tierwise(&base).status.code(), Some(2));
     let out = tierwise(&[&base[..], &["--set", "tiers.kee.min_score=7"]].concat());
@@ -354,5 +358,20 @@ proptest! {
         }
         let total: u64 = d.transitions.counts.iter().flatten().sum();
         prop_assert_eq!(total, decided_both);
+    }
+
+    #[test]
+    fn the_order_of_the_accounts_changes_no_diff(book in portfolio()) {
+        let mut reversed = book.clone();
+        reversed.reverse();
+        let strip = |mut d: PolicyDiff| {
+            // A failing record's position is where it is in the input, rightly.
+            for f in d.newly_failing.iter_mut().chain(d.newly_decided.iter_mut()) {
+                f.record = 0;
+                f.error.record = None;
+            }
+            serde_json::to_string(&d).unwrap()
+        };
+        prop_assert_eq!(strip(whatif::diff(baseline(), candidate(), &book)), strip(whatif::diff(baseline(), candidate(), &reversed)));
     }
 }
