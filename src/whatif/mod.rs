@@ -169,6 +169,10 @@ pub struct ManagerDelta {
     pub count_after: Option<u64>,
     pub status_before: Option<Load>,
     pub status_after: Option<Load>,
+    /// Under the candidate, the accounts beyond `per_manager.max` (`flag`: to reassign;
+    /// `demote`: moved out of the capacity tiers), by id.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub overflow_after: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
@@ -362,7 +366,8 @@ pub fn compare(before: &PortfolioResult, after: &PortfolioResult) -> PolicyDiff 
         s.managers_no_longer_over += u64::from(over(sb) && !over(sa));
         s.managers_newly_under += u64::from(under(sa) && !under(sb));
         s.managers_no_longer_under += u64::from(under(sb) && !under(sa));
-        managers.push(ManagerDelta { manager: name.to_string(), count_before: b.map(|m| m.count), count_after: a.map(|m| m.count), status_before: sb, status_after: sa });
+        let overflow_after = a.map(|m| m.reassign.iter().chain(&m.demoted).cloned().collect()).unwrap_or_default();
+        managers.push(ManagerDelta { manager: name.to_string(), count_before: b.map(|m| m.count), count_after: a.map(|m| m.count), status_before: sb, status_after: sa, overflow_after });
     }
 
     let (pb, pa) = (&before.summary.portfolio_alerts, &after.summary.portfolio_alerts);

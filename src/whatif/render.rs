@@ -200,7 +200,9 @@ pub fn table(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
         let _ = writeln!(o, "\nmanagers whose capacity status changes");
         for mg in &d.managers {
             let count = |c: Option<u64>| c.map_or("-".to_string(), |c| c.to_string());
-            let _ = writeln!(o, "  {:<22} {:>4} {:<5} → {:>4} {}", mg.manager, count(mg.count_before), load(mg.status_before), count(mg.count_after), load(mg.status_after));
+            let extra = if mg.overflow_after.is_empty() { String::new() } else { format!("  beyond max: {}", mg.overflow_after.join(", ")) };
+            let line = format!("  {:<22} {:>4} {:<5} → {:>4} {:<5}{extra}", mg.manager, count(mg.count_before), load(mg.status_before), count(mg.count_after), load(mg.status_after));
+            let _ = writeln!(o, "{}", line.trim_end());
         }
     }
 
@@ -286,14 +288,15 @@ pub fn markdown(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
 
     if !d.managers.is_empty() {
         let _ = writeln!(o, "\n**Managers whose capacity status changes**\n");
-        let _ = writeln!(o, "| manager | before | after |");
-        let _ = writeln!(o, "|---|---|---|");
+        let _ = writeln!(o, "| manager | before | after | beyond max (candidate) |");
+        let _ = writeln!(o, "|---|---|---|---|");
         for mg in &d.managers {
             let side = |c: Option<u64>, l: Option<Load>| match c {
                 Some(c) => format!("{c} ({})", load(l)),
                 None => "-".into(),
             };
-            let _ = writeln!(o, "| `{}` | {} | {} |", md(&mg.manager), side(mg.count_before, mg.status_before), side(mg.count_after, mg.status_after));
+            let beyond: Vec<String> = mg.overflow_after.iter().map(|id| format!("`{}`", md(id))).collect();
+            let _ = writeln!(o, "| `{}` | {} | {} | {} |", md(&mg.manager), side(mg.count_before, mg.status_before), side(mg.count_after, mg.status_after), beyond.join(", "));
         }
     }
 
