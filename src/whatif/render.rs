@@ -6,7 +6,7 @@
 //! diff.
 
 use super::{AccountDiff, Direction, PolicyDiff};
-use crate::engine::{num, Load};
+use crate::engine::Load;
 use std::fmt::Write as _;
 
 /// What the candidate is, in words: `policy.toml with 2 overrides`, a folder, or both.
@@ -16,6 +16,14 @@ pub struct Context {
     pub overrides: Vec<String>,
     /// The candidate folder, if one was given.
     pub candidate_dir: Option<String>,
+}
+
+/// A score for a sentence: at most two decimals, no trailing zeros (as the engine's reasons
+/// write them).
+fn num(x: f64) -> String {
+    let s = format!("{x:.2}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" { "0".into() } else { s.to_string() }
 }
 
 fn short(hash: &str) -> &str {
