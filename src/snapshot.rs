@@ -313,16 +313,18 @@ pub fn validate(policy: &Policy, s: &Snapshot) -> Result<Account, AccountError> 
                 let b = v.as_bool().ok_or_else(bad_type)?;
                 (Dynamic::from_bool(b), Scalar::Bool(b))
             }
-            InputType::String => {
+            InputType::String | InputType::Date => {
                 let t = v.as_str().ok_or_else(bad_type)?;
-                (Dynamic::from(t.to_string()), Scalar::String(t.to_string()))
-            }
-            InputType::Date => {
-                let t = v.as_str().ok_or_else(bad_type)?;
-                if crate::date::parse_days(t).is_none() {
+                if inp.ty == InputType::Date && crate::date::parse_days(t).is_none() {
                     return Err(err("bad_date", format!("`{}` is `{t}`, not a date (YYYY-MM-DD)", inp.name)));
                 }
-                (Dynamic::from(t.to_string()), Scalar::String(t.to_string()))
+                // Text has no range: only `one_of` applies, checked without copying the text.
+                let allowed = inp.one_of.as_deref().is_none_or(|list| list.iter().any(|x| matches!(x, Scalar::String(y) if y == t)));
+                if allowed {
+                    values.push(Dynamic::from(rhai::ImmutableString::from(t)));
+                    continue;
+                }
+                (Dynamic::UNIT, Scalar::String(t.to_string()))
             }
         };
         if let Some(why) = crate::policy::compile::check_scalar(&scalar, inp.min, inp.max, inp.one_of.as_deref()) {

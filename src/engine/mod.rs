@@ -25,7 +25,7 @@ use std::sync::Arc;
 const PARALLEL_MIN: usize = 256;
 
 pub fn policy_ref(p: &Policy) -> Arc<PolicyRef> {
-    Arc::new(PolicyRef { name: p.name.clone(), version: p.version.clone(), hash: p.hash.clone() })
+    p.pref.get_or_init(|| Arc::new(PolicyRef { name: p.name.clone(), version: p.version.clone(), hash: p.hash.clone() })).clone()
 }
 
 /// An account after scoring and movement: what the portfolio steps work on.
@@ -53,9 +53,42 @@ pub(crate) fn as_number(v: &Dynamic) -> Option<f64> {
 
 /// Formats a figure for a sentence: at most two decimals, no trailing zeros.
 pub(crate) fn num(x: f64) -> String {
-    let s = format!("{x:.2}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" { "0".into() } else { s.to_string() }
+    Num(x).to_string()
+}
+
+/// [`num`] as a `Display`, so reason sentences format their figures in place: a sentence has
+/// two to four of them, and each `num()` would allocate twice.
+#[derive(Clone, Copy)]
+pub(crate) struct Num(pub f64);
+
+impl std::fmt::Display for Num {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        struct Buf {
+            b: [u8; 48],
+            n: usize,
+        }
+        impl Write for Buf {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                let end = self.n + s.len();
+                let dst = self.b.get_mut(self.n..end).ok_or(std::fmt::Error)?;
+                dst.copy_from_slice(s.as_bytes());
+                self.n = end;
+                Ok(())
+            }
+        }
+        let mut buf = Buf { b: [0; 48], n: 0 };
+        let owned;
+        let text: &str = if write!(buf, "{:.2}", self.0).is_ok() {
+            std::str::from_utf8(buf.b.get(..buf.n).unwrap_or_default()).unwrap_or_default()
+        } else {
+            // Huge magnitudes print hundreds of digits.
+            owned = format!("{:.2}", self.0);
+            &owned
+        };
+        let t = text.trim_end_matches('0').trim_end_matches('.');
+        f.write_str(if t == "-0" { "0" } else { t })
+    }
 }
 
 /// Turns a script failure into the account's error, with the place in the policy.
@@ -83,6 +116,9 @@ pub(crate) struct Ctx<'p> {
 
 impl<'p> Ctx<'p> {
     fn run(&self, id: &str, expr: &Expr) -> Result<Dynamic, AccountError> {
+        if let Some(v) = expr.native.as_ref().and_then(script::eval_native) {
+            return Ok(v);
+        }
         script::eval(&self.policy.engine, &expr.ast).map_err(|e| {
             let rule = expr.place.rule.clone().unwrap_or_default();
             script_failure(id, &ScriptError::from_rhai(&e, &self.policy.limits), &rule, &expr.place)
@@ -177,15 +213,18 @@ impl<'p> Ctx<'p> {
                     let v = self.run(&id, e)?;
                     self.number(&id, e.place.rule.as_deref().unwrap_or(""), v, &e.place)?
                 }
-                Scoring::Script { function, file, place } => {
+                Scoring::Script { function, file, place, native } => {
                     let rule = place.rule.as_deref().unwrap_or("");
-                    let v = script::call(&p.engine, &p.lib, function, AccountView(account.values.clone())).map_err(|e| {
+                    let v = match native.as_ref().and_then(script::eval_native) {
+                        Some(v) => Ok(v),
+                        None => script::call(&p.engine, &p.lib, function, AccountView(account.values.clone())).map_err(|e| {
                         // An error raised in the function itself carries no source: it is
                         // in the file that defines the function.
                         let mut err = ScriptError::from_rhai(&e, &p.limits);
                         err.source.get_or_insert_with(|| file.clone());
                         script_failure(&id, &err, rule, place)
-                    })?;
+                    }),
+                    }?;
                     self.number(&id, rule, v, place)?
                 }
             };
@@ -229,14 +268,14 @@ impl<'p> Ctx<'p> {
         for &t in &failed_when {
             let tier = &p.tiers[t];
             let cond = tier.when.as_ref().map_or("", |w| w.source.as_str());
-            s.reasons.push(Reason { code: "condition", message: format!("score {} reaches {}'s {} but its condition `{cond}` does not hold", num(score), tier.id, num(tier.min_score)) });
+            s.reasons.push(Reason { code: "condition", message: format!("score {} reaches {}'s {} but its condition `{cond}` does not hold", Num(score), tier.id, Num(tier.min_score)) });
         }
         s.reasons.push(Reason {
             code: "qualifies",
             message: if s.qualified == n - 1 && score < q.min_score {
-                format!("score {} qualifies for {} (the catch-all tier)", num(score), q.id)
+                format!("score {} qualifies for {} (the catch-all tier)", Num(score), q.id)
             } else {
-                format!("score {} qualifies for {} (needs {})", num(score), q.id, num(q.min_score))
+                format!("score {} qualifies for {} (needs {})", Num(score), q.id, Num(q.min_score))
             },
         });
 
@@ -267,10 +306,10 @@ impl<'p> Ctx<'p> {
                 };
                 s.tier = target;
                 s.change = Change::Promote;
-                let margin = if m.promote_margin > 0.0 { format!(" + promote margin {}", num(m.promote_margin)) } else { String::new() };
+                let margin = if m.promote_margin > 0.0 { format!(" + promote margin {}", Num(m.promote_margin)) } else { String::new() };
                 s.reasons.push(Reason {
                     code: "promote",
-                    message: format!("promoted from {} to {}: score {} ≥ {}'s {}{margin}", p.tiers[cur].id, p.tiers[target].id, num(score), tier.id, num(tier.min_score)),
+                    message: format!("promoted from {} to {}: score {} ≥ {}'s {}{margin}", p.tiers[cur].id, p.tiers[target].id, Num(score), tier.id, Num(tier.min_score)),
                 });
                 if target != t {
                     s.reasons.push(Reason { code: "max_steps", message: format!("qualifies for {} but moves at most {} tier(s) at a time", tier.id, max_steps.unwrap_or(0)) });
@@ -286,7 +325,7 @@ impl<'p> Ctx<'p> {
             s.change = Change::None;
             s.reasons.push(Reason {
                 code: "promote_margin",
-                message: format!("score {} qualifies for {} but promotion needs {} ({} + promote margin {}): stays {}", num(score), q.id, num(q.min_score + m.promote_margin), num(q.min_score), num(m.promote_margin), p.tiers[cur].id),
+                message: format!("score {} qualifies for {} but promotion needs {} ({} + promote margin {}): stays {}", Num(score), q.id, Num(q.min_score + m.promote_margin), Num(q.min_score), Num(m.promote_margin), p.tiers[cur].id),
             });
             return Ok(());
         }
@@ -298,7 +337,7 @@ impl<'p> Ctx<'p> {
             let below = score < ct.min_score - m.demote_margin;
             let cond_fails = !below && !self.when(s, cur)?;
             if !(below || cond_fails) {
-                return self.hold(s, cur, "margin", format!("score {} is below {}'s {} but within the demote margin {} (demotion below {}): stays {}", num(score), ct.id, num(ct.min_score), num(m.demote_margin), num(ct.min_score - m.demote_margin), ct.id));
+                return self.hold(s, cur, "margin", format!("score {} is below {}'s {} but within the demote margin {} (demotion below {}): stays {}", Num(score), ct.id, Num(ct.min_score), Num(m.demote_margin), Num(ct.min_score - m.demote_margin), ct.id));
             }
             let tenure_ok = match s.account.tier_since {
                 None => true,
@@ -321,9 +360,9 @@ impl<'p> Ctx<'p> {
             s.change = Change::Demote;
             let why = if below {
                 if m.demote_margin > 0.0 {
-                    format!("score {} < {} ({}'s {} - demote margin {})", num(score), num(ct.min_score - m.demote_margin), ct.id, num(ct.min_score), num(m.demote_margin))
+                    format!("score {} < {} ({}'s {} - demote margin {})", Num(score), Num(ct.min_score - m.demote_margin), ct.id, Num(ct.min_score), Num(m.demote_margin))
                 } else {
-                    format!("score {} < {}'s {}", num(score), ct.id, num(ct.min_score))
+                    format!("score {} < {}'s {}", Num(score), ct.id, Num(ct.min_score))
                 }
             } else {
                 format!("{}'s condition `{}` no longer holds", ct.id, ct.when.as_ref().map_or("", |w| w.source.as_str()))
@@ -429,11 +468,12 @@ pub(crate) fn map_records<T: Send>(records: &[Record], f: impl Fn(usize, &Record
 pub fn evaluate(policy: &Policy, records: &[Record]) -> Vec<Outcome> {
     let ctx = Ctx { policy };
     let pref = policy_ref(policy);
-    let dup = duplicates(records);
+    // One account cannot repeat itself: skip the id count (a map) for it.
+    let dup = if records.len() > 1 { duplicates(records) } else { Vec::new() };
     map_records(records, |i, r| {
         let result = match r {
             Err(e) => Err(e.clone()),
-            Ok(s) if dup[i] => Err(duplicate_error(&s.id)),
+            Ok(s) if dup.get(i).copied().unwrap_or(false) => Err(duplicate_error(&s.id)),
             Ok(s) => snapshot::validate(policy, s).and_then(|a| ctx.score_and_move(a)).and_then(|sc| ctx.finish(sc, &pref)),
         };
         match result {

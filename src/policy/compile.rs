@@ -9,7 +9,7 @@ use super::diag::{did_you_mean, Diagnostics, Level, Place};
 use super::raw::*;
 use indexmap::IndexMap;
 use super::*;
-use crate::script::{self, Limits, Var};
+use crate::script::{self, native, Limits, Var};
 use rhai::{Dynamic, ParseError, Scope};
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -336,6 +336,58 @@ impl Compiler<'_> {
         }
         self.lint(&raw, &inputs, &tiers, &movement, capacity.as_ref(), &engine);
         let warnings = self.d.items.iter().filter(|d| d.level == Level::Warning).cloned().collect();
+        let mut criteria = criteria;
+        let mut tiers = tiers;
+        let mut movement = movement;
+        let mut alerts = alerts;
+        if self.limits.native {
+            let domains = domains(&inputs);
+            let kinds: Vec<native::Kind> = inputs
+                .iter()
+                .map(|i| match i.ty {
+                    InputType::Number => native::Kind::Float,
+                    InputType::Integer => native::Kind::Int,
+                    InputType::Bool => native::Kind::Bool,
+                    InputType::String | InputType::Date => native::Kind::Str,
+                })
+                .collect();
+            let b = native::Builder {
+                kinds: &kinds,
+                engine: &engine,
+                lib_ast: &lib,
+                vars: &self.vars,
+                inputs: &input_slots,
+                domains: &domains,
+                max_operations: self.limits.max_operations,
+                max_call_levels: self.limits.max_call_levels,
+                max_string_size: self.limits.max_string_size,
+            };
+            let nlib = Arc::new(b.lib());
+            let fill = |e: &mut Expr| e.native = b.code(&e.ast, &nlib);
+            for c in &mut criteria {
+                match &mut c.scoring {
+                    Scoring::Expr(e) => fill(e),
+                    Scoring::Script { function, native, .. } => *native = b.call_with_account(function, &nlib),
+                    Scoring::Steps { .. } => {}
+                }
+            }
+            for t in &mut tiers {
+                if let Some(w) = &mut t.when {
+                    fill(w);
+                }
+            }
+            for h in &mut movement.holds {
+                fill(&mut h.when);
+            }
+            for a in &mut alerts {
+                fill(&mut a.when);
+                for part in &mut a.message.parts {
+                    if let Part::Expr(e) = part {
+                        fill(e);
+                    }
+                }
+            }
+        }
         Some(Policy {
             name: name.to_string(),
             description: raw.policy.description,
@@ -356,6 +408,7 @@ impl Compiler<'_> {
             limits: self.limits.clone(),
             engine,
             lib,
+            pref: std::sync::OnceLock::new(),
         })
     }
 
@@ -517,7 +570,7 @@ impl Compiler<'_> {
         match engine.compile_expression_with_scope(&scope, &src.value) {
             Ok(ast) => {
                 let ast = if lib.iter_functions().next().is_some() { lib.merge(&ast) } else { ast };
-                Some(Expr { source: src.value.clone(), place: self.place(&src.span, rule), ast })
+                Some(Expr { source: src.value.clone(), place: self.place(&src.span, rule), ast, native: None })
             }
             Err(ParseError(kind_err, pos)) => {
                 let off = offset_in_string(&self.text, &src.span, pos.line().unwrap_or(1), pos.position().unwrap_or(1));
@@ -656,7 +709,7 @@ impl Compiler<'_> {
                     None
                 } else {
                     let file = self.fn_files.get(&f.value).cloned().unwrap_or_default();
-                    Some(Scoring::Script { function: f.value.clone(), file, place: self.place(&f.span, &rule) })
+                    Some(Scoring::Script { function: f.value.clone(), file, place: self.place(&f.span, &rule), native: None })
                 }
             } else {
                 None
@@ -1043,3 +1096,31 @@ const _: fn() = || {
     fn is<T: Send + Sync>() {}
     is::<Policy>();
 };
+
+/// The values a `one_of` input can take (and `()` when it may be absent), as expressions see
+/// them: what lets a `switch` over it run natively.
+fn domains(inputs: &[Input]) -> HashMap<usize, Vec<native::V>> {
+    let mut out = HashMap::new();
+    for (i, inp) in inputs.iter().enumerate() {
+        let Some(one_of) = &inp.one_of else { continue };
+        let mut vals: Vec<native::V> = one_of
+            .iter()
+            .filter_map(|s| match (inp.ty, s) {
+                (InputType::Number, Scalar::Number(x)) => Some(native::V::Float(*x)),
+                (InputType::Number, Scalar::Integer(n)) => Some(native::V::Float(*n as f64)),
+                (InputType::Integer, Scalar::Integer(n)) => Some(native::V::Int(*n)),
+                (InputType::String | InputType::Date, Scalar::String(s)) => Some(native::V::Str(s.as_str().into())),
+                (InputType::Bool, Scalar::Bool(b)) => Some(native::V::Bool(*b)),
+                _ => None,
+            })
+            .collect();
+        if vals.len() != one_of.len() {
+            continue;
+        }
+        if inp.optional && inp.default.is_none() {
+            vals.push(native::V::Unit);
+        }
+        out.insert(i, vals);
+    }
+    out
+}

@@ -25,6 +25,8 @@ pub struct Expr {
     pub source: String,
     pub place: Place,
     pub(crate) ast: AST,
+    /// The same expression for [`crate::script::native`], when it fits the subset.
+    pub(crate) native: Option<crate::script::native::Code>,
 }
 
 impl std::fmt::Debug for Expr {
@@ -64,7 +66,13 @@ pub enum Scoring {
     Steps { input: usize, at: Vec<f64> },
     Expr(Expr),
     /// A function of `scripts/*.rhai` taking the account; `file` defines it.
-    Script { function: String, file: String, place: Place },
+    Script {
+        function: String,
+        file: String,
+        place: Place,
+        /// The call for [`crate::script::native`], when the function fits the subset.
+        native: Option<crate::script::native::Code>,
+    },
 }
 
 #[derive(Debug)]
@@ -170,6 +178,9 @@ pub struct Policy {
     pub(crate) engine: Engine,
     /// Every function of `scripts/*.rhai`, for `script` criteria.
     pub(crate) lib: AST,
+    /// What every decision names as its policy, built once (a `/v1/evaluate` call per
+    /// account would otherwise copy the name, version and hash each time).
+    pub(crate) pref: std::sync::OnceLock<std::sync::Arc<crate::engine::PolicyRef>>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -182,6 +193,41 @@ impl Policy {
     /// The first 12 hex characters of the hash, as shown in text.
     pub fn short_hash(&self) -> &str {
         self.hash.get(..12).unwrap_or(&self.hash)
+    }
+
+    /// Every account-level expression and script criterion with whether it runs on the
+    /// native fast path (`false`: through rhai). For tests and `tierwise check --verbose`-style
+    /// reports: a policy that falls back to rhai is slower, never different.
+    pub fn native_coverage(&self) -> Vec<(String, String, bool)> {
+        let mut out = Vec::new();
+        let entry = |e: &Expr| (e.place.rule.clone().unwrap_or_default(), e.source.clone(), e.native.is_some());
+        for c in &self.criteria {
+            match &c.scoring {
+                Scoring::Expr(e) => out.push(entry(e)),
+                Scoring::Script { function, place, native, .. } => {
+                    out.push((place.rule.clone().unwrap_or_default(), format!("{function}(account)"), native.is_some()))
+                }
+                Scoring::Steps { .. } => {}
+            }
+        }
+        let mut push = |e: &Expr| out.push(entry(e));
+        for t in &self.tiers {
+            if let Some(w) = &t.when {
+                push(w);
+            }
+        }
+        for h in &self.movement.holds {
+            push(&h.when);
+        }
+        for a in &self.alerts {
+            push(&a.when);
+            for p in &a.message.parts {
+                if let Part::Expr(e) = p {
+                    push(e);
+                }
+            }
+        }
+        out
     }
 
     pub fn tier_index(&self, id: &str) -> Option<usize> {

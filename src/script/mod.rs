@@ -13,6 +13,8 @@
 //! thread-local is never shared; [`set_account`] installs an account before its expressions
 //! run.
 
+pub mod native;
+
 use rhai::packages::{
     BasicArrayPackage, BasicMapPackage, BasicMathPackage, CorePackage, LogicPackage,
     MoreStringPackage, Package,
@@ -44,6 +46,9 @@ pub struct Limits {
     pub max_map_size: usize,
     /// Wall clock for everything one account evaluates.
     pub time_per_account: Duration,
+    /// Evaluate what fits [`native`]'s subset without rhai (same results; off only to
+    /// compare the two paths).
+    pub native: bool,
 }
 
 impl Default for Limits {
@@ -57,6 +62,7 @@ impl Default for Limits {
             max_array_size: 10_000,
             max_map_size: 1_000,
             time_per_account: Duration::from_millis(50),
+            native: true,
         }
     }
 }
@@ -105,6 +111,9 @@ struct Ctx {
     as_of: i64,
     score: f64,
     tier: ImmutableString,
+    budget: Duration,
+    /// Set when rhai first runs for the account: natively evaluated accounts never read the
+    /// clock.
     deadline: Option<Instant>,
     agg: Option<Arc<Aggregates>>,
 }
@@ -115,6 +124,7 @@ thread_local! {
         as_of: 0,
         score: 0.0,
         tier: ImmutableString::new(),
+        budget: Duration::ZERO,
         deadline: None,
         agg: None,
     });
@@ -128,7 +138,8 @@ pub fn set_account(values: Arc<[Dynamic]>, as_of: i64, budget: Duration) {
         let mut c = c.borrow_mut();
         c.values = values;
         c.as_of = as_of;
-        c.deadline = Instant::now().checked_add(budget);
+        c.budget = budget;
+        c.deadline = None;
         c.agg = None;
     });
 }
@@ -148,7 +159,8 @@ pub fn set_portfolio(agg: Arc<Aggregates>, budget: Duration) {
         let mut c = c.borrow_mut();
         c.agg = Some(agg);
         c.values = Arc::from(Vec::new());
-        c.deadline = Instant::now().checked_add(budget);
+        c.budget = budget;
+        c.deadline = None;
     });
 }
 
@@ -412,13 +424,34 @@ pub fn build_engine(limits: &Limits, vars: HashMap<String, Var>, inputs: HashMap
     e
 }
 
+/// Starts the account's wall-clock budget when rhai first runs for it.
+fn arm_deadline() {
+    CTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.deadline.is_none() {
+            c.deadline = Some(Instant::now().checked_add(c.budget).unwrap_or_else(Instant::now));
+        }
+    });
+}
+
 /// Evaluates a compiled expression for the account installed on this thread.
 pub fn eval(engine: &Engine, ast: &AST) -> Result<Dynamic, Box<EvalAltResult>> {
+    arm_deadline();
     engine.eval_ast_with_scope::<Dynamic>(&mut Scope::new(), ast)
 }
 
 /// Calls a script function with the account as its one argument.
 pub fn call(engine: &Engine, lib: &AST, name: &str, account: AccountView) -> Result<Dynamic, Box<EvalAltResult>> {
+    arm_deadline();
     let opts = rhai::CallFnOptions::new().eval_ast(false).rewind_scope(true);
     engine.call_fn_with_options::<Dynamic>(opts, &mut Scope::new(), lib, name, (account,))
+}
+
+/// Evaluates translated code for the account installed on this thread; `None` means run rhai.
+pub fn eval_native(code: &native::Code) -> Option<Dynamic> {
+    CTX.with(|c| {
+        let c = c.borrow();
+        let env = native::Env { values: &c.values, as_of: c.as_of, score: c.score, tier: &c.tier };
+        code.eval(&env).ok().map(native::V::into_dynamic)
+    })
 }
