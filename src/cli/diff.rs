@@ -161,6 +161,12 @@ fn run_inner(args: &DiffArgs, limits: &Limits) -> Result<ExitCode, ExitCode> {
     // that the other's parallel ones can fill.
     let (rb, ra) = rayon::join(|| engine::evaluate_portfolio(&baseline, &before), || engine::evaluate_portfolio(&candidate, after.as_deref().unwrap_or(&before)));
     let diff = whatif::compare(&rb, &ra);
+    // Errors are part of the book, not of the change: say how many, as `eval` does.
+    for (which, r) in [("baseline", &rb), ("candidate", &ra)] {
+        if r.summary.error_count > 0 {
+            eprintln!("note: {} account(s) answered with an error under the {which}", r.summary.error_count);
+        }
+    }
     // The process ends right after: freeing 2 × 100k decisions one by one costs time for
     // nothing (as in `eval`).
     std::mem::forget((rb, ra, before, after));

@@ -155,7 +155,7 @@ pub fn headline(d: &PolicyDiff) -> String {
     }
 }
 
-fn what(d: &PolicyDiff, ctx: &Context) -> String {
+fn what(ctx: &Context) -> String {
     let mut w = match &ctx.candidate_dir {
         Some(dir) => format!("`{dir}`"),
         None => "the baseline".into(),
@@ -163,7 +163,6 @@ fn what(d: &PolicyDiff, ctx: &Context) -> String {
     if !ctx.overrides.is_empty() {
         w.push_str(&format!(" with {}", plural(ctx.overrides.len() as u64, "override", "overrides")));
     }
-    let _ = d;
     w
 }
 
@@ -171,7 +170,7 @@ fn what(d: &PolicyDiff, ctx: &Context) -> String {
 pub fn table(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
     let mut o = String::new();
     let s = &d.summary;
-    let _ = writeln!(o, "what-if: {} {} → {} {} ({})", d.baseline.name, short(&d.baseline.hash), d.candidate.name, short(&d.candidate.hash), what(d, ctx).replace('`', ""));
+    let _ = writeln!(o, "what-if: {} {} → {} {} ({})", d.baseline.name, short(&d.baseline.hash), d.candidate.name, short(&d.candidate.hash), what(ctx).replace('`', ""));
     for ov in &ctx.overrides {
         let _ = writeln!(o, "  --set {ov}");
     }
@@ -260,7 +259,7 @@ fn md(s: &str) -> String {
 pub fn markdown(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
     let mut o = String::new();
     let s = &d.summary;
-    let _ = writeln!(o, "### What-if: `{}` → {}\n", d.baseline.name, what(d, ctx));
+    let _ = writeln!(o, "### What-if: `{}` → {}\n", d.baseline.name, what(ctx));
     if !ctx.overrides.is_empty() {
         for ov in &ctx.overrides {
             let _ = writeln!(o, "- `{}`", md(ov));
