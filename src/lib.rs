@@ -20,3 +20,4 @@ pub mod policy;
 pub mod schema;
 pub mod script;
 pub mod snapshot;
+pub mod whatif;

@@ -12,5 +12,6 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("snapshot.schema.json", pretty(schema_for!(crate::snapshot::Snapshot))),
         ("decision.schema.json", pretty(schema_for!(crate::engine::Outcome))),
         ("portfolio.schema.json", pretty(schema_for!(crate::engine::PortfolioResult))),
+        ("diff.schema.json", pretty(schema_for!(crate::whatif::PolicyDiff))),
     ]
 }

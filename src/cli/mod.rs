@@ -1,6 +1,7 @@
 //! Command-line front end: one file per subcommand, each thin over the library.
 
 mod check;
+mod diff;
 mod eval;
 mod schema;
 mod test;
@@ -54,10 +55,15 @@ enum Command {
     Test {
         #[arg(default_value = "policies")]
         dir: PathBuf,
+        /// Also report which tiers, criteria, holds and alerts no test case reaches.
+        #[arg(long)]
+        coverage: bool,
     },
     /// Evaluate accounts from a file (JSON, JSON lines or CSV; `-` for standard input).
     Eval(eval::EvalArgs),
-    /// Write the JSON schemas (policy, test cases, snapshot, decision, portfolio).
+    /// What-if: decide a book under a baseline and a candidate policy, show what differs.
+    Diff(diff::DiffArgs),
+    /// Write the JSON schemas (policy, test cases, snapshot, decision, portfolio, diff).
     Schema {
         /// Folder to write to.
         #[arg(long, default_value = "schemas")]
@@ -79,8 +85,9 @@ pub fn main() -> ExitCode {
     let limits = cli.sandbox.limits();
     match cli.command {
         Command::Check { dir } => check::run(&dir, &limits),
-        Command::Test { dir } => test::run(&dir, &limits),
+        Command::Test { dir, coverage } => test::run(&dir, &limits, coverage),
         Command::Eval(args) => eval::run(&args, &limits),
+        Command::Diff(args) => diff::run(&args, &limits),
         Command::Schema { out, check } => schema::run(&out, check),
     }
 }

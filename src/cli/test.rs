@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use tierwise::engine::testrun;
 use tierwise::script::Limits;
 
-pub fn run(dir: &Path, limits: &Limits) -> ExitCode {
+pub fn run(dir: &Path, limits: &Limits, coverage: bool) -> ExitCode {
     let dirs = match super::policy_dirs(dir) {
         Ok(d) => d,
         Err(code) => return code,
@@ -27,6 +27,9 @@ pub fn run(dir: &Path, limits: &Limits) -> ExitCode {
                 println!("case {}:{} {} ... FAILED", r.place.file, r.place.line, r.name);
             }
         }
+        if coverage {
+            print_coverage(&testrun::coverage(&p));
+        }
         let failures: Vec<_> = results.iter().filter(|r| !r.passed()).collect();
         if !failures.is_empty() {
             println!("\nfailures:");
@@ -45,4 +48,35 @@ pub fn run(dir: &Path, limits: &Limits) -> ExitCode {
         if broken > 0 { format!("; {broken} policies did not load") } else { String::new() }
     );
     if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+/// One line per kind of rule: how many the cases reach, and the ones they do not.
+fn print_coverage(c: &testrun::Coverage) {
+    println!("\ncoverage ({} decisions):", c.decisions);
+    let kinds: [(&str, &[testrun::Reach], &str); 5] = [
+        ("tiers", &c.tiers, "no case ends in"),
+        ("criteria", &c.criteria, "always the same score"),
+        ("holds", &c.holds, "never applied"),
+        ("alerts", &c.alerts, "never raised"),
+        ("portfolio alerts", &c.portfolio_alerts, "never raised"),
+    ];
+    for (kind, list, missing) in kinds {
+        if list.is_empty() {
+            continue;
+        }
+        let reached = list.iter().filter(|r| r.reached()).count();
+        let gaps: Vec<String> = list
+            .iter()
+            .filter(|r| !r.reached())
+            .map(|r| match r.range {
+                Some((lo, _)) if r.hits > 0 => format!("{} ({lo})", r.id),
+                _ => r.id.clone(),
+            })
+            .collect();
+        if gaps.is_empty() {
+            println!("  {kind:<17} {reached}/{}", list.len());
+        } else {
+            println!("  {kind:<17} {reached}/{}  {missing}: {}", list.len(), gaps.join(", "));
+        }
+    }
 }

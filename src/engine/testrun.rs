@@ -147,3 +147,100 @@ fn check_decision(e: &crate::policy::raw::RawExpect, d: &Decision, failures: &mu
         failures.push(format!("expected score {s}, got {}", d.score));
     }
 }
+
+/// What a policy's own test cases reach (`tierwise test --coverage`, like `opa test
+/// --coverage`): each tier, criterion, hold and alert, with how many decisions of the cases
+/// reach it. A policy's cases should show every rule doing something: a tier no case ends in,
+/// a hold that never keeps an account, an alert never raised is a rule nobody has checked.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Coverage {
+    /// Decisions made while running the cases (each account of each case).
+    pub decisions: u64,
+    /// A tier is reached when a decision ends in it.
+    pub tiers: Vec<Reach>,
+    /// A criterion is reached when the cases give it at least two different scores: a
+    /// criterion that always scores the same is never seen changing an outcome.
+    pub criteria: Vec<Reach>,
+    /// A hold is reached when it keeps an account in its tier.
+    pub holds: Vec<Reach>,
+    /// An alert is reached when it is raised.
+    pub alerts: Vec<Reach>,
+    pub portfolio_alerts: Vec<Reach>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Reach {
+    pub id: String,
+    /// Decisions (portfolio alerts: portfolio cases) that reach it.
+    pub hits: u64,
+    /// For criteria: the lowest and highest score seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub range: Option<(f64, f64)>,
+}
+
+impl Reach {
+    pub fn reached(&self) -> bool {
+        match self.range {
+            Some((lo, hi)) => hi > lo,
+            None => self.hits > 0,
+        }
+    }
+}
+
+impl Coverage {
+    /// Every rule of every kind is reached.
+    pub fn complete(&self) -> bool {
+        [&self.tiers, &self.criteria, &self.holds, &self.alerts, &self.portfolio_alerts].iter().all(|list| list.iter().all(Reach::reached))
+    }
+}
+
+/// Runs the cases again and records what their decisions reach.
+pub fn coverage(policy: &Policy) -> Coverage {
+    let reach = |id: &str| Reach { id: id.to_string(), hits: 0, range: None };
+    let mut cov = Coverage {
+        decisions: 0,
+        tiers: policy.tiers.iter().map(|t| reach(&t.id)).collect(),
+        criteria: policy.criteria.iter().map(|c| reach(&c.id)).collect(),
+        holds: policy.movement.holds.iter().map(|h| reach(&h.id)).collect(),
+        alerts: policy.alerts.iter().map(|a| reach(&a.id)).collect(),
+        portfolio_alerts: policy.portfolio_alerts.iter().map(|a| reach(&a.id)).collect(),
+    };
+    // The engine names an applied hold in its reason: "hold `<id>`: ...".
+    let hold_prefix: Vec<String> = policy.movement.holds.iter().map(|h| format!("hold `{}`", h.id)).collect();
+    for case in &policy.cases {
+        let records: Vec<Record> = case.accounts.iter().cloned().map(Ok).collect();
+        let outcomes = if case.portfolio {
+            let r = evaluate_portfolio(policy, &records);
+            for a in &r.summary.portfolio_alerts {
+                if let Some(x) = cov.portfolio_alerts.iter_mut().find(|x| x.id == a.id) {
+                    x.hits += 1;
+                }
+            }
+            r.accounts
+        } else {
+            evaluate(policy, &records)
+        };
+        for d in outcomes.iter().filter_map(Outcome::decision) {
+            cov.decisions += 1;
+            if let Some(t) = cov.tiers.iter_mut().find(|t| t.id == d.tier) {
+                t.hits += 1;
+            }
+            for (c, s) in cov.criteria.iter_mut().zip(&d.scores) {
+                c.hits += 1;
+                let (lo, hi) = c.range.unwrap_or((s.score, s.score));
+                c.range = Some((lo.min(s.score), hi.max(s.score)));
+            }
+            for r in d.reasons.iter().filter(|r| r.code == "hold") {
+                if let Some(k) = hold_prefix.iter().position(|p| r.message.starts_with(p.as_str())) {
+                    cov.holds[k].hits += 1;
+                }
+            }
+            for a in &d.alerts {
+                if let Some(x) = cov.alerts.iter_mut().find(|x| x.id == a.id) {
+                    x.hits += 1;
+                }
+            }
+        }
+    }
+    cov
+}

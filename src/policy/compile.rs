@@ -92,7 +92,7 @@ fn parse_toml<T: serde::de::DeserializeOwned + schemars::JsonSchema>(d: &mut Dia
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Seg {
+pub(crate) enum Seg {
     Key(String),
     Index(usize),
 }
@@ -159,7 +159,7 @@ fn value_span(v: &toml::de::DeValue, path: &[Seg]) -> Option<Range<usize>> {
 }
 
 /// The keys the schema allows at `path`, for "did you mean".
-fn known_keys(root: &serde_json::Value, path: &[Seg]) -> Vec<String> {
+pub(crate) fn known_keys(root: &serde_json::Value, path: &[Seg]) -> Vec<String> {
     fn resolve<'a>(root: &'a serde_json::Value, mut s: &'a serde_json::Value) -> &'a serde_json::Value {
         for _ in 0..8 {
             if let Some(r) = s.get("$ref").and_then(|r| r.as_str()) {
@@ -334,6 +334,7 @@ impl Compiler<'_> {
         if self.d.has_errors() {
             return None;
         }
+        self.lint(&raw, &inputs, &tiers, &movement, capacity.as_ref(), &engine);
         let warnings = self.d.items.iter().filter(|d| d.level == Level::Warning).cloned().collect();
         let mut criteria = criteria;
         let mut tiers = tiers;
@@ -409,6 +410,20 @@ impl Compiler<'_> {
             lib,
             pref: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Warnings that need the compiled rules (see [`super::lint`]); only for a policy
+    /// without errors, whose rules are all there.
+    fn lint(&mut self, raw: &RawPolicy, inputs: &[Input], tiers: &[Tier], movement: &Movement, capacity: Option<&Capacity>, engine: &Engine) {
+        let mut findings = super::lint::tiers(tiers, &raw.tiers, inputs, engine, self.limits);
+        let holds: Vec<_> = movement.holds.iter().zip(&raw.movement.holds).map(|(h, r)| (h.id.clone(), &h.when, Some(r.when.span.clone()))).collect();
+        findings.extend(super::lint::holds(&holds, inputs, engine, self.limits));
+        if let (Some(rc), Some(c)) = (&raw.capacity, capacity) {
+            findings.extend(super::lint::capacity(rc, c, tiers));
+        }
+        for f in findings {
+            self.d.at(Level::Warning, f.code, POLICY_FILE, f.span, Some(&f.rule), f.message, f.help);
+        }
     }
 
     fn inputs(&mut self, raw: &IndexMap<String, Loc<RawInput>>) -> Vec<Input> {

@@ -7,6 +7,8 @@
 
 pub mod compile;
 pub mod diag;
+mod lint;
+pub mod overrides;
 pub mod raw;
 
 pub use diag::{Diagnostic, Level, Place, Report};
