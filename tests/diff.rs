@@ -78,7 +78,7 @@ fn lowered_per_manager_max() {
     // `flag` keeps every tier: only managers and the portfolio alert change.
     assert_eq!(d.summary.promoted + d.summary.demoted, 0);
     assert!(d.summary.managers_newly_over > 0);
-    assert!(d.portfolio_alerts.added.iter().any(|a| a.id == "kam_overloaded"));
+    assert!(d.portfolio_alerts.added.iter().any(|a| &*a.id == "kam_overloaded"));
     snapshot_all("lowered_per_manager_max", &d, &ctx(&sets));
 }
 
@@ -109,7 +109,7 @@ fn changed_alert_threshold() {
     // Alerts only: nobody moves, some accounts raise `nps_drop` now.
     assert!(!d.has_moves());
     assert!(d.summary.alerts_added > 0 && d.summary.alerts_removed == 0);
-    assert!(d.accounts.iter().all(|a| a.from == a.to && a.alerts_added.iter().all(|x| x.id == "nps_drop")));
+    assert!(d.accounts.iter().all(|a| a.from == a.to && a.alerts_added.iter().all(|x| &*x.id == "nps_drop")));
     snapshot_all("changed_alert_threshold", &d, &ctx(&sets));
 }
 
@@ -339,8 +339,8 @@ proptest! {
                 let entry = d.accounts.iter().find(|e| e.id == x.id);
                 prop_assert_eq!(differs, entry.is_some(), "account {}", x.id);
                 if let Some(e) = entry {
-                    prop_assert_eq!(&e.from, &x.tier);
-                    prop_assert_eq!(&e.to, &y.tier);
+                    prop_assert_eq!(e.from.as_str(), &*x.tier);
+                    prop_assert_eq!(e.to.as_str(), &*y.tier);
                     prop_assert_eq!(e.score_before, x.score);
                     prop_assert_eq!(e.score_after, y.score);
                     prop_assert_eq!((e.change_before, e.change_after), (x.change, y.change));

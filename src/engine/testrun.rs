@@ -212,7 +212,7 @@ pub fn coverage(policy: &Policy) -> Coverage {
         let outcomes = if case.portfolio {
             let r = evaluate_portfolio(policy, &records);
             for a in &r.summary.portfolio_alerts {
-                if let Some(x) = cov.portfolio_alerts.iter_mut().find(|x| x.id == a.id) {
+                if let Some(x) = cov.portfolio_alerts.iter_mut().find(|x| *x.id == *a.id) {
                     x.hits += 1;
                 }
             }
@@ -222,7 +222,7 @@ pub fn coverage(policy: &Policy) -> Coverage {
         };
         for d in outcomes.iter().filter_map(Outcome::decision) {
             cov.decisions += 1;
-            if let Some(t) = cov.tiers.iter_mut().find(|t| t.id == d.tier) {
+            if let Some(t) = cov.tiers.iter_mut().find(|t| *t.id == *d.tier) {
                 t.hits += 1;
             }
             for (c, s) in cov.criteria.iter_mut().zip(&d.scores) {
@@ -236,7 +236,7 @@ pub fn coverage(policy: &Policy) -> Coverage {
                 }
             }
             for a in &d.alerts {
-                if let Some(x) = cov.alerts.iter_mut().find(|x| x.id == a.id) {
+                if let Some(x) = cov.alerts.iter_mut().find(|x| *x.id == *a.id) {
                     x.hits += 1;
                 }
             }

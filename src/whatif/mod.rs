@@ -239,13 +239,13 @@ pub fn diff_records(baseline: &Policy, before: &[Record], candidate: &Policy, af
 }
 
 fn alert_ids(alerts: &[AlertOut]) -> BTreeSet<&str> {
-    alerts.iter().map(|a| a.id.as_str()).collect()
+    alerts.iter().map(|a| &*a.id).collect()
 }
 
 /// Alerts of `a` whose id `b` does not raise, sorted by id.
 fn only_in(a: &[AlertOut], b: &[AlertOut]) -> Vec<AlertOut> {
     let ids = alert_ids(b);
-    let mut out: Vec<AlertOut> = a.iter().filter(|x| !ids.contains(x.id.as_str())).cloned().collect();
+    let mut out: Vec<AlertOut> = a.iter().filter(|x| !ids.contains(&*x.id)).cloned().collect();
     out.sort_by(|x, y| x.id.cmp(&y.id));
     out
 }
@@ -276,7 +276,7 @@ pub fn compare(before: &PortfolioResult, after: &PortfolioResult) -> PolicyDiff 
         match (b, a) {
             (Outcome::Decision(b), Outcome::Decision(a)) => {
                 s.decided_both += 1;
-                if let (Some(&r), Some(&c)) = (rank_before.get(b.tier.as_str()), rank_after.get(a.tier.as_str())) {
+                if let (Some(&r), Some(&c)) = (rank_before.get(&*b.tier), rank_after.get(&*a.tier)) {
                     counts[r][c] += 1;
                 }
                 if (b.score - a.score).abs() > 1e-9 {
@@ -299,8 +299,8 @@ pub fn compare(before: &PortfolioResult, after: &PortfolioResult) -> PolicyDiff 
                 accounts.push(AccountDiff {
                     id: b.id.clone(),
                     manager: a.manager.clone().or_else(|| b.manager.clone()),
-                    from: b.tier.clone(),
-                    to: a.tier.clone(),
+                    from: b.tier.to_string(),
+                    to: a.tier.to_string(),
                     direction: dir,
                     score_before: b.score,
                     score_after: a.score,
@@ -313,10 +313,10 @@ pub fn compare(before: &PortfolioResult, after: &PortfolioResult) -> PolicyDiff 
                 });
             }
             (Outcome::Decision(b), Outcome::Error { id, error }) => {
-                newly_failing.push(FailureDelta { id: id.clone().or_else(|| Some(b.id.clone())), record: i + 1, error: error.clone(), tier: b.tier.clone() });
+                newly_failing.push(FailureDelta { id: id.clone().or_else(|| Some(b.id.clone())), record: i + 1, error: error.clone(), tier: b.tier.to_string() });
             }
             (Outcome::Error { id, error }, Outcome::Decision(a)) => {
-                newly_decided.push(FailureDelta { id: id.clone().or_else(|| Some(a.id.clone())), record: i + 1, error: error.clone(), tier: a.tier.clone() });
+                newly_decided.push(FailureDelta { id: id.clone().or_else(|| Some(a.id.clone())), record: i + 1, error: error.clone(), tier: a.tier.to_string() });
             }
             (Outcome::Error { .. }, Outcome::Error { .. }) => {}
         }
