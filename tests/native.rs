@@ -215,3 +215,23 @@ proptest! {
         })?;
     }
 }
+
+#[test]
+fn the_cli_switch_rules_the_fast_path_out_and_changes_no_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("accounts.jsonl");
+    std::fs::write(&file, gen_portfolio::jsonl(300, gen_portfolio::SEED)).unwrap();
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tierwise"))
+            .args(["eval", "--policy", "policies/enterprise", "--portfolio", "--format", "jsonl", "--accounts"])
+            .arg(&file)
+            .args(extra)
+            .current_dir(common::root())
+            .output()
+            .unwrap();
+        out.stdout
+    };
+    let fast = run(&[]);
+    assert!(fast.len() > 10_000);
+    assert_eq!(fast, run(&["--no-native"]));
+}

@@ -31,6 +31,10 @@ pub struct SandboxArgs {
     /// Wall-clock milliseconds per account.
     #[arg(long, global = true, env = "TIERWISE_TIME_PER_ACCOUNT_MS", default_value_t = 50)]
     time_per_account_ms: u64,
+    /// Run every expression through rhai, never the native fast path (same results, slower;
+    /// a switch to rule the fast path out when investigating).
+    #[arg(long, global = true, env = "TIERWISE_NO_NATIVE")]
+    no_native: bool,
 }
 
 impl SandboxArgs {
@@ -38,6 +42,7 @@ impl SandboxArgs {
         Limits {
             max_operations: self.max_operations,
             time_per_account: std::time::Duration::from_millis(self.time_per_account_ms),
+            native: !self.no_native,
             ..Limits::default()
         }
     }
