@@ -19,6 +19,7 @@ use std::sync::Arc;
 pub struct Snapshot {
     /// The account's id; unique within one request or file.
     pub id: String,
+    /// The account's name, for people (carried into nothing the engine decides).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The manager (KAM) who owns the account; absent: in no book.

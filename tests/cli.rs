@@ -275,15 +275,17 @@ fn a_policy_that_does_not_load_stops_eval_with_1() {
 /// Fails when `schemas/` is stale: run `tierwise schema` and commit the result.
 #[test]
 fn the_committed_schemas_are_up_to_date() {
-    let out = tierwise(&["schema", "--check", "--out", "schemas"]);
+    let out = tierwise(&["schema", "--check", "--out", "schemas", "--reference", "docs/policy-reference.md"]);
     assert_eq!(out.status.code(), Some(0), "stale schemas: {}", text(&out.stderr));
     // And --check notices a stale one.
     let tmp = tempfile::tempdir().unwrap();
-    let out = tierwise(&["schema", "--check", "--out", &tmp.path().display().to_string()]);
+    let dir = tmp.path().display().to_string();
+    let reference = tmp.path().join("reference.md").display().to_string();
+    let out = tierwise(&["schema", "--check", "--out", &dir, "--reference", &reference]);
     assert_eq!(out.status.code(), Some(1));
     // Writing then checking agrees.
-    let out = tierwise(&["schema", "--out", &tmp.path().display().to_string()]);
+    let out = tierwise(&["schema", "--out", &dir, "--reference", &reference]);
     assert_eq!(out.status.code(), Some(0));
-    let out = tierwise(&["schema", "--check", "--out", &tmp.path().display().to_string()]);
+    let out = tierwise(&["schema", "--check", "--out", &dir, "--reference", &reference]);
     assert_eq!(out.status.code(), Some(0));
 }

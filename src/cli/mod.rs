@@ -73,6 +73,9 @@ enum Command {
         /// Folder to write to.
         #[arg(long, default_value = "schemas")]
         out: PathBuf,
+        /// The generated policy reference (markdown).
+        #[arg(long, default_value = "docs/policy-reference.md")]
+        reference: PathBuf,
         /// Only check that the folder is up to date (exit 1 if not).
         #[arg(long)]
         check: bool,
@@ -93,7 +96,7 @@ pub fn main() -> ExitCode {
         Command::Test { dir, coverage } => test::run(&dir, &limits, coverage),
         Command::Eval(args) => eval::run(&args, &limits),
         Command::Diff(args) => diff::run(&args, &limits),
-        Command::Schema { out, check } => schema::run(&out, check),
+        Command::Schema { out, reference, check } => schema::run(&out, &reference, check),
     }
 }
 

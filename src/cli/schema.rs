@@ -3,14 +3,15 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-pub fn run(out: &Path, check: bool) -> ExitCode {
+pub fn run(out: &Path, reference: &Path, check: bool) -> ExitCode {
     let mut stale = Vec::new();
     if !check && let Err(e) = std::fs::create_dir_all(out) {
         eprintln!("error: cannot create `{}`: {e}", out.display());
         return ExitCode::from(2);
     }
-    for (name, text) in tierwise::schema::all() {
-        let path = out.join(name);
+    let mut files: Vec<(std::path::PathBuf, String)> = tierwise::schema::all().into_iter().map(|(name, text)| (out.join(name), text)).collect();
+    files.push((reference.to_path_buf(), tierwise::schema::policy_reference()));
+    for (path, text) in files {
         if check {
             if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
                 stale.push(path.display().to_string());
@@ -28,7 +29,7 @@ pub fn run(out: &Path, check: bool) -> ExitCode {
         }
         ExitCode::SUCCESS
     } else {
-        eprintln!("stale schemas (run `tierwise schema`): {}", stale.join(", "));
+        eprintln!("stale schemas or reference (run `tierwise schema`): {}", stale.join(", "));
         ExitCode::from(1)
     }
 }

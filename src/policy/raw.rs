@@ -174,7 +174,9 @@ pub struct RawScore {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct RawScale {
+    /// The bottom of the scale.
     pub min: f64,
+    /// The top of the scale.
     pub max: f64,
 }
 
@@ -290,7 +292,9 @@ pub struct RawCapacity {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct RawRange {
+    /// Fewest accounts of the capacity tiers per manager; below it the manager is `under`.
     pub min: Option<u64>,
+    /// Most accounts of the capacity tiers per manager; above it the manager is `over`.
     pub max: Option<u64>,
 }
 
@@ -320,6 +324,7 @@ pub struct RawAlert {
     /// Text with `{expr}` placeholders. Example: `"NPS fell {nps_prev - nps} points"`.
     pub message: Loc<String>,
     #[serde(default)]
+    /// What the alert watches, for people reading the policy.
     pub description: String,
 }
 
@@ -339,6 +344,7 @@ pub struct RawPortfolio {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct RawPortfolioAlert {
+    /// Unique id. Example: `"revenue_concentration"`.
     pub id: Loc<String>,
     pub severity: Severity,
     /// A rhai condition over portfolio aggregates.
@@ -346,6 +352,7 @@ pub struct RawPortfolioAlert {
     /// Text with `{expr}` placeholders.
     pub message: Loc<String>,
     #[serde(default)]
+    /// What the alert watches, for people reading the policy.
     pub description: String,
 }
 
@@ -354,6 +361,7 @@ pub struct RawPortfolioAlert {
 #[schemars(deny_unknown_fields, title = "tierwise policy test cases")]
 pub struct RawTestFile {
     #[serde(default)]
+    /// The cases of this file, each `[[case]]`.
     pub case: Vec<Loc<RawCase>>,
 }
 
@@ -376,8 +384,11 @@ pub struct RawCase {
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct RawExpect {
+    /// Expected final tier.
     pub tier: Option<String>,
+    /// Expected `qualified_tier` (the tier the score and conditions qualify for).
     pub qualified_tier: Option<String>,
+    /// Expected `change`: `promote`, `demote`, `hold`, `none` or `new`.
     pub change: Option<String>,
     /// Alert ids, exactly (order aside).
     pub alerts: Option<Vec<String>>,
