@@ -340,10 +340,15 @@ pub enum Format {
 /// The default seed: `gen_portfolio N` and [`jsonl`]`(N, SEED)` give the same accounts.
 pub const SEED: u64 = 0x7131_2026;
 
-/// Writes `n` accounts in `format`.
+/// Writes `n` accounts in `format`, with about `n / 50` managers.
 pub fn write_accounts(out: &mut impl Write, n: usize, seed: u64, format: Format) -> std::io::Result<()> {
+    write_accounts_with(out, n, seed, format, (n / 50).max(1))
+}
+
+/// [`write_accounts`] with a chosen number of managers.
+pub fn write_accounts_with(out: &mut impl Write, n: usize, seed: u64, format: Format, managers: usize) -> std::io::Result<()> {
     let mut rng = Rng(seed);
-    let managers = (n / 50).max(1);
+    let managers = managers.max(1);
     let as_of = days_from_civil(2026, 11, 1);
     match format {
         Format::Jsonl | Format::Json => {
@@ -403,7 +408,7 @@ pub fn jsonl(n: usize, seed: u64) -> String {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: gen_portfolio [N=100000] [--format jsonl|json|csv] [--seed S]");
+    eprintln!("usage: gen_portfolio [N=100000] [--format jsonl|json|csv] [--seed S] [--managers M (default N/50)]");
     std::process::exit(2)
 }
 
@@ -411,6 +416,7 @@ fn main() {
     let mut n: usize = 100_000;
     let mut format = Format::Jsonl;
     let mut seed: u64 = SEED;
+    let mut managers: Option<usize> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -423,13 +429,15 @@ fn main() {
                 }
             }
             "--seed" => seed = args.next().and_then(|s| s.parse().ok()).unwrap_or_else(|| usage()),
+            "--managers" => managers = Some(args.next().and_then(|s| s.parse().ok()).unwrap_or_else(|| usage())),
             "-h" | "--help" => usage(),
             s => n = s.replace('_', "").parse().unwrap_or_else(|_| usage()),
         }
     }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-    if let Err(e) = write_accounts(&mut out, n, seed, format).and_then(|_| out.flush())
+    let managers = managers.unwrap_or((n / 50).max(1));
+    if let Err(e) = write_accounts_with(&mut out, n, seed, format, managers).and_then(|_| out.flush())
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {
         eprintln!("gen_portfolio: {e}");
