@@ -1,0 +1,54 @@
+//! What can be tested of the container here (Docker cannot run on our machines): the
+//! Dockerfile copies files that exist, and the release layout (binary on PATH, `/app` holding
+//! `policies/` and `schemas/`, nothing else) runs with no flags, as the image runs it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn every_file_the_dockerfile_copies_exists() {
+    let root = common::root();
+    let text = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let mut copies = 0;
+    for line in text.lines().map(str::trim).filter(|l| l.starts_with("COPY ") && !l.contains("--from=")) {
+        let words: Vec<&str> = line.split_whitespace().skip(1).filter(|w| !w.starts_with("--")).collect();
+        let (_dst, srcs) = words.split_last().unwrap();
+        for src in srcs {
+            assert!(root.join(src).exists(), "Dockerfile copies `{src}`, which is not in the repository");
+            copies += 1;
+        }
+    }
+    assert!(copies >= 6, "expected the Dockerfile to copy the sources, policies and schemas");
+    for (what, needle) in [("a non-root user", "USER tierwise"), ("the port", "EXPOSE 8080"), ("a health check", "HEALTHCHECK"), ("/healthz", "/healthz"), ("the policies volume", "VOLUME [\"/app/policies\"]")] {
+        assert!(text.contains(needle), "the Dockerfile should declare {what}");
+    }
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    common::copy_dir(src, dst);
+}
+
+/// `/app` as the image lays it out, with the binary outside it (as in /usr/local/bin).
+fn image_layout() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let app = tmp.path().join("app");
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    copy_dir(&common::root().join("policies"), &app.join("policies"));
+    copy_dir(&common::root().join("schemas"), &app.join("schemas"));
+    let exe = bin.join("tierwise");
+    std::fs::copy(env!("CARGO_BIN_EXE_tierwise"), &exe).unwrap();
+    (tmp, app, exe)
+}
+
+#[test]
+fn the_image_layout_checks_and_tests_the_shipped_policies_with_no_flags() {
+    let (_tmp, app, exe) = image_layout();
+    for cmd in ["check", "test"] {
+        let out = Command::new(&exe).arg(cmd).current_dir(&app).env_clear().output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "`tierwise {cmd}` in the image layout: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
