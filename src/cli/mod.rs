@@ -3,6 +3,7 @@
 mod check;
 mod eval;
 mod schema;
+mod serve;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -66,6 +67,8 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Run the HTTP service: evaluate over HTTP, reload policies live as they change.
+    Serve(serve::ServeArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -82,6 +85,7 @@ pub fn main() -> ExitCode {
         Command::Test { dir } => test::run(&dir, &limits),
         Command::Eval(args) => eval::run(&args, &limits),
         Command::Schema { out, check } => schema::run(&out, check),
+        Command::Serve(args) => serve::run(&args, &limits),
     }
 }
 

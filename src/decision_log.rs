@@ -1,0 +1,136 @@
+//! The decision log: one JSON line per evaluation request, so an auditor can say why an
+//! account had its tier on a given day (decision id, policy name and hash, and per account
+//! its tier, change and alerts, or its error code).
+//!
+//! Lines are encoded by the request's thread and written by one background thread through
+//! a buffer that is flushed whenever the queue runs dry: a request never waits for the disk,
+//! and a burst costs one write, not one per line.
+
+use crate::engine::{Outcome, PolicyRef, Summary};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use std::io::Write;
+use std::sync::mpsc;
+
+/// Where lines go.
+#[derive(Clone)]
+pub struct DecisionLog {
+    tx: Option<mpsc::Sender<Vec<u8>>>,
+}
+
+impl DecisionLog {
+    /// No log.
+    pub fn off() -> Self {
+        DecisionLog { tx: None }
+    }
+
+    /// Standard output (`-`), or a file (appended to, created if missing).
+    pub fn open(target: &str) -> std::io::Result<Self> {
+        if target == "off" || target.is_empty() {
+            return Ok(Self::off());
+        }
+        let out: Box<dyn Write + Send> = if target == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(std::fs::OpenOptions::new().create(true).append(true).open(target)?)
+        };
+        Ok(Self::to_writer(out))
+    }
+
+    /// Lines go to `out` from a background thread.
+    pub fn to_writer(out: Box<dyn Write + Send>) -> Self {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let spawned = std::thread::Builder::new().name("tierwise-decision-log".into()).spawn(move || {
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
+            while let Ok(line) = rx.recv() {
+                let mut ok = out.write_all(&line).is_ok();
+                while let Ok(more) = rx.try_recv() {
+                    ok &= out.write_all(&more).is_ok();
+                }
+                if !(ok && out.flush().is_ok()) {
+                    eprintln!("tierwise: cannot write the decision log");
+                }
+            }
+        });
+        match spawned {
+            Ok(_) => DecisionLog { tx: Some(tx) },
+            Err(e) => {
+                eprintln!("tierwise: no decision log: cannot start its thread: {e}");
+                Self::off()
+            }
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Logs one evaluation request.
+    pub fn record(&self, entry: &Entry<'_>) {
+        let Some(tx) = &self.tx else { return };
+        let mut line = Vec::with_capacity(256 + entry.outcomes.len() * 64);
+        if serde_json::to_writer(&mut line, entry).is_ok() {
+            line.push(b'\n');
+            let _ = tx.send(line);
+        }
+    }
+}
+
+/// One evaluation request as logged.
+#[derive(Serialize)]
+pub struct Entry<'a> {
+    /// RFC 3339, UTC.
+    pub ts: String,
+    pub decision_id: &'a str,
+    /// `account` or `portfolio`.
+    pub level: &'static str,
+    pub policy: &'a PolicyRef,
+    pub duration_ms: f64,
+    #[serde(serialize_with = "accounts")]
+    pub outcomes: &'a [Outcome],
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "summary")]
+    pub summary: Option<&'a Summary>,
+}
+
+fn accounts<S: Serializer>(outcomes: &&[Outcome], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(outcomes.iter().map(Account))
+}
+
+/// The account's id, tier, change and alert ids; or its error code.
+struct Account<'a>(&'a Outcome);
+
+impl Serialize for Account<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Outcome::Decision(d) => {
+                let mut m = s.serialize_map(Some(6))?;
+                m.serialize_entry("id", &d.id)?;
+                m.serialize_entry("score", &d.score)?;
+                m.serialize_entry("tier", &d.tier)?;
+                m.serialize_entry("previous_tier", &d.previous_tier)?;
+                m.serialize_entry("change", &d.change)?;
+                let alerts: Vec<&str> = d.alerts.iter().map(|a| a.id.as_str()).collect();
+                m.serialize_entry("alerts", &alerts)?;
+                m.end()
+            }
+            Outcome::Error { id, error } => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("id", id)?;
+                m.serialize_entry("error", error.code)?;
+                m.end()
+            }
+        }
+    }
+}
+
+#[allow(clippy::ref_option)] // serde's serialize_with hands us `&Option<_>`
+fn summary<S: Serializer>(summary: &Option<&Summary>, s: S) -> Result<S::Ok, S::Error> {
+    let Some(sum) = summary else { return s.serialize_none() };
+    let mut m = s.serialize_map(Some(4))?;
+    m.serialize_entry("account_count", &sum.account_count)?;
+    m.serialize_entry("error_count", &sum.error_count)?;
+    m.serialize_entry("changes", &sum.changes)?;
+    let alerts: Vec<&str> = sum.portfolio_alerts.iter().map(|a| a.id.as_str()).collect();
+    m.serialize_entry("portfolio_alerts", &alerts)?;
+    m.end()
+}
