@@ -181,10 +181,10 @@ async fn limit_and_timeout(State(app): State<AppState>, req: Request, next: Next
 /// the limit); parsing is the handler's, with [`parse`], so it can borrow from the bytes.
 pub struct JsonBody(pub Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
+impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         if !(essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))) {
@@ -197,9 +197,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         }
         match Bytes::from_request(req, state).await {
             Ok(b) => Ok(JsonBody(b)),
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is larger than the limit"))
-            }
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::payload_too_large(state.config.body_limit)),
             Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("cannot read the request body: {}", e.body_text()))),
         }
     }
