@@ -386,7 +386,7 @@ min_score = 5.0
 id = "b"
 label = "B"
 "#;
-    let script = "fn spin(a) { let i = 0; while i < 20000 { i += 1; } a.x }";
+    let script = "fn spin(a) { let i = 0; while i < 12000 { i += 1; } a.x }";
     let (tmp, dir) = write_policy("slow", &[("policy.toml", toml), ("scripts/spin.rhai", script)]);
     let _ = dir;
     let root = tmp.path().to_path_buf();

@@ -128,3 +128,41 @@ fn serves_reloads_and_stops_on_sigterm() {
     assert!(rest.iter().any(|l| l.contains("policy `enterprise` applied")), "{rest:?}");
     assert!(rest.iter().any(|l| l.contains("tierwise: stopped")), "{rest:?}");
 }
+
+/// SIGTERM while a request is in flight: the request is still answered, then the process
+/// exits 0; new connections are refused meanwhile.
+#[test]
+fn sigterm_lets_in_flight_requests_finish() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("policies");
+    let toml = "[policy]\nversion = \"slow\"\n[inputs]\nx = { type = \"number\" }\n[[score.criteria]]\nid = \"spin\"\nweight = 1.0\nscript = \"spin\"\n[[tiers]]\nid = \"a\"\nlabel = \"A\"\nmin_score = 5.0\n[[tiers]]\nid = \"b\"\nlabel = \"B\"\n";
+    std::fs::create_dir_all(dir.join("slow/scripts")).unwrap();
+    std::fs::write(dir.join("slow/policy.toml"), toml).unwrap();
+    std::fs::write(dir.join("slow/scripts/spin.rhai"), "fn spin(a) { let i = 0; while i < 12000 { i += 1; } a.x }").unwrap();
+    let mut srv = start(&dir, &tmp.path().join("log.jsonl"));
+    let addr = srv.addr.clone();
+
+    let n = 400; // ~1-2 ms each
+    let body = json!({ "accounts": (0..n).map(|i| json!({ "id": format!("s{i}"), "as_of": "2026-11-01", "fields": { "x": 5.0 } })).collect::<Vec<_>>() });
+    let a2 = addr.clone();
+    let t = Instant::now();
+    let inflight = std::thread::spawn(move || request(&a2, "POST", "/v1/portfolio", Some(&body)));
+    std::thread::sleep(Duration::from_millis(100));
+    let pid = srv.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let (status, v) = inflight.join().unwrap();
+    let took = t.elapsed();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["summary"]["account_count"], n, "{}", v["accounts"][0]);
+    assert!(took > Duration::from_millis(100), "the request ended before SIGTERM ({took:?}): make it slower");
+    let t = Instant::now();
+    let exit = loop {
+        if let Some(s) = srv.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success());
+    assert!(TcpStream::connect(&addr).is_err(), "still accepting after shutdown");
+}
