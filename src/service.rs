@@ -334,7 +334,7 @@ mod tests {
 
     #[test]
     fn timestamps() {
-        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_483_800_123);
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_663_800_123);
         assert_eq!(timestamp(t), "2026-11-26T03:30:00.123Z");
         assert_eq!(timestamp(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let leap = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400); // 2000-02-29
