@@ -2,20 +2,38 @@
 //! account had its tier on a given day (decision id, policy name and hash, and per account
 //! its tier, change and alerts, or its error code).
 //!
-//! Lines are encoded by the request's thread and written by one background thread through
-//! a buffer that is flushed whenever the queue runs dry: a request never waits for the disk,
-//! and a burst costs one write, not one per line.
+//! A request hands its outcomes over (moved, not copied) and goes on; one background thread
+//! encodes the line, writes it through a buffer flushed whenever the queue runs dry, and
+//! frees the outcomes. So a request never waits for the disk or the encoding, and a burst
+//! costs one write, not one per line. The queue is bounded ([`QUEUE`] requests): if the disk
+//! cannot keep up, requests wait for it rather than lines being lost or memory growing.
 
 use crate::engine::{Outcome, PolicyRef, Summary};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use std::io::Write;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
+use std::time::SystemTime;
+
+/// Requests whose lines may wait to be written.
+pub const QUEUE: usize = 16_384;
 
 /// Where lines go.
 #[derive(Clone)]
 pub struct DecisionLog {
-    tx: Option<mpsc::Sender<Vec<u8>>>,
+    tx: Option<mpsc::SyncSender<Job>>,
+}
+
+/// One evaluation request, handed to the log thread.
+pub struct Job {
+    pub at: SystemTime,
+    pub decision_id: String,
+    /// `account` or `portfolio`.
+    pub level: &'static str,
+    pub policy: Arc<PolicyRef>,
+    pub duration_ms: f64,
+    pub outcomes: Vec<Outcome>,
+    pub summary: Option<Summary>,
 }
 
 impl DecisionLog {
@@ -39,13 +57,30 @@ impl DecisionLog {
 
     /// Lines go to `out` from a background thread.
     pub fn to_writer(out: Box<dyn Write + Send>) -> Self {
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
         let spawned = std::thread::Builder::new().name("tierwise-decision-log".into()).spawn(move || {
             let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
-            while let Ok(line) = rx.recv() {
-                let mut ok = out.write_all(&line).is_ok();
+            let mut line = Vec::with_capacity(4096);
+            let mut write = |job: Job, out: &mut std::io::BufWriter<Box<dyn Write + Send>>| {
+                line.clear();
+                let entry = Entry {
+                    ts: crate::service::timestamp(job.at),
+                    decision_id: &job.decision_id,
+                    level: job.level,
+                    policy: &job.policy,
+                    duration_ms: job.duration_ms,
+                    outcomes: &job.outcomes,
+                    summary: job.summary.as_ref(),
+                };
+                serde_json::to_writer(&mut line, &entry).is_ok() && {
+                    line.push(b'\n');
+                    out.write_all(&line).is_ok()
+                }
+            };
+            while let Ok(job) = rx.recv() {
+                let mut ok = write(job, &mut out);
                 while let Ok(more) = rx.try_recv() {
-                    ok &= out.write_all(&more).is_ok();
+                    ok &= write(more, &mut out);
                 }
                 if !(ok && out.flush().is_ok()) {
                     eprintln!("tierwise: cannot write the decision log");
@@ -65,31 +100,27 @@ impl DecisionLog {
         self.tx.is_some()
     }
 
-    /// Logs one evaluation request.
-    pub fn record(&self, entry: &Entry<'_>) {
-        let Some(tx) = &self.tx else { return };
-        let mut line = Vec::with_capacity(256 + entry.outcomes.len() * 64);
-        if serde_json::to_writer(&mut line, entry).is_ok() {
-            line.push(b'\n');
-            let _ = tx.send(line);
+    /// Logs one evaluation request (encoded and written on the log thread).
+    pub fn record(&self, job: Job) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(job);
         }
     }
 }
 
 /// One evaluation request as logged.
 #[derive(Serialize)]
-pub struct Entry<'a> {
+struct Entry<'a> {
     /// RFC 3339, UTC.
-    pub ts: String,
-    pub decision_id: &'a str,
-    /// `account` or `portfolio`.
-    pub level: &'static str,
-    pub policy: &'a PolicyRef,
-    pub duration_ms: f64,
+    ts: String,
+    decision_id: &'a str,
+    level: &'static str,
+    policy: &'a PolicyRef,
+    duration_ms: f64,
     #[serde(serialize_with = "accounts")]
-    pub outcomes: &'a [Outcome],
+    outcomes: &'a [Outcome],
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "summary")]
-    pub summary: Option<&'a Summary>,
+    summary: Option<&'a Summary>,
 }
 
 fn accounts<S: Serializer>(outcomes: &&[Outcome], s: S) -> Result<S::Ok, S::Error> {

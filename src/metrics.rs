@@ -62,6 +62,15 @@ fn batch_histogram() -> Histogram {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// The figures of one evaluation level, looked up once (a request touches no map).
+pub struct LevelMetrics {
+    pub evaluations: Counter,
+    pub accounts: Counter,
+    pub errors: Counter,
+    pub batch: Histogram,
+    pub cache_miss: Counter,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -83,6 +92,12 @@ pub struct Metrics {
     policy_info: Family<PolicyLabels, Gauge>,
     policy_error: Family<NameLabels, Gauge>,
     policy_loaded_at: Family<NameLabels, Gauge>,
+    pub account: LevelMetrics,
+    pub portfolio: LevelMetrics,
+}
+
+fn placeholder() -> LevelMetrics {
+    LevelMetrics { evaluations: Counter::default(), accounts: Counter::default(), errors: Counter::default(), batch: batch_histogram(), cache_miss: Counter::default() }
 }
 
 impl Default for Metrics {
@@ -110,6 +125,8 @@ impl Metrics {
             policy_error: Family::default(),
             policy_loaded_at: Family::default(),
             registry: Registry::default(),
+            account: placeholder(),
+            portfolio: placeholder(),
         };
         registry.register("http_requests", "HTTP requests answered, by route, method and status", m.requests.clone());
         registry.register("http_request_duration_seconds", "Time to answer a request, by route", m.latency.clone());
@@ -125,7 +142,18 @@ impl Metrics {
         registry.register("policy_info", "The policy version serving, by name and hash (always 1)", m.policy_info.clone());
         registry.register("policy_reload_failing", "1 when the policy's files on disk failed their checks and an older version (or none) serves", m.policy_error.clone());
         registry.register("policy_loaded_at_seconds", "Unix time the serving version went live", m.policy_loaded_at.clone());
-        Metrics { registry, ..m }
+        let level = |level: &'static str| {
+            let l = LevelLabels { level };
+            LevelMetrics {
+                evaluations: m.evaluations.get_or_create_owned(&l),
+                accounts: m.accounts.get_or_create_owned(&l),
+                errors: m.account_errors.get_or_create_owned(&l),
+                batch: m.batch_size.get_or_create_owned(&l),
+                cache_miss: m.cache.get_or_create_owned(&ResultLabels { result: "miss" }),
+            }
+        };
+        let (account, portfolio) = (level("account"), level("portfolio"));
+        Metrics { registry, account, portfolio, ..m }
     }
 
     /// The OpenMetrics text, with the policy figures read from `service` now.

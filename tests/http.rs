@@ -594,3 +594,29 @@ async fn reloads_under_concurrent_requests() {
     assert!(total > 20, "only {total} requests");
     assert_eq!(versions.into_iter().collect::<Vec<_>>(), ["2026.1", "flip"]);
 }
+
+/// The answers are encoded by hand (in parallel chunks when large): they must be the bytes
+/// serde_json gives for the same outcomes, with the keys the OpenAPI document promises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_the_engine_outcomes_byte_for_byte() {
+    let s = server();
+    let list = accounts(2500);
+    let recs = records(&list);
+    let p = s.service.policy(Some("enterprise")).unwrap();
+    let doc = get(&s.router, "/openapi.json").await.json();
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<std::collections::BTreeSet<_>>();
+
+    let a = post_json(&s.router, "/v1/evaluate", &json!({ "accounts": list })).await;
+    let v = a.json();
+    assert_eq!(keys(&v), keys(&doc["components"]["schemas"]["EvaluateResponse"]["properties"]));
+    let want = serde_json::to_string(&tierwise::engine::evaluate(&p.policy, &recs)).unwrap();
+    let got = String::from_utf8(a.body.clone()).unwrap();
+    assert!(got.contains(&format!(",\"accounts\":{want}}}")), "evaluate answer differs from the engine's outcomes");
+
+    let a = post_json(&s.router, "/v1/portfolio", &json!({ "accounts": list })).await;
+    let v = a.json();
+    assert_eq!(keys(&v), keys(&doc["components"]["schemas"]["PortfolioResponse"]["properties"]));
+    let r = tierwise::engine::evaluate_portfolio(&p.policy, &recs);
+    let want = format!(",\"summary\":{},\"accounts\":{}}}", serde_json::to_string(&r.summary).unwrap(), serde_json::to_string(&r.accounts).unwrap());
+    assert!(String::from_utf8(a.body.clone()).unwrap().ends_with(&want), "portfolio answer differs from the engine's result");
+}

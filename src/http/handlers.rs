@@ -105,42 +105,95 @@ fn decide(app: &AppState, body: &[u8], level: Level, start: Instant) -> Result<(
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "`accounts` must be an array of account snapshots")
     })?;
     let decision_id = uuid::Uuid::now_v7().to_string();
-    let m = &app.metrics;
-    let lv = crate::metrics::LevelLabels { level: level.as_str() };
-    m.cache.get_or_create(&crate::metrics::ResultLabels { result: "miss" }).inc_by(records.len() as u64);
+    let m = match level {
+        Level::Account => &app.metrics.account,
+        Level::Portfolio => &app.metrics.portfolio,
+    };
+    m.cache_miss.inc_by(records.len() as u64);
     let (bytes, outcomes, summary) = match level {
         Level::Account => {
             let outcomes = app.service.evaluate(&loaded, &records);
-            let mut buf = Vec::with_capacity(256 + outcomes.len() * 700);
-            let r = EvaluateResponse { decision_id: &decision_id, policy: &loaded.pref, accounts: &outcomes };
-            serde_json::to_writer(&mut buf, &r).map_err(|e| ApiError::internal("serialize", e))?;
+            let mut buf = Vec::with_capacity(256 + outcomes.len() * 800);
+            buf.extend_from_slice(b"{\"decision_id\":");
+            write_json(&mut buf, &decision_id)?;
+            buf.extend_from_slice(b",\"policy\":");
+            write_json(&mut buf, &*loaded.pref)?;
+            buf.extend_from_slice(b",\"accounts\":");
+            write_outcomes(&mut buf, &outcomes)?;
+            buf.push(b'}');
             (buf, outcomes, None)
         }
         Level::Portfolio => {
             let r = app.service.portfolio(&loaded, &records);
-            let mut buf = Vec::with_capacity(4096 + r.accounts.len() * 700);
-            let out = PortfolioResponse { decision_id: &decision_id, policy: &loaded.pref, summary: &r.summary, accounts: &r.accounts };
-            serde_json::to_writer(&mut buf, &out).map_err(|e| ApiError::internal("serialize", e))?;
+            let mut buf = Vec::with_capacity(4096 + r.accounts.len() * 800);
+            buf.extend_from_slice(b"{\"decision_id\":");
+            write_json(&mut buf, &decision_id)?;
+            buf.extend_from_slice(b",\"policy\":");
+            write_json(&mut buf, &*loaded.pref)?;
+            buf.extend_from_slice(b",\"summary\":");
+            write_json(&mut buf, &r.summary)?;
+            buf.extend_from_slice(b",\"accounts\":");
+            write_outcomes(&mut buf, &r.accounts)?;
+            buf.push(b'}');
             (buf, r.accounts, Some(r.summary))
         }
     };
     let errors = outcomes.iter().filter(|o| o.decision().is_none()).count() as u64;
-    m.evaluations.get_or_create(&lv).inc();
-    m.accounts.get_or_create(&lv).inc_by(outcomes.len() as u64);
-    m.account_errors.get_or_create(&lv).inc_by(errors);
-    m.batch_size.get_or_create(&lv).observe(outcomes.len() as f64);
+    m.evaluations.inc();
+    m.accounts.inc_by(outcomes.len() as u64);
+    m.errors.inc_by(errors);
+    m.batch.observe(outcomes.len() as f64);
+    let hash = loaded.policy.hash.clone();
     if app.log.enabled() {
-        app.log.record(&decision_log::Entry {
-            ts: service::timestamp(std::time::SystemTime::now()),
-            decision_id: &decision_id,
+        // The outcomes move to the log thread, which encodes the line and frees them.
+        app.log.record(decision_log::Job {
+            at: std::time::SystemTime::now(),
+            decision_id: decision_id.clone(),
             level: level.as_str(),
-            policy: &loaded.pref,
+            policy: loaded.pref.clone(),
             duration_ms: start.elapsed().as_secs_f64() * 1e3,
-            outcomes: &outcomes,
-            summary: summary.as_ref(),
+            outcomes,
+            summary,
         });
     }
-    Ok((bytes, decision_id, loaded.policy.hash.clone()))
+    Ok((bytes, decision_id, hash))
+}
+
+fn write_json<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) -> Result<(), ApiError> {
+    serde_json::to_writer(buf, v).map_err(|e| ApiError::internal("serialize", e))
+}
+
+/// Accounts per serialization chunk; larger answers are encoded on every core.
+const ENCODE_CHUNK: usize = 1024;
+
+/// `[outcome, ...]`, the same bytes as serde_json's, in parallel chunks for big answers.
+fn write_outcomes(buf: &mut Vec<u8>, outcomes: &[Outcome]) -> Result<(), ApiError> {
+    use rayon::prelude::*;
+    if outcomes.len() <= ENCODE_CHUNK {
+        return write_json(buf, outcomes);
+    }
+    let parts: Vec<Result<Vec<u8>, ApiError>> = outcomes
+        .par_chunks(ENCODE_CHUNK)
+        .map(|chunk| {
+            let mut part = Vec::with_capacity(chunk.len() * 800);
+            for (i, o) in chunk.iter().enumerate() {
+                if i > 0 {
+                    part.push(b',');
+                }
+                write_json(&mut part, o)?;
+            }
+            Ok(part)
+        })
+        .collect();
+    buf.push(b'[');
+    for (i, part) in parts.into_iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        buf.extend_from_slice(&part?);
+    }
+    buf.push(b']');
+    Ok(())
 }
 
 fn lookup_error(e: Lookup) -> ApiError {
