@@ -72,39 +72,53 @@ wait_for() { # url
 }
 
 target/release/examples/echo "127.0.0.1:$PORT_ECHO" 2>/dev/null &
-PIDS+=($!)
+ECHO_PID=$!
+PIDS+=($ECHO_PID)
+rm -f "$WORK/decisions.jsonl"
 "$BIN" serve --listen "127.0.0.1:$PORT" --policies policies --decision-log "$WORK/decisions.jsonl" --no-watch 2>"$WORK/serve.err" &
-PIDS+=($!)
+SERVE_PID=$!
+PIDS+=($SERVE_PID)
 curl -fsS -o /dev/null -X POST -H 'Content-Type: application/json' --data @"$WORK/echo.json" "http://127.0.0.1:$PORT_ECHO/echo" || sleep 1
 wait_for "http://127.0.0.1:$PORT/readyz"
 
-# name, body file, url, threads, connections
+# CPU time (user + system, in clock ticks) a process has used so far.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+
+# name, body file, url, threads, connections, server pid
 CASES=(
-  "echo $WORK/echo.json http://127.0.0.1:$PORT_ECHO/echo 2 32"
-  "evaluate-1 $WORK/one.json http://127.0.0.1:$PORT/v1/evaluate 2 32"
-  "evaluate-100 $WORK/hundred.json http://127.0.0.1:$PORT/v1/evaluate 2 32"
-  "portfolio-10k $WORK/book.json http://127.0.0.1:$PORT/v1/portfolio 1 1"
+  "echo $WORK/echo.json http://127.0.0.1:$PORT_ECHO/echo 2 32 $ECHO_PID"
+  "evaluate-1 $WORK/one.json http://127.0.0.1:$PORT/v1/evaluate 2 32 $SERVE_PID"
+  "evaluate-100 $WORK/hundred.json http://127.0.0.1:$PORT/v1/evaluate 2 32 $SERVE_PID"
+  "portfolio-10k $WORK/book.json http://127.0.0.1:$PORT/v1/portfolio 1 1 $SERVE_PID"
 )
 RESULTS="$WORK/results.txt"
 : > "$RESULTS"
 for run in $(seq "$RUNS"); do
   for c in "${CASES[@]}"; do
-    read -r name body url threads conns <<<"$c"
+    read -r name body url threads conns pid <<<"$c"
+    before=$(ticks "$pid")
     line=$(BODY="$body" wrk -t"$threads" -c"$conns" -d"$DURATION" --latency -s "$WORK/post.lua" "$url" | grep '^RESULT')
-    echo "$name $line" | tee -a "$RESULTS" >&2
+    after=$(ticks "$pid")
+    echo "$name $line $((after - before))" | tee -a "$RESULTS" >&2
   done
 done
 
-python3 - "$RESULTS" <<'PY'
+echo "load average during the run: $(cut -d' ' -f1-3 /proc/loadavg) (2 cores; above ~2.5 another job competed)" >&2
+python3 - "$RESULTS" "$HZ" <<'PY'
 import statistics, sys
+hz = float(sys.argv[2])
 rows = {}
 for line in open(sys.argv[1]):
-    name, _, rps, p50, p99, n, errors = line.split()
-    rows.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errors)))
-med = {k: tuple(statistics.median(r[i] for r in v) for i in range(3)) + (sum(r[3] for r in v),) for k, v in rows.items()}
-print(f"{'case':<14} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}   (median of {len(next(iter(rows.values())))} runs)")
-for k, (rps, p50, p99, err) in med.items():
-    print(f"{k:<14} {rps:>10.0f} {p50:>8.2f} {p99:>8.2f} {err:>7}")
+    name, _, rps, p50, p99, n, errors, ticks = line.split()
+    # server CPU per request (µs): independent of how busy the machine was
+    cpu_us = float(ticks) / hz * 1e6 / max(int(n), 1)
+    rows.setdefault(name, []).append((float(rps), float(p50), float(p99), cpu_us, int(errors)))
+med = {k: tuple(statistics.median(r[i] for r in v) for i in range(4)) + (sum(r[4] for r in v),) for k, v in rows.items()}
+print(f"{'case':<14} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'server CPU/req':>15} {'errors':>7}   (median of {len(next(iter(rows.values())))} runs)")
+for k, (rps, p50, p99, cpu, err) in med.items():
+    cpu_s = f"{cpu:.0f} us" if cpu < 10000 else f"{cpu / 1000:.1f} ms"
+    print(f"{k:<14} {rps:>10.0f} {p50:>8.2f} {p99:>8.2f} {cpu_s:>15} {err:>7}")
 ok = True
 def check(what, cond):
     global ok
@@ -115,6 +129,6 @@ check(f"evaluate-1 >= 30000 req/s ({e1[0]:.0f})", e1[0] >= 30000)
 check(f"evaluate-1 >= 1/3 of the echo ceiling ({e1[0] / echo[0]:.2f} of {echo[0]:.0f})", e1[0] >= echo[0] / 3)
 check(f"evaluate-1 p99 <= 5 ms ({e1[2]:.2f})", e1[2] <= 5.0)
 check(f"portfolio-10k <= 100 ms (p50 {book[1]:.1f}, p99 {book[2]:.1f})", book[1] <= 100.0)
-check("no failed request", all(v[3] == 0 for v in med.values()))
+check("no failed request", all(v[4] == 0 for v in med.values()))
 sys.exit(0 if ok else 1)
 PY

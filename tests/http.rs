@@ -600,8 +600,13 @@ async fn reloads_under_concurrent_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_are_the_engine_outcomes_byte_for_byte() {
     let s = server();
-    let list = accounts(2500);
-    let recs = records(&list);
+    let mut list = accounts(2500);
+    // Bad elements are answered as the snapshot reader answers them, at their position.
+    list[3] = json!({ "id": "no-date" });
+    list[1700] = json!([1, 2]);
+    list[2100] = json!({ "id": 7, "as_of": "2026-11-01" });
+    let recs = tierwise::snapshot::read_json(&serde_json::to_string(&list).unwrap()).unwrap();
+    assert!(recs[1700].is_err() && recs[3].is_err() && recs[2100].is_err());
     let p = s.service.policy(Some("enterprise")).unwrap();
     let doc = get(&s.router, "/openapi.json").await.json();
     let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<std::collections::BTreeSet<_>>();
