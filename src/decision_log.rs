@@ -26,8 +26,34 @@ pub const ROUND: std::time::Duration = std::time::Duration::from_millis(5);
 /// Where lines go.
 #[derive(Clone)]
 pub struct DecisionLog {
-    tx: Option<mpsc::SyncSender<Job>>,
+    tx: Option<mpsc::SyncSender<Msg>>,
     done: Option<Arc<std::sync::Mutex<Option<mpsc::Receiver<()>>>>>,
+}
+
+/// What goes to the log thread: a line already encoded, or a big request to encode there.
+enum Msg {
+    Line(Vec<u8>),
+    Job(Box<Job>),
+}
+
+/// Requests with more accounts than this are encoded (and their outcomes freed) on the log
+/// thread; smaller ones are encoded by the request, which then frees its own outcomes: freeing
+/// many small allocations made by another thread costs more than encoding them here.
+const ENCODE_THERE: usize = 64;
+
+fn encode(job: &Job, line: &mut Vec<u8>) -> bool {
+    let entry = Entry {
+        ts: crate::service::timestamp(job.at),
+        decision_id: &job.decision_id,
+        level: job.level,
+        policy: &job.policy,
+        duration_ms: job.duration_ms,
+        outcomes: &job.outcomes,
+        summary: job.summary.as_ref(),
+    };
+    let ok = serde_json::to_writer(&mut *line, &entry).is_ok();
+    line.push(b'\n');
+    ok
 }
 
 /// Waits for the last lines to be written once every [`DecisionLog`] clone is dropped.
@@ -78,25 +104,16 @@ impl DecisionLog {
 
     /// Lines go to `out` from a background thread.
     pub fn to_writer(out: Box<dyn Write + Send>) -> Self {
-        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
+        let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
         let (done_tx, done_rx) = mpsc::channel::<()>();
         let spawned = std::thread::Builder::new().name("tierwise-decision-log".into()).spawn(move || {
             let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
             let mut line = Vec::with_capacity(4096);
-            let mut write = |job: Job, out: &mut std::io::BufWriter<Box<dyn Write + Send>>| {
-                line.clear();
-                let entry = Entry {
-                    ts: crate::service::timestamp(job.at),
-                    decision_id: &job.decision_id,
-                    level: job.level,
-                    policy: &job.policy,
-                    duration_ms: job.duration_ms,
-                    outcomes: &job.outcomes,
-                    summary: job.summary.as_ref(),
-                };
-                serde_json::to_writer(&mut line, &entry).is_ok() && {
-                    line.push(b'\n');
-                    out.write_all(&line).is_ok()
+            let mut write = |msg: Msg, out: &mut std::io::BufWriter<Box<dyn Write + Send>>| match msg {
+                Msg::Line(l) => out.write_all(&l).is_ok(),
+                Msg::Job(job) => {
+                    line.clear();
+                    encode(&job, &mut line) && out.write_all(&line).is_ok()
                 }
             };
             while let Ok(job) = rx.recv() {
@@ -125,11 +142,19 @@ impl DecisionLog {
         self.tx.is_some()
     }
 
-    /// Logs one evaluation request (encoded and written on the log thread).
+    /// Logs one evaluation request (written on the log thread).
     pub fn record(&self, job: Job) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(job);
-        }
+        let Some(tx) = &self.tx else { return };
+        let msg = if job.outcomes.len() > ENCODE_THERE {
+            Msg::Job(Box::new(job))
+        } else {
+            let mut line = Vec::with_capacity(512 + job.outcomes.len() * 160);
+            if !encode(&job, &mut line) {
+                return;
+            }
+            Msg::Line(line)
+        };
+        let _ = tx.send(msg);
     }
 }
 
