@@ -28,9 +28,29 @@ pub struct EvaluateRequest<'a> {
     #[serde(default)]
     pub policy: Option<String>,
     /// The snapshots, decided in order; a bad one is answered with its own error.
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "account_list")]
     #[schemars(with = "Vec<crate::snapshot::Snapshot>")]
-    pub accounts: &'a RawValue,
+    pub accounts: Vec<&'a RawValue>,
+}
+
+/// Splits the array into its elements' text in the one pass over the body; each element is
+/// parsed on its own afterwards, so one bad account does not fail the request.
+fn account_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<&'de RawValue>, D::Error> {
+    struct Elements;
+    impl<'de> serde::de::Visitor<'de> for Elements {
+        type Value = Vec<&'de RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("`accounts` to be an array of account snapshots")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+                v.push(raw);
+            }
+            Ok(v)
+        }
+    }
+    d.deserialize_seq(Elements)
 }
 
 /// `POST /v1/evaluate` answer: one outcome per account, in input order.
@@ -101,7 +121,7 @@ async fn run_evaluation(app: AppState, body: Bytes, level: Level) -> Result<Resp
 fn decide(app: &AppState, body: &[u8], level: Level, start: Instant) -> Result<(Vec<u8>, String, String), ApiError> {
     let req: EvaluateRequest<'_> = parse(body)?;
     let loaded = app.service.policy(req.policy.as_deref()).map_err(lookup_error)?;
-    let records = read_accounts(req.accounts)?;
+    let records = read_accounts(&req.accounts);
     let decision_id = uuid::Uuid::now_v7().to_string();
     let m = match level {
         Level::Account => &app.metrics.account,
@@ -142,6 +162,10 @@ fn decide(app: &AppState, body: &[u8], level: Level, start: Instant) -> Result<(
     m.errors.inc_by(errors);
     m.batch.observe(outcomes.len() as f64);
     let hash = loaded.policy.hash.clone();
+    if records.len() > PARSE_CHUNK {
+        // Tens of thousands of small allocations: freed by the pool, after the answer is out.
+        rayon::spawn(move || drop(records));
+    }
     if app.log.enabled() {
         // The outcomes move to the log thread, which encodes the line and frees them.
         app.log.record(decision_log::Job {
@@ -163,11 +187,8 @@ const PARSE_CHUNK: usize = 512;
 /// The snapshots of `accounts`, parsed on every core when there are many. A bad element is
 /// that account's error, made by [`snapshot::read_json`] itself so it reads the same as on
 /// the command line.
-fn read_accounts(accounts: &RawValue) -> Result<Vec<Record>, ApiError> {
+fn read_accounts(items: &[&RawValue]) -> Vec<Record> {
     use rayon::prelude::*;
-    let items: Vec<&RawValue> = serde_json::from_str(accounts.get()).map_err(|_| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "`accounts` must be an array of account snapshots")
-    })?;
     let one = |i: usize, raw: &RawValue| -> Record {
         serde_json::from_str::<snapshot::Snapshot>(raw.get()).or_else(|_| {
             // The rare path: let the snapshot reader explain, then give the position.
@@ -180,11 +201,11 @@ fn read_accounts(accounts: &RawValue) -> Result<Vec<Record>, ApiError> {
             r
         })
     };
-    Ok(if items.len() > PARSE_CHUNK {
+    if items.len() > PARSE_CHUNK {
         items.par_iter().enumerate().with_min_len(PARSE_CHUNK).map(|(i, raw)| one(i, raw)).collect()
     } else {
         items.iter().enumerate().map(|(i, raw)| one(i, raw)).collect()
-    })
+    }
 }
 
 fn write_json<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) -> Result<(), ApiError> {
