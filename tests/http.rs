@@ -625,3 +625,22 @@ async fn answers_are_the_engine_outcomes_byte_for_byte() {
     let want = format!(",\"summary\":{},\"accounts\":{}}}", serde_json::to_string(&r.summary).unwrap(), serde_json::to_string(&r.accounts).unwrap());
     assert!(String::from_utf8(a.body.clone()).unwrap().ends_with(&want), "portfolio answer differs from the engine's result");
 }
+
+/// A policy that is broken at start is listed with its problems and not served; the others are.
+#[tokio::test]
+async fn a_policy_broken_at_start_is_listed_not_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("policies");
+    copy_dir(&root().join("policies"), &dir);
+    edit(&dir.join("mid-market/policy.toml"), "[[tiers]]", "[[tiers]]\nmin_scor = 1.0");
+    let s = server_in(tmp, dir, Config::default());
+    let p = policy_info(&s, "mid-market").await;
+    assert_eq!(p["status"], "failed");
+    assert_eq!(p["hash"], Value::Null);
+    let err = &p["last_error"];
+    assert_eq!(err["code"], "invalid_policy");
+    assert_eq!(err["diagnostics"][0]["code"], "unknown_key");
+    assert_eq!(err["diagnostics"][0]["place"]["file"], "policy.toml");
+    insta::assert_json_snapshot!("policy_unavailable", error_of(post_json(&s.router, "/v1/evaluate", &json!({ "policy": "mid-market", "accounts": [] })).await).await);
+    assert_eq!(get(&s.router, "/readyz").await.status, StatusCode::OK, "the default policy serves");
+}
