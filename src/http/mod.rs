@@ -112,11 +112,8 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(handlers::metrics));
     let limit = state.config.body_limit;
     api.merge(ops)
-        .fallback(|method: Method, uri: axum::http::Uri| async move {
-            // An unknown path; a known path with the wrong method goes to the handler below.
-            let _ = method;
-            ApiError::not_found(uri.path())
-        })
+        // An unknown path; a known path with the wrong method gets the next one.
+        .fallback(|uri: axum::http::Uri| async move { ApiError::not_found(uri.path()) })
         .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move { ApiError::method_not_allowed(method.as_str(), uri.path()) })
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(state.clone(), body_limit))
