@@ -48,6 +48,7 @@ struct Server {
     service: Arc<Service>,
     router: Router,
     log: Captured,
+    app: Arc<App>,
 }
 
 /// The shipped policies copied to a tempdir, loaded, behind a router.
@@ -63,7 +64,7 @@ fn server_in(tmp: tempfile::TempDir, dir: PathBuf, config: Config) -> Server {
     service.reload();
     let log = Captured::default();
     let app = App::new(service.clone(), config, DecisionLog::to_writer(Box::new(log.clone())));
-    Server { _tmp: tmp, dir, service, router: http::app(app), log }
+    Server { _tmp: tmp, dir, service, router: http::app(app.clone()), log, app }
 }
 
 fn server() -> Server {
@@ -240,6 +241,11 @@ async fn schemas_openapi_health_metrics() {
     let ready = get(&s.router, "/readyz").await;
     assert_eq!(ready.status, StatusCode::OK);
     assert_eq!(ready.json()["default_policy"], "enterprise");
+    // At SIGTERM the server drains: not ready, still answering.
+    s.app.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    let draining = get(&s.router, "/readyz").await;
+    assert_eq!((draining.status, draining.json()["message"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!("shutting down")));
+    s.app.draining.store(false, std::sync::atomic::Ordering::Relaxed);
 
     post_json(&s.router, "/v1/evaluate", &json!({ "accounts": [account("a")] })).await;
     post_raw(&s.router, "/v1/evaluate", None, "{}").await;

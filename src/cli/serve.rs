@@ -107,7 +107,8 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
     };
     let admin = config.admin_token.is_some();
     let log_closer = log.closer();
-    let app = http::app(http::App::new(service, config, log));
+    let state = http::App::new(service, config, log);
+    let app = http::app(state.clone());
 
     let listener = match tokio::net::TcpListener::bind(&args.listen).await {
         Ok(l) => l,
@@ -126,6 +127,7 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
+        state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = stop_tx.send(true);
     });
     let mut graceful = stop_rx.clone();

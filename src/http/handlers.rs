@@ -484,6 +484,9 @@ pub async fn healthz() -> Response {
 }
 
 pub async fn readyz(State(app): State<AppState>) -> Response {
+    if app.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "shutting down").into_response();
+    }
     match app.service.ready() {
         Ok(name) => {
             let hash = app.service.policy(Some(&name)).ok().map(|l| l.policy.hash.clone());

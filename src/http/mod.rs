@@ -54,6 +54,9 @@ pub struct App {
     pub metrics: Metrics,
     pub log: DecisionLog,
     limiter: Semaphore,
+    /// Set at SIGTERM: `/readyz` answers 503 so load balancers stop sending new requests
+    /// while in-flight ones finish.
+    pub draining: std::sync::atomic::AtomicBool,
     /// SHA-256 of the admin token: comparing digests in constant time hides the length too.
     admin_digest: Option<[u8; 32]>,
     /// Rendered once: they only change with the binary.
@@ -68,6 +71,7 @@ impl App {
         let schemas = crate::schema::all().into_iter().map(|(file, text)| (file.trim_end_matches(".schema.json"), Bytes::from(text))).collect();
         Arc::new(App {
             limiter: Semaphore::new(config.max_concurrent.max(1)),
+            draining: std::sync::atomic::AtomicBool::new(false),
             service,
             config,
             metrics: Metrics::new(),
