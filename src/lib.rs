@@ -6,18 +6,29 @@
 //! - [`script`]: the one hardened rhai engine (limits, deadline, sandboxed imports).
 //! - [`snapshot`]: account snapshots in (JSON, JSON lines, CSV) and their validation.
 //! - [`engine`]: the pure evaluation — account level, portfolio level, policy test cases.
+//! - [`service`]: the active policies (one atomic swap per reload, checks and test cases
+//!   before), the one door to the engine for the server.
+//! - [`watch`]: hot reload — the policies folder watched, debounced, handed to the service.
+//! - [`http`]: the axum server (routes, hardening, errors, OpenAPI); [`metrics`] and
+//!   [`decision_log`] beside it.
 //! - `cli` (in the binary): thin commands over the above.
 //!
-//! Domain modules know nothing of HTTP, Redis or watched files.
+//! Domain modules (`policy`, `script`, `snapshot`, `engine`) know nothing of HTTP, tokio,
+//! Redis or watched files.
 #![forbid(unsafe_code)]
 // An account error is an ordinary per-account answer, not a rare failure: boxing it would
 // add an allocation to every error path for no gain.
 #![allow(clippy::result_large_err)]
 
 pub mod date;
+pub mod decision_log;
 pub mod engine;
+pub mod http;
+pub mod metrics;
 pub mod policy;
 pub mod schema;
 pub mod script;
+pub mod service;
 pub mod snapshot;
 pub mod whatif;
+pub mod watch;

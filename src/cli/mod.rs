@@ -4,6 +4,7 @@ mod check;
 mod diff;
 mod eval;
 mod schema;
+mod serve;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -80,6 +81,8 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Run the HTTP service: evaluate over HTTP, reload policies live as they change.
+    Serve(serve::ServeArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -97,6 +100,7 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => eval::run(&args, &limits),
         Command::Diff(args) => diff::run(&args, &limits),
         Command::Schema { out, reference, check } => schema::run(&out, &reference, check),
+        Command::Serve(args) => serve::run(&args, &limits),
     }
 }
 

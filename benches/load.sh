@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# HTTP load test of `tierwise serve` (release build) beside a bare axum JSON echo measured in
+# the same run (the ceiling: what HTTP + JSON alone cost on this machine).
+#
+#   bash benches/load.sh                     # RUNS=3 DURATION=10s
+#   RUNS=1 DURATION=5s bash benches/load.sh
+#
+# Measures, each RUNS times (figures are the median of the runs):
+#   echo         POST /echo, one generated account (~360 B), wrk -t2 -c32
+#   evaluate-1   POST /v1/evaluate, 1 account, wrk -t2 -c32
+#   evaluate-100 POST /v1/evaluate, 100 accounts, wrk -t2 -c32
+#   portfolio-10k POST /v1/portfolio, 10,000 accounts, wrk -t1 -c1 (one book at a time)
+# and checks the budgets: evaluate-1 >= 30,000 req/s and >= 1/3 of the echo, p99 <= 5 ms;
+# portfolio-10k p50 <= 100 ms. Exits 1 when a budget is missed.
+# The client runs on the same cores as the server, as the budgets assume. The decision log
+# is on (to a file in the work folder), as in production.
+# Needs wrk (Debian: apt-get install wrk).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10s}
+WORK=${WORK:-bench-data/load}
+PORT_ECHO=${PORT_ECHO:-18081}
+PORT=${PORT:-18080}
+
+if ! command -v wrk >/dev/null; then
+    echo "wrk is missing: apt-get update && apt-get install -y wrk" >&2
+    exit 2
+fi
+
+cargo build --release --bin tierwise --example gen_portfolio --example echo
+mkdir -p "$WORK"
+BIN=target/release/tierwise
+
+# Request bodies from the deterministic generator. Valid accounts only for the single one.
+target/release/examples/gen_portfolio 10000 --format json > "$WORK/accounts.json"
+python3 - "$WORK" <<'PY'
+import json, sys
+work = sys.argv[1]
+accounts = json.load(open(f"{work}/accounts.json"))
+single = next(a for a in accounts if a.get("current_tier") and a.get("manager"))
+def body(name, accts):
+    open(f"{work}/{name}.json", "w").write(json.dumps({"accounts": accts}, separators=(",", ":")))
+body("one", [single])
+body("hundred", accounts[:100])
+body("book", accounts)
+open(f"{work}/echo.json", "w").write(json.dumps(single, separators=(",", ":")))
+PY
+
+# wrk script: POST the file named by BODY.
+cat > "$WORK/post.lua" <<'LUA'
+local f = assert(io.open(os.getenv("BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  local errors = summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
+  io.write(string.format("RESULT %.1f %.3f %.3f %d %d\n", summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.requests, errors))
+end
+LUA
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+wait_for() { # url
+    for _ in $(seq 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done
+    echo "server at $1 did not come up" >&2; exit 2
+}
+
+target/release/examples/echo "127.0.0.1:$PORT_ECHO" 2>/dev/null &
+ECHO_PID=$!
+PIDS+=($ECHO_PID)
+rm -f "$WORK/decisions.jsonl"
+"$BIN" serve --listen "127.0.0.1:$PORT" --policies policies --decision-log "$WORK/decisions.jsonl" --no-watch 2>"$WORK/serve.err" &
+SERVE_PID=$!
+PIDS+=($SERVE_PID)
+curl -fsS -o /dev/null -X POST -H 'Content-Type: application/json' --data @"$WORK/echo.json" "http://127.0.0.1:$PORT_ECHO/echo" || sleep 1
+wait_for "http://127.0.0.1:$PORT/readyz"
+
+# CPU time (user + system, in clock ticks) a process has used so far.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+
+# name, body file, url, threads, connections, server pid
+CASES=(
+  "echo $WORK/echo.json http://127.0.0.1:$PORT_ECHO/echo 2 32 $ECHO_PID"
+  "evaluate-1 $WORK/one.json http://127.0.0.1:$PORT/v1/evaluate 2 32 $SERVE_PID"
+  "evaluate-100 $WORK/hundred.json http://127.0.0.1:$PORT/v1/evaluate 2 32 $SERVE_PID"
+  "portfolio-10k $WORK/book.json http://127.0.0.1:$PORT/v1/portfolio 1 1 $SERVE_PID"
+)
+RESULTS="$WORK/results.txt"
+: > "$RESULTS"
+for run in $(seq "$RUNS"); do
+  for c in "${CASES[@]}"; do
+    read -r name body url threads conns pid <<<"$c"
+    before=$(ticks "$pid")
+    line=$(BODY="$body" wrk -t"$threads" -c"$conns" -d"$DURATION" --latency -s "$WORK/post.lua" "$url" | grep '^RESULT')
+    after=$(ticks "$pid")
+    echo "$name $line $((after - before))" | tee -a "$RESULTS" >&2
+  done
+done
+
+echo "load average during the run: $(cut -d' ' -f1-3 /proc/loadavg) (2 cores; above ~2.5 another job competed)" >&2
+python3 - "$RESULTS" "$HZ" <<'PY'
+import statistics, sys
+hz = float(sys.argv[2])
+rows = {}
+for line in open(sys.argv[1]):
+    name, _, rps, p50, p99, n, errors, ticks = line.split()
+    # server CPU per request (µs): independent of how busy the machine was
+    cpu_us = float(ticks) / hz * 1e6 / max(int(n), 1)
+    rows.setdefault(name, []).append((float(rps), float(p50), float(p99), cpu_us, int(errors)))
+med = {k: tuple(statistics.median(r[i] for r in v) for i in range(4)) + (sum(r[4] for r in v),) for k, v in rows.items()}
+print(f"{'case':<14} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'server CPU/req':>15} {'errors':>7}   (median of {len(next(iter(rows.values())))} runs)")
+for k, (rps, p50, p99, cpu, err) in med.items():
+    cpu_s = f"{cpu:.0f} us" if cpu < 10000 else f"{cpu / 1000:.1f} ms"
+    print(f"{k:<14} {rps:>10.0f} {p50:>8.2f} {p99:>8.2f} {cpu_s:>15} {err:>7}")
+ok = True
+def check(what, cond):
+    global ok
+    print(f"{'ok  ' if cond else 'MISS'} {what}")
+    ok &= cond
+e1, echo, book = med["evaluate-1"], med["echo"], med["portfolio-10k"]
+check(f"evaluate-1 >= 30000 req/s ({e1[0]:.0f})", e1[0] >= 30000)
+check(f"evaluate-1 >= 1/3 of the echo ceiling ({e1[0] / echo[0]:.2f} of {echo[0]:.0f})", e1[0] >= echo[0] / 3)
+check(f"evaluate-1 p99 <= 5 ms ({e1[2]:.2f})", e1[2] <= 5.0)
+check(f"portfolio-10k <= 100 ms (p50 {book[1]:.1f}, p99 {book[2]:.1f})", book[1] <= 100.0)
+check("no failed request", all(v[4] == 0 for v in med.values()))
+sys.exit(0 if ok else 1)
+PY

@@ -1,0 +1,189 @@
+//! `tierwise serve`: load the policies, watch them, answer HTTP until SIGTERM or ctrl-c.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tierwise::decision_log::DecisionLog;
+use tierwise::http::{self, Config};
+use tierwise::script::Limits;
+use tierwise::service::Service;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// A folder of policy folders (or one policy folder); watched and reloaded on change.
+    #[arg(long, env = "TIERWISE_POLICIES", default_value = "policies")]
+    policies: PathBuf,
+    /// Address to listen on (port 0: any free port; the chosen address is printed).
+    #[arg(long, env = "TIERWISE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// The policy used when a request names none [default: `enterprise` if there is one,
+    /// else the first served policy by name].
+    #[arg(long, env = "TIERWISE_DEFAULT_POLICY")]
+    default_policy: Option<String>,
+    /// Decision log: `-` (standard output), a file to append to, or `off`.
+    #[arg(long, env = "TIERWISE_DECISION_LOG", default_value = "-")]
+    decision_log: String,
+    /// Largest request body in bytes (every route).
+    #[arg(long, env = "TIERWISE_BODY_LIMIT", default_value_t = 8 * 1024 * 1024)]
+    body_limit: usize,
+    /// Milliseconds before a request is answered 503 `timeout`.
+    #[arg(long, env = "TIERWISE_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    request_timeout_ms: u64,
+    /// Requests in progress at once on /v1/*; more are answered 503 with Retry-After.
+    #[arg(long, env = "TIERWISE_MAX_CONCURRENT", default_value_t = 256)]
+    max_concurrent: usize,
+    /// Milliseconds given to in-flight requests after SIGTERM / ctrl-c.
+    #[arg(long, env = "TIERWISE_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    shutdown_grace_ms: u64,
+    /// Milliseconds of quiet in the policies folder before a reload.
+    #[arg(long, env = "TIERWISE_RELOAD_DEBOUNCE_MS", default_value_t = 150)]
+    reload_debounce_ms: u64,
+    /// Do not watch the policies folder (reload only through POST /v1/policies/reload).
+    #[arg(long, env = "TIERWISE_NO_WATCH")]
+    no_watch: bool,
+    /// Async worker threads [default: one per core].
+    #[arg(long, env = "TIERWISE_WORKERS")]
+    workers: Option<usize>,
+}
+
+pub fn run(args: &ServeArgs, limits: &Limits) -> ExitCode {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = args.workers {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(serve(args, limits))
+}
+
+async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
+    if !args.policies.is_dir() {
+        eprintln!("error: `{}` is not a folder of policies (use --policies or TIERWISE_POLICIES)", args.policies.display());
+        return ExitCode::from(2);
+    }
+    let service = Arc::new(Service::new(&args.policies, limits.clone(), args.default_policy.clone()));
+    let outcomes = {
+        let svc = service.clone();
+        tokio::task::spawn_blocking(move || svc.reload()).await.unwrap_or_default()
+    };
+    http::log_reload(&outcomes);
+    match service.ready() {
+        Ok(d) => eprintln!("tierwise: default policy `{d}`"),
+        Err(why) => eprintln!("tierwise: not ready: {why}"),
+    }
+
+    let _watcher = if args.no_watch {
+        None
+    } else {
+        match tierwise::watch::spawn(service.clone(), Duration::from_millis(args.reload_debounce_ms), http::log_reload) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                eprintln!("error: cannot watch `{}`: {e}", args.policies.display());
+                return ExitCode::from(2);
+            }
+        }
+    };
+
+    let log = match DecisionLog::open(&args.decision_log) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot open the decision log `{}`: {e}", args.decision_log);
+            return ExitCode::from(2);
+        }
+    };
+    let config = Config {
+        body_limit: args.body_limit,
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
+        max_concurrent: args.max_concurrent,
+        admin_token: std::env::var("TIERWISE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
+    };
+    let admin = config.admin_token.is_some();
+    let log_closer = log.closer();
+    let state = http::App::new(service, config, log);
+    let app = http::app(state.clone());
+
+    let listener = match tokio::net::TcpListener::bind(&args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on `{}`: {e}", args.listen);
+            return ExitCode::from(2);
+        }
+    };
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    eprintln!(
+        "tierwise: listening on http://{} (admin routes {})",
+        addr.map_or(args.listen.clone(), |a| a.to_string()),
+        if admin { "enabled" } else { "disabled: no TIERWISE_ADMIN_TOKEN" }
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = stop_tx.send(true);
+    });
+    let mut graceful = stop_rx.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = graceful.wait_for(|s| *s).await;
+    });
+    let grace = Duration::from_millis(args.shutdown_grace_ms);
+    let mut deadline = stop_rx;
+    let cut_off = async move {
+        let _ = deadline.wait_for(|s| *s).await;
+        eprintln!("tierwise: shutting down; in-flight requests have {} ms", grace.as_millis());
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        r = server => match r {
+            Ok(()) => {
+                // The router (and with it every sender of the decision log) is gone: wait
+                // for the last lines.
+                if !log_closer.wait(Duration::from_secs(2)) {
+                    eprintln!("tierwise: the decision log's last lines may be missing");
+                }
+                eprintln!("tierwise: stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: server: {e}");
+                ExitCode::from(1)
+            }
+        },
+        () = cut_off => {
+            eprintln!("tierwise: grace period over; stopping with requests still in flight");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,217 @@
+//! The decision log: one JSON line per evaluation request, so an auditor can say why an
+//! account had its tier on a given day (decision id, policy name and hash, and per account
+//! its tier, change and alerts, or its error code).
+//!
+//! A request hands its outcomes over (moved, not copied) and goes on; one background thread
+//! encodes the line, writes it through a buffer and frees the outcomes. So a request never
+//! waits for the disk or the encoding. The thread works in rounds of at most [`ROUND`]: it
+//! drains the queue, flushes, then sleeps out the round; meanwhile requests only enqueue (a
+//! sender wakes nobody), so a busy server pays one write and one wake-up per round, not per
+//! request (measured: 14 µs of CPU per request when waking the thread each time). The queue is bounded ([`QUEUE`] requests): if the disk
+//! cannot keep up, requests wait for it rather than lines being lost or memory growing.
+
+use crate::engine::{Outcome, PolicyRef, Summary};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use std::io::Write;
+use std::sync::{mpsc, Arc};
+use std::time::SystemTime;
+
+/// Requests whose lines may wait to be written.
+pub const QUEUE: usize = 16_384;
+
+/// Longest a line waits before it is written.
+pub const ROUND: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Where lines go.
+#[derive(Clone)]
+pub struct DecisionLog {
+    tx: Option<mpsc::SyncSender<Msg>>,
+    done: Option<Arc<std::sync::Mutex<Option<mpsc::Receiver<()>>>>>,
+}
+
+/// What goes to the log thread: a line already encoded, or a big request to encode there.
+enum Msg {
+    Line(Vec<u8>),
+    Job(Box<Job>),
+}
+
+/// Requests with more accounts than this are encoded (and their outcomes freed) on the log
+/// thread; smaller ones are encoded by the request, which then frees its own outcomes: freeing
+/// many small allocations made by another thread costs more than encoding them here.
+const ENCODE_THERE: usize = 64;
+
+fn encode(job: &Job, line: &mut Vec<u8>) -> bool {
+    let entry = Entry {
+        ts: crate::service::timestamp(job.at),
+        decision_id: &job.decision_id,
+        level: job.level,
+        policy: &job.policy,
+        duration_ms: job.duration_ms,
+        outcomes: &job.outcomes,
+        summary: job.summary.as_ref(),
+    };
+    let ok = serde_json::to_writer(&mut *line, &entry).is_ok();
+    line.push(b'\n');
+    ok
+}
+
+/// Waits for the last lines to be written once every [`DecisionLog`] clone is dropped.
+pub struct Closer(Option<mpsc::Receiver<()>>);
+
+impl Closer {
+    /// Returns when the log thread has written everything and ended, or after `limit`.
+    pub fn wait(self, limit: std::time::Duration) -> bool {
+        self.0.is_none_or(|rx| !matches!(rx.recv_timeout(limit), Err(mpsc::RecvTimeoutError::Timeout)))
+    }
+}
+
+/// One evaluation request, handed to the log thread.
+pub struct Job {
+    pub at: SystemTime,
+    pub decision_id: String,
+    /// `account` or `portfolio`.
+    pub level: &'static str,
+    pub policy: Arc<PolicyRef>,
+    pub duration_ms: f64,
+    pub outcomes: Vec<Outcome>,
+    pub summary: Option<Summary>,
+}
+
+impl DecisionLog {
+    /// No log.
+    pub fn off() -> Self {
+        DecisionLog { tx: None, done: None }
+    }
+
+    /// What waits for the final lines at shutdown (take it before handing the log out).
+    pub fn closer(&self) -> Closer {
+        Closer(self.done.as_ref().and_then(|d| d.lock().ok().and_then(|mut d| d.take())))
+    }
+
+    /// Standard output (`-`), or a file (appended to, created if missing).
+    pub fn open(target: &str) -> std::io::Result<Self> {
+        if target == "off" || target.is_empty() {
+            return Ok(Self::off());
+        }
+        let out: Box<dyn Write + Send> = if target == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(std::fs::OpenOptions::new().create(true).append(true).open(target)?)
+        };
+        Ok(Self::to_writer(out))
+    }
+
+    /// Lines go to `out` from a background thread.
+    pub fn to_writer(out: Box<dyn Write + Send>) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new().name("tierwise-decision-log".into()).spawn(move || {
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
+            let mut line = Vec::with_capacity(4096);
+            let mut write = |msg: Msg, out: &mut std::io::BufWriter<Box<dyn Write + Send>>| match msg {
+                Msg::Line(l) => out.write_all(&l).is_ok(),
+                Msg::Job(job) => {
+                    line.clear();
+                    encode(&job, &mut line) && out.write_all(&line).is_ok()
+                }
+            };
+            while let Ok(job) = rx.recv() {
+                let start = std::time::Instant::now();
+                let mut ok = write(job, &mut out);
+                while let Ok(more) = rx.try_recv() {
+                    ok &= write(more, &mut out);
+                }
+                if !(ok && out.flush().is_ok()) {
+                    eprintln!("tierwise: cannot write the decision log");
+                }
+                std::thread::sleep(ROUND.saturating_sub(start.elapsed()));
+            }
+            let _ = done_tx.send(());
+        });
+        match spawned {
+            Ok(_) => DecisionLog { tx: Some(tx), done: Some(Arc::new(std::sync::Mutex::new(Some(done_rx)))) },
+            Err(e) => {
+                eprintln!("tierwise: no decision log: cannot start its thread: {e}");
+                Self::off()
+            }
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Logs one evaluation request (written on the log thread).
+    pub fn record(&self, job: Job) {
+        let Some(tx) = &self.tx else { return };
+        let msg = if job.outcomes.len() > ENCODE_THERE {
+            Msg::Job(Box::new(job))
+        } else {
+            let mut line = Vec::with_capacity(512 + job.outcomes.len() * 160);
+            if !encode(&job, &mut line) {
+                return;
+            }
+            Msg::Line(line)
+        };
+        let _ = tx.send(msg);
+    }
+}
+
+/// One evaluation request as logged.
+#[derive(Serialize)]
+struct Entry<'a> {
+    /// RFC 3339, UTC.
+    ts: String,
+    decision_id: &'a str,
+    level: &'static str,
+    policy: &'a PolicyRef,
+    duration_ms: f64,
+    #[serde(serialize_with = "accounts")]
+    outcomes: &'a [Outcome],
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "summary")]
+    summary: Option<&'a Summary>,
+}
+
+fn accounts<S: Serializer>(outcomes: &&[Outcome], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(outcomes.iter().map(Account))
+}
+
+/// The account's id, tier, change and alert ids; or its error code.
+struct Account<'a>(&'a Outcome);
+
+impl Serialize for Account<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Outcome::Decision(d) => {
+                let mut m = s.serialize_map(Some(6))?;
+                m.serialize_entry("id", &d.id)?;
+                m.serialize_entry("score", &d.score)?;
+                m.serialize_entry("tier", &d.tier)?;
+                m.serialize_entry("previous_tier", &d.previous_tier)?;
+                m.serialize_entry("change", &d.change)?;
+                let alerts: Vec<&str> = d.alerts.iter().map(|a| &*a.id).collect();
+                m.serialize_entry("alerts", &alerts)?;
+                m.end()
+            }
+            Outcome::Error { id, error } => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("id", id)?;
+                m.serialize_entry("error", error.code)?;
+                m.end()
+            }
+        }
+    }
+}
+
+#[allow(clippy::ref_option)] // serde's serialize_with hands us `&Option<_>`
+fn summary<S: Serializer>(summary: &Option<&Summary>, s: S) -> Result<S::Ok, S::Error> {
+    let Some(sum) = summary else { return s.serialize_none() };
+    let mut m = s.serialize_map(Some(4))?;
+    m.serialize_entry("account_count", &sum.account_count)?;
+    m.serialize_entry("error_count", &sum.error_count)?;
+    m.serialize_entry("changes", &sum.changes)?;
+    let alerts: Vec<&str> = sum.portfolio_alerts.iter().map(|a| &*a.id).collect();
+    m.serialize_entry("portfolio_alerts", &alerts)?;
+    m.end()
+}

@@ -1,0 +1,95 @@
+//! One error shape for every answer that is not a success: `{code, message, details}`.
+//!
+//! `code` is stable (clients and tests match on it), `message` is for people (lowercase, user
+//! input in backticks, says what to do), `details` carries the place or the list when there
+//! is one. Internal failures are logged and answered without their text.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde_json::Value;
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct ErrorBody {
+    /// Stable machine code: `malformed_json`, `invalid_request`, `unsupported_media_type`,
+    /// `payload_too_large`, `unknown_policy`, `policy_unavailable`, `no_default_policy`,
+    /// `unknown_schema`, `not_found`, `method_not_allowed`, `unauthorized`, `forbidden`,
+    /// `overloaded`, `timeout`, `not_ready`, `internal`.
+    pub code: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+}
+
+/// An error answer: status, body, and `Retry-After` when waiting helps.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: ErrorBody,
+    pub retry_after: Option<u32>,
+}
+
+/// Put on error responses so the metrics layer can count errors by code.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, body: ErrorBody { code, message: message.into(), details: None }, retry_after: None }
+    }
+
+    pub fn details(mut self, details: Value) -> Self {
+        self.body.details = Some(details);
+        self
+    }
+
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.body.code
+    }
+
+    /// A failure of ours: logged in full, answered without its text.
+    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
+        eprintln!("tierwise: internal error: {context}: {err}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it has been logged")
+    }
+
+    pub fn not_found(path: &str) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route `{path}`; see /openapi.json"))
+    }
+
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("`{method}` is not allowed on `{path}`; see /openapi.json"))
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the request body is larger than the limit of {limit} bytes"))
+            .details(serde_json::json!({ "limit_bytes": limit }))
+    }
+
+    pub fn overloaded() -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in progress; retry shortly").retry_after(1)
+    }
+
+    pub fn timeout(after: std::time::Duration) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", format!("the request took longer than {} ms", after.as_millis())).retry_after(1)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let bytes = serde_json::to_vec(&self.body).unwrap_or_else(|_| br#"{"code":"internal","message":"internal error"}"#.to_vec());
+        let mut res = (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response();
+        if let Some(s) = self.retry_after {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        res.extensions_mut().insert(ErrorCode(self.body.code));
+        res
+    }
+}

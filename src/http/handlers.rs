@@ -1,0 +1,502 @@
+//! Handlers: parse, call the service, render. Evaluation answers are serialized once, into
+//! the response bytes, straight from the engine's outcomes.
+
+use super::{parse, ApiError, AppState, JsonBody};
+use crate::decision_log;
+use crate::engine::{Outcome, PolicyRef, Summary};
+use crate::policy::{InputType, Scalar};
+use crate::service::{self, Entry, Loaded, Lookup, ReloadError, ReloadOutcome};
+use crate::snapshot::{self, Record};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Bodies up to this size are decided on the async thread: a handful of accounts costs less
+/// than a hop to the blocking pool. Larger ones move off it (and use every core).
+const INLINE_MAX_BYTES: usize = 16 * 1024;
+
+/// `POST /v1/evaluate` and `POST /v1/portfolio` bodies.
+#[derive(Deserialize, JsonSchema)]
+pub struct EvaluateRequest<'a> {
+    /// The policy's name; absent: the default policy.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// The snapshots, decided in order; a bad one is answered with its own error.
+    #[serde(borrow, deserialize_with = "account_list")]
+    #[schemars(with = "Vec<crate::snapshot::Snapshot>")]
+    pub accounts: Vec<&'a RawValue>,
+}
+
+/// Splits the array into its elements' text in the one pass over the body; each element is
+/// parsed on its own afterwards, so one bad account does not fail the request.
+fn account_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<&'de RawValue>, D::Error> {
+    struct Elements;
+    impl<'de> serde::de::Visitor<'de> for Elements {
+        type Value = Vec<&'de RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("`accounts` to be an array of account snapshots")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+                v.push(raw);
+            }
+            Ok(v)
+        }
+    }
+    d.deserialize_seq(Elements)
+}
+
+/// `POST /v1/evaluate` answer: one outcome per account, in input order.
+#[derive(Serialize, JsonSchema)]
+pub struct EvaluateResponse<'a> {
+    /// Unique id of this evaluation, also in the decision log and the `x-decision-id` header.
+    pub decision_id: &'a str,
+    /// The policy every decision was made under.
+    pub policy: &'a PolicyRef,
+    pub accounts: &'a [Outcome],
+}
+
+/// `POST /v1/portfolio` answer.
+#[derive(Serialize, JsonSchema)]
+pub struct PortfolioResponse<'a> {
+    pub decision_id: &'a str,
+    pub policy: &'a PolicyRef,
+    pub summary: &'a Summary,
+    pub accounts: &'a [Outcome],
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Account,
+    Portfolio,
+}
+
+impl Level {
+    fn as_str(self) -> &'static str {
+        match self {
+            Level::Account => "account",
+            Level::Portfolio => "portfolio",
+        }
+    }
+}
+
+pub async fn evaluate(State(app): State<AppState>, body: JsonBody) -> Result<Response, ApiError> {
+    run_evaluation(app, body.0, Level::Account).await
+}
+
+pub async fn portfolio(State(app): State<AppState>, body: JsonBody) -> Result<Response, ApiError> {
+    run_evaluation(app, body.0, Level::Portfolio).await
+}
+
+async fn run_evaluation(app: AppState, body: Bytes, level: Level) -> Result<Response, ApiError> {
+    let start = Instant::now();
+    let (bytes, decision_id, hash) = if body.len() <= INLINE_MAX_BYTES && level == Level::Account {
+        decide(&app, &body, level, start)?
+    } else {
+        let app2 = app.clone();
+        tokio::task::spawn_blocking(move || decide(&app2, &body, level, start))
+            .await
+            .map_err(|e| ApiError::internal("evaluation task", e))??
+    };
+    let mut res = (StatusCode::OK, bytes).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(&decision_id) {
+        h.insert("x-decision-id", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&hash) {
+        h.insert("x-policy-hash", v);
+    }
+    Ok(res)
+}
+
+/// Parse, decide, serialize, log: (response bytes, decision id, policy hash).
+fn decide(app: &AppState, body: &[u8], level: Level, start: Instant) -> Result<(Vec<u8>, String, String), ApiError> {
+    let req: EvaluateRequest<'_> = parse(body)?;
+    let loaded = app.service.policy(req.policy.as_deref()).map_err(lookup_error)?;
+    let records = read_accounts(&req.accounts);
+    let decision_id = uuid::Uuid::now_v7().to_string();
+    let m = match level {
+        Level::Account => &app.metrics.account,
+        Level::Portfolio => &app.metrics.portfolio,
+    };
+    m.cache_miss.inc_by(records.len() as u64);
+    let (bytes, outcomes, summary) = match level {
+        Level::Account => {
+            let outcomes = app.service.evaluate(&loaded, &records);
+            let mut buf = Vec::with_capacity(256 + outcomes.len() * 800);
+            buf.extend_from_slice(b"{\"decision_id\":");
+            write_json(&mut buf, &decision_id)?;
+            buf.extend_from_slice(b",\"policy\":");
+            write_json(&mut buf, &*loaded.pref)?;
+            buf.extend_from_slice(b",\"accounts\":");
+            write_outcomes(&mut buf, &outcomes)?;
+            buf.push(b'}');
+            (buf, outcomes, None)
+        }
+        Level::Portfolio => {
+            let r = app.service.portfolio(&loaded, &records);
+            let mut buf = Vec::with_capacity(4096 + r.accounts.len() * 800);
+            buf.extend_from_slice(b"{\"decision_id\":");
+            write_json(&mut buf, &decision_id)?;
+            buf.extend_from_slice(b",\"policy\":");
+            write_json(&mut buf, &*loaded.pref)?;
+            buf.extend_from_slice(b",\"summary\":");
+            write_json(&mut buf, &r.summary)?;
+            buf.extend_from_slice(b",\"accounts\":");
+            write_outcomes(&mut buf, &r.accounts)?;
+            buf.push(b'}');
+            (buf, r.accounts, Some(r.summary))
+        }
+    };
+    let errors = outcomes.iter().filter(|o| o.decision().is_none()).count() as u64;
+    m.evaluations.inc();
+    m.accounts.inc_by(outcomes.len() as u64);
+    m.errors.inc_by(errors);
+    m.batch.observe(outcomes.len() as f64);
+    let hash = loaded.policy.hash.clone();
+    if records.len() > PARSE_CHUNK {
+        // Tens of thousands of small allocations: freed by the pool, after the answer is out.
+        rayon::spawn(move || drop(records));
+    }
+    if app.log.enabled() {
+        // The outcomes move to the log thread, which encodes the line and frees them.
+        app.log.record(decision_log::Job {
+            at: std::time::SystemTime::now(),
+            decision_id: decision_id.clone(),
+            level: level.as_str(),
+            policy: loaded.pref.clone(),
+            duration_ms: start.elapsed().as_secs_f64() * 1e3,
+            outcomes,
+            summary,
+        });
+    }
+    Ok((bytes, decision_id, hash))
+}
+
+/// Accounts per parallel parsing chunk.
+const PARSE_CHUNK: usize = 512;
+
+/// The snapshots of `accounts`, parsed on every core when there are many. A bad element is
+/// that account's error, made by [`snapshot::read_json`] itself so it reads the same as on
+/// the command line.
+fn read_accounts(items: &[&RawValue]) -> Vec<Record> {
+    use rayon::prelude::*;
+    let one = |i: usize, raw: &RawValue| -> Record {
+        serde_json::from_str::<snapshot::Snapshot>(raw.get()).or_else(|_| {
+            // The rare path: let the snapshot reader explain, then give the position.
+            let mut r = snapshot::read_json(&format!("[{}]", raw.get())).ok().and_then(|mut v| v.pop()).unwrap_or_else(|| {
+                Err(crate::snapshot::AccountError::new(None, "bad_record", "not a snapshot"))
+            });
+            if let Err(e) = &mut r {
+                e.record = Some(i + 1);
+            }
+            r
+        })
+    };
+    if items.len() > PARSE_CHUNK {
+        items.par_iter().enumerate().with_min_len(PARSE_CHUNK).map(|(i, raw)| one(i, raw)).collect()
+    } else {
+        items.iter().enumerate().map(|(i, raw)| one(i, raw)).collect()
+    }
+}
+
+fn write_json<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) -> Result<(), ApiError> {
+    serde_json::to_writer(buf, v).map_err(|e| ApiError::internal("serialize", e))
+}
+
+/// Accounts per serialization chunk; larger answers are encoded on every core.
+const ENCODE_CHUNK: usize = 1024;
+
+/// `[outcome, ...]`, the same bytes as serde_json's, in parallel chunks for big answers.
+fn write_outcomes(buf: &mut Vec<u8>, outcomes: &[Outcome]) -> Result<(), ApiError> {
+    use rayon::prelude::*;
+    if outcomes.len() <= ENCODE_CHUNK {
+        return write_json(buf, outcomes);
+    }
+    let parts: Vec<Result<Vec<u8>, ApiError>> = outcomes
+        .par_chunks(ENCODE_CHUNK)
+        .map(|chunk| {
+            let mut part = Vec::with_capacity(chunk.len() * 800);
+            for (i, o) in chunk.iter().enumerate() {
+                if i > 0 {
+                    part.push(b',');
+                }
+                write_json(&mut part, o)?;
+            }
+            Ok(part)
+        })
+        .collect();
+    buf.push(b'[');
+    for (i, part) in parts.into_iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        buf.extend_from_slice(&part?);
+    }
+    buf.push(b']');
+    Ok(())
+}
+
+fn lookup_error(e: Lookup) -> ApiError {
+    match e {
+        Lookup::Unknown { name, known } => {
+            let close = known.iter().filter(|k| strsim::jaro_winkler(k, &name) > 0.8).max_by(|a, b| {
+                strsim::jaro_winkler(a, &name).total_cmp(&strsim::jaro_winkler(b, &name))
+            });
+            let hint = match close {
+                Some(k) => format!("; did you mean `{k}`?"),
+                None => format!("; served: {}", known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")),
+            };
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_policy", format!("no policy `{name}`{hint}"))
+                .details(serde_json::json!({ "policy": name, "known": known }))
+        }
+        Lookup::NotLoaded { name } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "policy_unavailable",
+            format!("policy `{name}` has no version that passed its checks; see /v1/policies/{name}"),
+        )
+        .details(serde_json::json!({ "policy": name })),
+        Lookup::NoDefault => {
+            ApiError::new(StatusCode::BAD_REQUEST, "no_default_policy", "no default policy is loaded; name one in `policy`")
+        }
+    }
+}
+
+/// What `/v1/policies` shows of one policy.
+#[derive(Serialize, JsonSchema)]
+pub struct PolicyInfo {
+    pub name: String,
+    /// `active` (serving), or `failed` (no version passed its checks).
+    pub status: &'static str,
+    pub default: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// SHA-256 of the serving version's files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// When the serving version went live (RFC 3339, UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loaded_at: Option<String>,
+    pub files: Vec<String>,
+    pub inputs: Vec<InputInfo>,
+    pub tiers: Vec<TierInfo>,
+    pub test_cases: usize,
+    /// The last failed reload of this folder (the serving version, if any, is older).
+    pub last_error: Option<ReloadError>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct InputInfo {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: InputType,
+    pub optional: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default: Option<Scalar>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub one_of: Option<Vec<Scalar>>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct TierInfo {
+    pub id: String,
+    pub label: String,
+    pub min_score: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_share: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_count: Option<u64>,
+}
+
+/// `GET /v1/policies` answer.
+#[derive(Serialize, JsonSchema)]
+pub struct PolicyList {
+    /// The policy used when a request names none.
+    pub default: Option<String>,
+    pub policies: Vec<PolicyInfo>,
+}
+
+fn info(name: &str, e: &Entry, default: Option<&str>) -> PolicyInfo {
+    let l: Option<&Arc<Loaded>> = e.active.as_ref();
+    let p = l.map(|l| &l.policy);
+    PolicyInfo {
+        name: name.to_string(),
+        status: if l.is_some() { "active" } else { "failed" },
+        default: default == Some(name),
+        version: p.map(|p| p.version.clone()),
+        description: p.map(|p| p.description.clone()),
+        hash: p.map(|p| p.hash.clone()),
+        loaded_at: l.map(|l| service::timestamp(l.loaded_at)),
+        files: p.map(|p| p.files.clone()).unwrap_or_default(),
+        inputs: p
+            .map(|p| {
+                p.inputs
+                    .iter()
+                    .map(|i| InputInfo {
+                        name: i.name.clone(),
+                        ty: i.ty,
+                        optional: i.optional,
+                        default: i.default.clone(),
+                        min: i.min,
+                        max: i.max,
+                        one_of: i.one_of.clone(),
+                        description: i.description.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        tiers: p
+            .map(|p| {
+                p.tiers
+                    .iter()
+                    .map(|t| TierInfo {
+                        id: t.id.clone(),
+                        label: t.label.clone(),
+                        min_score: t.min_score,
+                        when: t.when.as_ref().map(|w| w.source.clone()),
+                        max_share: t.max_share,
+                        max_count: t.max_count,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        test_cases: p.map_or(0, |p| p.cases.len()),
+        last_error: e.last_error.clone(),
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
+    match serde_json::to_vec(v) {
+        Ok(b) => (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], b).into_response(),
+        Err(e) => ApiError::internal("serialize", e).into_response(),
+    }
+}
+
+pub async fn policies(State(app): State<AppState>) -> Response {
+    let reg = app.service.registry();
+    let list = PolicyList {
+        default: reg.default.clone(),
+        policies: reg.entries.iter().map(|(n, e)| info(n, e, reg.default.as_deref())).collect(),
+    };
+    json(StatusCode::OK, &list)
+}
+
+pub async fn policy(State(app): State<AppState>, Path(name): Path<String>) -> Response {
+    let reg = app.service.registry();
+    match reg.entries.get(&name) {
+        Some(e) => json(StatusCode::OK, &info(&name, e, reg.default.as_deref())),
+        None => lookup_error(Lookup::Unknown { name, known: reg.entries.keys().cloned().collect() }).into_response(),
+    }
+}
+
+/// `POST /v1/policies/reload` answer: what changed (unchanged policies are not listed).
+#[derive(Serialize, JsonSchema)]
+pub struct ReloadResponse {
+    pub outcomes: Vec<ReloadOutcome>,
+}
+
+pub async fn reload(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&app, &headers)?;
+    let svc = app.service.clone();
+    let outcomes = tokio::task::spawn_blocking(move || svc.reload()).await.map_err(|e| ApiError::internal("reload task", e))?;
+    log_reload(&outcomes);
+    Ok(json(StatusCode::OK, &ReloadResponse { outcomes }))
+}
+
+/// One stderr line per policy a reload changed or rejected.
+pub fn log_reload(outcomes: &[ReloadOutcome]) {
+    for o in outcomes {
+        match &o.error {
+            Some(e) => eprintln!("tierwise: policy `{}` {}: {} (still serving: {})", o.policy, o.result, e.message, o.hash.as_deref().map_or("none", |h| h.get(..12).unwrap_or(h))),
+            None => eprintln!("tierwise: policy `{}` {} {}", o.policy, o.result, o.hash.as_deref().map_or("", |h| h.get(..12).unwrap_or(h))),
+        }
+    }
+}
+
+/// Admin routes: 404 when no token is configured, 401 without a bearer token, 403 for a
+/// wrong one (compared in constant time).
+fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let Some(want) = &app.admin_digest else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "admin routes are disabled: set TIERWISE_ADMIN_TOKEN to enable them"));
+    };
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let Some(given) = given else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "send the admin token as `Authorization: Bearer <token>`"));
+    };
+    let got: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
+    if bool::from(got.ct_eq(want)) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the admin token is wrong"))
+    }
+}
+
+pub async fn schema(State(app): State<AppState>, Path(name): Path<String>) -> Response {
+    let key = name.trim_end_matches(".json").trim_end_matches(".schema");
+    match app.schemas.iter().find(|(n, _)| *n == key) {
+        Some((_, text)) => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/schema+json"))], text.clone()).into_response(),
+        None => {
+            let known: Vec<&str> = app.schemas.iter().map(|(n, _)| *n).collect();
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_schema", format!("no schema `{name}`; known: {}", known.join(", ")))
+                .details(serde_json::json!({ "known": known }))
+                .into_response()
+        }
+    }
+}
+
+pub async fn openapi(State(app): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], app.openapi.clone()).into_response()
+}
+
+/// `GET /healthz` and `GET /readyz` answers.
+#[derive(Serialize, JsonSchema)]
+pub struct Health {
+    /// `ok` (alive) or `ready` (the default policy is serving).
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_policy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+pub async fn healthz() -> Response {
+    json(StatusCode::OK, &Health { status: "ok", default_policy: None, hash: None })
+}
+
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    if app.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "shutting down").into_response();
+    }
+    match app.service.ready() {
+        Ok(name) => {
+            let hash = app.service.policy(Some(&name)).ok().map(|l| l.policy.hash.clone());
+            json(StatusCode::OK, &Health { status: "ready", default_policy: Some(name), hash })
+        }
+        Err(why) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why).retry_after(1).into_response(),
+    }
+}
+
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    let text = app.metrics.render(&app.service);
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"))], text).into_response()
+}

@@ -1,0 +1,220 @@
+//! The HTTP server (axum): routes, hardening layers, the JSON extractor.
+//!
+//! [`app`] builds the whole router from an [`App`], so tests drive it with
+//! `tower::ServiceExt::oneshot` and no socket. Layers, outermost first:
+//! metrics (every answer is counted, errors by code) → body limit (every route, by
+//! `Content-Length` and while reading) → for `/v1/*` only: concurrency limit (503 +
+//! `Retry-After` when saturated) → timeout. Probes and `/metrics` stay outside the
+//! concurrency limit so a saturated server still says it is alive.
+
+mod error;
+mod handlers;
+pub mod openapi;
+
+pub use error::{ApiError, ErrorBody, ErrorCode};
+pub use handlers::log_reload;
+
+use crate::decision_log::DecisionLog;
+use crate::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::service::Service;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Operator settings of the server (the CLI fills them from flags and `TIERWISE_*`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest request body, in bytes.
+    pub body_limit: usize,
+    /// A request not answered by then gets 503 `timeout`.
+    pub request_timeout: Duration,
+    /// Requests in progress at once on `/v1/*`; more get 503 `overloaded`.
+    pub max_concurrent: usize,
+    /// Bearer token for admin routes; `None` disables them (404).
+    pub admin_token: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { body_limit: 8 * 1024 * 1024, request_timeout: Duration::from_secs(30), max_concurrent: 256, admin_token: None }
+    }
+}
+
+/// Everything a handler needs; shared behind an `Arc`.
+pub struct App {
+    pub service: Arc<Service>,
+    pub config: Config,
+    pub metrics: Metrics,
+    pub log: DecisionLog,
+    limiter: Semaphore,
+    /// Set at SIGTERM: `/readyz` answers 503 so load balancers stop sending new requests
+    /// while in-flight ones finish.
+    pub draining: std::sync::atomic::AtomicBool,
+    /// SHA-256 of the admin token: comparing digests in constant time hides the length too.
+    admin_digest: Option<[u8; 32]>,
+    /// Rendered once: they only change with the binary.
+    openapi: Bytes,
+    schemas: Vec<(&'static str, Bytes)>,
+}
+
+impl App {
+    pub fn new(service: Arc<Service>, config: Config, log: DecisionLog) -> Arc<Self> {
+        use sha2::{Digest, Sha256};
+        let admin_digest = config.admin_token.as_deref().filter(|t| !t.is_empty()).map(|t| Sha256::digest(t.as_bytes()).into());
+        let schemas = crate::schema::all().into_iter().map(|(file, text)| (file.trim_end_matches(".schema.json"), Bytes::from(text))).collect();
+        Arc::new(App {
+            limiter: Semaphore::new(config.max_concurrent.max(1)),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            service,
+            config,
+            metrics: Metrics::new(),
+            log,
+            admin_digest,
+            openapi: Bytes::from(openapi::document_json()),
+            schemas,
+        })
+    }
+}
+
+pub type AppState = Arc<App>;
+
+/// Every route the server answers, for metric labels (a closed set: no allocation).
+const ROUTES: &[&str] = &[
+    "/v1/evaluate",
+    "/v1/portfolio",
+    "/v1/policies",
+    "/v1/policies/reload",
+    "/v1/policies/{name}",
+    "/v1/schemas/{name}",
+    "/openapi.json",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
+
+/// The whole router.
+pub fn app(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/evaluate", post(handlers::evaluate))
+        .route("/v1/portfolio", post(handlers::portfolio))
+        .route("/v1/policies", get(handlers::policies))
+        .route("/v1/policies/reload", post(handlers::reload))
+        .route("/v1/policies/{name}", get(handlers::policy))
+        .route("/v1/schemas/{name}", get(handlers::schema))
+        .route_layer(middleware::from_fn_with_state(state.clone(), limit_and_timeout));
+    let ops = Router::new()
+        .route("/openapi.json", get(handlers::openapi))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics));
+    let limit = state.config.body_limit;
+    api.merge(ops)
+        // An unknown path; a known path with the wrong method gets the next one.
+        .fallback(|uri: axum::http::Uri| async move { ApiError::not_found(uri.path()) })
+        .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move { ApiError::method_not_allowed(method.as_str(), uri.path()) })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .with_state(state)
+}
+
+/// Counts every answer by route, method and status, its latency, and errors by code.
+async fn record_metrics(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied()).unwrap_or("unmatched");
+    let method = static_method(req.method());
+    let m = &app.metrics;
+    m.in_flight.inc();
+    let res = next.run(req).await;
+    m.in_flight.dec();
+    m.requests.get_or_create(&RequestLabels { route, method, status: res.status().as_u16() }).inc();
+    m.latency.get_or_create(&RouteLabels { route }).observe(start.elapsed().as_secs_f64());
+    if let Some(ErrorCode(code)) = res.extensions().get::<ErrorCode>() {
+        m.errors.get_or_create(&crate::metrics::CodeLabels { code }).inc();
+    }
+    res
+}
+
+fn static_method(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Refuses a declared body over the limit before reading it (every route); bodies without
+/// a length are cut off while read ([`DefaultBodyLimit`] and [`JsonBody`]).
+async fn body_limit(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > app.config.body_limit as u64) {
+        return ApiError::payload_too_large(app.config.body_limit).into_response();
+    }
+    next.run(req).await
+}
+
+/// The concurrency limit (503 + `Retry-After` at once, no queue) and the request timeout.
+async fn limit_and_timeout(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let Ok(_permit) = app.limiter.try_acquire() else {
+        app.metrics.overloaded.inc();
+        return ApiError::overloaded().into_response();
+    };
+    let after = app.config.request_timeout;
+    match tokio::time::timeout(after, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => ApiError::timeout(after).into_response(),
+    }
+}
+
+/// A request body that must be JSON: the content type is checked and the body read (within
+/// the limit); parsing is the handler's, with [`parse`], so it can borrow from the bytes.
+pub struct JsonBody(pub Bytes);
+
+impl FromRequest<AppState> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if !(essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))) {
+            let got = if ct.is_empty() { "none".to_string() } else { format!("`{ct}`") };
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("expected `Content-Type: application/json`, got {got}"),
+            ));
+        }
+        match Bytes::from_request(req, state).await {
+            Ok(b) => Ok(JsonBody(b)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::payload_too_large(state.config.body_limit)),
+            Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("cannot read the request body: {}", e.body_text()))),
+        }
+    }
+}
+
+/// Parses a JSON body: malformed JSON is 400 `malformed_json`, JSON of the wrong shape 422
+/// `invalid_request`; both say where (line and column).
+pub fn parse<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let at = serde_json::json!({ "line": e.line(), "column": e.column() });
+        let msg = e.to_string();
+        // serde_json appends " at line L column C"; the place is in `details`.
+        let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m).to_string();
+        match e.classify() {
+            serde_json::error::Category::Data => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", msg).details(at),
+            _ => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {msg}")).details(at),
+        }
+    })
+}
