@@ -52,3 +52,34 @@ fn the_image_layout_checks_and_tests_the_shipped_policies_with_no_flags() {
         assert_eq!(out.status.code(), Some(0), "`tierwise {cmd}` in the image layout: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+#[test]
+fn the_image_layout_serves_with_the_images_environment() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let (_tmp, app, exe) = image_layout();
+    // The image's ENV, on a free port instead of 8080; the command is the image's CMD.
+    let mut child = Command::new(&exe)
+        .arg("serve")
+        .current_dir(&app)
+        .env_clear()
+        .env("TIERWISE_LISTEN", "127.0.0.1:0")
+        .env("TIERWISE_POLICIES", app.join("policies"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("serve exited before listening").unwrap();
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(s, "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
