@@ -74,9 +74,8 @@ fn curl_examples(readme: &str) -> (Vec<String>, Vec<String>) {
             cmds.push(current.take().unwrap());
         }
         let t = line.trim_start();
-        if t.starts_with("A='") || t.starts_with("A=\"") {
-            current = Some(line.to_string());
-        } else if t.contains("curl ") && !t.starts_with('#') {
+        let is_var = t.starts_with("A='") || t.starts_with("A=\"");
+        if is_var || (t.contains("curl ") && !t.starts_with('#')) {
             current = Some(line.to_string());
         }
     }
