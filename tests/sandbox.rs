@@ -175,7 +175,10 @@ fn the_limits_hold_on_a_thread_with_a_2_mib_stack() {
 #[test]
 fn a_map_grown_by_index_assignment_is_bounded_by_the_operation_limit() {
     let script = "fn risky(account) { let m = #{}; let i = 0; while i < 1000000 { m[\"k\" + i] = i; i += 1; } 7.0 }";
-    let p = load_inline(POLICY, &[("scripts/risky.rhai", script)]);
+    // A generous clock, so the operation limit is what stops it even on a loaded machine
+    // (debug builds are slow: 100,000 map inserts can take longer than the default 50 ms).
+    let limits = Limits { time_per_account: Duration::from_secs(30), ..Limits::default() };
+    let p = load_inline_with(POLICY, &[("scripts/risky.rhai", script)], &limits);
     let out = engine::evaluate(&p, &records(&[account("map", "map")]));
     assert_eq!(code(&out[0]), Some("operation_limit"), "{out:?}");
 }
