@@ -40,6 +40,11 @@ use std::time::Duration;
 use tierwise::engine;
 use tierwise::snapshot::Record;
 
+/// The same allocator as the `tierwise` binary, so the comparison is of code, not allocators.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+
 const PORTFOLIO_N: usize = 100_000;
 const ACCOUNT_N: usize = 10_000;
 

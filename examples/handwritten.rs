@@ -25,6 +25,11 @@ use std::borrow::Cow;
 use std::io::Write;
 use std::process::ExitCode;
 
+/// The same allocator as the `tierwise` binary, so the comparison is of code, not allocators.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+
 /// A line after parsing, before validation (`Loose` is rare: no need to box the common case).
 #[allow(clippy::large_enum_variant)]
 enum Parsed<'a> {
