@@ -6,6 +6,8 @@
 //! - [`script`]: the one hardened rhai engine (limits, deadline, sandboxed imports).
 //! - [`snapshot`]: account snapshots in (JSON, JSON lines, CSV) and their validation.
 //! - [`engine`]: the pure evaluation — account level, portfolio level, policy test cases.
+//! - [`cache`]: the decision cache trait, in-process (moka) and Redis; keys, digests and
+//!   value format. Async (tokio), used by the service, never by the engine.
 //! - `cli` (in the binary): thin commands over the above.
 //!
 //! Domain modules know nothing of HTTP, Redis or watched files.
@@ -14,6 +16,7 @@
 // add an allocation to every error path for no gain.
 #![allow(clippy::result_large_err)]
 
+pub mod cache;
 pub mod date;
 pub mod engine;
 pub mod policy;
