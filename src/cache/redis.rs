@@ -17,7 +17,8 @@
 //!    counts it. The writer merges what is queued into one pipeline.
 //!
 //! Reads are one `MGET` per batch; writes one pipeline of `SET key value PX ttl` per batch
-//! (latest decisions included), so a batch costs a constant number of round trips.
+//! (latest decisions included, wrapped in `MULTI`/`EXEC`), so a batch costs a constant number
+//! of round trips.
 
 use super::{Cache, CacheConfig, CacheError, CacheStats, Counters, Key, VALUE_PREFIX, WriteBatch};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -151,7 +152,10 @@ impl Shared {
         }
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
         let (ttl, latest_ttl) = (ms(self.cfg.ttl), ms(self.cfg.latest_ttl));
+        // MULTI/EXEC: one request's entries and latest decisions land together (a reader never
+        // sees a latest decision whose entry is missing), still one round trip.
         let mut pipe = ::redis::pipe();
+        pipe.atomic();
         for (items, ttl) in [(&batch.entries, ttl), (&batch.latest, latest_ttl)] {
             for (k, v) in items {
                 pipe.cmd("SET").arg(k.as_str()).arg(encode(v)).arg("PX").arg(ttl).ignore();
