@@ -37,9 +37,11 @@
 
 pub mod config;
 pub mod memory;
+pub mod plan;
 pub mod redis;
 
 pub use config::{CacheArgs, CacheConfig};
+pub use plan::{AccountPlan, CachedAnswer, portfolio_fragment};
 
 use crate::snapshot::{Record, Snapshot};
 use async_trait::async_trait;
