@@ -36,11 +36,13 @@
 //! reads them).
 
 pub mod config;
+pub mod gate;
 pub mod memory;
 pub mod plan;
 pub mod redis;
 
 pub use config::{CacheArgs, CacheConfig};
+pub use gate::CostGate;
 pub use plan::{AccountPlan, CachedAnswer, portfolio_fragment};
 
 use crate::snapshot::{Record, Snapshot};
