@@ -1,30 +1,46 @@
 //! The in-process cache (moka): the embedded default, one per replica.
 //!
-//! Bounded by bytes (key + value of every entry), with the configured TTL; moka evicts the
-//! least useful entries first (TinyLFU). Latest decisions live in a second cache with their
-//! own bound and TTL, so a flood of one-off snapshots cannot push them out.
+//! Bounded by bytes (key + value of every entry); moka evicts the least useful entries first
+//! (TinyLFU). Latest decisions live in a second cache with their own bound and TTL, so a
+//! flood of one-off snapshots cannot push them out.
+//!
+//! The TTL is checked when an entry is read (each value carries its insertion time) rather
+//! than by moka's timer wheel, which made an insert cost as much as evaluating an account;
+//! an expired entry reads as a miss and leaves when the size bound or a new insert evicts it.
 
 use super::{Cache, CacheConfig, CacheStats, Counters, Key, WriteBatch};
 use async_trait::async_trait;
 use bytes::Bytes;
+use std::time::{Duration, Instant};
+
+/// A value and when it was stored.
+#[derive(Clone)]
+struct Stored {
+    at: Instant,
+    value: Bytes,
+}
 
 pub struct MemoryCache {
-    entries: moka::sync::Cache<Key, Bytes>,
-    latest: moka::sync::Cache<Key, Bytes>,
+    entries: moka::sync::Cache<Key, Stored>,
+    latest: moka::sync::Cache<Key, Stored>,
+    ttl: Duration,
+    latest_ttl: Duration,
     max_value_bytes: usize,
     counters: Counters,
 }
 
-fn weigh(k: &Key, v: &Bytes) -> u32 {
-    u32::try_from(k.as_str().len() + v.len()).unwrap_or(u32::MAX)
+fn weigh(k: &Key, v: &Stored) -> u32 {
+    u32::try_from(k.as_str().len() + v.value.len() + 64).unwrap_or(u32::MAX)
 }
 
 impl MemoryCache {
     pub fn new(cfg: &CacheConfig) -> Self {
-        let build = |max: u64, ttl| moka::sync::Cache::builder().max_capacity(max).weigher(weigh).time_to_live(ttl).build();
+        let build = |max: u64| moka::sync::Cache::builder().max_capacity(max).weigher(weigh).build();
         MemoryCache {
-            entries: build(cfg.memory_max_bytes, cfg.ttl),
-            latest: build(cfg.memory_latest_max_bytes, cfg.latest_ttl),
+            entries: build(cfg.memory_max_bytes),
+            latest: build(cfg.memory_latest_max_bytes),
+            ttl: cfg.ttl,
+            latest_ttl: cfg.latest_ttl,
             max_value_bytes: cfg.max_value_bytes,
             counters: Counters::default(),
         }
@@ -32,7 +48,8 @@ impl MemoryCache {
 
     fn lookup(&self, key: &Key) -> Option<Bytes> {
         let latest = key.as_str().as_bytes().get(super::KEY_PREFIX.len()..).is_some_and(|r| r.starts_with(b"latest:"));
-        if latest { self.latest.get(key) } else { self.entries.get(key) }
+        let (cache, ttl) = if latest { (&self.latest, self.latest_ttl) } else { (&self.entries, self.ttl) };
+        cache.get(key).filter(|s| s.at.elapsed() < ttl).map(|s| s.value)
     }
 }
 
@@ -47,14 +64,22 @@ impl Cache for MemoryCache {
     fn put_many(&self, batch: WriteBatch) {
         let mut written = 0;
         let mut dropped = 0;
-        for (cache, items) in [(&self.entries, batch.entries), (&self.latest, batch.latest)] {
+        let now = Instant::now();
+        for (latest, items) in [(false, batch.entries), (true, batch.latest)] {
+            let cache = if latest { &self.latest } else { &self.entries };
             for (k, v) in items {
                 if v.len() > self.max_value_bytes {
                     dropped += 1;
-                } else {
-                    cache.insert(k, v);
-                    written += 1;
+                    continue;
                 }
+                // Entries are written on misses only: new. A latest decision is rewritten on
+                // every hit with the bytes it already holds, and a lookup and a compare cost
+                // less than an insert (refreshed at half its TTL).
+                if latest && cache.get(&k).is_some_and(|s| s.value == v && now.duration_since(s.at) < self.latest_ttl / 2) {
+                    continue;
+                }
+                cache.insert(k, Stored { at: now, value: v });
+                written += 1;
             }
         }
         Counters::add(&self.counters.written, written);

@@ -23,7 +23,7 @@
 //! back at its position in the whole request. The answer's bytes are exactly
 //! `serde_json::to_vec(&outcome)` for every account, cached or not.
 
-use super::{Key, PolicyId, WriteBatch, snapshot_digest};
+use super::{CostGate, Key, PolicyId, WriteBatch, snapshot_digest};
 use crate::engine::{Outcome, PortfolioResult};
 use crate::snapshot::Record;
 use bytes::Bytes;
@@ -35,6 +35,8 @@ pub struct AccountPlan {
     /// The key of each record that may be cached, `None` for one that is always evaluated.
     slots: Vec<Option<Key>>,
     keys: Vec<Key>,
+    /// Per record: whether its fresh decision is written (see [`CostGate::admit`]).
+    admit: Vec<bool>,
 }
 
 /// The request's answer, every account in input order.
@@ -64,22 +66,42 @@ impl CachedAnswer {
 }
 
 impl AccountPlan {
+    /// Every fresh decision is written.
     pub fn new(policy: &PolicyId, records: &[Record]) -> Self {
-        let mut seen: HashMap<&str, u32> = HashMap::with_capacity(records.len());
+        Self::build(policy, records, None)
+    }
+
+    /// Fresh decisions are written only for snapshots the gate has seen before, so traffic
+    /// of one-off snapshots costs no cache writes (latest decisions are always written).
+    pub fn gated(policy: &PolicyId, records: &[Record], gate: &CostGate) -> Self {
+        Self::build(policy, records, Some(gate))
+    }
+
+    fn build(policy: &PolicyId, records: &[Record], gate: Option<&CostGate>) -> Self {
+        let mut seen: HashMap<&str, u32> = HashMap::new();
         if records.len() > 1 {
+            seen.reserve(records.len());
             for s in records.iter().flatten() {
                 *seen.entry(s.id.as_str()).or_default() += 1;
             }
         }
+        let mut admit = Vec::with_capacity(records.len());
         let slots: Vec<Option<Key>> = records
             .iter()
             .map(|r| match r {
-                Ok(s) if seen.get(s.id.as_str()).copied().unwrap_or(1) == 1 => Some(policy.account_key(&snapshot_digest(s))),
-                _ => None,
+                Ok(s) if seen.get(s.id.as_str()).copied().unwrap_or(1) == 1 => {
+                    let d = snapshot_digest(s);
+                    admit.push(gate.is_none_or(|g| g.admit(&d)));
+                    Some(policy.account_key(&d))
+                }
+                _ => {
+                    admit.push(false);
+                    None
+                }
             })
             .collect();
         let keys = slots.iter().flatten().cloned().collect();
-        AccountPlan { policy: policy.clone(), slots, keys }
+        AccountPlan { policy: policy.clone(), slots, keys, admit }
     }
 
     /// What to pass to [`super::Cache::get_many`].
@@ -109,8 +131,14 @@ impl AccountPlan {
             cached.push(hit);
         }
         let hits = records.len() - misses.len();
-        let subset: Vec<Record> = misses.iter().filter_map(|&i| records.get(i).cloned()).collect();
-        let outcomes = if subset.is_empty() { Vec::new() } else { evaluate(&subset) };
+        let outcomes = if misses.is_empty() {
+            Vec::new()
+        } else if misses.len() == records.len() {
+            evaluate(records) // all misses: no copy of the snapshots
+        } else {
+            let subset: Vec<Record> = misses.iter().filter_map(|&i| records.get(i).cloned()).collect();
+            evaluate(&subset)
+        };
         let mut fresh: Vec<(usize, Outcome)> = Vec::with_capacity(misses.len());
         for (j, (&i, mut o)) in misses.iter().zip(outcomes).enumerate() {
             // The engine numbered it j + 1 unless the record came numbered (a parse error).
@@ -126,9 +154,13 @@ impl AccountPlan {
         let mut writes = WriteBatch::new();
         let mut accounts = cached;
         for (i, o) in &fresh {
-            let bytes = Bytes::from(serde_json::to_vec(o)?);
+            let mut buf = Vec::with_capacity(1024);
+            serde_json::to_writer(&mut buf, o)?;
+            let bytes = Bytes::from(buf);
             if let (Some(Some(key)), Outcome::Decision(d)) = (self.slots.get(*i), o) {
-                writes.put(key.clone(), bytes.clone());
+                if self.admit.get(*i).copied().unwrap_or(false) {
+                    writes.put(key.clone(), bytes.clone());
+                }
                 writes.put_latest(self.policy.latest_key(&d.id), bytes.clone());
             }
             if let Some(a) = accounts.get_mut(*i) {
@@ -226,6 +258,24 @@ mod tests {
         let a = answer(&cache, &p, &moved).await;
         assert_eq!(a.hits, 2);
         assert_eq!(cache.get_latest(&p.name, "c").await.unwrap(), a.accounts[0]);
+    }
+
+    #[tokio::test]
+    async fn a_gated_plan_writes_a_snapshot_the_second_time_it_is_seen() {
+        let p = policy();
+        let recs = records(BOOK);
+        let pid = PolicyId::new(p.name.as_str(), p.hash.as_str());
+        let gate = CostGate::new();
+        let cache = MemoryCache::new(&CacheConfig::default());
+        let mut written = Vec::new();
+        for _ in 0..3 {
+            let plan = AccountPlan::gated(&pid, &recs, &gate);
+            let found = cache.get_many(plan.keys()).await;
+            let (a, w) = plan.finish(&recs, found, |m| crate::engine::evaluate(&p, m)).unwrap();
+            written.push((w.entries.len(), w.latest.len(), a.hits));
+            cache.put_many(w);
+        }
+        assert_eq!(written, vec![(0, 2, 0), (2, 2, 0), (0, 2, 2)], "(entries, latest, hits) per round");
     }
 
     #[test]
