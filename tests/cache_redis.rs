@@ -432,3 +432,27 @@ fn a_malformed_url_is_an_error_and_redis_needs_a_runtime() {
     assert_eq!(cache::build(&ok).err().map(|e| e.to_string()).as_deref(), Some("the Redis cache needs a tokio runtime"));
     assert_eq!(cache::build(&CacheConfig::default()).unwrap().stats().backend, "memory");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_an_account_plan_a_warm_answer_is_the_cold_one_byte_for_byte() {
+    let redis = RedisServer::start();
+    let c = connect(&config(&redis.url())).await;
+    let (policy, mut records, _) = book(50, "plan");
+    records.push(Err(tierwise::snapshot::AccountError::new(None, "bad_record", "not a snapshot")));
+    let p = policy_id(&policy);
+    let fresh = serde_json::to_vec(&engine::evaluate(&policy, &records)).unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let plan = cache::AccountPlan::new(&p, &records);
+        let found = c.get_many(plan.keys()).await;
+        let (answer, writes) = plan.finish(&records, found, |m| engine::evaluate(&policy, m)).unwrap();
+        c.put_many(writes);
+        c.flush().await;
+        let mut buf = Vec::new();
+        answer.write_array(&mut buf);
+        answers.push((answer.hits, buf));
+    }
+    assert_eq!(answers[0].0, 0);
+    assert_eq!(answers[1].0, 50, "every decision a hit, the bad record evaluated again");
+    assert!(answers.iter().all(|(_, b)| *b == fresh), "cold and warm answers are the fresh evaluation's bytes");
+}
