@@ -15,7 +15,8 @@ use tierwise::cache::{self, AccountPlan, Cache, CacheConfig, CostGate, PolicyId}
 use tierwise::policy::Policy;
 use tierwise::snapshot::Record;
 
-/// Salts of books never seen before (cold runs).
+/// Salts of books never seen before (cold runs); starts from the clock so a second run
+/// against the same Redis is cold too.
 static FRESH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 fn book(n: usize, salt: u64) -> Vec<Record> {
@@ -163,6 +164,8 @@ async fn breakdown(c: &dyn Cache, p: &Policy, n: usize, rounds: usize) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    FRESH.store(now.as_nanos() as u64 | 1, std::sync::atomic::Ordering::Relaxed);
     let url = args.iter().find(|a| a.starts_with("redis")).cloned();
     let stop_pid = args.iter().position(|a| a == "--stop-pid").and_then(|i| args.get(i + 1)).cloned();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/enterprise");
