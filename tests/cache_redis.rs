@@ -456,3 +456,27 @@ async fn through_an_account_plan_a_warm_answer_is_the_cold_one_byte_for_byte() {
     assert_eq!(answers[1].0, 50, "every decision a hit, the bad record evaluated again");
     assert!(answers.iter().all(|(_, b)| *b == fresh), "cold and warm answers are the fresh evaluation's bytes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_refusing_writes_keeps_serving_reads() {
+    let redis = RedisServer::start();
+    let c = connect(&config(&redis.url())).await;
+    let (policy, records, values) = book(4, "oom");
+    let p = policy_id(&policy);
+    c.put_many(batch(&p, &records[..2], &values[..2]));
+    c.flush().await;
+    let mut raw = redis.client();
+    let () = redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("noeviction").query(&mut raw).unwrap();
+    let () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("1").query(&mut raw).unwrap();
+    for _ in 0..10 {
+        c.put_many(batch(&p, &records[2..], &values[2..]));
+        c.flush().await;
+    }
+    let s = c.stats();
+    assert!(s.errors >= 10 && s.dropped_writes >= 40, "{s:?}");
+    assert_eq!(s.breaker, BreakerState::Closed, "an OOM answer is an answer: reads go on");
+    let got = c.get_many(&keys(&p, &records)).await;
+    assert_eq!(got.iter().map(Option::is_some).collect::<Vec<_>>(), vec![true, true, false, false]);
+    assert!(c.degraded().is_none());
+    let () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("0").query(&mut raw).unwrap();
+}

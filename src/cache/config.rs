@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+/// The most a big batch adds to a call's deadline.
+pub const MAX_PER_KEY_ALLOWANCE: Duration = Duration::from_millis(200);
+
 /// The cache's settings. `Default` is the embedded in-process cache.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CacheConfig {
@@ -58,13 +61,17 @@ impl Default for CacheConfig {
 }
 
 impl CacheConfig {
-    /// The deadline of a read of `keys` keys.
+    /// The deadline of a read of `keys` keys: `timeout`, plus `timeout_per_key` a key up to
+    /// [`MAX_PER_KEY_ALLOWANCE`] (a 100k-account batch must not wait seconds on a hung Redis).
     pub fn read_deadline(&self, keys: usize) -> Duration {
-        self.timeout + self.timeout_per_key.saturating_mul(u32::try_from(keys).unwrap_or(u32::MAX))
+        self.timeout + self.allowance(keys)
     }
     /// The deadline of a write pipeline of `keys` keys.
     pub fn write_deadline(&self, keys: usize) -> Duration {
-        self.write_timeout + self.timeout_per_key.saturating_mul(u32::try_from(keys).unwrap_or(u32::MAX))
+        self.write_timeout + self.allowance(keys)
+    }
+    fn allowance(&self, keys: usize) -> Duration {
+        self.timeout_per_key.saturating_mul(u32::try_from(keys).unwrap_or(u32::MAX)).min(MAX_PER_KEY_ALLOWANCE)
     }
 }
 

@@ -129,7 +129,13 @@ impl Shared {
             Ok(Err(e)) => {
                 Counters::add(&self.counters.errors, 1);
                 self.note(format!("redis error: {e}"));
-                self.breaker.failure();
+                if answered(&e) {
+                    // Redis answered, with an error (OOM under `noeviction`, a read-only
+                    // replica): it costs no waiting, so it does not stop the reads.
+                    self.breaker.success();
+                } else {
+                    self.breaker.failure();
+                }
                 None
             }
             Err(_) => {
@@ -167,6 +173,11 @@ impl Shared {
             None => Counters::add(&self.counters.dropped_writes, n),
         }
     }
+}
+
+/// Whether the error is Redis's own answer rather than a broken or silent connection.
+fn answered(e: &::redis::RedisError) -> bool {
+    matches!(e.kind(), ::redis::ErrorKind::Server(_) | ::redis::ErrorKind::Extension)
 }
 
 fn encode(v: &Bytes) -> Vec<u8> {
