@@ -183,6 +183,22 @@ fn fresh_at(fresh: &[(usize, Outcome)], i: usize) -> bool {
     fresh.binary_search_by_key(&i, |(j, _)| *j).is_ok()
 }
 
+/// The policy hash a stored decision was made under (its `policy.hash`), for
+/// `GET /v1/accounts/{id}/decision`: the latest decision is kept per policy *name*, so after a
+/// policy change it may come from the previous version; the handler compares this with the
+/// active hash and says so (or re-evaluates). `None` for bytes that are not a decision.
+pub fn decision_policy_hash(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Policy {
+        hash: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Head {
+        policy: Policy,
+    }
+    serde_json::from_slice::<Head>(bytes).ok().map(|h| h.policy.hash)
+}
+
 /// A portfolio answer's cached part: `"summary":{...},"accounts":[...]` (no braces, no
 /// decision id, no policy), for the service to splice into
 /// `{"decision_id":..,"policy":..,` + this + `}`. Store it under
@@ -252,6 +268,10 @@ mod tests {
         let mut buf = Vec::new();
         warm.write_array(&mut buf);
         assert_eq!(String::from_utf8(buf).unwrap(), String::from_utf8(fresh).unwrap());
+
+        let latest = cache.get_latest(&p.name, "a").await.unwrap();
+        assert_eq!(decision_policy_hash(&latest).as_deref(), Some(p.hash.as_str()));
+        assert_eq!(decision_policy_hash(b"{}"), None);
 
         // The same snapshot elsewhere in another request is a hit too.
         let moved = vec![recs[2].clone(), recs[0].clone()];
