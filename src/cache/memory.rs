@@ -1,8 +1,11 @@
 //! The in-process cache (moka): the embedded default, one per replica.
 //!
 //! Bounded by bytes (key + value of every entry); moka evicts the least useful entries first
-//! (TinyLFU). Latest decisions live in a second cache with their own bound and TTL, so a
-//! flood of one-off snapshots cannot push them out.
+//! (TinyLFU). Latest decisions live apart, with their own bound and TTL, so a flood of
+//! one-off snapshots cannot push them out: a plain sharded map, since every decided account
+//! writes one and moka's insert (~1 µs) cost half as much as evaluating the account; when a
+//! shard is over its budget, arbitrary entries leave (a latest decision is a convenience
+//! copy, not something a request depends on).
 //!
 //! The TTL is checked when an entry is read (each value carries its insertion time) rather
 //! than by moka's timer wheel, which made an insert cost as much as evaluating an account;
@@ -11,7 +14,13 @@
 use super::{Cache, CacheConfig, CacheStats, Counters, Key, WriteBatch};
 use async_trait::async_trait;
 use bytes::Bytes;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// Shards of the latest-decision map (few cores, short critical sections).
+const LATEST_SHARDS: usize = 32;
 
 /// A value and when it was stored.
 #[derive(Clone)]
@@ -22,7 +31,7 @@ struct Stored {
 
 pub struct MemoryCache {
     entries: moka::sync::Cache<Key, Stored>,
-    latest: moka::sync::Cache<Key, Stored>,
+    latest: Latest,
     ttl: Duration,
     latest_ttl: Duration,
     max_value_bytes: usize,
@@ -38,7 +47,7 @@ impl MemoryCache {
         let build = |max: u64| moka::sync::Cache::builder().max_capacity(max).weigher(weigh).build();
         MemoryCache {
             entries: build(cfg.memory_max_bytes),
-            latest: build(cfg.memory_latest_max_bytes),
+            latest: Latest::new(cfg.memory_latest_max_bytes),
             ttl: cfg.ttl,
             latest_ttl: cfg.latest_ttl,
             max_value_bytes: cfg.max_value_bytes,
@@ -48,8 +57,62 @@ impl MemoryCache {
 
     fn lookup(&self, key: &Key) -> Option<Bytes> {
         let latest = key.as_str().as_bytes().get(super::KEY_PREFIX.len()..).is_some_and(|r| r.starts_with(b"latest:"));
-        let (cache, ttl) = if latest { (&self.latest, self.latest_ttl) } else { (&self.entries, self.ttl) };
-        cache.get(key).filter(|s| s.at.elapsed() < ttl).map(|s| s.value)
+        let (found, ttl) = if latest { (self.latest.get(key), self.latest_ttl) } else { (self.entries.get(key), self.ttl) };
+        found.filter(|s| s.at.elapsed() < ttl).map(|s| s.value)
+    }
+}
+
+/// Latest decisions by key, in shards each with a byte budget.
+struct Latest {
+    shards: Vec<Mutex<Shard>>,
+    hasher: std::collections::hash_map::RandomState,
+    shard_budget: u64,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<Key, Stored>,
+    bytes: u64,
+}
+
+impl Latest {
+    fn new(max_bytes: u64) -> Self {
+        Latest {
+            shards: (0..LATEST_SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: Default::default(),
+            shard_budget: (max_bytes / LATEST_SHARDS as u64).max(1),
+        }
+    }
+
+    fn shard(&self, k: &Key) -> std::sync::MutexGuard<'_, Shard> {
+        let i = (self.hasher.hash_one(k) as usize) % self.shards.len();
+        // A poisoned shard still holds valid entries (no invariant spans an unwind).
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, k: &Key) -> Option<Stored> {
+        self.shard(k).map.get(k).cloned()
+    }
+
+    /// Stores `v` unless the same bytes are there and younger than `refresh`; whether it
+    /// wrote.
+    fn put(&self, k: Key, v: Stored, refresh: Duration) -> bool {
+        let mut sh = self.shard(&k);
+        if sh.map.get(&k).is_some_and(|old| old.value == v.value && v.at.duration_since(old.at) < refresh) {
+            return false;
+        }
+        let w = u64::from(weigh(&k, &v));
+        if let Some(old) = sh.map.insert(k.clone(), v) {
+            sh.bytes = sh.bytes.saturating_sub(u64::from(weigh(&k, &old)));
+        }
+        sh.bytes += w;
+        while sh.bytes > self.shard_budget {
+            let Some(victim) = sh.map.keys().find(|x| **x != k).cloned() else { break };
+            if let Some(old) = sh.map.remove(&victim) {
+                sh.bytes = sh.bytes.saturating_sub(u64::from(weigh(&victim, &old)));
+            }
+        }
+        true
     }
 }
 
@@ -65,20 +128,18 @@ impl Cache for MemoryCache {
         let mut written = 0;
         let mut dropped = 0;
         let now = Instant::now();
-        for (latest, items) in [(false, batch.entries), (true, batch.latest)] {
-            let cache = if latest { &self.latest } else { &self.entries };
-            for (k, v) in items {
-                if v.len() > self.max_value_bytes {
-                    dropped += 1;
-                    continue;
-                }
-                // Entries are written on misses only: new. A latest decision is rewritten on
-                // every hit with the bytes it already holds, and a lookup and a compare cost
-                // less than an insert (refreshed at half its TTL).
-                if latest && cache.get(&k).is_some_and(|s| s.value == v && now.duration_since(s.at) < self.latest_ttl / 2) {
-                    continue;
-                }
-                cache.insert(k, Stored { at: now, value: v });
+        for (k, v) in batch.entries {
+            if v.len() > self.max_value_bytes {
+                dropped += 1;
+            } else {
+                self.entries.insert(k, Stored { at: now, value: v });
+                written += 1;
+            }
+        }
+        for (k, v) in batch.latest {
+            if v.len() > self.max_value_bytes {
+                dropped += 1;
+            } else if self.latest.put(k, Stored { at: now, value: v }, self.latest_ttl / 2) {
                 written += 1;
             }
         }
@@ -88,7 +149,6 @@ impl Cache for MemoryCache {
 
     async fn flush(&self) {
         self.entries.run_pending_tasks();
-        self.latest.run_pending_tasks();
     }
 
     fn stats(&self) -> CacheStats {
@@ -123,6 +183,22 @@ mod tests {
         assert_eq!(c.get_latest("enterprise", "b").await, None);
         let s = c.stats();
         assert_eq!((s.hits, s.misses, s.written), (2, 3, 2));
+    }
+
+    #[tokio::test]
+    async fn latest_decisions_stay_within_their_budget() {
+        let cfg = CacheConfig { memory_latest_max_bytes: 32 * 1024, ..CacheConfig::default() };
+        let c = MemoryCache::new(&cfg);
+        let p = PolicyId::new("p", "h");
+        for i in 0..2000 {
+            let mut b = WriteBatch::new();
+            b.put_latest(p.latest_key(&format!("acct-{i}")), Bytes::from(vec![b'x'; 100]));
+            c.put_many(b);
+        }
+        let held: u64 = c.latest.shards.iter().map(|s| s.lock().unwrap().bytes).sum();
+        let count: usize = c.latest.shards.iter().map(|s| s.lock().unwrap().map.len()).sum();
+        assert!(held <= 32 * 1024 && count > 50, "{held} bytes in {count} entries");
+        assert!(c.get_latest("p", "acct-1999").await.is_some(), "the newest entry stays");
     }
 
     #[tokio::test]

@@ -228,6 +228,10 @@ pub fn book_digest(records: &[Record]) -> Digest {
 
 /// Percent-encodes `%` and `:` so a key's parts read back unambiguously.
 fn key_part(out: &mut String, s: &str) {
+    if !s.bytes().any(|b| b == b':' || b == b'%') {
+        out.push_str(s);
+        return;
+    }
     for c in s.chars() {
         match c {
             '%' => out.push_str("%25"),
