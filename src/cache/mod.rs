@@ -430,6 +430,14 @@ pub trait Cache: Send + Sync {
 
     fn stats(&self) -> CacheStats;
 
+    /// Whether a request should bother with the cache at all: `false` while the Redis
+    /// breaker is open or half-open, when every lookup would be skipped and every write
+    /// dropped, so the service can evaluate as if there were no cache (no digests, no
+    /// per-account serialization).
+    fn available(&self) -> bool {
+        true
+    }
+
     /// Why the cache is not fully working, for `/readyz` details (never a reason to report
     /// not-ready: requests are answered by evaluating). `None` when healthy.
     fn degraded(&self) -> Option<String>;

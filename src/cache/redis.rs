@@ -301,6 +301,10 @@ impl Cache for RedisCache {
         st
     }
 
+    fn available(&self) -> bool {
+        self.shared.breaker.state() == BreakerState::Closed
+    }
+
     fn degraded(&self) -> Option<String> {
         let state = self.shared.breaker.state();
         if state == BreakerState::Closed {
