@@ -11,6 +11,8 @@
 //! - [`watch`]: hot reload — the policies folder watched, debounced, handed to the service.
 //! - [`http`]: the axum server (routes, hardening, errors, OpenAPI); [`metrics`] and
 //!   [`decision_log`] beside it.
+//! - [`cache`]: the decision cache trait, in-process (moka) and Redis; keys, digests and
+//!   value format. Async (tokio), used by the service, never by the engine.
 //! - `cli` (in the binary): thin commands over the above.
 //!
 //! Domain modules (`policy`, `script`, `snapshot`, `engine`) know nothing of HTTP, tokio,
@@ -20,6 +22,7 @@
 // add an allocation to every error path for no gain.
 #![allow(clippy::result_large_err)]
 
+pub mod cache;
 pub mod date;
 pub mod decision_log;
 pub mod engine;

@@ -246,14 +246,14 @@ fn a_non_number_or_nan_criterion_is_that_accounts_bad_score() {
 #[test]
 fn the_qualified_tier_is_the_first_whose_min_score_and_when_hold() {
     let p = load_inline(&format!("{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\nwhen = \"ok\"\n\n[[tiers]]\nid = \"silver\"\nmin_score = 5.0\n\n[[tiers]]\nid = \"nomin\"\n\n[[tiers]]\nid = \"bronze\"\n"), &[]);
-    assert_eq!(one(&p, A::new("a", 9.0)).qualified_tier, "gold".into());
+    assert_eq!(one(&p, A::new("a", 9.0)).qualified_tier, std::sync::Arc::<str>::from("gold"));
     let d = one(&p, A::new("a", 9.0).f("ok", false));
-    assert_eq!(d.qualified_tier, "silver".into());
+    assert_eq!(d.qualified_tier, std::sync::Arc::<str>::from("silver"));
     assert_eq!(codes(&d), vec!["condition", "qualifies", "new"]);
-    assert_eq!(one(&p, A::new("a", 8.0)).qualified_tier, "gold".into(), "score >= min_score, unrounded");
-    assert_eq!(one(&p, A::new("a", 7.999_999_999)).qualified_tier, "silver".into());
+    assert_eq!(one(&p, A::new("a", 8.0)).qualified_tier, std::sync::Arc::<str>::from("gold"), "score >= min_score, unrounded");
+    assert_eq!(one(&p, A::new("a", 7.999_999_999)).qualified_tier, std::sync::Arc::<str>::from("silver"));
     // A missing min_score is 0: every score reaches `nomin`; the last tier is never reached.
-    assert_eq!(one(&p, A::new("a", 1.0)).qualified_tier, "nomin".into());
+    assert_eq!(one(&p, A::new("a", 1.0)).qualified_tier, std::sync::Arc::<str>::from("nomin"));
 }
 
 #[test]
