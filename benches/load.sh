@@ -31,10 +31,11 @@ fi
 
 cargo build --release --bin tierwise --example gen_portfolio --example echo
 mkdir -p "$WORK"
-BIN=target/release/tierwise
+T=${CARGO_TARGET_DIR:-target}
+BIN=$T/release/tierwise
 
 # Request bodies from the deterministic generator. Valid accounts only for the single one.
-target/release/examples/gen_portfolio 10000 --format json > "$WORK/accounts.json"
+$T/release/examples/gen_portfolio 10000 --format json > "$WORK/accounts.json"
 python3 - "$WORK" <<'PY'
 import json, sys
 work = sys.argv[1]
@@ -71,7 +72,7 @@ wait_for() { # url
     echo "server at $1 did not come up" >&2; exit 2
 }
 
-target/release/examples/echo "127.0.0.1:$PORT_ECHO" 2>/dev/null &
+$T/release/examples/echo "127.0.0.1:$PORT_ECHO" 2>/dev/null &
 ECHO_PID=$!
 PIDS+=($ECHO_PID)
 rm -f "$WORK/decisions.jsonl"
