@@ -142,6 +142,19 @@ impl DecisionLog {
         self.tx.is_some()
     }
 
+    /// Logs one dry run (`POST /v1/dry-run`): a line of its own kind (`level: "dry_run"`,
+    /// `dry_run: true`) with the two policies and the diff's counts, and no per-account
+    /// outcomes, so it can never be read as a live decision.
+    pub fn record_dry_run(&self, entry: &DryRun<'_>) {
+        let Some(tx) = &self.tx else { return };
+        let mut line = Vec::with_capacity(1024);
+        if serde_json::to_writer(&mut line, entry).is_err() {
+            return;
+        }
+        line.push(b'\n');
+        let _ = tx.send(Msg::Line(line));
+    }
+
     /// Logs one evaluation request (written on the log thread).
     pub fn record(&self, job: Job) {
         let Some(tx) = &self.tx else { return };
@@ -156,6 +169,26 @@ impl DecisionLog {
         };
         let _ = tx.send(msg);
     }
+}
+
+/// One dry run as logged: what was compared and what the diff counts, never decisions.
+#[derive(Serialize)]
+pub struct DryRun<'a> {
+    /// RFC 3339, UTC.
+    pub ts: String,
+    pub decision_id: &'a str,
+    /// Always `dry_run`.
+    pub level: &'static str,
+    /// Always `true`.
+    pub dry_run: bool,
+    /// The baseline (a served policy).
+    pub policy: &'a PolicyRef,
+    pub candidate: &'a PolicyRef,
+    /// The overrides applied, as `path=value`.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub overrides: &'a [String],
+    pub duration_ms: f64,
+    pub summary: &'a crate::whatif::DiffSummary,
 }
 
 /// One evaluation request as logged.

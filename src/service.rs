@@ -35,6 +35,9 @@ pub struct Loaded {
     /// Shared by every decision made under this policy (serialized, never rebuilt).
     pub pref: Arc<PolicyRef>,
     pub loaded_at: SystemTime,
+    /// The files this version was compiled from (the bytes its hash covers), so a dry run
+    /// applies its overrides to exactly what is live, without reading the folder again.
+    pub files: Arc<policy::Files>,
 }
 
 /// Why a policy (or a new version of it) is not serving.
@@ -148,6 +151,11 @@ impl Service {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The sandbox limits every policy is compiled with (a dry run's candidate too).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The current registry; cheap, lock-free.
@@ -285,7 +293,7 @@ impl Service {
             return reject(prev, err);
         }
         let pref = engine::policy_ref(&policy);
-        let loaded = Arc::new(Loaded { policy, pref, loaded_at: SystemTime::now() });
+        let loaded = Arc::new(Loaded { policy, pref, loaded_at: SystemTime::now(), files: Arc::new(files) });
         let out = ReloadOutcome { policy: name.to_string(), result: "applied", hash: Some(hash), error: None };
         (Entry { active: Some(loaded), last_error: None }, out)
     }

@@ -16,6 +16,7 @@ pub struct ErrorBody {
     /// Stable machine code: `malformed_json`, `invalid_request`, `unsupported_media_type`,
     /// `payload_too_large`, `unknown_policy`, `policy_unavailable`, `no_default_policy`,
     /// `unknown_schema`, `not_found`, `method_not_allowed`, `unauthorized`, `forbidden`,
+    /// (dry runs) `bad_candidate_path`, `candidate_too_large`, `candidate_invalid`, `invalid_override`,
     /// `overloaded`, `timeout`, `not_ready`, `internal`.
     pub code: &'static str,
     pub message: String,

@@ -35,7 +35,7 @@ pub struct EvaluateRequest<'a> {
 
 /// Splits the array into its elements' text in the one pass over the body; each element is
 /// parsed on its own afterwards, so one bad account does not fail the request.
-fn account_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<&'de RawValue>, D::Error> {
+pub(super) fn account_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<&'de RawValue>, D::Error> {
     struct Elements;
     impl<'de> serde::de::Visitor<'de> for Elements {
         type Value = Vec<&'de RawValue>;
@@ -187,7 +187,7 @@ const PARSE_CHUNK: usize = 512;
 /// The snapshots of `accounts`, parsed on every core when there are many. A bad element is
 /// that account's error, made by [`snapshot::read_json`] itself so it reads the same as on
 /// the command line.
-fn read_accounts(items: &[&RawValue]) -> Vec<Record> {
+pub(super) fn read_accounts(items: &[&RawValue]) -> Vec<Record> {
     use rayon::prelude::*;
     let one = |i: usize, raw: &RawValue| -> Record {
         serde_json::from_str::<snapshot::Snapshot>(raw.get()).or_else(|_| {
@@ -245,7 +245,7 @@ fn write_outcomes(buf: &mut Vec<u8>, outcomes: &[Outcome]) -> Result<(), ApiErro
     Ok(())
 }
 
-fn lookup_error(e: Lookup) -> ApiError {
+pub(super) fn lookup_error(e: Lookup) -> ApiError {
     match e {
         Lookup::Unknown { name, known } => {
             let close = known.iter().filter(|k| strsim::jaro_winkler(k, &name) > 0.8).max_by(|a, b| {

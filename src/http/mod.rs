@@ -7,11 +7,13 @@
 //! `Retry-After` when saturated) → timeout. Probes and `/metrics` stay outside the
 //! concurrency limit so a saturated server still says it is alive.
 
+mod dryrun;
 mod error;
 mod handlers;
 pub mod openapi;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
+pub use dryrun::{MAX_CANDIDATE_BYTES, MAX_CANDIDATE_FILES};
 pub use handlers::log_reload;
 
 use crate::decision_log::DecisionLog;
@@ -54,6 +56,9 @@ pub struct App {
     pub metrics: Metrics,
     pub log: DecisionLog,
     limiter: Semaphore,
+    /// Dry runs in progress at once ([`DRY_RUNS_AT_ONCE`]): a candidate is untrusted code, and
+    /// one dry run already uses every core.
+    dry_runs: Semaphore,
     /// Set at SIGTERM: `/readyz` answers 503 so load balancers stop sending new requests
     /// while in-flight ones finish.
     pub draining: std::sync::atomic::AtomicBool,
@@ -71,6 +76,7 @@ impl App {
         let schemas = crate::schema::all().into_iter().map(|(file, text)| (file.trim_end_matches(".schema.json"), Bytes::from(text))).collect();
         Arc::new(App {
             limiter: Semaphore::new(config.max_concurrent.max(1)),
+            dry_runs: Semaphore::new(DRY_RUNS_AT_ONCE),
             draining: std::sync::atomic::AtomicBool::new(false),
             service,
             config,
@@ -85,10 +91,14 @@ impl App {
 
 pub type AppState = Arc<App>;
 
+/// Dry runs answered at once; more get 503 `overloaded` with `Retry-After`.
+pub const DRY_RUNS_AT_ONCE: usize = 2;
+
 /// Every route the server answers, for metric labels (a closed set: no allocation).
 const ROUTES: &[&str] = &[
     "/v1/evaluate",
     "/v1/portfolio",
+    "/v1/dry-run",
     "/v1/policies",
     "/v1/policies/reload",
     "/v1/policies/{name}",
@@ -104,6 +114,7 @@ pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/evaluate", post(handlers::evaluate))
         .route("/v1/portfolio", post(handlers::portfolio))
+        .route("/v1/dry-run", post(dryrun::dry_run))
         .route("/v1/policies", get(handlers::policies))
         .route("/v1/policies/reload", post(handlers::reload))
         .route("/v1/policies/{name}", get(handlers::policy))

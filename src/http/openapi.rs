@@ -2,6 +2,7 @@
 //! handlers serialize and parse (schemars, OpenAPI 3.0 settings), so they cannot drift.
 //! Only the list of operations is written here; a test checks it against the router.
 
+use super::dryrun::{DryRunRequest, DryRunResponse};
 use super::handlers::{EvaluateRequest, EvaluateResponse, Health, PolicyInfo, PolicyList, PortfolioResponse, ReloadResponse};
 use super::ErrorBody;
 use schemars::generate::SchemaSettings;
@@ -15,8 +16,10 @@ struct Op {
     id: &'static str,
     summary: &'static str,
     request: Option<Schema>,
-    /// (status, description, schema, content type)
+    /// (status, description, schema, content type); a status listed twice has two content types.
     responses: Vec<(u16, &'static str, Option<Schema>, &'static str)>,
+    /// Query parameters: (name, description, allowed values).
+    query: Vec<(&'static str, &'static str, &'static [&'static str])>,
     admin: bool,
 }
 
@@ -49,6 +52,7 @@ pub fn document() -> Value {
             summary: "Decide accounts one by one (score, qualified tier, movement, account alerts)",
             request: Some(g.subschema_for::<EvaluateRequest<'static>>()),
             responses: [vec![(200, "one outcome per account, in input order", Some(g.subschema_for::<EvaluateResponse<'static>>()), JSON)], eval_errors()].concat(),
+            query: vec![],
             admin: false,
         },
         Op {
@@ -58,6 +62,27 @@ pub fn document() -> Value {
             summary: "Decide a whole book: caps, manager capacity, portfolio alerts, summary",
             request: Some(g.subschema_for::<EvaluateRequest<'static>>()),
             responses: [vec![(200, "the book's summary and one outcome per account", Some(g.subschema_for::<PortfolioResponse<'static>>()), JSON)], eval_errors()].concat(),
+            query: vec![],
+            admin: false,
+        },
+        Op {
+            method: "post",
+            path: "/v1/dry-run",
+            id: "dryRun",
+            summary: "What-if: decide a book under a served policy and a candidate (a folder sent inline, overrides, or both) and return the difference; changes nothing",
+            request: Some(g.subschema_for::<DryRunRequest<'static>>()),
+            responses: vec![
+                (200, "the difference (format json)", Some(g.subschema_for::<DryRunResponse<'static>>()), JSON),
+                (200, "a pull-request comment (format markdown)", None, "text/markdown"),
+                (200, "a terminal summary (format table)", None, "text/plain"),
+                e(400, "malformed JSON, a refused candidate file name (`bad_candidate_path`), or no default policy"),
+                e(404, "unknown baseline policy"),
+                e(413, "body over the size limit, or a candidate over 64 files or 1 MiB (`candidate_too_large`)"),
+                e(415, "not `Content-Type: application/json`"),
+                e(422, "JSON of the wrong shape or nothing to compare (`invalid_request`), an override that names nothing (`invalid_override`), a candidate that does not compile (`candidate_invalid`, every diagnostic in `details`)"),
+                e(503, "overloaded, timed out, or the baseline has no version that passed its checks"),
+            ],
+            query: vec![("format", "`json` (default), `markdown` or `table`; the body's `format` does the same", &["json", "markdown", "table"]), ("top", "accounts listed by markdown and table (default 20)", &[])],
             admin: false,
         },
         Op {
@@ -67,6 +92,7 @@ pub fn document() -> Value {
             summary: "The policies served: version, hash, loaded at, files, inputs, tiers, last reload error",
             request: None,
             responses: vec![(200, "every policy folder", Some(g.subschema_for::<PolicyList>()), JSON)],
+            query: vec![],
             admin: false,
         },
         Op {
@@ -76,6 +102,7 @@ pub fn document() -> Value {
             summary: "One policy",
             request: None,
             responses: vec![(200, "the policy", Some(g.subschema_for::<PolicyInfo>()), JSON), e(404, "unknown policy")],
+            query: vec![],
             admin: false,
         },
         Op {
@@ -90,6 +117,7 @@ pub fn document() -> Value {
                 e(403, "wrong token"),
                 e(404, "admin routes disabled (no TIERWISE_ADMIN_TOKEN)"),
             ],
+            query: vec![],
             admin: true,
         },
         Op {
@@ -99,6 +127,7 @@ pub fn document() -> Value {
             summary: "A JSON schema: policy, tests, snapshot, decision, portfolio",
             request: None,
             responses: vec![(200, "the JSON schema", None, "application/schema+json"), e(404, "unknown schema")],
+            query: vec![],
             admin: false,
         },
         Op {
@@ -108,6 +137,7 @@ pub fn document() -> Value {
             summary: "This document",
             request: None,
             responses: vec![(200, "OpenAPI 3.0", None, JSON)],
+            query: vec![],
             admin: false,
         },
         Op {
@@ -117,6 +147,7 @@ pub fn document() -> Value {
             summary: "Liveness: the process answers",
             request: None,
             responses: vec![(200, "alive", Some(g.subschema_for::<Health>()), JSON)],
+            query: vec![],
             admin: false,
         },
         Op {
@@ -126,6 +157,7 @@ pub fn document() -> Value {
             summary: "Readiness: the default policy is serving",
             request: None,
             responses: vec![(200, "ready", Some(g.subschema_for::<Health>()), JSON), e(503, "not ready")],
+            query: vec![],
             admin: false,
         },
         Op {
@@ -135,6 +167,7 @@ pub fn document() -> Value {
             summary: "Prometheus metrics (OpenMetrics text)",
             request: None,
             responses: vec![(200, "metrics", None, "application/openmetrics-text")],
+            query: vec![],
             admin: false,
         },
     ];
@@ -143,18 +176,37 @@ pub fn document() -> Value {
     for op in ops {
         let mut responses = Map::new();
         for (status, description, schema, ct) in op.responses {
-            let content = match schema {
-                Some(s) => json!({ ct: { "schema": s } }),
-                None => json!({ ct: {} }),
+            let media = match schema {
+                Some(s) => json!({ "schema": s }),
+                None => json!({}),
             };
-            responses.insert(status.to_string(), json!({ "description": description, "content": content }));
+            match responses.get_mut(&status.to_string()) {
+                // The same status in another content type: one response, both media types.
+                Some(r) => {
+                    r["content"][ct] = media;
+                    if let Some(d) = r["description"].as_str().map(|d| format!("{d}; {description}")) {
+                        r["description"] = json!(d);
+                    }
+                }
+                None => {
+                    responses.insert(status.to_string(), json!({ "description": description, "content": { ct: media } }));
+                }
+            }
         }
         let mut o = json!({ "operationId": op.id, "summary": op.summary, "responses": responses });
         if let Some(req) = op.request {
             o["requestBody"] = json!({ "required": true, "content": { JSON: { "schema": req } } });
         }
+        let mut params = Vec::new();
         if op.path.contains("{name}") {
-            o["parameters"] = json!([{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }]);
+            params.push(json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }));
+        }
+        for (name, description, values) in &op.query {
+            let schema = if values.is_empty() { json!({ "type": "integer", "minimum": 0 }) } else { json!({ "type": "string", "enum": values }) };
+            params.push(json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema }));
+        }
+        if !params.is_empty() {
+            o["parameters"] = Value::Array(params);
         }
         if op.admin {
             o["security"] = json!([{ "adminToken": [] }]);

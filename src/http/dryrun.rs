@@ -1,0 +1,364 @@
+//! `POST /v1/dry-run`: what a policy change would do to a book, asked over HTTP.
+//!
+//! The candidate is a policy folder sent inline (`candidate.files`), the baseline's own files
+//! with `overrides` applied, or both (the overrides applied to the candidate's files). The
+//! baseline is a served policy, and its overrides apply to the very files its live version was
+//! compiled from ([`crate::service::Loaded::files`]).
+//!
+//! The candidate is untrusted input: its files are checked (how many, how big, which paths)
+//! before anything reads them, then compiled by [`policy::load_files`] with the service's
+//! sandbox [`crate::script::Limits`], exactly as a reload would. Everything runs on the
+//! blocking pool. Nothing shared is written: the candidate lives for this request only, both
+//! evaluations go to the engine directly (not through [`crate::service::Service::portfolio`],
+//! where the decision cache sits), and the decision log gets a line of its own kind
+//! ([`crate::decision_log::DryRun`]), never per-account decisions.
+
+use super::handlers::{account_list, lookup_error, read_accounts};
+use super::{parse, ApiError, AppState, JsonBody};
+use crate::decision_log;
+use crate::engine::{self, PolicyRef};
+use crate::policy::{self, overrides, Diagnostic, Files};
+use crate::whatif::{self, render, PolicyDiff};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Most files a candidate folder may hold.
+pub const MAX_CANDIDATE_FILES: usize = 64;
+/// Most bytes the candidate's files may hold together (paths and texts).
+pub const MAX_CANDIDATE_BYTES: usize = 1024 * 1024;
+/// Accounts the markdown and table forms list by default (JSON lists every one).
+const DEFAULT_TOP: usize = 20;
+
+/// `POST /v1/dry-run` body.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DryRunRequest<'a> {
+    /// The served policy to compare with; absent: the default policy.
+    #[serde(default)]
+    pub baseline: Option<String>,
+    /// A whole candidate policy folder, sent inline.
+    #[serde(default)]
+    pub candidate: Option<CandidateFolder>,
+    /// Values of `policy.toml` to change, by path (`"tiers.key.min_score": 7.0`,
+    /// `"score.criteria[id=revenue].weight": 5`): applied to the candidate's files when a
+    /// candidate is sent, else to the baseline's own files. A path that names nothing is a
+    /// 422 `invalid_override` with a "did you mean".
+    #[serde(default)]
+    #[schemars(with = "Option<BTreeMap<String, Value>>")]
+    pub overrides: Option<serde_json::Map<String, Value>>,
+    /// `json` (the default), `markdown` (a pull-request comment, `text/markdown`) or `table`
+    /// (`text/plain`); `?format=` in the query does the same.
+    #[serde(default)]
+    pub format: Option<DiffFormat>,
+    /// How many changed accounts the markdown and table forms list (default 20; JSON lists all).
+    #[serde(default)]
+    pub top: Option<usize>,
+    /// The book: decided under both policies, at portfolio level.
+    #[serde(borrow, deserialize_with = "account_list")]
+    #[schemars(with = "Vec<crate::snapshot::Snapshot>")]
+    pub accounts: Vec<&'a RawValue>,
+}
+
+/// A policy folder sent inline.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CandidateFolder {
+    /// Relative path → text. Only `policy.toml`, `scripts/NAME.rhai` and `tests/NAME.toml`;
+    /// at most 64 files and 1 MiB in all.
+    pub files: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DiffFormat {
+    Json,
+    Markdown,
+    Table,
+}
+
+impl DiffFormat {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "json" => Some(DiffFormat::Json),
+            "markdown" | "md" => Some(DiffFormat::Markdown),
+            "table" | "text" => Some(DiffFormat::Table),
+            _ => None,
+        }
+    }
+}
+
+/// `POST /v1/dry-run` answer (JSON).
+#[derive(Serialize, JsonSchema)]
+pub struct DryRunResponse<'a> {
+    /// Unique id of this dry run, also in the decision log (as a dry run) and the
+    /// `x-decision-id` header.
+    pub decision_id: &'a str,
+    /// Always `true`: nothing went live, nothing was cached, no decision was logged as live.
+    pub dry_run: bool,
+    /// The served policy compared with.
+    pub baseline: &'a PolicyRef,
+    pub candidate: CandidateInfo<'a>,
+    /// The difference (`/v1/schemas/diff`).
+    pub diff: &'a PolicyDiff,
+}
+
+/// What the candidate was.
+#[derive(Serialize, JsonSchema)]
+pub struct CandidateInfo<'a> {
+    /// Named after the baseline; its hash covers the candidate's files after the overrides.
+    #[serde(flatten)]
+    pub policy: &'a PolicyRef,
+    /// `files` (a folder sent inline), `overrides` (the baseline's files with overrides) or
+    /// `files+overrides`.
+    pub source: &'static str,
+    /// The overrides applied, as `path=value`, in path order.
+    pub overrides: &'a [String],
+    /// Lint warnings of the candidate (`tierwise check`'s); they do not stop a dry run.
+    pub warnings: &'a [Diagnostic],
+}
+
+pub async fn dry_run(State(app): State<AppState>, RawQuery(query): RawQuery, body: JsonBody) -> Result<Response, ApiError> {
+    let start = Instant::now();
+    tokio::task::spawn_blocking(move || {
+        // Held by the work itself: a request that timed out still counts until its work ends.
+        let Ok(_permit) = app.dry_runs.try_acquire() else {
+            app.metrics.overloaded.inc();
+            return Err(ApiError::overloaded());
+        };
+        run(&app, &body.0, query.as_deref(), start)
+    })
+    .await
+    .map_err(|e| ApiError::internal("dry-run task", e))?
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+}
+
+/// `?format=markdown&top=10`.
+fn query_options(query: Option<&str>) -> Result<(Option<DiffFormat>, Option<usize>), ApiError> {
+    let (mut format, mut top) = (None, None);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "format" => format = Some(DiffFormat::parse(v).ok_or_else(|| bad_request(format!("unknown format `{v}`: use `json`, `markdown` or `table`")))?),
+            "top" => top = Some(v.parse().map_err(|_| bad_request(format!("`top` must be a whole number, got `{v}`")))?),
+            _ => {}
+        }
+    }
+    Ok((format, top))
+}
+
+/// Why a candidate file name is refused, if it is.
+fn path_problem(path: &str) -> Option<&'static str> {
+    if path.starts_with('/') || path.starts_with('\\') || path.get(1..2) == Some(":") {
+        return Some("an absolute path: paths are relative to the candidate folder");
+    }
+    if path.split(['/', '\\']).any(|s| s == "..") {
+        return Some("`..` would leave the candidate folder");
+    }
+    if path.contains('\\') {
+        return Some("separate folders with `/`");
+    }
+    if path == "policy.toml" {
+        return None;
+    }
+    let Some((dir, name)) = path.split_once('/') else {
+        return Some("not part of a policy: only `policy.toml`, `scripts/NAME.rhai` and `tests/NAME.toml`");
+    };
+    let ext = match dir {
+        "scripts" => ".rhai",
+        "tests" => ".toml",
+        _ => return Some("not part of a policy: only `policy.toml`, `scripts/NAME.rhai` and `tests/NAME.toml`"),
+    };
+    let Some(stem) = name.strip_suffix(ext) else {
+        return Some(if dir == "scripts" { "a script file must be `scripts/NAME.rhai`" } else { "a test file must be `tests/NAME.toml`" });
+    };
+    if stem.is_empty() || stem.starts_with('.') || !stem.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+        return Some("a file name is letters, digits, `_`, `-` and `.`, not starting with `.`");
+    }
+    None
+}
+
+/// The candidate's files, checked: size first (413), then every path (400).
+fn candidate_files(c: &CandidateFolder) -> Result<Files, ApiError> {
+    let bytes: usize = c.files.iter().map(|(p, t)| p.len() + t.len()).sum();
+    if c.files.len() > MAX_CANDIDATE_FILES || bytes > MAX_CANDIDATE_BYTES {
+        let what = if c.files.len() > MAX_CANDIDATE_FILES {
+            format!("{} files, more than the limit of {MAX_CANDIDATE_FILES}", c.files.len())
+        } else {
+            format!("{bytes} bytes, more than the limit of {MAX_CANDIDATE_BYTES}")
+        };
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "candidate_too_large", format!("the candidate folder holds {what}"))
+            .details(json!({ "files": c.files.len(), "max_files": MAX_CANDIDATE_FILES, "bytes": bytes, "max_bytes": MAX_CANDIDATE_BYTES })));
+    }
+    let bad: Vec<Value> = c.files.keys().filter_map(|p| path_problem(p).map(|why| json!({ "path": p, "problem": why }))).collect();
+    if !bad.is_empty() {
+        let first = c.files.keys().find(|p| path_problem(p).is_some()).cloned().unwrap_or_default();
+        let n = bad.len();
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_candidate_path",
+            format!("{n} candidate file name{} refused, first `{first}`: {}", if n == 1 { " is" } else { "s are" }, bad[0]["problem"].as_str().unwrap_or_default()),
+        )
+        .details(json!({ "files": bad })));
+    }
+    Ok(c.files.iter().map(|(p, t)| (p.clone(), t.clone().into_bytes())).collect())
+}
+
+fn override_error(errors: Vec<overrides::OverrideError>) -> ApiError {
+    let one = |e: &overrides::OverrideError| match &e.help {
+        Some(h) => format!("override `{}`: {}; {h}", e.path, e.message),
+        None => format!("override `{}`: {}", e.path, e.message),
+    };
+    let message = match errors.as_slice() {
+        [e] => one(e),
+        [e, ..] => format!("{} overrides cannot be applied; first: {}", errors.len(), one(e)),
+        [] => "the overrides cannot be applied".into(),
+    };
+    let list: Vec<Value> = errors
+        .iter()
+        .map(|e| match &e.help {
+            Some(help) => json!({ "path": e.path, "message": e.message, "help": help }),
+            None => json!({ "path": e.path, "message": e.message }),
+        })
+        .collect();
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_override", message).details(json!({ "overrides": list }))
+}
+
+fn candidate_invalid(report: policy::Report, with_overrides: bool) -> ApiError {
+    let n = report.errors().count();
+    let first = report.errors().next().map(|d| format!("; first: {}", d.to_string().lines().next().unwrap_or(""))).unwrap_or_default();
+    let with = if with_overrides { " (with the overrides)" } else { "" };
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "candidate_invalid",
+        format!("the candidate policy{with} has {n} problem{}{first}", if n == 1 { "" } else { "s" }),
+    )
+    .details(json!({ "policy": report.policy, "diagnostics": report.diagnostics }))
+}
+
+/// Parse, check, compile, evaluate both, compare, log, render. Blocking.
+fn run(app: &AppState, body: &[u8], query: Option<&str>, start: Instant) -> Result<Response, ApiError> {
+    let (q_format, q_top) = query_options(query)?;
+    let req: DryRunRequest<'_> = parse(body)?;
+    let format = match (q_format, req.format) {
+        (Some(a), Some(b)) if a != b => return Err(bad_request("`format` in the query and in the body differ")),
+        (a, b) => a.or(b).unwrap_or(DiffFormat::Json),
+    };
+    let top = q_top.or(req.top).unwrap_or(DEFAULT_TOP);
+    if req.candidate.is_none() && req.overrides.is_none() {
+        return Err(bad_request("nothing to compare: send `candidate` (a policy folder's files), `overrides`, or both"));
+    }
+    // The candidate's own limits come before any lookup or parsing of its content.
+    let sent = req.candidate.as_ref().map(candidate_files).transpose()?;
+    let baseline = app.service.policy(req.baseline.as_deref()).map_err(lookup_error)?;
+
+    let mut applied: Vec<String> = Vec::new();
+    let mut files = match sent {
+        Some(f) => f,
+        None => (*baseline.files).clone(),
+    };
+    if let Some(map) = &req.overrides {
+        let list = overrides::from_json_map(map).map_err(override_error)?;
+        // A candidate without policy.toml is reported by the compiler, not as bad overrides.
+        if files.contains_key("policy.toml") {
+            files = overrides::apply_files(&files, &list).map_err(override_error)?;
+        }
+        applied = list.iter().map(ToString::to_string).collect();
+    }
+    let candidate = policy::load_files(&baseline.policy.name, &files, app.service.limits()).map_err(|r| candidate_invalid(r, !applied.is_empty()))?;
+    drop(files);
+
+    let records = read_accounts(&req.accounts);
+    // Both books at once, straight to the engine: no cache is read or written.
+    let (before, after) = rayon::join(|| engine::evaluate_portfolio(&baseline.policy, &records), || engine::evaluate_portfolio(&candidate, &records));
+    let diff = whatif::compare(&before, &after);
+    drop((before, after, records));
+
+    let decision_id = uuid::Uuid::now_v7().to_string();
+    let source = match (req.candidate.is_some(), req.overrides.is_some()) {
+        (true, true) => "files+overrides",
+        (true, false) => "files",
+        _ => "overrides",
+    };
+    app.log.record_dry_run(&decision_log::DryRun {
+        ts: crate::service::timestamp(std::time::SystemTime::now()),
+        decision_id: &decision_id,
+        level: "dry_run",
+        dry_run: true,
+        policy: &baseline.pref,
+        candidate: &diff.candidate,
+        overrides: &applied,
+        duration_ms: start.elapsed().as_secs_f64() * 1e3,
+        summary: &diff.summary,
+    });
+
+    let (bytes, content_type) = match format {
+        DiffFormat::Json => {
+            let out = DryRunResponse {
+                decision_id: &decision_id,
+                dry_run: true,
+                baseline: &baseline.pref,
+                candidate: CandidateInfo { policy: &diff.candidate, source, overrides: &applied, warnings: &candidate.warnings },
+                diff: &diff,
+            };
+            (serde_json::to_vec(&out).map_err(|e| ApiError::internal("serialize", e))?, "application/json")
+        }
+        DiffFormat::Markdown | DiffFormat::Table => {
+            let ctx = render::Context {
+                overrides: applied.clone(),
+                candidate_dir: req.candidate.is_some().then(|| format!("candidate {}", candidate.short_hash())),
+            };
+            let text = if format == DiffFormat::Markdown { render::markdown(&diff, &ctx, top) } else { render::table(&diff, &ctx, top) };
+            let ct = if format == DiffFormat::Markdown { "text/markdown; charset=utf-8" } else { "text/plain; charset=utf-8" };
+            (text.into_bytes(), ct)
+        }
+    };
+    let mut res = (StatusCode::OK, bytes).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    for (name, value) in [("x-decision-id", &decision_id), ("x-policy-hash", &baseline.policy.hash), ("x-candidate-hash", &candidate.hash)] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    }
+    h.insert("x-dry-run", HeaderValue::from_static("true"));
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_problem;
+
+    #[test]
+    fn candidate_paths() {
+        for ok in ["policy.toml", "scripts/fit.rhai", "scripts/my-fit_2.rhai", "tests/cases.toml"] {
+            assert_eq!(path_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "../policy.toml",
+            "scripts/../../etc/passwd.rhai",
+            "/etc/passwd",
+            "C:/x/policy.toml",
+            "scripts\\fit.rhai",
+            "scripts/sub/fit.rhai",
+            "scripts/.hidden.rhai",
+            "scripts/fit.py",
+            "tests/cases.json",
+            "README.md",
+            "other/policy.toml",
+            "scripts/.rhai",
+            "",
+        ] {
+            assert!(path_problem(bad).is_some(), "{bad:?} accepted");
+        }
+    }
+}
