@@ -57,13 +57,17 @@ struct Server {
 }
 
 fn server() -> Server {
+    server_with(Config::default())
+}
+
+fn server_with(config: Config) -> Server {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("policies");
     copy_dir(&root().join("policies"), &dir);
     let service = Arc::new(Service::new(&dir, Limits::default(), None));
     service.reload();
     let log = Captured::default();
-    let app = App::new(service.clone(), Config::default(), DecisionLog::to_writer(Box::new(log.clone())));
+    let app = App::new(service.clone(), config, DecisionLog::to_writer(Box::new(log.clone())));
     Server { _tmp: tmp, service, router: http::app(app), log }
 }
 
@@ -416,6 +420,66 @@ async fn hostile_candidates_are_answered_quickly_and_the_service_keeps_serving()
     assert_eq!(e.status, StatusCode::OK);
     assert_eq!(e.json()["policy"]["hash"], s.service.policy(None).unwrap().policy.hash.as_str());
     assert_eq!(get(&s.router, "/readyz").await.status, StatusCode::OK);
+}
+
+fn spinning() -> Files {
+    let mut files = add_criterion("[[score.criteria]]\nid = \"spin\"\nweight = 1.0\nscript = \"spin\"\n");
+    files.insert("scripts/spin.rhai".into(), b"fn spin(a) { loop { } }\n".to_vec());
+    files
+}
+
+fn big_book(n: usize) -> Vec<Value> {
+    gen_portfolio::jsonl(n, gen_portfolio::SEED).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// A candidate's whole evaluation has a budget: past it, every evaluation left stops at once
+/// with `time_limit`, so a hostile script cannot keep the cores after its request is answered.
+#[test]
+fn a_spent_budget_stops_every_evaluation_left() {
+    let records = tierwise::snapshot::read_json(&serde_json::to_string(&big_book(6000)).unwrap()).unwrap();
+    let t = Instant::now();
+    let limits = Limits { until: Some(t + Duration::from_millis(100)), ..Limits::default() };
+    let p = policy::load_files("enterprise", &spinning(), &limits).unwrap_or_else(|r| panic!("{r}"));
+    let r = tierwise::engine::evaluate_portfolio(&p, &records);
+    let took = t.elapsed();
+    eprintln!("6000 spinning accounts with a 100 ms budget: {took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let errors: Vec<_> = r.accounts.iter().filter_map(|o| match o {
+        tierwise::engine::Outcome::Error { error, .. } => Some(error),
+        _ => None,
+    }).collect();
+    // The book has some bad snapshots of its own; the script never ends in anything but a limit.
+    assert!(errors.iter().all(|e| e.code != "script_error"), "{:?}", errors.iter().map(|e| e.code).collect::<std::collections::BTreeSet<_>>());
+    let spent = errors.iter().filter(|e| e.message.contains("budget")).count();
+    assert!(spent > 5000, "{spent} accounts stopped by the budget");
+}
+
+/// Over HTTP the budget is the request timeout: the client gets its 503 and the dry run's
+/// slot is free again soon after, not when the hostile script would have finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_dry_run_stops_at_the_request_timeout() {
+    let s = server_with(Config { request_timeout: Duration::from_millis(300), ..Config::default() });
+    // Without the budget, these two keep both cores for about 4 s after their 503.
+    let slow = Arc::new(json!({ "accounts": big_book(12_000), "candidate": as_json(&spinning()) }));
+    let mut busy = Vec::new();
+    for _ in 0..http::DRY_RUNS_AT_ONCE {
+        let (router, body) = (s.router.clone(), slow.clone());
+        busy.push(tokio::spawn(async move { post(&router, "/v1/dry-run", &body).await.json()["code"].clone() }));
+    }
+    for b in busy {
+        assert_eq!(b.await.unwrap(), "timeout");
+    }
+    let t = Instant::now();
+    loop {
+        let a = post(&s.router, "/v1/dry-run", &json!({ "accounts": [], "overrides": {} })).await;
+        if a.status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(a.json()["code"], "overloaded");
+        assert!(t.elapsed() < Duration::from_secs(2), "the hostile dry runs still hold their slots after {:?}", t.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("slots free {:?} after the timeouts", t.elapsed());
 }
 
 /// Dry runs run untrusted code on every core: a few at a time, the rest get 503 at once.

@@ -7,8 +7,10 @@
 //!
 //! The candidate is untrusted input: its files are checked (how many, how big, which paths)
 //! before anything reads them, then compiled by [`policy::load_files`] with the service's
-//! sandbox [`crate::script::Limits`], exactly as a reload would. Everything runs on the
-//! blocking pool. Nothing shared is written: the candidate lives for this request only, both
+//! sandbox [`crate::script::Limits`], exactly as a reload would, plus one more: a wall-clock
+//! budget for the whole candidate evaluation (the request timeout), so a hostile script costs
+//! at most that much per dry run, and at most [`super::DRY_RUNS_AT_ONCE`] run at once.
+//! Everything runs on the blocking pool. Nothing shared is written: the candidate lives for this request only, both
 //! evaluations go to the engine directly (not through [`crate::service::Service::portfolio`],
 //! where the decision cache sits), and the decision log gets a line of its own kind
 //! ([`crate::decision_log::DryRun`]), never per-account decisions.
@@ -274,7 +276,10 @@ fn run(app: &AppState, body: &[u8], query: Option<&str>, start: Instant) -> Resu
         }
         applied = list.iter().map(ToString::to_string).collect();
     }
-    let candidate = policy::load_files(&baseline.policy.name, &files, app.service.limits()).map_err(|r| candidate_invalid(r, !applied.is_empty()))?;
+    // The service's sandbox, plus a budget for the whole candidate: past the request timeout
+    // (the client has its 503 by then) every evaluation left stops at once.
+    let limits = crate::script::Limits { until: start.checked_add(app.config.request_timeout), ..app.service.limits().clone() };
+    let candidate = policy::load_files(&baseline.policy.name, &files, &limits).map_err(|r| candidate_invalid(r, !applied.is_empty()))?;
     drop(files);
 
     let records = read_accounts(&req.accounts);

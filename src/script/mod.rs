@@ -49,7 +49,15 @@ pub struct Limits {
     /// Evaluate what fits [`native`]'s subset without rhai (same results; off only to
     /// compare the two paths).
     pub native: bool,
+    /// A wall-clock end for everything evaluated under the policy, past which every
+    /// evaluation stops with `time_limit`: a dry run's candidate (untrusted code) gets its
+    /// request's budget. `None` (served policies): only the per-account limit.
+    #[serde(skip)]
+    pub until: Option<Instant>,
 }
+
+/// What `on_progress` stops an evaluation with when [`Limits::until`] has passed.
+const BUDGET_SPENT: &str = "budget spent";
 
 impl Default for Limits {
     fn default() -> Self {
@@ -63,6 +71,7 @@ impl Default for Limits {
             max_map_size: 1_000,
             time_per_account: Duration::from_millis(50),
             native: true,
+            until: None,
         }
     }
 }
@@ -198,6 +207,9 @@ impl ScriptError {
         let pos = err.position();
         let position = (!pos.is_none()).then(|| (pos.line().unwrap_or(0) as u32, pos.position().unwrap_or(0) as u32));
         let (code, message) = match innermost(err) {
+            EvalAltResult::ErrorTerminated(why, _) if why.clone().try_cast::<ImmutableString>().is_some_and(|w| w == BUDGET_SPENT) => {
+                ("time_limit", "stopped: the time budget of the whole evaluation (a dry run's request timeout) is spent".to_string())
+            }
             EvalAltResult::ErrorTerminated(..) => (
                 "time_limit",
                 format!("stopped after {} ms: the per-account time limit", limits.time_per_account.as_millis()),
@@ -371,9 +383,15 @@ pub fn build_engine(limits: &Limits, vars: HashMap<String, Var>, inputs: HashMap
 
     // The clock is read every 256 operations: cheap, and a runaway loop stops within
     // microseconds of its deadline (PERF-NOTES: +2-3 %).
-    e.on_progress(|ops| {
+    let until = limits.until;
+    e.on_progress(move |ops| {
         if ops & 0xff != 0 {
             return None;
+        }
+        if let Some(u) = until
+            && Instant::now() >= u
+        {
+            return Some(Dynamic::from(BUDGET_SPENT));
         }
         CTX.with(|c| match c.borrow().deadline {
             Some(d) if Instant::now() >= d => Some(Dynamic::from("time limit")),
