@@ -188,6 +188,11 @@ async fn an_override_gives_the_diff_whatif_computes_and_changes_nothing_live() {
     assert_eq!(v["candidate"]["hash"], candidate.hash.as_str());
     assert_eq!(v["candidate"]["source"], "overrides");
     assert_eq!(v["candidate"]["overrides"], json!(["tiers.key.min_score=7.0"]));
+    // The candidate's own test cases, run as a reload would: a key line at 7.0 breaks 20 of them.
+    let cases = &v["candidate"]["test_cases"];
+    assert_eq!((cases["total"].as_u64(), cases["passed"].as_u64()), (Some(64), Some(44)), "{cases}");
+    assert_eq!(cases["failed"][0]["name"], "qbr_overdue fires for a key account with no QBR on record");
+    assert_eq!(cases["failed"][0]["place"]["file"], "tests/alerts.toml");
     let id = v["decision_id"].as_str().unwrap();
     assert_eq!(a.headers["x-decision-id"], id);
     assert_eq!(a.headers["x-policy-hash"], live_hash.as_str());
@@ -270,7 +275,12 @@ async fn another_baseline_by_name_and_markdown_or_table() {
     let cand = policy::load_files("mid-market", &files, &Limits::default()).unwrap();
     let d = whatif::diff(&mm.policy, &cand, &records);
     let ctx = render::Context { overrides: vec!["tiers[0].min_score=9.0".into()], candidate_dir: None };
-    assert_eq!(a.text(), render::markdown(&d, &ctx, 20));
+    // The shared rendering, then what the candidate's own test cases say (9.0 breaks some).
+    let text = a.text();
+    let (rendered, tests) = text.split_at(render::markdown(&d, &ctx, 20).len());
+    assert_eq!(rendered, render::markdown(&d, &ctx, 20));
+    assert!(tests.starts_with("\n**13 of the candidate's 25 test cases fail, so it would not go live: `checkin_overdue fires for a key account never checked in with` (tests/alerts.toml:23), "), "{tests}");
+    assert!(tests.ends_with(", and 8 more.**\n"), "{tests}");
     assert!(a.text().starts_with("### What-if: `mid-market` → the baseline with 1 override"), "{}", a.text());
     assert!(a.headers["x-decision-id"].to_str().unwrap().len() == 36);
 
@@ -279,7 +289,8 @@ async fn another_baseline_by_name_and_markdown_or_table() {
     body["top"] = json!(3);
     let t = post(&s.router, "/v1/dry-run", &body).await;
     assert_eq!(t.headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
-    assert_eq!(t.text(), render::table(&d, &ctx, 3));
+    assert!(t.text().starts_with(&render::table(&d, &ctx, 3)));
+    assert!(t.text().contains("\n13 of the candidate's 25 test cases fail, so it would not go live: checkin_overdue"), "{}", t.text());
     // The query and the body must not disagree; an unknown format is refused.
     let c = post(&s.router, "/v1/dry-run?format=json", &body).await;
     assert_eq!((c.status, c.json()["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("invalid_request")));

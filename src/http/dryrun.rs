@@ -19,7 +19,9 @@ use super::handlers::{account_list, lookup_error, read_accounts};
 use super::{parse, ApiError, AppState, JsonBody};
 use crate::decision_log;
 use crate::engine::{self, PolicyRef};
+use crate::engine::testrun;
 use crate::policy::{self, overrides, Diagnostic, Files};
+use crate::service::FailedCase;
 use crate::whatif::{self, render, PolicyDiff};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -124,6 +126,17 @@ pub struct CandidateInfo<'a> {
     pub overrides: &'a [String],
     /// Lint warnings of the candidate (`tierwise check`'s); they do not stop a dry run.
     pub warnings: &'a [Diagnostic],
+    /// The candidate's own test cases (`tests/*.toml`), run as a reload runs them: a
+    /// candidate with a failing case would be rejected, and the live version kept.
+    pub test_cases: TestCases,
+}
+
+/// The candidate's test cases: how many, and the ones that fail.
+#[derive(Serialize, JsonSchema)]
+pub struct TestCases {
+    pub total: usize,
+    pub passed: usize,
+    pub failed: Vec<FailedCase>,
 }
 
 pub async fn dry_run(State(app): State<AppState>, RawQuery(query): RawQuery, body: JsonBody) -> Result<Response, ApiError> {
@@ -288,6 +301,11 @@ fn run(app: &AppState, body: &[u8], query: Option<&str>, start: Instant) -> Resu
     let diff = whatif::compare(&before, &after);
     drop((before, after, records));
 
+    let cases = testrun::run_cases(&candidate);
+    let total = cases.len();
+    let failed: Vec<FailedCase> = cases.into_iter().filter(|r| !r.passed()).map(|r| FailedCase { name: r.name, place: r.place, failures: r.failures }).collect();
+    let test_cases = TestCases { total, passed: total - failed.len(), failed };
+
     let decision_id = uuid::Uuid::now_v7().to_string();
     let source = match (req.candidate.is_some(), req.overrides.is_some()) {
         (true, true) => "files+overrides",
@@ -312,7 +330,7 @@ fn run(app: &AppState, body: &[u8], query: Option<&str>, start: Instant) -> Resu
                 decision_id: &decision_id,
                 dry_run: true,
                 baseline: &baseline.pref,
-                candidate: CandidateInfo { policy: &diff.candidate, source, overrides: &applied, warnings: &candidate.warnings },
+                candidate: CandidateInfo { policy: &diff.candidate, source, overrides: &applied, warnings: &candidate.warnings, test_cases },
                 diff: &diff,
             };
             (serde_json::to_vec(&out).map_err(|e| ApiError::internal("serialize", e))?, "application/json")
@@ -322,7 +340,15 @@ fn run(app: &AppState, body: &[u8], query: Option<&str>, start: Instant) -> Resu
                 overrides: applied.clone(),
                 candidate_dir: req.candidate.is_some().then(|| format!("candidate {}", candidate.short_hash())),
             };
-            let text = if format == DiffFormat::Markdown { render::markdown(&diff, &ctx, top) } else { render::table(&diff, &ctx, top) };
+            let mut text = if format == DiffFormat::Markdown { render::markdown(&diff, &ctx, top) } else { render::table(&diff, &ctx, top) };
+            if !test_cases.failed.is_empty() {
+                let mut names: Vec<String> = test_cases.failed.iter().take(5).map(|c| format!("`{}` ({}:{})", c.name, c.place.file, c.place.line)).collect();
+                if test_cases.failed.len() > names.len() {
+                    names.push(format!("and {} more", test_cases.failed.len() - names.len()));
+                }
+                let what = format!("{} of the candidate's {} test cases fail, so it would not go live: {}", test_cases.failed.len(), test_cases.total, names.join(", "));
+                text.push_str(&if format == DiffFormat::Markdown { format!("\n**{what}.**\n") } else { format!("\n{}\n", what.replace('`', "")) });
+            }
             let ct = if format == DiffFormat::Markdown { "text/markdown; charset=utf-8" } else { "text/plain; charset=utf-8" };
             (text.into_bytes(), ct)
         }
