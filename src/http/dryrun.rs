@@ -248,6 +248,24 @@ fn override_error(errors: Vec<overrides::OverrideError>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_override", message).details(json!({ "overrides": list }))
 }
 
+/// Account error codes that mean the sandbox stopped a candidate's script.
+const SANDBOX_CODES: [&str; 4] = ["time_limit", "operation_limit", "call_depth", "size_limit"];
+
+fn candidate_unsafe(tripped: &[&whatif::FailureDelta]) -> ApiError {
+    let mut by_code: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for f in tripped {
+        *by_code.entry(f.error.code).or_default() += 1;
+    }
+    let first = tripped.first().map(|f| format!("; first: `{}`: {}", f.id.as_deref().unwrap_or("?"), f.error.message)).unwrap_or_default();
+    let examples: Vec<Value> = tripped.iter().take(5).map(|f| json!({ "id": f.id, "record": f.record, "error": f.error })).collect();
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "candidate_sandbox_limit",
+        format!("the candidate policy hits a sandbox limit on {} account(s) the baseline decides{first}", tripped.len()),
+    )
+    .details(json!({ "accounts": tripped.len(), "by_code": by_code, "examples": examples }))
+}
+
 fn candidate_invalid(report: policy::Report, with_overrides: bool) -> ApiError {
     let n = report.errors().count();
     let first = report.errors().next().map(|d| format!("; first: {}", d.to_string().lines().next().unwrap_or(""))).unwrap_or_default();
@@ -300,6 +318,12 @@ fn run(app: &AppState, body: &[u8], query: Option<&str>, start: Instant) -> Resu
     let (before, after) = rayon::join(|| engine::evaluate_portfolio(&baseline.policy, &records), || engine::evaluate_portfolio(&candidate, &records));
     let diff = whatif::compare(&before, &after);
     drop((before, after, records));
+    // A candidate that runs into the sandbox on live data (an endless loop, runaway recursion,
+    // a string or map without bound) could never go live: refuse it, with its places.
+    let tripped: Vec<&whatif::FailureDelta> = diff.newly_failing.iter().filter(|f| SANDBOX_CODES.contains(&f.error.code)).collect();
+    if !tripped.is_empty() {
+        return Err(candidate_unsafe(&tripped));
+    }
 
     let cases = testrun::run_cases(&candidate);
     let total = cases.len();
