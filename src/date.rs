@@ -37,7 +37,7 @@ fn days_in_month(y: i64, m: i64) -> i64 {
 }
 
 /// Howard Hinnant's `days_from_civil`: exact for every Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
@@ -45,6 +45,26 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+/// The inverse of [`days_from_civil`]: (year, month, day) of a day number.
+pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// `YYYY-MM-DD` of a day number.
+pub fn format_days(day: i64) -> String {
+    let (y, m, d) = civil_from_days(day);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 #[cfg(test)]
@@ -57,6 +77,13 @@ mod tests {
         assert_eq!(parse_days("2000-03-01"), Some(11017));
         assert_eq!(parse_days("2026-11-01").zip(parse_days("2025-11-01")).map(|(a, b)| a - b), Some(365));
         assert_eq!(parse_days("2024-02-29").zip(parse_days("2024-03-01")).map(|(a, b)| b - a), Some(1));
+    }
+
+    #[test]
+    fn day_numbers_round_trip() {
+        for day in [-800_000, -1, 0, 59, 60, 11_017, 20_393, 2_932_896] {
+            assert_eq!(parse_days(&format_days(day)), Some(day), "{day}");
+        }
     }
 
     #[test]
