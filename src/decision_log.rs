@@ -42,18 +42,63 @@ enum Msg {
 const ENCODE_THERE: usize = 64;
 
 fn encode(job: &Job, line: &mut Vec<u8>) -> bool {
+    if let Some(book) = &job.cached_book {
+        return encode_cached_book(job, book, line);
+    }
     let entry = Entry {
         ts: crate::service::timestamp(job.at),
         decision_id: &job.decision_id,
         level: job.level,
         policy: &job.policy,
         duration_ms: job.duration_ms,
-        outcomes: &job.outcomes,
+        outcomes: Accounts { fresh: &job.outcomes, cached: &job.cached },
         summary: job.summary.as_ref(),
     };
     let ok = serde_json::to_writer(&mut *line, &entry).is_ok();
     line.push(b'\n');
     ok
+}
+
+/// A portfolio answered from the cache: the line is made from the cached answer's JSON.
+fn encode_cached_book(job: &Job, book: &[u8], line: &mut Vec<u8>) -> bool {
+    let mut text = Vec::with_capacity(book.len() + 2);
+    text.push(b'{');
+    text.extend_from_slice(book);
+    text.push(b'}');
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text) else { return false };
+    let accounts: Vec<serde_json::Value> = v["accounts"].as_array().map(|a| a.iter().map(light).collect()).unwrap_or_default();
+    let s = &v["summary"];
+    let alerts: Vec<&serde_json::Value> = s["portfolio_alerts"].as_array().map(|a| a.iter().map(|x| &x["id"]).collect()).unwrap_or_default();
+    let entry = serde_json::json!({
+        "ts": crate::service::timestamp(job.at),
+        "decision_id": job.decision_id,
+        "level": job.level,
+        "policy": &*job.policy,
+        "duration_ms": job.duration_ms,
+        "outcomes": accounts,
+        "summary": {
+            "account_count": s["account_count"],
+            "error_count": s["error_count"],
+            "changes": s["changes"],
+            "portfolio_alerts": alerts,
+        },
+        "cached": true,
+    });
+    let ok = serde_json::to_writer(&mut *line, &entry).is_ok();
+    line.push(b'\n');
+    ok
+}
+
+/// What the log keeps of one account, read from its answer's JSON (a cached one).
+fn light(v: &serde_json::Value) -> serde_json::Value {
+    if let Some(err) = v.get("error") {
+        return serde_json::json!({ "id": v["id"], "error": err["code"], "cached": true });
+    }
+    let alerts: Vec<&serde_json::Value> = v["alerts"].as_array().map(|a| a.iter().map(|x| &x["id"]).collect()).unwrap_or_default();
+    serde_json::json!({
+        "id": v["id"], "score": v["score"], "tier": v["tier"], "previous_tier": v["previous_tier"],
+        "change": v["change"], "alerts": alerts, "cached": true,
+    })
 }
 
 /// Waits for the last lines to be written once every [`DecisionLog`] clone is dropped.
@@ -74,8 +119,17 @@ pub struct Job {
     pub level: &'static str,
     pub policy: Arc<PolicyRef>,
     pub duration_ms: f64,
+    /// The accounts decided by this request, in input order, those answered from the cache
+    /// left out (they are in `cached`).
     pub outcomes: Vec<Outcome>,
     pub summary: Option<Summary>,
+    /// Accounts answered from the cache: (position in the answer, the cached decision's
+    /// JSON). Logged like the others, read back from the bytes on the log thread, and marked
+    /// `"cached": true`.
+    pub cached: Vec<(usize, bytes::Bytes)>,
+    /// A whole portfolio answer from the cache (`"summary":…,"accounts":[…]`); `outcomes`
+    /// and `summary` are then empty.
+    pub cached_book: Option<bytes::Bytes>,
 }
 
 impl DecisionLog {
@@ -145,7 +199,7 @@ impl DecisionLog {
     /// Logs one evaluation request (written on the log thread).
     pub fn record(&self, job: Job) {
         let Some(tx) = &self.tx else { return };
-        let msg = if job.outcomes.len() > ENCODE_THERE {
+        let msg = if job.outcomes.len() + job.cached.len() > ENCODE_THERE || job.cached_book.is_some() {
             Msg::Job(Box::new(job))
         } else {
             let mut line = Vec::with_capacity(512 + job.outcomes.len() * 160);
@@ -167,14 +221,43 @@ struct Entry<'a> {
     level: &'static str,
     policy: &'a PolicyRef,
     duration_ms: f64,
-    #[serde(serialize_with = "accounts")]
-    outcomes: &'a [Outcome],
+    outcomes: Accounts<'a>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "summary")]
     summary: Option<&'a Summary>,
 }
 
-fn accounts<S: Serializer>(outcomes: &&[Outcome], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(outcomes.iter().map(Account))
+/// Every account of a request in answer order: the fresh outcomes, with the cached ones
+/// put back at their positions.
+struct Accounts<'a> {
+    fresh: &'a [Outcome],
+    cached: &'a [(usize, bytes::Bytes)],
+}
+
+impl Serialize for Accounts<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        if self.cached.is_empty() {
+            return s.collect_seq(self.fresh.iter().map(Account));
+        }
+        let total = self.fresh.len() + self.cached.len();
+        let mut seq = s.serialize_seq(Some(total))?;
+        let (mut fresh, mut cached) = (self.fresh.iter(), self.cached.iter().peekable());
+        for i in 0..total {
+            match cached.peek() {
+                Some((at, bytes)) if *at == i => {
+                    let v = serde_json::from_slice::<serde_json::Value>(bytes).unwrap_or_default();
+                    seq.serialize_element(&light(&v))?;
+                    cached.next();
+                }
+                _ => {
+                    if let Some(o) = fresh.next() {
+                        seq.serialize_element(&Account(o))?;
+                    }
+                }
+            }
+        }
+        seq.end()
+    }
 }
 
 /// The account's id, tier, change and alert ids; or its error code.

@@ -2,7 +2,7 @@
 //! handlers serialize and parse (schemars, OpenAPI 3.0 settings), so they cannot drift.
 //! Only the list of operations is written here; a test checks it against the router.
 
-use super::handlers::{EvaluateRequest, EvaluateResponse, Health, PolicyInfo, PolicyList, PortfolioResponse, ReloadResponse};
+use super::handlers::{LatestDecision, EvaluateRequest, EvaluateResponse, Health, PolicyInfo, PolicyList, PortfolioResponse, ReloadResponse};
 use super::ErrorBody;
 use schemars::generate::SchemaSettings;
 use schemars::Schema;
@@ -58,6 +58,19 @@ pub fn document() -> Value {
             summary: "Decide a whole book: caps, manager capacity, portfolio alerts, summary",
             request: Some(g.subschema_for::<EvaluateRequest<'static>>()),
             responses: [vec![(200, "the book's summary and one outcome per account", Some(g.subschema_for::<PortfolioResponse<'static>>()), JSON)], eval_errors()].concat(),
+            admin: false,
+        },
+        Op {
+            method: "get",
+            path: "/v1/accounts/{id}/decision",
+            id: "latestDecision",
+            summary: "The last decision /v1/evaluate made for an account under a policy (`?policy=NAME`, default: the default policy); `stale` when an older version made it",
+            request: None,
+            responses: vec![
+                (200, "the latest decision", Some(g.subschema_for::<LatestDecision>()), JSON),
+                e(404, "unknown policy, or no decision stored for the account (`unknown_account`)"),
+                e(503, "the cache is unavailable (`cache_unavailable`)"),
+            ],
             admin: false,
         },
         Op {
@@ -155,6 +168,12 @@ pub fn document() -> Value {
         }
         if op.path.contains("{name}") {
             o["parameters"] = json!([{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }]);
+        }
+        if op.path.contains("{id}") {
+            o["parameters"] = json!([
+                { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } },
+                { "name": "policy", "in": "query", "required": false, "schema": { "type": "string" } }
+            ]);
         }
         if op.admin {
             o["security"] = json!([{ "adminToken": [] }]);
