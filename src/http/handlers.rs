@@ -730,6 +730,9 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     match app.service.ready() {
         Ok(name) => {
             let hash = app.service.policy(Some(&name)).ok().map(|l| l.policy.hash.clone());
+            // Asking starts the breaker's probe when it is due, so an idle service notices
+            // Redis is back too.
+            let _ = app.cache.available();
             let stats = app.cache.stats();
             let reason = app.cache.degraded();
             let cache = Some(if reason.is_some() { "degraded" } else { "ok" });
