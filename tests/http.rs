@@ -712,7 +712,7 @@ async fn a_second_identical_evaluate_is_a_hit_and_a_policy_edit_misses() {
 
     let text = get(&s.router, "/metrics").await.text();
     for needle in [
-        r#"tierwise_cache_lookups_total{result="hit"} 2"#,
+        r#"tierwise_cache_lookups_total{result="hit"} 5"#, // 2 decisions + 3 latest-decision reads
         r#"tierwise_cache_breaker_state 0"#,
         r#"tierwise_cache_backend{backend="memory"} 1"#,
     ] {
