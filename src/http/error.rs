@@ -16,7 +16,7 @@ pub struct ErrorBody {
     /// Stable machine code: `malformed_json`, `invalid_request`, `unsupported_media_type`,
     /// `payload_too_large`, `unknown_policy`, `policy_unavailable`, `no_default_policy`,
     /// `unknown_schema`, `not_found`, `method_not_allowed`, `unauthorized`, `forbidden`,
-    /// `overloaded`, `timeout`, `not_ready`, `internal`.
+    /// `overloaded`, `timeout`, `not_ready`, `unknown_account`, `cache_unavailable`, `internal`.
     pub code: &'static str,
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
