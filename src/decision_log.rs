@@ -13,6 +13,7 @@
 use crate::engine::{Outcome, PolicyRef, Summary};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use std::io::Write;
 use std::sync::{mpsc, Arc};
 use std::time::SystemTime;
@@ -59,46 +60,127 @@ fn encode(job: &Job, line: &mut Vec<u8>) -> bool {
     ok
 }
 
-/// A portfolio answered from the cache: the line is made from the cached answer's JSON.
+/// A portfolio answered from the cache: the line is made from the cached answer's JSON, read
+/// with borrowed slices (a 10,000-account answer is 8 MB: no tree of values is built).
 fn encode_cached_book(job: &Job, book: &[u8], line: &mut Vec<u8>) -> bool {
     let mut text = Vec::with_capacity(book.len() + 2);
     text.push(b'{');
     text.extend_from_slice(book);
     text.push(b'}');
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text) else { return false };
-    let accounts: Vec<serde_json::Value> = v["accounts"].as_array().map(|a| a.iter().map(light).collect()).unwrap_or_default();
-    let s = &v["summary"];
-    let alerts: Vec<&serde_json::Value> = s["portfolio_alerts"].as_array().map(|a| a.iter().map(|x| &x["id"]).collect()).unwrap_or_default();
-    let entry = serde_json::json!({
-        "ts": crate::service::timestamp(job.at),
-        "decision_id": job.decision_id,
-        "level": job.level,
-        "policy": &*job.policy,
-        "duration_ms": job.duration_ms,
-        "outcomes": accounts,
-        "summary": {
-            "account_count": s["account_count"],
-            "error_count": s["error_count"],
-            "changes": s["changes"],
-            "portfolio_alerts": alerts,
-        },
-        "cached": true,
-    });
+    let Ok(b) = serde_json::from_slice::<BookIn<'_>>(&text) else { return false };
+    let entry = CachedBookEntry {
+        ts: crate::service::timestamp(job.at),
+        decision_id: &job.decision_id,
+        level: job.level,
+        policy: &job.policy,
+        duration_ms: job.duration_ms,
+        outcomes: &b.accounts,
+        summary: SummaryOut(&b.summary),
+        cached: true,
+    };
     let ok = serde_json::to_writer(&mut *line, &entry).is_ok();
     line.push(b'\n');
     ok
 }
 
-/// What the log keeps of one account, read from its answer's JSON (a cached one).
-fn light(v: &serde_json::Value) -> serde_json::Value {
-    if let Some(err) = v.get("error") {
-        return serde_json::json!({ "id": v["id"], "error": err["code"], "cached": true });
+#[derive(Serialize)]
+struct CachedBookEntry<'a> {
+    ts: String,
+    decision_id: &'a str,
+    level: &'static str,
+    policy: &'a PolicyRef,
+    duration_ms: f64,
+    outcomes: &'a [LightIn<'a>],
+    summary: SummaryOut<'a>,
+    cached: bool,
+}
+
+/// What the log keeps of one account, read from its answer's JSON (a cached one): the fields
+/// are copied as they are written there.
+#[derive(serde::Deserialize)]
+struct LightIn<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    score: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tier: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    previous_tier: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    change: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    alerts: Vec<IdIn<'a>>,
+    #[serde(borrow, default)]
+    error: Option<CodeIn<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct IdIn<'a> {
+    #[serde(borrow)]
+    id: &'a RawValue,
+}
+
+#[derive(serde::Deserialize)]
+struct CodeIn<'a> {
+    #[serde(borrow)]
+    code: &'a RawValue,
+}
+
+#[derive(serde::Deserialize)]
+struct SummaryIn<'a> {
+    #[serde(borrow)]
+    account_count: &'a RawValue,
+    #[serde(borrow)]
+    error_count: &'a RawValue,
+    #[serde(borrow)]
+    changes: &'a RawValue,
+    #[serde(borrow, default)]
+    portfolio_alerts: Vec<IdIn<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct BookIn<'a> {
+    #[serde(borrow)]
+    summary: SummaryIn<'a>,
+    #[serde(borrow)]
+    accounts: Vec<LightIn<'a>>,
+}
+
+struct SummaryOut<'a>(&'a SummaryIn<'a>);
+
+impl Serialize for SummaryOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(4))?;
+        m.serialize_entry("account_count", self.0.account_count)?;
+        m.serialize_entry("error_count", self.0.error_count)?;
+        m.serialize_entry("changes", self.0.changes)?;
+        let alerts: Vec<&RawValue> = self.0.portfolio_alerts.iter().map(|a| a.id).collect();
+        m.serialize_entry("portfolio_alerts", &alerts)?;
+        m.end()
     }
-    let alerts: Vec<&serde_json::Value> = v["alerts"].as_array().map(|a| a.iter().map(|x| &x["id"]).collect()).unwrap_or_default();
-    serde_json::json!({
-        "id": v["id"], "score": v["score"], "tier": v["tier"], "previous_tier": v["previous_tier"],
-        "change": v["change"], "alerts": alerts, "cached": true,
-    })
+}
+
+impl Serialize for LightIn<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if let Some(err) = &self.error {
+            let mut m = s.serialize_map(Some(3))?;
+            m.serialize_entry("id", &self.id)?;
+            m.serialize_entry("error", err.code)?;
+            m.serialize_entry("cached", &true)?;
+            return m.end();
+        }
+        let mut m = s.serialize_map(Some(7))?;
+        m.serialize_entry("id", &self.id)?;
+        m.serialize_entry("score", &self.score)?;
+        m.serialize_entry("tier", &self.tier)?;
+        m.serialize_entry("previous_tier", &self.previous_tier)?;
+        m.serialize_entry("change", &self.change)?;
+        let alerts: Vec<&RawValue> = self.alerts.iter().map(|a| a.id).collect();
+        m.serialize_entry("alerts", &alerts)?;
+        m.serialize_entry("cached", &true)?;
+        m.end()
+    }
 }
 
 /// Waits for the last lines to be written once every [`DecisionLog`] clone is dropped.
@@ -245,8 +327,8 @@ impl Serialize for Accounts<'_> {
         for i in 0..total {
             match cached.peek() {
                 Some((at, bytes)) if *at == i => {
-                    let v = serde_json::from_slice::<serde_json::Value>(bytes).unwrap_or_default();
-                    seq.serialize_element(&light(&v))?;
+                    let light = serde_json::from_slice::<LightIn<'_>>(bytes).map_err(serde::ser::Error::custom)?;
+                    seq.serialize_element(&light)?;
                     cached.next();
                 }
                 _ => {
