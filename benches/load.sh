@@ -9,8 +9,10 @@
 #   echo         POST /echo, one generated account (~360 B), wrk -t2 -c32
 #   evaluate-1   POST /v1/evaluate, 1 account, wrk -t2 -c32
 #   evaluate-100 POST /v1/evaluate, 100 accounts, wrk -t2 -c32
-#   portfolio-10k POST /v1/portfolio, 10,000 accounts, wrk -t1 -c1 (one book at a time)
-#   evaluate-*-cold  the same with new account ids on every request (nothing to hit)
+#   portfolio-10k POST /v1/portfolio, 10,000 accounts, wrk -t1 -c1 (one book at a time), new
+#                 account ids on every request (the engine, not the cache, is measured)
+#   portfolio-10k-warm  the same book again and again (answered whole from the cache)
+#   evaluate-*-cold  evaluate with new account ids on every request (nothing to hit)
 # then against a second `tierwise serve --redis` and a redis-server this script starts on a
 # free loopback port (no persistence), evaluate-1 and evaluate-100 with:
 #   redis-warm-*     the same body again and again (the default cost gate decides reads)
@@ -154,7 +156,8 @@ CASES=(
   "echo $WORK/echo.json http://127.0.0.1:$PORT_ECHO/echo 2 32 $ECHO_PID"
   "evaluate-1 $WORK/one.json http://127.0.0.1:$PORT/v1/evaluate 2 32 $SERVE_PID"
   "evaluate-100 $WORK/hundred.json http://127.0.0.1:$PORT/v1/evaluate 2 32 $SERVE_PID"
-  "portfolio-10k $WORK/book.json http://127.0.0.1:$PORT/v1/portfolio 1 1 $SERVE_PID"
+  "portfolio-10k $WORK/book.json http://127.0.0.1:$PORT/v1/portfolio 1 1 $SERVE_PID cold"
+  "portfolio-10k-warm $WORK/book.json http://127.0.0.1:$PORT/v1/portfolio 1 1 $SERVE_PID"
 )
 COLD=(
   "evaluate-1-cold $WORK/one.json http://127.0.0.1:$PORT/v1/evaluate 2 32 $SERVE_PID"
