@@ -691,8 +691,9 @@ async fn a_second_identical_evaluate_is_a_hit_and_a_policy_edit_misses() {
     let l = latest.json();
     assert_eq!((l["stale"].clone(), l["decision"]["id"].clone()), (json!(false), json!("c1")));
     assert_eq!(l["decision"], first.json()["accounts"][0]);
+    let _w = tierwise::watch::spawn(s.service.clone(), Duration::from_millis(100), |_| {}).unwrap();
     edit(&s.dir.join("enterprise/policy.toml"), "version = \"2026.1\"", "version = \"2026.9\"");
-    s.service.reload();
+    within(Duration::from_secs(2), async || policy_info(&s, "enterprise").await["version"] == "2026.9").await;
     let l = get(&s.router, "/v1/accounts/c1/decision").await.json();
     assert_eq!(l["stale"], true);
     assert_eq!(l["decided_under"], first.json()["policy"]["hash"]);
