@@ -106,6 +106,8 @@ REDIS_PID=""
 cleanup() {
   [ -n "$REDIS_PID" ] && kill -CONT "$REDIS_PID" 2>/dev/null || true
   for p in "${PIDS[@]}" $REDIS_PID; do kill "$p" 2>/dev/null || true; done
+  # The decision logs of a run reach ~2 GB: kept only with KEEP_LOGS=1.
+  [ "${KEEP_LOGS:-0}" = 1 ] || rm -f "$WORK"/decisions*.jsonl
 }
 trap cleanup EXIT
 
