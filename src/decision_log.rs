@@ -13,6 +13,7 @@
 use crate::engine::{Outcome, PolicyRef, Summary};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use std::io::Write;
 use std::sync::{mpsc, Arc};
 use std::time::SystemTime;
@@ -42,18 +43,144 @@ enum Msg {
 const ENCODE_THERE: usize = 64;
 
 fn encode(job: &Job, line: &mut Vec<u8>) -> bool {
+    if let Some(book) = &job.cached_book {
+        return encode_cached_book(job, book, line);
+    }
     let entry = Entry {
         ts: crate::service::timestamp(job.at),
         decision_id: &job.decision_id,
         level: job.level,
         policy: &job.policy,
         duration_ms: job.duration_ms,
-        outcomes: &job.outcomes,
+        outcomes: Accounts { fresh: &job.outcomes, cached: &job.cached },
         summary: job.summary.as_ref(),
     };
     let ok = serde_json::to_writer(&mut *line, &entry).is_ok();
     line.push(b'\n');
     ok
+}
+
+/// A portfolio answered from the cache: the line is made from the cached answer's JSON, read
+/// with borrowed slices (a 10,000-account answer is 8 MB: no tree of values is built).
+fn encode_cached_book(job: &Job, book: &[u8], line: &mut Vec<u8>) -> bool {
+    let mut text = Vec::with_capacity(book.len() + 2);
+    text.push(b'{');
+    text.extend_from_slice(book);
+    text.push(b'}');
+    let Ok(b) = serde_json::from_slice::<BookIn<'_>>(&text) else { return false };
+    let entry = CachedBookEntry {
+        ts: crate::service::timestamp(job.at),
+        decision_id: &job.decision_id,
+        level: job.level,
+        policy: &job.policy,
+        duration_ms: job.duration_ms,
+        outcomes: &b.accounts,
+        summary: SummaryOut(&b.summary),
+        cached: true,
+    };
+    let ok = serde_json::to_writer(&mut *line, &entry).is_ok();
+    line.push(b'\n');
+    ok
+}
+
+#[derive(Serialize)]
+struct CachedBookEntry<'a> {
+    ts: String,
+    decision_id: &'a str,
+    level: &'static str,
+    policy: &'a PolicyRef,
+    duration_ms: f64,
+    outcomes: &'a [LightIn<'a>],
+    summary: SummaryOut<'a>,
+    cached: bool,
+}
+
+/// What the log keeps of one account, read from its answer's JSON (a cached one): the fields
+/// are copied as they are written there.
+#[derive(serde::Deserialize)]
+struct LightIn<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    score: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tier: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    previous_tier: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    change: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    alerts: Vec<IdIn<'a>>,
+    #[serde(borrow, default)]
+    error: Option<CodeIn<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct IdIn<'a> {
+    #[serde(borrow)]
+    id: &'a RawValue,
+}
+
+#[derive(serde::Deserialize)]
+struct CodeIn<'a> {
+    #[serde(borrow)]
+    code: &'a RawValue,
+}
+
+#[derive(serde::Deserialize)]
+struct SummaryIn<'a> {
+    #[serde(borrow)]
+    account_count: &'a RawValue,
+    #[serde(borrow)]
+    error_count: &'a RawValue,
+    #[serde(borrow)]
+    changes: &'a RawValue,
+    #[serde(borrow, default)]
+    portfolio_alerts: Vec<IdIn<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct BookIn<'a> {
+    #[serde(borrow)]
+    summary: SummaryIn<'a>,
+    #[serde(borrow)]
+    accounts: Vec<LightIn<'a>>,
+}
+
+struct SummaryOut<'a>(&'a SummaryIn<'a>);
+
+impl Serialize for SummaryOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(4))?;
+        m.serialize_entry("account_count", self.0.account_count)?;
+        m.serialize_entry("error_count", self.0.error_count)?;
+        m.serialize_entry("changes", self.0.changes)?;
+        let alerts: Vec<&RawValue> = self.0.portfolio_alerts.iter().map(|a| a.id).collect();
+        m.serialize_entry("portfolio_alerts", &alerts)?;
+        m.end()
+    }
+}
+
+impl Serialize for LightIn<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if let Some(err) = &self.error {
+            let mut m = s.serialize_map(Some(3))?;
+            m.serialize_entry("id", &self.id)?;
+            m.serialize_entry("error", err.code)?;
+            m.serialize_entry("cached", &true)?;
+            return m.end();
+        }
+        let mut m = s.serialize_map(Some(7))?;
+        m.serialize_entry("id", &self.id)?;
+        m.serialize_entry("score", &self.score)?;
+        m.serialize_entry("tier", &self.tier)?;
+        m.serialize_entry("previous_tier", &self.previous_tier)?;
+        m.serialize_entry("change", &self.change)?;
+        let alerts: Vec<&RawValue> = self.alerts.iter().map(|a| a.id).collect();
+        m.serialize_entry("alerts", &alerts)?;
+        m.serialize_entry("cached", &true)?;
+        m.end()
+    }
 }
 
 /// Waits for the last lines to be written once every [`DecisionLog`] clone is dropped.
@@ -74,8 +201,17 @@ pub struct Job {
     pub level: &'static str,
     pub policy: Arc<PolicyRef>,
     pub duration_ms: f64,
+    /// The accounts decided by this request, in input order, those answered from the cache
+    /// left out (they are in `cached`).
     pub outcomes: Vec<Outcome>,
     pub summary: Option<Summary>,
+    /// Accounts answered from the cache: (position in the answer, the cached decision's
+    /// JSON). Logged like the others, read back from the bytes on the log thread, and marked
+    /// `"cached": true`.
+    pub cached: Vec<(usize, bytes::Bytes)>,
+    /// A whole portfolio answer from the cache (`"summary":…,"accounts":[…]`); `outcomes`
+    /// and `summary` are then empty.
+    pub cached_book: Option<bytes::Bytes>,
 }
 
 impl DecisionLog {
@@ -158,7 +294,7 @@ impl DecisionLog {
     /// Logs one evaluation request (written on the log thread).
     pub fn record(&self, job: Job) {
         let Some(tx) = &self.tx else { return };
-        let msg = if job.outcomes.len() > ENCODE_THERE {
+        let msg = if job.outcomes.len() + job.cached.len() > ENCODE_THERE || job.cached_book.is_some() {
             Msg::Job(Box::new(job))
         } else {
             let mut line = Vec::with_capacity(512 + job.outcomes.len() * 160);
@@ -200,14 +336,43 @@ struct Entry<'a> {
     level: &'static str,
     policy: &'a PolicyRef,
     duration_ms: f64,
-    #[serde(serialize_with = "accounts")]
-    outcomes: &'a [Outcome],
+    outcomes: Accounts<'a>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "summary")]
     summary: Option<&'a Summary>,
 }
 
-fn accounts<S: Serializer>(outcomes: &&[Outcome], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(outcomes.iter().map(Account))
+/// Every account of a request in answer order: the fresh outcomes, with the cached ones
+/// put back at their positions.
+struct Accounts<'a> {
+    fresh: &'a [Outcome],
+    cached: &'a [(usize, bytes::Bytes)],
+}
+
+impl Serialize for Accounts<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        if self.cached.is_empty() {
+            return s.collect_seq(self.fresh.iter().map(Account));
+        }
+        let total = self.fresh.len() + self.cached.len();
+        let mut seq = s.serialize_seq(Some(total))?;
+        let (mut fresh, mut cached) = (self.fresh.iter(), self.cached.iter().peekable());
+        for i in 0..total {
+            match cached.peek() {
+                Some((at, bytes)) if *at == i => {
+                    let light = serde_json::from_slice::<LightIn<'_>>(bytes).map_err(serde::ser::Error::custom)?;
+                    seq.serialize_element(&light)?;
+                    cached.next();
+                }
+                _ => {
+                    if let Some(o) = fresh.next() {
+                        seq.serialize_element(&Account(o))?;
+                    }
+                }
+            }
+        }
+        seq.end()
+    }
 }
 
 /// The account's id, tier, change and alert ids; or its error code.

@@ -4,6 +4,7 @@
 //! Label values are `&'static str` wherever they come from a closed set (routes, methods,
 //! error codes), so recording a request allocates nothing.
 
+use crate::cache::CacheStats;
 use crate::service::Service;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -41,6 +42,12 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    /// `memory` or `redis`.
+    pub backend: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
     pub policy: String,
     pub hash: String,
@@ -68,7 +75,6 @@ pub struct LevelMetrics {
     pub accounts: Counter,
     pub errors: Counter,
     pub batch: Histogram,
-    pub cache_miss: Counter,
 }
 
 pub struct Metrics {
@@ -85,8 +91,16 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Requests turned away with 503 because the concurrency limit was reached.
     pub overloaded: Counter,
-    /// Decision cache lookups (`hit` / `miss`); every lookup is a miss until a cache exists.
+    /// Decision cache lookups by result, copied from the cache's counters at each scrape:
+    /// `hit`, `miss`, `skipped` (not looked up: Redis breaker not closed), `gated` (not
+    /// looked up: the cost gate judged a read would not pay).
     pub cache: Family<ResultLabels, Counter>,
+    cache_calls: Family<ResultLabels, Counter>,
+    cache_writes: Family<ResultLabels, Counter>,
+    cache_queued: Gauge,
+    cache_breaker: Gauge,
+    cache_breaker_opened: Counter,
+    cache_backend: Family<BackendLabels, Gauge>,
     /// Reload results per policy, filled from the service at each scrape.
     reloads: Family<ResultLabels, Gauge>,
     policy_info: Family<PolicyLabels, Gauge>,
@@ -97,7 +111,7 @@ pub struct Metrics {
 }
 
 fn placeholder() -> LevelMetrics {
-    LevelMetrics { evaluations: Counter::default(), accounts: Counter::default(), errors: Counter::default(), batch: batch_histogram(), cache_miss: Counter::default() }
+    LevelMetrics { evaluations: Counter::default(), accounts: Counter::default(), errors: Counter::default(), batch: batch_histogram() }
 }
 
 impl Default for Metrics {
@@ -120,6 +134,12 @@ impl Metrics {
             in_flight: Gauge::default(),
             overloaded: Counter::default(),
             cache: Family::default(),
+            cache_calls: Family::default(),
+            cache_writes: Family::default(),
+            cache_queued: Gauge::default(),
+            cache_breaker: Gauge::default(),
+            cache_breaker_opened: Counter::default(),
+            cache_backend: Family::default(),
             reloads: Family::default(),
             policy_info: Family::default(),
             policy_error: Family::default(),
@@ -137,7 +157,13 @@ impl Metrics {
         registry.register("accounts_evaluated", "Accounts answered (decision or error), by level", m.accounts.clone());
         registry.register("account_errors", "Accounts answered with an error, by level", m.account_errors.clone());
         registry.register("evaluation_batch_accounts", "Accounts per evaluation request", m.batch_size.clone());
-        registry.register("cache_lookups", "Decision cache lookups by result (no cache yet: all misses)", m.cache.clone());
+        registry.register("cache_lookups", "Decision cache lookups by result: hit, miss, skipped (breaker not closed), gated (the cost gate skipped the read)", m.cache.clone());
+        registry.register("cache_call_failures", "Cache calls that failed, by result: error, timeout", m.cache_calls.clone());
+        registry.register("cache_writes", "Cache entries by result: written, dropped (queue full, breaker open or write failed)", m.cache_writes.clone());
+        registry.register("cache_queued_writes", "Write batches waiting in the Redis write queue", m.cache_queued.clone());
+        registry.register("cache_breaker_state", "Redis circuit breaker: 0 closed, 1 open, 2 half-open", m.cache_breaker.clone());
+        registry.register("cache_breaker_opened", "Times the Redis circuit breaker opened", m.cache_breaker_opened.clone());
+        registry.register("cache_backend", "The cache backend in use (always 1)", m.cache_backend.clone());
         registry.register("policy_reloads", "Policy reload results since start (applied, rejected, removed, runs)", m.reloads.clone());
         registry.register("policy_info", "The policy version serving, by name and hash (always 1)", m.policy_info.clone());
         registry.register("policy_reload_failing", "1 when the policy's files on disk failed their checks and an older version (or none) serves", m.policy_error.clone());
@@ -149,16 +175,30 @@ impl Metrics {
                 accounts: m.accounts.get_or_create_owned(&l),
                 errors: m.account_errors.get_or_create_owned(&l),
                 batch: m.batch_size.get_or_create_owned(&l),
-                cache_miss: m.cache.get_or_create_owned(&ResultLabels { result: "miss" }),
             }
         };
         let (account, portfolio) = (level("account"), level("portfolio"));
         Metrics { registry, account, portfolio, ..m }
     }
 
-    /// The OpenMetrics text, with the policy figures read from `service` now.
-    pub fn render(&self, service: &Service) -> String {
+    /// The OpenMetrics text, with the policy and cache figures read now.
+    /// `gated` and `unavailable`: accounts the service did not look up (the cost gate, a
+    /// Redis breaker not closed).
+    pub fn render(&self, service: &Service, c: &CacheStats, gated: u64, unavailable: u64) -> String {
         use std::sync::atomic::Ordering::Relaxed;
+        let set = |f: &Family<ResultLabels, Counter>, result: &'static str, v: u64| f.get_or_create(&ResultLabels { result }).inner().store(v, Relaxed);
+        set(&self.cache, "hit", c.hits);
+        set(&self.cache, "miss", c.misses);
+        set(&self.cache, "skipped", c.skipped + unavailable);
+        set(&self.cache, "gated", gated);
+        set(&self.cache_calls, "error", c.errors);
+        set(&self.cache_calls, "timeout", c.timeouts);
+        set(&self.cache_writes, "written", c.written);
+        set(&self.cache_writes, "dropped", c.dropped_writes);
+        self.cache_queued.set(i64::try_from(c.queued).unwrap_or(i64::MAX));
+        self.cache_breaker.set(c.breaker.as_gauge());
+        self.cache_breaker_opened.inner().store(c.breaker_opened, Relaxed);
+        self.cache_backend.get_or_create(&BackendLabels { backend: c.backend }).set(1);
         let s = &service.stats;
         for (result, v) in [("applied", &s.applied), ("rejected", &s.rejected), ("removed", &s.removed), ("runs", &s.runs)] {
             self.reloads.get_or_create(&ResultLabels { result }).set(v.load(Relaxed) as i64);

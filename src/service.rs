@@ -10,10 +10,12 @@
 //! all pass does it go live. Otherwise the last good one keeps serving and the failure is
 //! kept beside it (`last_error`) for `/v1/policies`, the log and the metrics.
 //!
-//! Evaluation goes through [`Service::evaluate`] and [`Service::portfolio`]: the one place a
-//! decision cache (DESIGN.md "Cache", keyed by policy hash and snapshot digest) will sit in
-//! front of the engine. Nothing here knows HTTP or tokio: the watcher and the server call it.
+//! Evaluation goes through [`Service::evaluate`] and [`Service::portfolio`]. Each policy
+//! version carries what the decision cache needs (its [`PolicyId`] for keys and its own
+//! [`CostGate`]); the cache itself is async and sits in the HTTP layer, around these calls.
+//! Nothing here knows HTTP or tokio: the watcher and the server call it.
 
+use crate::cache::{CostGate, PolicyId};
 use crate::engine::{self, testrun, Outcome, PolicyRef, PortfolioResult};
 use crate::policy::{self, Diagnostic, Place, Policy};
 use crate::script::Limits;
@@ -38,6 +40,10 @@ pub struct Loaded {
     /// The files this version was compiled from (the bytes its hash covers), so a dry run
     /// applies its overrides to exactly what is live, without reading the folder again.
     pub files: Arc<policy::Files>,
+    /// This version in cache keys (name and content hash): a new version misses every entry.
+    pub cache_id: PolicyId,
+    /// Whether reading the cache pays for this version (its own evaluation cost).
+    pub gate: CostGate,
 }
 
 /// Why a policy (or a new version of it) is not serving.
@@ -187,7 +193,7 @@ impl Service {
         }
     }
 
-    /// Account level: each account on its own. The cache seam (issue 5) goes here.
+    /// Account level: each account on its own (the HTTP layer puts the cache around it).
     pub fn evaluate(&self, loaded: &Loaded, records: &[Record]) -> Vec<Outcome> {
         engine::evaluate(&loaded.policy, records)
     }
@@ -293,7 +299,8 @@ impl Service {
             return reject(prev, err);
         }
         let pref = engine::policy_ref(&policy);
-        let loaded = Arc::new(Loaded { policy, pref, loaded_at: SystemTime::now(), files: Arc::new(files) });
+        let cache_id = PolicyId::new(name, policy.hash.as_str());
+        let loaded = Arc::new(Loaded { policy, pref, loaded_at: SystemTime::now(), files: Arc::new(files), cache_id, gate: CostGate::new() });
         let out = ReloadOutcome { policy: name.to_string(), result: "applied", hash: Some(hash), error: None };
         (Entry { active: Some(loaded), last_error: None }, out)
     }

@@ -650,3 +650,113 @@ async fn a_policy_broken_at_start_is_listed_not_served() {
     insta::assert_json_snapshot!("policy_unavailable", error_of(post_json(&s.router, "/v1/evaluate", &json!({ "policy": "mid-market", "accounts": [] })).await).await);
     assert_eq!(get(&s.router, "/readyz").await.status, StatusCode::OK, "the default policy serves");
 }
+
+// ---------------------------------------------------------------------------------------
+// the decision cache through the router (in memory)
+
+fn hits(a: &Answer) -> u64 {
+    a.headers["x-cache-hits"].to_str().unwrap().parse().unwrap()
+}
+
+/// The answer without its decision id: what must be byte-identical between a hit and a miss.
+fn without_id(a: &Answer) -> String {
+    let id = a.headers["x-decision-id"].to_str().unwrap();
+    a.text().replacen(id, "", 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_identical_evaluate_is_a_hit_and_a_policy_edit_misses() {
+    let s = server_with(Config { cache_always: true, ..Config::default() });
+    let body = json!({ "accounts": [account("c1"), account("c2"), { "id": "bad" }] });
+    let first = post_json(&s.router, "/v1/evaluate", &body).await;
+    assert_eq!((first.status, hits(&first)), (StatusCode::OK, 0), "{}", first.text());
+    s.app.cache.flush().await;
+    let second = post_json(&s.router, "/v1/evaluate", &body).await;
+    assert_eq!(hits(&second), 2, "both decisions from the cache; the bad record is never cached");
+    assert_eq!(without_id(&second), without_id(&first), "a hit answers the bytes of a fresh evaluation");
+
+    // The decision log lists every account, the cached ones marked.
+    let lines = within_log(&s, 2).await;
+    let accts = lines[1]["outcomes"].as_array().unwrap();
+    assert_eq!(accts.len(), 3);
+    assert_eq!((accts[0]["id"].clone(), accts[0]["cached"].clone()), (json!("c1"), json!(true)));
+    assert_eq!(accts[0]["tier"], lines[0]["outcomes"][0]["tier"]);
+    assert_eq!(accts[2]["error"], lines[0]["outcomes"][2]["error"]);
+    assert!(accts[2].get("cached").is_none());
+
+    // The latest decision of c1, then a policy edit: the next evaluate misses, and the
+    // stored latest decision says it came from the older version until it is made again.
+    let latest = get(&s.router, "/v1/accounts/c1/decision").await;
+    assert_eq!(latest.status, StatusCode::OK, "{}", latest.text());
+    let l = latest.json();
+    assert_eq!((l["stale"].clone(), l["decision"]["id"].clone()), (json!(false), json!("c1")));
+    assert_eq!(l["decision"], first.json()["accounts"][0]);
+    let _w = tierwise::watch::spawn(s.service.clone(), Duration::from_millis(100), |_| {}).unwrap();
+    edit(&s.dir.join("enterprise/policy.toml"), "version = \"2026.1\"", "version = \"2026.9\"");
+    within(Duration::from_secs(2), async || policy_info(&s, "enterprise").await["version"] == "2026.9").await;
+    let l = get(&s.router, "/v1/accounts/c1/decision").await.json();
+    assert_eq!(l["stale"], true);
+    assert_eq!(l["decided_under"], first.json()["policy"]["hash"]);
+    assert_ne!(l["active_hash"], l["decided_under"]);
+    let third = post_json(&s.router, "/v1/evaluate", &body).await;
+    assert_eq!(hits(&third), 0, "a new policy version misses every entry");
+    assert_eq!(third.json()["policy"]["version"], "2026.9");
+    s.app.cache.flush().await;
+    let l = get(&s.router, "/v1/accounts/c1/decision").await.json();
+    assert_eq!((l["stale"].clone(), l["decision"]["policy"]["version"].clone()), (json!(false), json!("2026.9")));
+
+    // Unknown account: a stable code; another policy's latest decisions are its own.
+    let none = get(&s.router, "/v1/accounts/nobody/decision").await;
+    assert_eq!(error_of(none).await, (404, json!({ "code": "unknown_account", "message": "no decision for account `nobody` under policy `enterprise`: none was made through /v1/evaluate, or it expired", "details": { "account": "nobody", "policy": "enterprise" } })));
+    assert_eq!(get(&s.router, "/v1/accounts/c1/decision?policy=mid-market").await.json()["code"], "unknown_account");
+    assert_eq!(get(&s.router, "/v1/accounts/c1/decision?policy=nope").await.json()["code"], "unknown_policy");
+
+    let text = get(&s.router, "/metrics").await.text();
+    for needle in [
+        r#"tierwise_cache_lookups_total{result="hit"} 5"#, // 2 decisions + 3 latest-decision reads
+        r#"tierwise_cache_breaker_state 0"#,
+        r#"tierwise_cache_backend{backend="memory"} 1"#,
+    ] {
+        assert!(text.contains(needle), "metrics lack `{needle}`:\n{text}");
+    }
+    let ready = get(&s.router, "/readyz").await.json();
+    assert_eq!((ready["cache"].clone(), ready["details"]["cache"]["backend"].clone()), (json!("ok"), json!("memory")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portfolio_is_cached_whole() {
+    let s = server();
+    let body = json!({ "accounts": accounts(50) });
+    let first = post_json(&s.router, "/v1/portfolio", &body).await;
+    assert_eq!((first.status, hits(&first)), (StatusCode::OK, 0));
+    s.app.cache.flush().await;
+    let second = post_json(&s.router, "/v1/portfolio", &body).await;
+    assert_eq!(hits(&second), 50);
+    assert_eq!(without_id(&second), without_id(&first));
+    let lines = within_log(&s, 2).await;
+    assert_eq!(lines[1]["cached"], true);
+    assert_eq!(lines[1]["outcomes"].as_array().unwrap().len(), 50);
+    assert_eq!(lines[1]["summary"]["account_count"], lines[0]["summary"]["account_count"]);
+    assert_eq!(lines[1]["outcomes"][7]["tier"], lines[0]["outcomes"][7]["tier"]);
+}
+
+/// With the cost gate (the default), answers are the same bytes whatever the gate decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gated_answers_are_the_fresh_bytes() {
+    let s = server();
+    let body = json!({ "accounts": accounts(20) });
+    let first = post_json(&s.router, "/v1/evaluate", &body).await;
+    let mut seen_hits = false;
+    for _ in 0..40 {
+        let a = post_json(&s.router, "/v1/evaluate", &body).await;
+        seen_hits |= hits(&a) > 0;
+        assert_eq!(without_id(&a), without_id(&first));
+        s.app.cache.flush().await;
+    }
+    assert!(seen_hits, "the gate reads one request in 32 whatever it estimates");
+}
+
+async fn within_log(s: &Server, n: usize) -> Vec<Value> {
+    within(Duration::from_secs(2), async || s.log.lines().len() >= n).await;
+    s.log.lines()
+}

@@ -38,6 +38,9 @@ pub struct CacheConfig {
     pub memory_max_bytes: u64,
     /// The in-process cache's bound for latest decisions (keys + values).
     pub memory_latest_max_bytes: u64,
+    /// The service reads the cache on every request and writes every decision (no
+    /// [`super::CostGate`], no doorkeeper). The cache implementations do not look at it.
+    pub always: bool,
 }
 
 impl Default for CacheConfig {
@@ -56,6 +59,7 @@ impl Default for CacheConfig {
             max_value_bytes: 8 << 20,
             memory_max_bytes: 256 << 20,
             memory_latest_max_bytes: 64 << 20,
+            always: false,
         }
     }
 }
@@ -94,6 +98,10 @@ pub struct CacheArgs {
     /// Size of the in-process cache, in MiB (without `--redis`).
     #[arg(long, env = "TIERWISE_CACHE_MEMORY_MB", value_name = "MIB", default_value_t = 256)]
     pub cache_memory_mb: u64,
+    /// Read the cache on every request and write every decision: no cost gate, no
+    /// doorkeeper (for expensive policies, and for predictable hits in tests).
+    #[arg(long, env = "TIERWISE_CACHE_ALWAYS")]
+    pub cache_always: bool,
 }
 
 impl From<&CacheArgs> for CacheConfig {
@@ -104,6 +112,7 @@ impl From<&CacheArgs> for CacheConfig {
             latest_ttl: Duration::from_secs(a.cache_latest_ttl.max(1)),
             timeout: Duration::from_millis(a.cache_timeout_ms.max(1)),
             memory_max_bytes: a.cache_memory_mb.saturating_mul(1 << 20),
+            always: a.cache_always,
             ..CacheConfig::default()
         }
     }

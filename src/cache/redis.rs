@@ -51,6 +51,8 @@ struct Shared {
     breaker: Breaker,
     /// The last failure, for `/readyz` details. A std Mutex: nothing awaits while it is held.
     last_error: Mutex<Option<String>>,
+    /// Where probes run: [`Cache::available`] may be asked from a blocking-pool thread.
+    handle: tokio::runtime::Handle,
 }
 
 enum Job {
@@ -81,6 +83,7 @@ impl RedisCache {
             counters: Counters::default(),
             breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
             last_error: Mutex::new(Some("connecting to redis".to_string())),
+            handle: handle.clone(),
         });
         let (tx, rx) = mpsc::channel(cfg.queue_batches.max(1));
         handle.spawn(writer(shared.clone(), rx));
@@ -108,7 +111,7 @@ impl Shared {
         match self.breaker.admit() {
             Admit::Call => true,
             Admit::Probe => {
-                tokio::spawn(probe(self.clone()));
+                self.handle.spawn(probe(self.clone()));
                 false
             }
             Admit::Skip => false,
@@ -301,8 +304,11 @@ impl Cache for RedisCache {
         st
     }
 
+    /// Starts the breaker's probe when the cool-down is over: a service that skips the cache
+    /// while this is `false` would otherwise never call Redis again, and the breaker, which
+    /// a call's `admit` moves to half-open, would stay open for good.
     fn available(&self) -> bool {
-        self.shared.breaker.state() == BreakerState::Closed
+        self.shared.admit()
     }
 
     fn degraded(&self) -> Option<String> {

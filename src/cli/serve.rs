@@ -46,6 +46,8 @@ pub struct ServeArgs {
     /// Async worker threads [default: one per core].
     #[arg(long, env = "TIERWISE_WORKERS")]
     workers: Option<usize>,
+    #[command(flatten)]
+    cache: tierwise::cache::CacheArgs,
 }
 
 pub fn run(args: &ServeArgs, limits: &Limits) -> ExitCode {
@@ -104,10 +106,22 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         max_concurrent: args.max_concurrent,
         admin_token: std::env::var("TIERWISE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
+        cache_always: args.cache.cache_always,
     };
+    let cache = match tierwise::cache::build(&tierwise::cache::CacheConfig::from(&args.cache)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match &args.cache.redis_url {
+        Some(url) if !url.is_empty() => eprintln!("tierwise: cache in Redis at {}", redact(url)),
+        _ => eprintln!("tierwise: cache in memory ({} MiB)", args.cache.cache_memory_mb),
+    }
     let admin = config.admin_token.is_some();
     let log_closer = log.closer();
-    let state = http::App::new(service, config, log);
+    let state = http::App::with_cache(service, config, log, cache.clone());
     let app = http::app(state.clone());
 
     let listener = match tokio::net::TcpListener::bind(&args.listen).await {
@@ -146,6 +160,8 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
             Ok(()) => {
                 // The router (and with it every sender of the decision log) is gone: wait
                 // for the last lines.
+                // Decisions queued for Redis get a bounded moment to be written.
+                let _ = tokio::time::timeout(Duration::from_secs(1), cache.flush()).await;
                 if !log_closer.wait(Duration::from_secs(2)) {
                     eprintln!("tierwise: the decision log's last lines may be missing");
                 }
@@ -161,6 +177,14 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
             eprintln!("tierwise: grace period over; stopping with requests still in flight");
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// The URL without its password, for the log.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
     }
 }
 

@@ -17,7 +17,7 @@ pub struct ErrorBody {
     /// `payload_too_large`, `unknown_policy`, `policy_unavailable`, `no_default_policy`,
     /// `unknown_schema`, `not_found`, `method_not_allowed`, `unauthorized`, `forbidden`,
     /// (dry runs) `bad_candidate_path`, `candidate_too_large`, `candidate_invalid`, `invalid_override`,
-    /// `overloaded`, `timeout`, `not_ready`, `internal`.
+    /// `candidate_sandbox_limit`, `overloaded`, `timeout`, `not_ready`, `unknown_account`, `cache_unavailable`, `internal`.
     pub code: &'static str,
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -2,6 +2,7 @@
 //! the response bytes, straight from the engine's outcomes.
 
 use super::{parse, ApiError, AppState, JsonBody};
+use crate::cache::{self, AccountPlan, Key, WriteBatch};
 use crate::decision_log;
 use crate::engine::{Outcome, PolicyRef, Summary};
 use crate::policy::{InputType, Scalar};
@@ -97,70 +98,215 @@ pub async fn portfolio(State(app): State<AppState>, body: JsonBody) -> Result<Re
 
 async fn run_evaluation(app: AppState, body: Bytes, level: Level) -> Result<Response, ApiError> {
     let start = Instant::now();
-    let (bytes, decision_id, hash) = if body.len() <= INLINE_MAX_BYTES && level == Level::Account {
-        decide(&app, &body, level, start)?
+    let inline = body.len() <= INLINE_MAX_BYTES && level == Level::Account;
+    // Parse (and digest, for the cache keys) on the async thread when small, else off it.
+    let prep = if inline {
+        prepare(&app, &body, level)?
     } else {
         let app2 = app.clone();
-        tokio::task::spawn_blocking(move || decide(&app2, &body, level, start))
+        tokio::task::spawn_blocking(move || prepare(&app2, &body, level)).await.map_err(|e| ApiError::internal("evaluation task", e))??
+    };
+    // The one cache read of the request (one MGET / GET), bounded by the cache's deadline.
+    let Prepared { loaded, records, step } = prep;
+    let found = match step {
+        CacheStep::Skip => Found::Skip,
+        CacheStep::Accounts { plan, read } => {
+            let found = if read {
+                let t = Instant::now();
+                let found = app.cache.get_many(plan.keys()).await;
+                let hits = found.iter().filter(|f| f.is_some()).count();
+                loaded.gate.record_read(plan.keys().len(), hits, t.elapsed());
+                found
+            } else {
+                Vec::new() // all misses: the gate judged the read would cost more than it saves
+            };
+            Found::Accounts(plan, found)
+        }
+        CacheStep::Book(key) => {
+            let found = app.cache.get(&key).await;
+            Found::Book(key, found)
+        }
+    };
+    let done = if inline {
+        decide(&app, &loaded, records, found, level, start)?
+    } else {
+        let app2 = app.clone();
+        tokio::task::spawn_blocking(move || decide(&app2, &loaded, records, found, level, start))
             .await
             .map_err(|e| ApiError::internal("evaluation task", e))??
     };
-    let mut res = (StatusCode::OK, bytes).into_response();
+    if let Some(writes) = done.writes
+        && !writes.is_empty()
+    {
+        app.cache.put_many(writes); // never waits
+    }
+    let mut res = (StatusCode::OK, done.bytes).into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Ok(v) = HeaderValue::from_str(&decision_id) {
+    if let Ok(v) = HeaderValue::from_str(&done.decision_id) {
         h.insert("x-decision-id", v);
     }
-    if let Ok(v) = HeaderValue::from_str(&hash) {
+    if let Ok(v) = HeaderValue::from_str(&done.hash) {
         h.insert("x-policy-hash", v);
     }
+    h.insert("x-cache-hits", HeaderValue::from(done.hits));
     Ok(res)
 }
 
-/// Parse, decide, serialize, log: (response bytes, decision id, policy hash).
-fn decide(app: &AppState, body: &[u8], level: Level, start: Instant) -> Result<(Vec<u8>, String, String), ApiError> {
+/// A parsed request: its policy version, its snapshots, and what to ask the cache.
+struct Prepared {
+    loaded: Arc<Loaded>,
+    records: Vec<Record>,
+    step: CacheStep,
+}
+
+enum CacheStep {
+    /// No cache for this request: the cache is unavailable (Redis breaker not closed).
+    Skip,
+    /// Account level: one key per cacheable account; `read`: whether the gate says to read
+    /// (without a read every account is evaluated, and the decisions are still written).
+    Accounts { plan: AccountPlan, read: bool },
+    /// Portfolio level: the key of the whole book.
+    Book(Key),
+}
+
+/// What the cache answered.
+enum Found {
+    Skip,
+    Accounts(AccountPlan, Vec<Option<bytes::Bytes>>),
+    Book(Key, Option<bytes::Bytes>),
+}
+
+fn prepare(app: &AppState, body: &[u8], level: Level) -> Result<Prepared, ApiError> {
+    use std::sync::atomic::Ordering::Relaxed;
     let req: EvaluateRequest<'_> = parse(body)?;
     let loaded = app.service.policy(req.policy.as_deref()).map_err(lookup_error)?;
     let records = read_accounts(&req.accounts);
+    let step = if !app.cache.available() {
+        app.cache_unavailable.fetch_add(records.len() as u64, Relaxed);
+        CacheStep::Skip
+    } else {
+        match level {
+            Level::Account => {
+                let (plan, read) = if app.config.cache_always {
+                    let plan = AccountPlan::new(&loaded.cache_id, &records);
+                    let read = !plan.keys().is_empty();
+                    (plan, read)
+                } else {
+                    let plan = AccountPlan::gated(&loaded.cache_id, &records, &loaded.gate);
+                    let read = loaded.gate.should_read(plan.keys().len());
+                    (plan, read)
+                };
+                if !read {
+                    app.cache_gated.fetch_add(plan.keys().len() as u64, Relaxed);
+                }
+                CacheStep::Accounts { plan, read }
+            }
+            Level::Portfolio => CacheStep::Book(loaded.cache_id.book_key(&cache::book_digest(&records))),
+        }
+    };
+    Ok(Prepared { loaded, records, step })
+}
+
+/// A decided request: the answer's bytes, its ids, how many accounts came from the cache,
+/// and what to write to it.
+struct Done {
+    bytes: Vec<u8>,
+    decision_id: String,
+    hash: String,
+    hits: usize,
+    writes: Option<WriteBatch>,
+}
+
+/// Portfolio answers larger than this are not cached (a 10k-account book is ~8 MB).
+const MAX_CACHED_BOOK: usize = 8 << 20;
+
+/// Decide what the cache did not answer, serialize, log.
+fn decide(app: &AppState, loaded: &Arc<Loaded>, records: Vec<Record>, found: Found, level: Level, start: Instant) -> Result<Done, ApiError> {
     let decision_id = uuid::Uuid::now_v7().to_string();
     let m = match level {
         Level::Account => &app.metrics.account,
         Level::Portfolio => &app.metrics.portfolio,
     };
-    m.cache_miss.inc_by(records.len() as u64);
-    let (bytes, outcomes, summary) = match level {
-        Level::Account => {
-            let outcomes = app.service.evaluate(&loaded, &records);
-            let mut buf = Vec::with_capacity(256 + outcomes.len() * 800);
-            buf.extend_from_slice(b"{\"decision_id\":");
-            write_json(&mut buf, &decision_id)?;
-            buf.extend_from_slice(b",\"policy\":");
-            write_json(&mut buf, &*loaded.pref)?;
+    let n = records.len();
+    let mut buf = Vec::with_capacity(256 + n * 800);
+    buf.extend_from_slice(b"{\"decision_id\":");
+    write_json(&mut buf, &decision_id)?;
+    buf.extend_from_slice(b",\"policy\":");
+    write_json(&mut buf, &*loaded.pref)?;
+    let mut hits = 0;
+    let mut writes = None;
+    let mut cached: Vec<(usize, bytes::Bytes)> = Vec::new();
+    let mut cached_book = None;
+    let (outcomes, summary) = match (level, found) {
+        (Level::Account, Found::Accounts(plan, found)) => {
+            let gate = &loaded.gate;
+            let policy = &loaded.policy;
+            let (answer, w) = plan
+                .finish(&records, found, |misses| {
+                    let t = Instant::now();
+                    let out = crate::engine::evaluate(policy, misses);
+                    gate.record_eval(misses.len(), t.elapsed());
+                    out
+                })
+                .map_err(|e| ApiError::internal("serialize", e))?;
+            buf.extend_from_slice(b",\"accounts\":");
+            answer.write_array(&mut buf);
+            buf.push(b'}');
+            hits = answer.hits;
+            writes = Some(w);
+            if app.log.enabled() && hits > 0 {
+                let mut fresh = vec![false; n];
+                for (i, _) in &answer.fresh {
+                    if let Some(f) = fresh.get_mut(*i) {
+                        *f = true;
+                    }
+                }
+                cached = answer.accounts.iter().enumerate().filter(|(i, _)| !fresh.get(*i).copied().unwrap_or(true)).map(|(i, b)| (i, b.clone())).collect();
+            }
+            (answer.fresh.into_iter().map(|(_, o)| o).collect::<Vec<Outcome>>(), None)
+        }
+        (Level::Account, _) => {
+            let outcomes = app.service.evaluate(loaded, &records);
             buf.extend_from_slice(b",\"accounts\":");
             write_outcomes(&mut buf, &outcomes)?;
             buf.push(b'}');
-            (buf, outcomes, None)
+            (outcomes, None)
         }
-        Level::Portfolio => {
-            let r = app.service.portfolio(&loaded, &records);
-            let mut buf = Vec::with_capacity(4096 + r.accounts.len() * 800);
-            buf.extend_from_slice(b"{\"decision_id\":");
-            write_json(&mut buf, &decision_id)?;
-            buf.extend_from_slice(b",\"policy\":");
-            write_json(&mut buf, &*loaded.pref)?;
-            buf.extend_from_slice(b",\"summary\":");
-            write_json(&mut buf, &r.summary)?;
-            buf.extend_from_slice(b",\"accounts\":");
-            write_outcomes(&mut buf, &r.accounts)?;
+        (Level::Portfolio, Found::Book(_, Some(fragment))) => {
+            buf.push(b',');
+            buf.extend_from_slice(&fragment);
             buf.push(b'}');
-            (buf, r.accounts, Some(r.summary))
+            hits = n;
+            cached_book = Some(fragment);
+            (Vec::new(), None)
+        }
+        (Level::Portfolio, found) => {
+            let r = app.service.portfolio(loaded, &records);
+            // `"summary":…,"accounts":[…]`: what the cache keeps of a portfolio answer.
+            let mut fragment = Vec::with_capacity(4096 + r.accounts.len() * 800);
+            fragment.extend_from_slice(b"\"summary\":");
+            write_json(&mut fragment, &r.summary)?;
+            fragment.extend_from_slice(b",\"accounts\":");
+            write_outcomes(&mut fragment, &r.accounts)?;
+            buf.push(b',');
+            buf.extend_from_slice(&fragment);
+            buf.push(b'}');
+            if let Found::Book(key, None) = found
+                && fragment.len() <= MAX_CACHED_BOOK
+            {
+                let mut w = WriteBatch::new();
+                w.put(key, bytes::Bytes::from(fragment));
+                writes = Some(w);
+            }
+            (r.accounts, Some(r.summary))
         }
     };
     let errors = outcomes.iter().filter(|o| o.decision().is_none()).count() as u64;
     m.evaluations.inc();
-    m.accounts.inc_by(outcomes.len() as u64);
+    m.accounts.inc_by(n as u64);
     m.errors.inc_by(errors);
-    m.batch.observe(outcomes.len() as f64);
+    m.batch.observe(n as f64);
     let hash = loaded.policy.hash.clone();
     if records.len() > PARSE_CHUNK {
         // Tens of thousands of small allocations: freed by the pool, after the answer is out.
@@ -176,9 +322,80 @@ fn decide(app: &AppState, body: &[u8], level: Level, start: Instant) -> Result<(
             duration_ms: start.elapsed().as_secs_f64() * 1e3,
             outcomes,
             summary,
+            cached,
+            cached_book,
         });
     }
-    Ok((bytes, decision_id, hash))
+    Ok(Done { bytes: buf, decision_id, hash, hits, writes })
+}
+
+/// `?policy=NAME` of `GET /v1/accounts/{id}/decision`.
+#[derive(Deserialize)]
+pub struct LatestQuery {
+    #[serde(default)]
+    pub policy: Option<String>,
+}
+
+/// `GET /v1/accounts/{id}/decision` answer: the last decision `/v1/evaluate` made for the
+/// account under the policy's name (from Redis when configured, else this replica's memory).
+#[derive(Serialize, JsonSchema)]
+pub struct LatestDecision {
+    pub account: String,
+    pub policy: String,
+    /// The hash of the policy version serving now.
+    pub active_hash: String,
+    /// The hash of the version that made this decision (also in `decision.policy.hash`).
+    pub decided_under: Option<String>,
+    /// `true` when an older version of the policy made it: the next evaluate of the account
+    /// may answer differently.
+    pub stale: bool,
+    /// The decision, the bytes `/v1/evaluate` answered for the account.
+    pub decision: crate::engine::Decision,
+}
+
+pub async fn latest_decision(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<axum::extract::Query<LatestQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.body_text()))?;
+    let loaded = app.service.policy(q.policy.as_deref()).map_err(lookup_error)?;
+    let name = &*loaded.cache_id.name;
+    let active = &*loaded.cache_id.hash;
+    if !app.cache.available() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cache_unavailable",
+            "the decision cache is unavailable (Redis is down or not answering); evaluate the account instead",
+        )
+        .details(serde_json::json!({ "reason": app.cache.degraded() }))
+        .retry_after(1));
+    }
+    let Some(bytes) = app.cache.get_latest(name, &id).await else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_account",
+            format!("no decision for account `{id}` under policy `{name}`: none was made through /v1/evaluate, or it expired"),
+        )
+        .details(serde_json::json!({ "account": id, "policy": name })));
+    };
+    let decided_under = cache::decision_policy_hash(&bytes);
+    let stale = decided_under.as_deref() != Some(active);
+    let mut buf = Vec::with_capacity(bytes.len() + 256);
+    buf.extend_from_slice(b"{\"account\":");
+    write_json(&mut buf, &id)?;
+    buf.extend_from_slice(b",\"policy\":");
+    write_json(&mut buf, name)?;
+    buf.extend_from_slice(b",\"active_hash\":");
+    write_json(&mut buf, active)?;
+    buf.extend_from_slice(b",\"decided_under\":");
+    write_json(&mut buf, &decided_under)?;
+    buf.extend_from_slice(b",\"stale\":");
+    write_json(&mut buf, &stale)?;
+    buf.extend_from_slice(b",\"decision\":");
+    buf.extend_from_slice(&bytes);
+    buf.push(b'}');
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], buf).into_response())
 }
 
 /// Accounts per parallel parsing chunk.
@@ -477,10 +694,33 @@ pub struct Health {
     pub default_policy: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
+    /// `/readyz` only: `ok`, or `degraded` (Redis down or slow: requests are answered by
+    /// evaluating, so the service stays ready; the reason is in `details.cache`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<HealthDetails>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct HealthDetails {
+    pub cache: CacheHealth,
+}
+
+/// The decision cache as `/readyz` shows it.
+#[derive(Serialize, JsonSchema)]
+pub struct CacheHealth {
+    /// `memory` or `redis`.
+    pub backend: &'static str,
+    /// The Redis circuit breaker: `closed` (in use), `open` or `half_open`.
+    pub breaker: &'static str,
+    /// Why the cache is degraded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 pub async fn healthz() -> Response {
-    json(StatusCode::OK, &Health { status: "ok", default_policy: None, hash: None })
+    json(StatusCode::OK, &Health { status: "ok", default_policy: None, hash: None, cache: None, details: None })
 }
 
 pub async fn readyz(State(app): State<AppState>) -> Response {
@@ -490,13 +730,21 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     match app.service.ready() {
         Ok(name) => {
             let hash = app.service.policy(Some(&name)).ok().map(|l| l.policy.hash.clone());
-            json(StatusCode::OK, &Health { status: "ready", default_policy: Some(name), hash })
+            // Asking starts the breaker's probe when it is due, so an idle service notices
+            // Redis is back too.
+            let _ = app.cache.available();
+            let stats = app.cache.stats();
+            let reason = app.cache.degraded();
+            let cache = Some(if reason.is_some() { "degraded" } else { "ok" });
+            let details = Some(HealthDetails { cache: CacheHealth { backend: stats.backend, breaker: stats.breaker.as_str(), reason } });
+            json(StatusCode::OK, &Health { status: "ready", default_policy: Some(name), hash, cache, details })
         }
         Err(why) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why).retry_after(1).into_response(),
     }
 }
 
 pub async fn metrics(State(app): State<AppState>) -> Response {
-    let text = app.metrics.render(&app.service);
+    use std::sync::atomic::Ordering::Relaxed;
+    let text = app.metrics.render(&app.service, &app.cache.stats(), app.cache_gated.load(Relaxed), app.cache_unavailable.load(Relaxed));
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"))], text).into_response()
 }

@@ -16,6 +16,7 @@ pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use dryrun::{MAX_CANDIDATE_BYTES, MAX_CANDIDATE_FILES};
 pub use handlers::log_reload;
 
+use crate::cache::Cache;
 use crate::decision_log::DecisionLog;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::service::Service;
@@ -41,17 +42,26 @@ pub struct Config {
     pub max_concurrent: usize,
     /// Bearer token for admin routes; `None` disables them (404).
     pub admin_token: Option<String>,
+    /// Read the cache on every evaluate and write every decision, bypassing the cost gate
+    /// and the doorkeeper (`--cache-always`).
+    pub cache_always: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { body_limit: 8 * 1024 * 1024, request_timeout: Duration::from_secs(30), max_concurrent: 256, admin_token: None }
+        Config { body_limit: 8 * 1024 * 1024, request_timeout: Duration::from_secs(30), max_concurrent: 256, admin_token: None, cache_always: false }
     }
 }
 
 /// Everything a handler needs; shared behind an `Arc`.
 pub struct App {
     pub service: Arc<Service>,
+    /// The decision cache (memory by default, Redis when configured); never a reason to fail.
+    pub cache: Arc<dyn Cache>,
+    /// Accounts not looked up because the cost gate judged a read would not pay.
+    pub cache_gated: std::sync::atomic::AtomicU64,
+    /// Accounts not looked up because the cache was unavailable (Redis breaker not closed).
+    pub cache_unavailable: std::sync::atomic::AtomicU64,
     pub config: Config,
     pub metrics: Metrics,
     pub log: DecisionLog,
@@ -70,7 +80,13 @@ pub struct App {
 }
 
 impl App {
+    /// An app with the embedded in-memory cache on its defaults.
     pub fn new(service: Arc<Service>, config: Config, log: DecisionLog) -> Arc<Self> {
+        let cache: Arc<dyn Cache> = Arc::new(crate::cache::memory::MemoryCache::new(&crate::cache::CacheConfig::default()));
+        Self::with_cache(service, config, log, cache)
+    }
+
+    pub fn with_cache(service: Arc<Service>, config: Config, log: DecisionLog, cache: Arc<dyn Cache>) -> Arc<Self> {
         use sha2::{Digest, Sha256};
         let admin_digest = config.admin_token.as_deref().filter(|t| !t.is_empty()).map(|t| Sha256::digest(t.as_bytes()).into());
         let schemas = crate::schema::all().into_iter().map(|(file, text)| (file.trim_end_matches(".schema.json"), Bytes::from(text))).collect();
@@ -79,6 +95,9 @@ impl App {
             dry_runs: Semaphore::new(DRY_RUNS_AT_ONCE),
             draining: std::sync::atomic::AtomicBool::new(false),
             service,
+            cache,
+            cache_gated: std::sync::atomic::AtomicU64::new(0),
+            cache_unavailable: std::sync::atomic::AtomicU64::new(0),
             config,
             metrics: Metrics::new(),
             log,
@@ -99,6 +118,7 @@ const ROUTES: &[&str] = &[
     "/v1/evaluate",
     "/v1/portfolio",
     "/v1/dry-run",
+    "/v1/accounts/{id}/decision",
     "/v1/policies",
     "/v1/policies/reload",
     "/v1/policies/{name}",
@@ -115,6 +135,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/evaluate", post(handlers::evaluate))
         .route("/v1/portfolio", post(handlers::portfolio))
         .route("/v1/dry-run", post(dryrun::dry_run))
+        .route("/v1/accounts/{id}/decision", get(handlers::latest_decision))
         .route("/v1/policies", get(handlers::policies))
         .route("/v1/policies/reload", post(handlers::reload))
         .route("/v1/policies/{name}", get(handlers::policy))

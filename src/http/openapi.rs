@@ -3,7 +3,7 @@
 //! Only the list of operations is written here; a test checks it against the router.
 
 use super::dryrun::{DryRunRequest, DryRunResponse};
-use super::handlers::{EvaluateRequest, EvaluateResponse, Health, PolicyInfo, PolicyList, PortfolioResponse, ReloadResponse};
+use super::handlers::{EvaluateRequest, EvaluateResponse, Health, LatestDecision, PolicyInfo, PolicyList, PortfolioResponse, ReloadResponse};
 use super::ErrorBody;
 use schemars::generate::SchemaSettings;
 use schemars::Schema;
@@ -79,10 +79,24 @@ pub fn document() -> Value {
                 e(404, "unknown baseline policy"),
                 e(413, "body over the size limit, or a candidate over 64 files or 1 MiB (`candidate_too_large`)"),
                 e(415, "not `Content-Type: application/json`"),
-                e(422, "JSON of the wrong shape or nothing to compare (`invalid_request`), an override that names nothing (`invalid_override`), a candidate that does not compile (`candidate_invalid`, every diagnostic in `details`)"),
+                e(422, "JSON of the wrong shape or nothing to compare (`invalid_request`), an override that names nothing (`invalid_override`), a candidate that does not compile (`candidate_invalid`, every diagnostic in `details`), a candidate that trips the sandbox on live accounts (`candidate_sandbox_limit`)"),
                 e(503, "overloaded, timed out, or the baseline has no version that passed its checks"),
             ],
             query: vec![("format", "`json` (default), `markdown` or `table`; the body's `format` does the same", &["json", "markdown", "table"]), ("top", "accounts listed by markdown and table (default 20)", &[])],
+            admin: false,
+        },
+        Op {
+            method: "get",
+            path: "/v1/accounts/{id}/decision",
+            id: "latestDecision",
+            summary: "The last decision /v1/evaluate made for an account under a policy (`?policy=NAME`, default: the default policy); `stale` when an older version made it",
+            request: None,
+            responses: vec![
+                (200, "the latest decision", Some(g.subschema_for::<LatestDecision>()), JSON),
+                e(404, "unknown policy, or no decision stored for the account (`unknown_account`)"),
+                e(503, "the cache is unavailable (`cache_unavailable`)"),
+            ],
+            query: vec![("policy", "the policy's name (default: the default policy)", &[])],
             admin: false,
         },
         Op {
@@ -207,6 +221,12 @@ pub fn document() -> Value {
         }
         if !params.is_empty() {
             o["parameters"] = Value::Array(params);
+        }
+        if op.path.contains("{id}") {
+            o["parameters"] = json!([
+                { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } },
+                { "name": "policy", "in": "query", "required": false, "schema": { "type": "string" } }
+            ]);
         }
         if op.admin {
             o["security"] = json!([{ "adminToken": [] }]);
