@@ -41,6 +41,15 @@ fn image_layout() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf)
     copy_dir(&common::root().join("schemas"), &app.join("schemas"));
     let exe = bin.join("tierwise");
     std::fs::copy(env!("CARGO_BIN_EXE_tierwise"), &exe).unwrap();
+    // Another test thread forking while the copy's write handle was open leaves that handle in
+    // its child until the child execs: running the copy at once can fail with "Text file busy"
+    // (ETXTBSY). Wait until it runs.
+    for _ in 0..100 {
+        match Command::new(&exe).arg("--version").output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => std::thread::sleep(std::time::Duration::from_millis(20)),
+            _ => break,
+        }
+    }
     (tmp, app, exe)
 }
 
