@@ -73,3 +73,25 @@ pub fn shipped(name: &str) -> Policy {
 pub fn records(values: &[serde_json::Value]) -> Vec<tierwise::snapshot::Record> {
     values.iter().map(|v| Ok(serde_json::from_value(v.clone()).unwrap())).collect()
 }
+
+/// A decision log that tests can read (the service writes it like a file).
+#[derive(Clone, Default)]
+pub struct Captured(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Every line written so far, as JSON.
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
