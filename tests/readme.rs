@@ -4,10 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
 struct Server(Child);
 
@@ -29,22 +26,8 @@ fn serve() -> (Server, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let server = Server(child);
-    let t = Instant::now();
-    loop {
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("no `listening` line");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            return (server, rest.split_whitespace().next().unwrap().to_string());
-        }
-        assert!(t.elapsed() < Duration::from_secs(30));
-    }
+    let (addr, _stderr) = common::listening(&mut child);
+    (Server(child), addr)
 }
 
 /// The commands of the README's ```sh blocks that talk to the service, with their shell

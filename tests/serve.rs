@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -53,22 +53,8 @@ fn start(policies: &std::path::Path, log: &std::path::Path) -> Running {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let t = Instant::now();
-    loop {
-        let line = rx.recv_timeout(Duration::from_secs(20)).expect("no `listening` line");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            let addr = rest.split_whitespace().next().unwrap().to_string();
-            return Running { child, addr, stderr: rx };
-        }
-        assert!(t.elapsed() < Duration::from_secs(20));
-    }
+    let (addr, stderr) = common::listening(&mut child);
+    Running { child, addr, stderr }
 }
 
 #[test]

@@ -12,11 +12,11 @@ mod redis_server;
 
 use redis_server::RedisServer;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The deadline of one cache read given to the servers (`--cache-timeout-ms`).
@@ -83,22 +83,10 @@ fn serve(redis: &RedisServer, extra: &[&str]) -> Running {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    loop {
-        let line = rx.recv_timeout(Duration::from_secs(20)).expect("no `listening` line");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            let addr = rest.split_whitespace().next().unwrap().to_string();
-            let r = Running { child, addr };
-            wait_until(Duration::from_secs(10), "cache ok", || request(&r.addr, "GET", "/readyz", None).json()["cache"] == "ok");
-            return r;
-        }
-    }
+    let (addr, _stderr) = common::listening(&mut child);
+    let r = Running { child, addr };
+    wait_until(Duration::from_secs(10), "cache ok", || request(&r.addr, "GET", "/readyz", None).json()["cache"] == "ok");
+    r
 }
 
 fn wait_until(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Duration {

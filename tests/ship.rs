@@ -64,7 +64,7 @@ fn the_image_layout_checks_and_tests_the_shipped_policies_with_no_flags() {
 
 #[test]
 fn the_image_layout_serves_with_the_images_environment() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{Read, Write};
     let (_tmp, app, exe) = image_layout();
     // The image's ENV, on a free port instead of 8080; the command is the image's CMD.
     let mut child = Command::new(&exe)
@@ -77,13 +77,7 @@ fn the_image_layout_serves_with_the_images_environment() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("serve exited before listening").unwrap();
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let (addr, _stderr) = common::listening(&mut child);
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     write!(s, "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
     let mut answer = String::new();

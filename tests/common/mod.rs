@@ -95,3 +95,24 @@ impl Captured {
         text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 }
+
+/// Waits (up to 30 s) for `tierwise serve`'s `listening on http://ADDR` line on the child's
+/// piped stderr; returns the address and the rest of its stderr, a line at a time.
+pub fn listening(child: &mut std::process::Child) -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let err = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let t = std::time::Instant::now();
+    loop {
+        let line = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("no `listening` line");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            return (rest.split_whitespace().next().unwrap().to_string(), rx);
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(30), "no `listening` line");
+    }
+}
