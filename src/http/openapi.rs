@@ -64,11 +64,13 @@ pub fn document() -> Value {
     let mut de = SchemaSettings::openapi3().for_deserialize().into_generator();
     let err = g.subschema_for::<ErrorBody>();
     let e = |status: u16, what: &'static str| (status, what, Some(err.clone()), JSON);
+    // Only where the handler has a path to `ApiError::internal` (a panicked task, a failed
+    // serialization): the static answers (schemas, this document, metrics) have none.
+    let internal = || e(500, "a failure of the service (`internal`; logged, answered without its text)");
     // What the layers and extractors send, beside each handler's own answers.
     let common = |kind: Kind| {
         let mut v = vec![e(413, "body over the size limit (`payload_too_large`; every route, by `Content-Length`)")];
         if kind != Kind::Ops {
-            v.push(e(500, "a failure of the service (`internal`; logged, answered without its text)"));
             v.push(e(503, "too many requests in progress (`overloaded`) or the request timed out (`timeout`); see `Retry-After`"));
         }
         if kind == Kind::V1Post {
@@ -82,6 +84,7 @@ pub fn document() -> Value {
             e(404, "unknown policy (`unknown_policy`)"),
             e(415, "not `Content-Type: application/json`"),
             e(422, "JSON of the wrong shape (`invalid_request`)"),
+            internal(),
         ];
         v.extend(common(Kind::V1Post));
         v
@@ -131,6 +134,7 @@ pub fn document() -> Value {
                     e(413, "body over the size limit, or a candidate over 64 files or 1 MiB (`candidate_too_large`)"),
                     e(415, "not `Content-Type: application/json`"),
                     e(422, "JSON of the wrong shape or nothing to compare (`invalid_request`), an override that names nothing (`invalid_override`), a candidate that does not compile (`candidate_invalid`, every diagnostic in `details`), a candidate that trips the sandbox on live accounts (`candidate_sandbox_limit`)"),
+                    internal(),
                     e(503, "two dry runs already in progress (`overloaded`), or the baseline has no version that passed its checks (`policy_unavailable`)"),
                 ],
                 Kind::V1Post,
@@ -151,6 +155,7 @@ pub fn document() -> Value {
                     path_400(),
                     e(404, "unknown policy, or no decision stored for the account (`unknown_account`)"),
                     e(422, "a malformed query (`invalid_request`)"),
+                    internal(),
                     e(503, "the cache is unavailable (`cache_unavailable`)"),
                 ],
                 Kind::V1Get,
@@ -165,7 +170,7 @@ pub fn document() -> Value {
             id: "listPolicies",
             summary: "The policies served: version, hash, loaded at, files, inputs, tiers, last reload error",
             request: None,
-            responses: with(vec![(200, "every policy folder", Some(g.subschema_for::<PolicyList>()), JSON)], Kind::V1Get),
+            responses: with(vec![(200, "every policy folder", Some(g.subschema_for::<PolicyList>()), JSON), internal()], Kind::V1Get),
             ok_headers: &[],
             query: vec![],
             admin: false,
@@ -176,7 +181,7 @@ pub fn document() -> Value {
             id: "getPolicy",
             summary: "One policy",
             request: None,
-            responses: with(vec![(200, "the policy", Some(g.subschema_for::<PolicyInfo>()), JSON), path_400(), e(404, "unknown policy")], Kind::V1Get),
+            responses: with(vec![(200, "the policy", Some(g.subschema_for::<PolicyInfo>()), JSON), path_400(), e(404, "unknown policy"), internal()], Kind::V1Get),
             ok_headers: &[],
             query: vec![],
             admin: false,
@@ -193,6 +198,7 @@ pub fn document() -> Value {
                     e(401, "no bearer token (none, another scheme, or empty)"),
                     e(403, "wrong token"),
                     e(404, "admin routes disabled (no TIERWISE_ADMIN_TOKEN)"),
+                    internal(),
                 ],
                 Kind::V1Post,
             ),
@@ -228,7 +234,7 @@ pub fn document() -> Value {
             id: "healthz",
             summary: "Liveness: the process answers",
             request: None,
-            responses: with(vec![(200, "alive", Some(g.subschema_for::<Health>()), JSON)], Kind::Ops),
+            responses: with(vec![(200, "alive", Some(g.subschema_for::<Health>()), JSON), internal()], Kind::Ops),
             ok_headers: &[],
             query: vec![],
             admin: false,
@@ -239,7 +245,7 @@ pub fn document() -> Value {
             id: "readyz",
             summary: "Readiness: the default policy is serving",
             request: None,
-            responses: with(vec![(200, "ready", Some(g.subschema_for::<Health>()), JSON), e(503, "not ready (`not_ready`): no default policy serving, or shutting down")], Kind::Ops),
+            responses: with(vec![(200, "ready", Some(g.subschema_for::<Health>()), JSON), internal(), e(503, "not ready (`not_ready`): no default policy serving, or shutting down")], Kind::Ops),
             ok_headers: &[],
             query: vec![],
             admin: false,
@@ -437,7 +443,7 @@ mod tests {
                 let responses = op["responses"].as_object().unwrap();
                 assert!(responses.contains_key("413"), "{method} {path}");
                 if path.starts_with("/v1/") {
-                    assert!(responses.contains_key("503") && responses.contains_key("500"), "{method} {path}");
+                    assert!(responses.contains_key("503"), "{method} {path}");
                 }
                 if method == "post" {
                     assert!(responses.contains_key("408"), "{method} {path}");
