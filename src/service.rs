@@ -189,7 +189,9 @@ impl Service {
         match &reg.default {
             Some(d) if reg.active(d).is_some() => Ok(d.clone()),
             Some(d) => Err(format!("the default policy `{d}` is not loaded")),
-            None => Err(format!("no policy loaded from `{}`", self.root.display())),
+            // Not the folder's path: this text is served (`/readyz`), and the server's
+            // paths are nobody's business but the operator's (the start-up log has it).
+            None => Err("no policy loaded from the policies folder".to_string()),
         }
     }
 
@@ -216,7 +218,7 @@ impl Service {
                 // The folder itself is unreadable (mid-rename?): keep everything serving.
                 let err = ReloadError {
                     code: "read_error",
-                    message: format!("cannot read `{}`: {e}", self.root.display()),
+                    message: format!("cannot read the policies folder: {e}"),
                     at: timestamp(SystemTime::now()),
                     hash: None,
                     diagnostics: vec![],
@@ -264,7 +266,7 @@ impl Service {
         };
         let files = match policy::read_dir(dir) {
             Ok(f) => f,
-            Err(e) => return reject(prev, self.error("read_error", e.to_string(), None)),
+            Err(e) => return reject(prev, self.error("read_error", self.relative(&e), None)),
         };
         let hash = policy::content_hash(&files);
         if served(&prev).as_deref() == Some(hash.as_str()) {
@@ -303,6 +305,24 @@ impl Service {
         let loaded = Arc::new(Loaded { policy, pref, loaded_at: SystemTime::now(), files: Arc::new(files), cache_id, gate: CostGate::new() });
         let out = ReloadOutcome { policy: name.to_string(), result: "applied", hash: Some(hash), error: None };
         (Entry { active: Some(loaded), last_error: None }, out)
+    }
+
+    /// A read error with its path relative to the policies folder: reload errors are served
+    /// (`/v1/policies`, the reload answer), the server's absolute paths are not.
+    fn relative(&self, e: &policy::ReadError) -> String {
+        let rel = |path: &str| {
+            let p = Path::new(path);
+            match p.strip_prefix(&self.root) {
+                Ok(r) if r.as_os_str().is_empty() => ".".to_string(),
+                Ok(r) => r.display().to_string(),
+                Err(_) => p.file_name().map_or_else(|| "?".to_string(), |n| n.to_string_lossy().into_owned()),
+            }
+        };
+        match e {
+            policy::ReadError::Io { path, source } => format!("cannot read `{}`: {source}", rel(path)),
+            policy::ReadError::NoPolicy(path) => format!("`{}` has no policy.toml", rel(path)),
+            policy::ReadError::TooLarge { path, limit } => format!("`{}` is larger than {limit} bytes", rel(path)),
+        }
     }
 
     fn error(&self, code: &'static str, message: String, hash: Option<String>) -> ReloadError {

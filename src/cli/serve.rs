@@ -79,7 +79,7 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
     http::log_reload(&outcomes);
     match service.ready() {
         Ok(d) => eprintln!("tierwise: default policy `{d}`"),
-        Err(why) => eprintln!("tierwise: not ready: {why}"),
+        Err(why) => eprintln!("tierwise: not ready: {why} (`{}`)", args.policies.display()),
     }
 
     let _watcher = if args.no_watch {

@@ -43,6 +43,7 @@ const DEFAULT_TOP: usize = 20;
 /// `POST /v1/dry-run` body.
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = something_to_compare)]
 pub struct DryRunRequest<'a> {
     /// The served policy to compare with; absent: the default policy.
     #[serde(default)]
@@ -63,11 +64,22 @@ pub struct DryRunRequest<'a> {
     pub format: Option<DiffFormat>,
     /// How many changed accounts the markdown and table forms list (default 20; JSON lists all).
     #[serde(default)]
-    pub top: Option<usize>,
+    pub top: Option<u32>,
     /// The book: decided under both policies, at portfolio level.
     #[serde(borrow, deserialize_with = "account_list")]
-    #[schemars(with = "Vec<crate::snapshot::Snapshot>")]
+    #[schemars(with = "Vec<super::handlers::AccountItem>")]
     pub accounts: Vec<&'a RawValue>,
+}
+
+/// The schema says what [`run`] checks first: a candidate, overrides, or both (not `null`).
+fn something_to_compare(s: &mut schemars::Schema) {
+    s.insert(
+        "anyOf".into(),
+        json!([
+            { "required": ["candidate"], "properties": { "candidate": { "type": "object" } } },
+            { "required": ["overrides"], "properties": { "overrides": { "type": "object" } } }
+        ]),
+    );
 }
 
 /// A policy folder sent inline.
@@ -76,6 +88,7 @@ pub struct DryRunRequest<'a> {
 pub struct CandidateFolder {
     /// Relative path → text. Only `policy.toml`, `scripts/NAME.rhai` and `tests/NAME.toml`;
     /// at most 64 files and 1 MiB in all.
+    #[schemars(extend("maxProperties" = MAX_CANDIDATE_FILES))]
     pub files: BTreeMap<String, String>,
 }
 
@@ -158,7 +171,7 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 }
 
 /// `?format=markdown&top=10`.
-fn query_options(query: Option<&str>) -> Result<(Option<DiffFormat>, Option<usize>), ApiError> {
+fn query_options(query: Option<&str>) -> Result<(Option<DiffFormat>, Option<u32>), ApiError> {
     let (mut format, mut top) = (None, None);
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -286,7 +299,7 @@ fn run(app: &AppState, body: &[u8], query: Option<&str>, start: Instant) -> Resu
         (Some(a), Some(b)) if a != b => return Err(bad_request("`format` in the query and in the body differ")),
         (a, b) => a.or(b).unwrap_or(DiffFormat::Json),
     };
-    let top = q_top.or(req.top).unwrap_or(DEFAULT_TOP);
+    let top = q_top.or(req.top).map_or(DEFAULT_TOP, |t| t as usize);
     if req.candidate.is_none() && req.overrides.is_none() {
         return Err(bad_request("nothing to compare: send `candidate` (a policy folder's files), `overrides`, or both"));
     }

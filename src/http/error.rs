@@ -30,6 +30,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub body: ErrorBody,
     pub retry_after: Option<u32>,
+    /// `WWW-Authenticate` challenge of a 401 (RFC 9110 requires one).
+    pub challenge: Option<&'static str>,
 }
 
 /// Put on error responses so the metrics layer can count errors by code.
@@ -38,7 +40,7 @@ pub struct ErrorCode(pub &'static str);
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, body: ErrorBody { code, message: message.into(), details: None }, retry_after: None }
+        ApiError { status, body: ErrorBody { code, message: message.into(), details: None }, retry_after: None, challenge: None }
     }
 
     pub fn details(mut self, details: Value) -> Self {
@@ -48,6 +50,11 @@ impl ApiError {
 
     pub fn retry_after(mut self, seconds: u32) -> Self {
         self.retry_after = Some(seconds);
+        self
+    }
+
+    pub fn challenge(mut self, scheme: &'static str) -> Self {
+        self.challenge = Some(scheme);
         self
     }
 
@@ -87,8 +94,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let bytes = serde_json::to_vec(&self.body).unwrap_or_else(|_| br#"{"code":"internal","message":"internal error"}"#.to_vec());
         let mut res = (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response();
-        if let Some(s) = self.retry_after {
+        // Every 503 says when to come back: /openapi.json promises the header, and a client
+        // (or load balancer) that honours it backs off instead of hammering.
+        let retry_after = self.retry_after.or((self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(1));
+        if let Some(s) = retry_after {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if let Some(scheme) = self.challenge {
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(scheme));
         }
         res.extensions_mut().insert(ErrorCode(self.body.code));
         res

@@ -1,7 +1,7 @@
 //! Handlers: parse, call the service, render. Evaluation answers are serialized once, into
 //! the response bytes, straight from the engine's outcomes.
 
-use super::{parse, ApiError, AppState, JsonBody};
+use super::{parse, ApiError, AppState, JsonBody, PathParam};
 use crate::cache::{self, AccountPlan, Key, WriteBatch};
 use crate::decision_log;
 use crate::engine::{Outcome, PolicyRef, Summary};
@@ -9,7 +9,7 @@ use crate::policy::{InputType, Scalar};
 use crate::service::{self, Entry, Loaded, Lookup, ReloadError, ReloadOutcome};
 use crate::snapshot::{self, Record};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
@@ -30,8 +30,29 @@ pub struct EvaluateRequest<'a> {
     pub policy: Option<String>,
     /// The snapshots, decided in order; a bad one is answered with its own error.
     #[serde(borrow, deserialize_with = "account_list")]
-    #[schemars(with = "Vec<crate::snapshot::Snapshot>")]
+    #[schemars(with = "Vec<AccountItem>")]
     pub accounts: Vec<&'a RawValue>,
+}
+
+/// The schema of one element of `accounts`: a snapshot, or anything else, which is answered
+/// (200) with that account's own error rather than failing the request. The document says so,
+/// so that a client, or a fuzzer, does not expect a 4xx for a bad element.
+pub struct AccountItem;
+
+impl JsonSchema for AccountItem {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "AccountItem".into()
+    }
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let snapshot = g.subschema_for::<crate::snapshot::Snapshot>();
+        schemars::json_schema!({
+            "description": "An account snapshot. Any other value is answered with its own error in the answer's `accounts` (at the same position); the other accounts are still decided.",
+            "anyOf": [snapshot, { "description": "not a snapshot: that account's error" }]
+        })
+    }
 }
 
 /// Splits the array into its elements' text in the one pass over the body; each element is
@@ -355,7 +376,7 @@ pub struct LatestDecision {
 
 pub async fn latest_decision(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     query: Result<axum::extract::Query<LatestQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.body_text()))?;
@@ -616,7 +637,7 @@ pub async fn policies(State(app): State<AppState>) -> Response {
     json(StatusCode::OK, &list)
 }
 
-pub async fn policy(State(app): State<AppState>, Path(name): Path<String>) -> Response {
+pub async fn policy(State(app): State<AppState>, PathParam(name): PathParam) -> Response {
     let reg = app.service.registry();
     match reg.entries.get(&name) {
         Some(e) => json(StatusCode::OK, &info(&name, e, reg.default.as_deref())),
@@ -648,19 +669,20 @@ pub fn log_reload(outcomes: &[ReloadOutcome]) {
     }
 }
 
-/// Admin routes: 404 when no token is configured, 401 without a bearer token, 403 for a
-/// wrong one (compared in constant time).
+/// Admin routes: 404 when no token is configured, 401 without a bearer token (none, another
+/// scheme, an empty token, a header that is not visible ASCII), 403 for a wrong one. Only
+/// SHA-256 digests are compared, in constant time: neither the token's bytes nor its length
+/// leak through timing. No answer repeats what was sent.
 fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
     let Some(want) = &app.admin_digest else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "admin routes are disabled: set TIERWISE_ADMIN_TOKEN to enable them"));
     };
-    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let Some(given) = given else {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "send the admin token as `Authorization: Bearer <token>`"));
+    let Some(given) = bearer(headers) else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "send the admin token as `Authorization: Bearer <token>`").challenge("Bearer"));
     };
-    let got: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
+    let got: [u8; 32] = Sha256::digest(given.as_bytes()).into();
     if bool::from(got.ct_eq(want)) {
         Ok(())
     } else {
@@ -668,8 +690,17 @@ fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-pub async fn schema(State(app): State<AppState>, Path(name): Path<String>) -> Response {
-    let key = name.trim_end_matches(".json").trim_end_matches(".schema");
+/// The token of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+pub async fn schema(State(app): State<AppState>, PathParam(name): PathParam) -> Response {
+    // `policy`, `policy.json` or `policy.schema.json`, exactly as /openapi.json's pattern says.
+    let key = name.strip_suffix(".schema.json").or_else(|| name.strip_suffix(".json")).unwrap_or(&name);
     match app.schemas.iter().find(|(n, _)| *n == key) {
         Some((_, text)) => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/schema+json"))], text.clone()).into_response(),
         None => {
@@ -725,7 +756,7 @@ pub async fn healthz() -> Response {
 
 pub async fn readyz(State(app): State<AppState>) -> Response {
     if app.draining.load(std::sync::atomic::Ordering::Relaxed) {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "shutting down").into_response();
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "shutting down").retry_after(1).into_response();
     }
     match app.service.ready() {
         Ok(name) => {

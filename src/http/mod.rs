@@ -236,6 +236,21 @@ impl FromRequest<AppState> for JsonBody {
     }
 }
 
+/// One path parameter, percent-decoded. A segment that is not UTF-8 once decoded is a JSON
+/// 400 `invalid_request` (axum's own rejection is plain text, which the API never sends).
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(PathParam(v)),
+            Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("the path cannot be read: {}", e.body_text()))),
+        }
+    }
+}
+
 /// Parses a JSON body: malformed JSON is 400 `malformed_json`, JSON of the wrong shape 422
 /// `invalid_request`; both say where (line and column).
 pub fn parse<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
