@@ -38,6 +38,7 @@ pub fn document() -> Value {
         vec![
             e(400, "malformed JSON, or no default policy"),
             e(404, "unknown policy"),
+            e(408, "the body was not received within the body-read timeout (`body_timeout`)"),
             e(413, "body over the size limit"),
             e(415, "not `Content-Type: application/json`"),
             e(422, "JSON of the wrong shape"),
@@ -77,6 +78,7 @@ pub fn document() -> Value {
                 (200, "a terminal summary (format table)", None, "text/plain"),
                 e(400, "malformed JSON, a refused candidate file name (`bad_candidate_path`), or no default policy"),
                 e(404, "unknown baseline policy"),
+                e(408, "the body was not received within the body-read timeout (`body_timeout`)"),
                 e(413, "body over the size limit, or a candidate over 64 files or 1 MiB (`candidate_too_large`)"),
                 e(415, "not `Content-Type: application/json`"),
                 e(422, "JSON of the wrong shape or nothing to compare (`invalid_request`), an override that names nothing (`invalid_override`), a candidate that does not compile (`candidate_invalid`, every diagnostic in `details`), a candidate that trips the sandbox on live accounts (`candidate_sandbox_limit`)"),

@@ -1,0 +1,267 @@
+//! The router on a TCP listener, with the connection-level defences `axum::serve` lacks.
+//!
+//! - **Headers**: a request's headers must arrive within `header_read_timeout`, counted from
+//!   the connection's start or the end of its previous response, so the same timeout closes
+//!   idle keep-alive connections (hyper starts the clock as soon as it waits for a head).
+//! - **Bodies**: a body must be fully received within `body_read_timeout` of its headers; the
+//!   JSON extractor answers 408 `body_timeout` ([`body_timeout_of`]).
+//! - **Writes**: a response write that makes no progress for `write_timeout` (a client that
+//!   stopped reading) closes the connection.
+//! - **Connections**: at most `max_connections` open at once; one more is answered a canned
+//!   503 and closed at once, so its client learns quickly instead of waiting in the backlog.
+//! - **Shutdown** ([`serve`]): when `signal` resolves the listener is closed (new connections
+//!   are refused), idle connections are closed and busy ones finish their request (hyper
+//!   answers it with `Connection: close`). After `grace`, requests still being computed are
+//!   answered 503 `shutting_down`, and connections get [`ANSWER_MARGIN`] to take what they
+//!   were sent; then [`serve`] returns whatever is left, so a stuck client never holds the
+//!   process past `grace + ANSWER_MARGIN`.
+
+use crate::http::ApiError;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use http_body::{Frame, SizeHint};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+/// Connection-level settings (the CLI fills them from flags and `TIERWISE_*`).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_connections: usize,
+    /// After the shutdown signal, how long in-flight requests may run.
+    pub grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(15),
+            write_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// After the grace period, how long answers already produced (and the 503s sent to requests
+/// still computing) get to reach their clients before the connections are dropped.
+pub const ANSWER_MARGIN: Duration = Duration::from_secs(1);
+
+/// How [`serve`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every connection finished within the grace period.
+    Drained,
+    /// The grace period ran out: requests still computing were answered 503, and every
+    /// connection closed within [`ANSWER_MARGIN`].
+    CutShort,
+    /// Connections still open after the grace period and the margin were abandoned.
+    Abandoned { connections: usize },
+}
+
+/// The answer to a connection over `max_connections`: written without reading the request,
+/// so it is sent in one small write or not at all.
+const FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 75\r\n\r\n{\"code\":\"overloaded\",\"message\":\"too many open connections; retry shortly\"}\n";
+
+/// Serves `app` on `listener` until `signal` resolves, then shuts down as the module says.
+pub async fn serve<F>(listener: TcpListener, app: Router, cfg: &ServerConfig, signal: F) -> Stopped
+where
+    F: Future<Output = ()>,
+{
+    let (cut_tx, cut_rx) = watch::channel(false);
+    let guard = Guard { cut: cut_rx, body_read_timeout: cfg.body_read_timeout };
+    let svc = TowerToHyperService::new(app.layer(middleware::from_fn_with_state(guard, guard_request)));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(cfg.header_read_timeout).keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let max = cfg.max_connections.max(1);
+    let slots = Arc::new(Semaphore::new(max));
+    let mut last_accept_error: Option<std::time::Instant> = None;
+
+    let mut signal = std::pin::pin!(signal);
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            biased;
+            () = &mut signal => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors, mostly: the pending connection stays in the
+                    // backlog, so pause instead of spinning, and say so once a second at most.
+                    if last_accept_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                        eprintln!("tierwise: cannot accept a connection: {e}");
+                        last_accept_error = Some(std::time::Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let _ = tcp.try_write(FULL);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let mut io = tokio_io_timeout::TimeoutStream::new(tcp);
+        io.set_write_timeout(Some(cfg.write_timeout));
+        let conn = http.serve_connection(TokioIo::new(Box::pin(io)), svc.clone());
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            // Errors are the client's doing (a timeout, a reset, a malformed request): hyper
+            // has already answered or closed; logging them would let any client fill the log.
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    drop(svc);
+
+    let open = max - slots.available_permits();
+    let done = graceful.shutdown();
+    let mut done = std::pin::pin!(done);
+    if tokio::time::timeout(cfg.grace, &mut done).await.is_ok() {
+        return Stopped::Drained;
+    }
+    eprintln!("tierwise: grace period over; answering requests still in flight 503 ({open} connections were open at the signal)");
+    let _ = cut_tx.send(true);
+    if tokio::time::timeout(ANSWER_MARGIN, &mut done).await.is_ok() {
+        return Stopped::CutShort;
+    }
+    Stopped::Abandoned { connections: max - slots.available_permits() }
+}
+
+#[derive(Clone)]
+struct Guard {
+    cut: watch::Receiver<bool>,
+    body_read_timeout: Duration,
+}
+
+/// Starts the body clock and, once the grace period is over, answers 503 in place of a
+/// request still being computed.
+async fn guard_request(State(g): State<Guard>, req: Request, next: Next) -> Response {
+    let req = req.map(|b| Body::new(TimedBody::new(b, g.body_read_timeout)));
+    let mut cut = g.cut;
+    let cut = async move {
+        // The sender lives as long as `serve`; if it is gone, the request is never cut.
+        if cut.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let mut res = tokio::select! {
+        res = next.run(req) => res,
+        () = cut => ApiError::shutting_down().into_response(),
+    };
+    let code = res.extensions().get::<crate::http::ErrorCode>().map(|c| c.0);
+    // The body was not read to its end (or the process is stopping): the connection cannot
+    // carry another request.
+    if matches!(code, Some("body_timeout" | "shutting_down")) {
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    res
+}
+
+/// The error a [`TimedBody`] yields when its deadline passes.
+#[derive(Debug)]
+pub struct BodyTimeout(pub Duration);
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the request body was not received within {} ms", self.0.as_millis())
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
+/// The body timeout behind an error from reading a request body, if that is what it was.
+pub fn body_timeout_of(err: &(dyn std::error::Error + 'static)) -> Option<Duration> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(BodyTimeout(after)) = e.downcast_ref::<BodyTimeout>() {
+            return Some(*after);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that fails with [`BodyTimeout`] if it has not ended by a deadline.
+    struct TimedBody {
+        #[pin]
+        inner: Body,
+        deadline: Instant,
+        after: Duration,
+        // Armed on the first wait, so bodies that arrive whole never touch the timer.
+        sleep: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl TimedBody {
+    fn new(inner: Body, after: Duration) -> Self {
+        TimedBody { inner, deadline: Instant::now() + after, after, sleep: None }
+    }
+}
+
+impl http_body::Body for TimedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.project();
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        let deadline = *this.deadline;
+        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyTimeout(*this.after))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_canned_answer_declares_its_length() {
+        let text = std::str::from_utf8(FULL).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let declared: usize = head.lines().find_map(|l| l.strip_prefix("content-length: ")).unwrap().parse().unwrap();
+        assert_eq!(declared, body.len());
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["code"], "overloaded");
+    }
+
+    #[test]
+    fn a_body_timeout_is_found_through_wrappers() {
+        let wrapped = axum::Error::new(axum::Error::new(BodyTimeout(Duration::from_millis(7))));
+        assert_eq!(body_timeout_of(&wrapped), Some(Duration::from_millis(7)));
+        assert_eq!(body_timeout_of(&std::io::Error::other("no")), None);
+    }
+}
