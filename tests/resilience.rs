@@ -346,3 +346,24 @@ fn connections_over_the_cap_are_refused_quickly() {
     }
     assert_eq!(request(&srv.addr, "GET", "/readyz", None).status, 200);
 }
+
+/// (d') Clients dribbling bodies do not hold the `/v1` concurrency permits: with room for 2
+/// requests at once and 20 dribblers, normal requests are still answered 200.
+#[test]
+fn body_dribblers_do_not_starve_the_concurrency_limit() {
+    let srv = start(&["--max-concurrent", "2", "--body-read-timeout-ms", "3000"]);
+    let slow: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = TcpStream::connect(&srv.addr).unwrap();
+            s.write_all(b"POST /v1/evaluate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"acc").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let body = json!({ "accounts": [account(1)] });
+    for _ in 0..10 {
+        let a = request(&srv.addr, "POST", "/v1/evaluate", Some(&body));
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    drop(slow);
+}

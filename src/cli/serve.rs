@@ -168,14 +168,18 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
         body_read_timeout: Duration::from_millis(args.body_read_timeout_ms),
         write_timeout: Duration::from_millis(args.write_timeout_ms),
         max_connections: args.max_connections,
+        body_limit: args.body_limit,
+        // Room for 32 bodies at the limit (256 MiB by default) being received at once.
+        body_buffer_bytes: args.body_limit.saturating_mul(32),
         grace,
     };
+    let overloaded = state.metrics.overloaded.clone();
     let signal = async move {
         shutdown_signal().await;
         state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         eprintln!("tierwise: shutting down; in-flight requests have {} ms", grace.as_millis());
     };
-    match http::server::serve(listener, app, &server, signal).await {
+    match http::server::serve(listener, app, &server, overloaded, signal).await {
         stopped @ (Stopped::Drained | Stopped::CutShort) => {
             // The router (and with it every sender of the decision log) is gone: wait
             // for the last lines.

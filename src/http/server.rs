@@ -3,8 +3,12 @@
 //! - **Headers**: a request's headers must arrive within `header_read_timeout`, counted from
 //!   the connection's start or the end of its previous response, so the same timeout closes
 //!   idle keep-alive connections (hyper starts the clock as soon as it waits for a head).
-//! - **Bodies**: a body must be fully received within `body_read_timeout` of its headers; the
-//!   JSON extractor answers 408 `body_timeout` ([`body_timeout_of`]).
+//! - **Bodies**: a body is read in full *before* the router sees the request, so a client
+//!   dribbling one holds a connection but never one of the `/v1` concurrency permits. It
+//!   must arrive within `body_read_timeout` of its headers, or the JSON extractor answers
+//!   408 `body_timeout` ([`body_timeout_of`]). Bodies being read share `body_buffer_bytes`,
+//!   counted by bytes received (dribblers cost next to nothing); past it, 503 `overloaded`.
+//!   A declared length over `body_limit` is left unread for the router's 413.
 //! - **Writes**: a response write that makes no progress for `write_timeout` (a client that
 //!   stopped reading) closes the connection.
 //! - **Connections**: at most `max_connections` open at once; one more is answered a canned
@@ -23,7 +27,7 @@ use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -34,7 +38,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-use tokio::time::{Instant, Sleep};
 
 /// Connection-level settings (the CLI fills them from flags and `TIERWISE_*`).
 #[derive(Debug, Clone)]
@@ -43,6 +46,10 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     pub write_timeout: Duration,
     pub max_connections: usize,
+    /// The router's body limit: a larger declared body is not read ahead.
+    pub body_limit: usize,
+    /// Bytes of request bodies held at once by the read-ahead.
+    pub body_buffer_bytes: usize,
     /// After the shutdown signal, how long in-flight requests may run.
     pub grace: Duration,
 }
@@ -54,6 +61,8 @@ impl Default for ServerConfig {
             body_read_timeout: Duration::from_secs(15),
             write_timeout: Duration::from_secs(30),
             max_connections: 4096,
+            body_limit: 8 * 1024 * 1024,
+            body_buffer_bytes: 256 * 1024 * 1024,
             grace: Duration::from_secs(10),
         }
     }
@@ -80,12 +89,19 @@ pub enum Stopped {
 const FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 75\r\n\r\n{\"code\":\"overloaded\",\"message\":\"too many open connections; retry shortly\"}\n";
 
 /// Serves `app` on `listener` until `signal` resolves, then shuts down as the module says.
-pub async fn serve<F>(listener: TcpListener, app: Router, cfg: &ServerConfig, signal: F) -> Stopped
+/// `overloaded` counts the requests refused for want of body buffer (the metrics' counter).
+pub async fn serve<F>(listener: TcpListener, app: Router, cfg: &ServerConfig, overloaded: prometheus_client::metrics::counter::Counter, signal: F) -> Stopped
 where
     F: Future<Output = ()>,
 {
     let (cut_tx, cut_rx) = watch::channel(false);
-    let guard = Guard { cut: cut_rx, body_read_timeout: cfg.body_read_timeout };
+    let guard = Guard {
+        cut: cut_rx,
+        body_read_timeout: cfg.body_read_timeout,
+        body_limit: cfg.body_limit,
+        buffer: Arc::new(Semaphore::new(cfg.body_buffer_bytes.clamp(1, Semaphore::MAX_PERMITS))),
+        overloaded,
+    };
     let svc = TowerToHyperService::new(app.layer(middleware::from_fn_with_state(guard, guard_request)));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(cfg.header_read_timeout).keep_alive(true);
@@ -150,13 +166,15 @@ where
 struct Guard {
     cut: watch::Receiver<bool>,
     body_read_timeout: Duration,
+    body_limit: usize,
+    buffer: Arc<Semaphore>,
+    overloaded: prometheus_client::metrics::counter::Counter,
 }
 
-/// Starts the body clock and, once the grace period is over, answers 503 in place of a
-/// request still being computed.
+/// Reads the body ahead (see the module) and, once the grace period is over, answers 503 in
+/// place of a request still being computed.
 async fn guard_request(State(g): State<Guard>, req: Request, next: Next) -> Response {
-    let req = req.map(|b| Body::new(TimedBody::new(b, g.body_read_timeout)));
-    let mut cut = g.cut;
+    let mut cut = g.cut.clone();
     let cut = async move {
         // The sender lives as long as `serve`; if it is gone, the request is never cut.
         if cut.wait_for(|c| *c).await.is_err() {
@@ -164,7 +182,7 @@ async fn guard_request(State(g): State<Guard>, req: Request, next: Next) -> Resp
         }
     };
     let mut res = tokio::select! {
-        res = next.run(req) => res,
+        res = read_ahead_then_run(&g, req, next) => res,
         () = cut => ApiError::shutting_down().into_response(),
     };
     let code = res.extensions().get::<crate::http::ErrorCode>().map(|c| c.0);
@@ -176,7 +194,54 @@ async fn guard_request(State(g): State<Guard>, req: Request, next: Next) -> Resp
     res
 }
 
-/// The error a [`TimedBody`] yields when its deadline passes.
+async fn read_ahead_then_run(g: &Guard, req: Request, next: Next) -> Response {
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared == Some(0) || declared.is_some_and(|n| n > g.body_limit as u64) {
+        return next.run(req).await;
+    }
+    let (parts, mut body) = req.into_parts();
+    let sleep = tokio::time::sleep(g.body_read_timeout);
+    let mut sleep = std::pin::pin!(sleep);
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let mut total = 0usize;
+    let mut failed: Option<axum::Error> = None;
+    // One byte past the limit is enough for the router to answer 413.
+    while total <= g.body_limit {
+        let frame = tokio::select! {
+            f = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)) => f,
+            () = &mut sleep => {
+                failed = Some(axum::Error::new(BodyTimeout(g.body_read_timeout)));
+                break;
+            }
+        };
+        match frame {
+            None => break,
+            Some(Err(e)) => {
+                failed = Some(e);
+                break;
+            }
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else { continue };
+                let Ok(permit) = u32::try_from(data.len()).map_err(drop).and_then(|n| g.buffer.clone().try_acquire_many_owned(n).map_err(drop)) else {
+                    g.overloaded.inc();
+                    return ApiError::overloaded().into_response();
+                };
+                match held.as_mut() {
+                    Some(h) => h.merge(permit),
+                    None => held = Some(permit),
+                }
+                total += data.len();
+                chunks.push(data);
+            }
+        }
+    }
+    let res = next.run(Request::from_parts(parts, Body::new(ReadAhead { chunks: chunks.into(), failed }))).await;
+    drop(held);
+    res
+}
+
+/// The error reading a body ends with when its deadline passes.
 #[derive(Debug)]
 pub struct BodyTimeout(pub Duration);
 
@@ -200,47 +265,32 @@ pub fn body_timeout_of(err: &(dyn std::error::Error + 'static)) -> Option<Durati
     None
 }
 
-pin_project_lite::pin_project! {
-    /// A request body that fails with [`BodyTimeout`] if it has not ended by a deadline.
-    struct TimedBody {
-        #[pin]
-        inner: Body,
-        deadline: Instant,
-        after: Duration,
-        // Armed on the first wait, so bodies that arrive whole never touch the timer.
-        sleep: Option<Pin<Box<Sleep>>>,
-    }
+/// A body already read: its chunks, then the error that ended the reading, if any.
+struct ReadAhead {
+    chunks: std::collections::VecDeque<Bytes>,
+    failed: Option<axum::Error>,
 }
 
-impl TimedBody {
-    fn new(inner: Body, after: Duration) -> Self {
-        TimedBody { inner, deadline: Instant::now() + after, after, sleep: None }
-    }
-}
-
-impl http_body::Body for TimedBody {
+impl http_body::Body for ReadAhead {
     type Data = Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = self.project();
-        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
-            return Poll::Ready(frame);
+    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        if let Some(c) = self.chunks.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(c))));
         }
-        let deadline = *this.deadline;
-        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyTimeout(*this.after))))),
-            Poll::Pending => Poll::Pending,
-        }
+        Poll::Ready(self.failed.take().map(Err))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.chunks.is_empty() && self.failed.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.failed {
+            Some(_) => SizeHint::default(),
+            None => SizeHint::with_exact(self.chunks.iter().map(|c| c.len() as u64).sum()),
+        }
     }
 }
 
