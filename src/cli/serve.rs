@@ -43,15 +43,15 @@ pub struct ServeArgs {
     /// Milliseconds for a request's headers to arrive, counted from the connection's start or
     /// the end of its previous response: also how long an idle keep-alive connection is kept
     /// (set a load balancer's idle timeout below it).
-    #[arg(long, env = "TIERWISE_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "TIERWISE_HEADER_READ_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 10_000)]
     header_read_timeout_ms: u64,
     /// Milliseconds for a request body to arrive in full after its headers; a slower body
     /// is answered 408 `body_timeout`.
-    #[arg(long, env = "TIERWISE_BODY_READ_TIMEOUT_MS", default_value_t = 15_000)]
+    #[arg(long, env = "TIERWISE_BODY_READ_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 15_000)]
     body_read_timeout_ms: u64,
     /// Milliseconds a response write may make no progress (a client that stopped reading)
     /// before the connection is closed.
-    #[arg(long, env = "TIERWISE_WRITE_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "TIERWISE_WRITE_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 30_000)]
     write_timeout_ms: u64,
     /// Connections open at once; one more is answered 503 (Retry-After) and closed. Keep it
     /// under the process's open-file limit (`ulimit -n`).

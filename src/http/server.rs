@@ -196,7 +196,7 @@ async fn guard_request(State(g): State<Guard>, req: Request, next: Next) -> Resp
 
 async fn read_ahead_then_run(g: &Guard, req: Request, next: Next) -> Response {
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared == Some(0) || declared.is_some_and(|n| n > g.body_limit as u64) {
+    if req.body().is_end_stream() || declared.is_some_and(|n| n > g.body_limit as u64) {
         return next.run(req).await;
     }
     let (parts, mut body) = req.into_parts();
