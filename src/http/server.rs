@@ -295,6 +295,7 @@ impl http_body::Body for ReadAhead {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
