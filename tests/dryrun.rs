@@ -513,7 +513,7 @@ async fn the_openapi_document_describes_the_dry_run() {
     let op = &doc["paths"]["/v1/dry-run"]["post"];
     assert_eq!(op["operationId"], "dryRun");
     let statuses: Vec<&str> = op["responses"].as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(statuses, ["200", "400", "404", "413", "415", "422", "503"]);
+    assert_eq!(statuses, ["200", "400", "404", "408", "413", "415", "422", "503"]);
     let ok = &op["responses"]["200"]["content"];
     assert!(ok["application/json"]["schema"].is_object() && ok["text/markdown"].is_object() && ok["text/plain"].is_object(), "{ok}");
     assert!(op["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "format" && p["in"] == "query"));
