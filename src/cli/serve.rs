@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tierwise::decision_log::DecisionLog;
+use tierwise::http::server::{ServerConfig, Stopped};
 use tierwise::http::{self, Config};
 use tierwise::script::Limits;
 use tierwise::service::Service;
@@ -34,9 +35,28 @@ pub struct ServeArgs {
     /// Requests in progress at once on /v1/*; more are answered 503 with Retry-After.
     #[arg(long, env = "TIERWISE_MAX_CONCURRENT", default_value_t = 256)]
     max_concurrent: usize,
-    /// Milliseconds given to in-flight requests after SIGTERM / ctrl-c.
+    /// Milliseconds given to in-flight requests after SIGTERM / ctrl-c; requests still
+    /// computing then are answered 503 `shutting_down`, and the process exits at most a
+    /// second later whatever its clients do.
     #[arg(long, env = "TIERWISE_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     shutdown_grace_ms: u64,
+    /// Milliseconds for a request's headers to arrive, counted from the connection's start or
+    /// the end of its previous response: also how long an idle keep-alive connection is kept
+    /// (set a load balancer's idle timeout below it).
+    #[arg(long, env = "TIERWISE_HEADER_READ_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 10_000)]
+    header_read_timeout_ms: u64,
+    /// Milliseconds for a request body to arrive in full after its headers; a slower body
+    /// is answered 408 `body_timeout`.
+    #[arg(long, env = "TIERWISE_BODY_READ_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 15_000)]
+    body_read_timeout_ms: u64,
+    /// Milliseconds a response write may make no progress (a client that stopped reading)
+    /// before the connection is closed.
+    #[arg(long, env = "TIERWISE_WRITE_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 30_000)]
+    write_timeout_ms: u64,
+    /// Connections open at once; one more is answered 503 (Retry-After) and closed. Keep it
+    /// under the process's open-file limit (`ulimit -n`).
+    #[arg(long, env = "TIERWISE_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
     /// Milliseconds of quiet in the policies folder before a reload.
     #[arg(long, env = "TIERWISE_RELOAD_DEBOUNCE_MS", default_value_t = 150)]
     reload_debounce_ms: u64,
@@ -63,7 +83,11 @@ pub fn run(args: &ServeArgs, limits: &Limits) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    rt.block_on(serve(args, limits))
+    let code = rt.block_on(serve(args, limits));
+    // Dropping the runtime would wait for every blocking task (an evaluation cut off by the
+    // grace period): the exit must stay bounded.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    code
 }
 
 async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
@@ -138,46 +162,42 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
         if admin { "enabled" } else { "disabled: no TIERWISE_ADMIN_TOKEN" }
     );
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
+    let grace = Duration::from_millis(args.shutdown_grace_ms);
+    let server = ServerConfig {
+        header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+        body_read_timeout: Duration::from_millis(args.body_read_timeout_ms),
+        write_timeout: Duration::from_millis(args.write_timeout_ms),
+        max_connections: args.max_connections,
+        body_limit: args.body_limit,
+        // Room for 32 bodies at the limit (256 MiB by default) being received at once.
+        body_buffer_bytes: args.body_limit.saturating_mul(32),
+        grace,
+    };
+    let overloaded = state.metrics.overloaded.clone();
+    let signal = async move {
         shutdown_signal().await;
         state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = stop_tx.send(true);
-    });
-    let mut graceful = stop_rx.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = graceful.wait_for(|s| *s).await;
-    });
-    let grace = Duration::from_millis(args.shutdown_grace_ms);
-    let mut deadline = stop_rx;
-    let cut_off = async move {
-        let _ = deadline.wait_for(|s| *s).await;
         eprintln!("tierwise: shutting down; in-flight requests have {} ms", grace.as_millis());
-        tokio::time::sleep(grace).await;
     };
-    tokio::select! {
-        r = server => match r {
-            Ok(()) => {
-                // The router (and with it every sender of the decision log) is gone: wait
-                // for the last lines.
-                // Decisions queued for Redis get a bounded moment to be written.
-                let _ = tokio::time::timeout(Duration::from_secs(1), cache.flush()).await;
-                if !log_closer.wait(Duration::from_secs(2)) {
-                    eprintln!("tierwise: the decision log's last lines may be missing");
-                }
-                eprintln!("tierwise: stopped");
-                ExitCode::SUCCESS
+    match http::server::serve(listener, app, &server, overloaded, signal).await {
+        stopped @ (Stopped::Drained | Stopped::CutShort) => {
+            // The router (and with it every sender of the decision log) is gone: wait
+            // for the last lines.
+            // Decisions queued for Redis get a bounded moment to be written.
+            let _ = tokio::time::timeout(Duration::from_secs(1), cache.flush()).await;
+            // Evaluations cut short still hold a sender until they end: the grace period
+            // is already spent, so wait less for them.
+            let wait = if stopped == Stopped::Drained { Duration::from_secs(2) } else { Duration::from_millis(300) };
+            if !log_closer.wait(wait) {
+                eprintln!("tierwise: the decision log's last lines may be missing");
             }
-            Err(e) => {
-                eprintln!("error: server: {e}");
-                ExitCode::from(1)
-            }
-        },
-        () = cut_off => {
-            eprintln!("tierwise: grace period over; stopping with requests still in flight");
-            ExitCode::SUCCESS
+            eprintln!("tierwise: stopped");
+        }
+        Stopped::Abandoned { connections } => {
+            eprintln!("tierwise: grace period over; stopping with {connections} connections still open");
         }
     }
+    ExitCode::SUCCESS
 }
 
 /// The URL without its password, for the log.

@@ -17,7 +17,8 @@ pub struct ErrorBody {
     /// `payload_too_large`, `unknown_policy`, `policy_unavailable`, `no_default_policy`,
     /// `unknown_schema`, `not_found`, `method_not_allowed`, `unauthorized`, `forbidden`,
     /// (dry runs) `bad_candidate_path`, `candidate_too_large`, `candidate_invalid`, `invalid_override`,
-    /// `candidate_sandbox_limit`, `overloaded`, `timeout`, `not_ready`, `unknown_account`, `cache_unavailable`, `internal`.
+    /// `candidate_sandbox_limit`, `overloaded`, `timeout`, `body_timeout` (408: the body did not arrive in time),
+    /// `shutting_down` (503: the process stopped before the answer was ready), `not_ready`, `unknown_account`, `cache_unavailable`, `internal`.
     pub code: &'static str,
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -83,6 +84,15 @@ impl ApiError {
 
     pub fn overloaded() -> Self {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in progress; retry shortly").retry_after(1)
+    }
+
+    pub fn body_timeout(after: std::time::Duration) -> Self {
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", format!("the request body was not received within {} ms; send it faster or in a smaller request", after.as_millis()))
+            .details(serde_json::json!({ "timeout_ms": after.as_millis() as u64 }))
+    }
+
+    pub fn shutting_down() -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down; retry on another replica").retry_after(1)
     }
 
     pub fn timeout(after: std::time::Duration) -> Self {

@@ -11,6 +11,7 @@ mod dryrun;
 mod error;
 mod handlers;
 pub mod openapi;
+pub mod server;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use dryrun::{MAX_CANDIDATE_BYTES, MAX_CANDIDATE_FILES};
@@ -231,6 +232,7 @@ impl FromRequest<AppState> for JsonBody {
         match Bytes::from_request(req, state).await {
             Ok(b) => Ok(JsonBody(b)),
             Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::payload_too_large(state.config.body_limit)),
+            Err(e) if let Some(after) = server::body_timeout_of(&e) => Err(ApiError::body_timeout(after)),
             Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("cannot read the request body: {}", e.body_text()))),
         }
     }

@@ -71,10 +71,10 @@ pub fn document() -> Value {
     let common = |kind: Kind| {
         let mut v = vec![e(413, "body over the size limit (`payload_too_large`; every route, by `Content-Length`)")];
         if kind != Kind::Ops {
-            v.push(e(503, "too many requests in progress (`overloaded`) or the request timed out (`timeout`); see `Retry-After`"));
+            v.push(e(503, "too many requests in progress (`overloaded`), the request timed out (`timeout`), or the server is stopping (`shutting_down`); see `Retry-After`"));
         }
         if kind == Kind::V1Post {
-            v.push(e(408, "the request body was not received in time"));
+            v.push(e(408, "the request body was not received within the body-read timeout (`body_timeout`)"));
         }
         v
     };
