@@ -483,8 +483,9 @@ async fn a_hostile_dry_run_stops_at_the_request_timeout() {
 async fn dry_runs_beyond_the_limit_are_refused_with_retry_after() {
     let _turn = HEAVY.lock().await;
     let s = server();
+    // Slow but within every limit: a hostile one stops at its first account now.
     let mut files = add_criterion("[[score.criteria]]\nid = \"spin\"\nweight = 1.0\nscript = \"spin\"\n");
-    files.insert("scripts/spin.rhai".into(), b"fn spin(a) { loop { } }\n".to_vec());
+    files.insert("scripts/spin.rhai".into(), b"fn spin(a) { let i = 0; while i < 1000 { i += 1; } 5 }\n".to_vec());
     let text = gen_portfolio::jsonl(3000, gen_portfolio::SEED);
     let accounts: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let slow = Arc::new(json!({ "accounts": accounts, "candidate": as_json(&files) }));
@@ -499,9 +500,8 @@ async fn dry_runs_beyond_the_limit_are_refused_with_retry_after() {
     assert_eq!((a.status, a.json()["code"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!("overloaded")));
     // Live evaluations are not held up by the dry-run limit.
     assert_eq!(post(&s.router, "/v1/evaluate", &json!({ "accounts": accounts[..2] })).await.status, StatusCode::OK);
-    // The hostile candidate itself is refused once its runs end (it trips the sandbox).
     for b in busy {
-        assert_eq!(b.await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(b.await.unwrap(), StatusCode::OK);
     }
     assert_eq!(post(&s.router, "/v1/dry-run", &json!({ "accounts": [], "overrides": {} })).await.status, StatusCode::OK);
 }

@@ -1,7 +1,7 @@
 //! Handlers: parse, call the service, render. Evaluation answers are serialized once, into
 //! the response bytes, straight from the engine's outcomes.
 
-use super::{parse, ApiError, AppState, JsonBody};
+use super::{parse, ApiError, AppState, Deadline, JsonBody};
 use crate::cache::{self, AccountPlan, Key, WriteBatch};
 use crate::decision_log;
 use crate::engine::{Outcome, PolicyRef, Summary};
@@ -88,16 +88,18 @@ impl Level {
     }
 }
 
-pub async fn evaluate(State(app): State<AppState>, body: JsonBody) -> Result<Response, ApiError> {
-    run_evaluation(app, body.0, Level::Account).await
+pub async fn evaluate(State(app): State<AppState>, deadline: Deadline, body: JsonBody) -> Result<Response, ApiError> {
+    run_evaluation(app, body.0, Level::Account, deadline).await
 }
 
-pub async fn portfolio(State(app): State<AppState>, body: JsonBody) -> Result<Response, ApiError> {
-    run_evaluation(app, body.0, Level::Portfolio).await
+pub async fn portfolio(State(app): State<AppState>, deadline: Deadline, body: JsonBody) -> Result<Response, ApiError> {
+    run_evaluation(app, body.0, Level::Portfolio, deadline).await
 }
 
-async fn run_evaluation(app: AppState, body: Bytes, level: Level) -> Result<Response, ApiError> {
+async fn run_evaluation(app: AppState, body: Bytes, level: Level, deadline: Deadline) -> Result<Response, ApiError> {
     let start = Instant::now();
+    // Every evaluation of this request stops at the request timeout, on whichever thread.
+    let budget = crate::script::Budget::new(Some(deadline.0));
     let inline = body.len() <= INLINE_MAX_BYTES && level == Level::Account;
     // Parse (and digest, for the cache keys) on the async thread when small, else off it.
     let prep = if inline {
@@ -128,10 +130,10 @@ async fn run_evaluation(app: AppState, body: Bytes, level: Level) -> Result<Resp
         }
     };
     let done = if inline {
-        decide(&app, &loaded, records, found, level, start)?
+        decide(&app, &loaded, records, found, level, start, &budget)?
     } else {
         let app2 = app.clone();
-        tokio::task::spawn_blocking(move || decide(&app2, &loaded, records, found, level, start))
+        tokio::task::spawn_blocking(move || decide(&app2, &loaded, records, found, level, start, &budget))
             .await
             .map_err(|e| ApiError::internal("evaluation task", e))??
     };
@@ -221,8 +223,13 @@ struct Done {
 /// Portfolio answers larger than this are not cached (a 10k-account book is ~8 MB).
 const MAX_CACHED_BOOK: usize = 8 << 20;
 
-/// Decide what the cache did not answer, serialize, log.
-fn decide(app: &AppState, loaded: &Arc<Loaded>, records: Vec<Record>, found: Found, level: Level, start: Instant) -> Result<Done, ApiError> {
+/// Decide what the cache did not answer (under the request's `budget`), serialize, log.
+fn decide(app: &AppState, loaded: &Arc<Loaded>, records: Vec<Record>, found: Found, level: Level, start: Instant, budget: &Arc<crate::script::Budget>) -> Result<Done, ApiError> {
+    let done = crate::script::with_budget(Some(budget.clone()), || decide_within(app, loaded, records, found, level, start, budget))?;
+    Ok(done)
+}
+
+fn decide_within(app: &AppState, loaded: &Arc<Loaded>, records: Vec<Record>, found: Found, level: Level, start: Instant, budget: &crate::script::Budget) -> Result<Done, ApiError> {
     let decision_id = uuid::Uuid::now_v7().to_string();
     let m = match level {
         Level::Account => &app.metrics.account,
@@ -302,6 +309,11 @@ fn decide(app: &AppState, loaded: &Arc<Loaded>, records: Vec<Record>, found: Fou
             (r.accounts, Some(r.summary))
         }
     };
+    if budget.spent() {
+        // Past the request timeout: the client has its 503 and these outcomes hold
+        // `time_limit` errors that no policy caused; neither logged nor counted.
+        return Err(ApiError::timeout(app.config.request_timeout));
+    }
     let errors = outcomes.iter().filter(|o| o.decision().is_none()).count() as u64;
     m.evaluations.inc();
     m.accounts.inc_by(n as u64);
