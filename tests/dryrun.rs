@@ -492,7 +492,7 @@ async fn dry_runs_beyond_the_limit_are_refused_with_retry_after() {
     let mut busy = Vec::new();
     for _ in 0..http::DRY_RUNS_AT_ONCE {
         let (router, body) = (s.router.clone(), slow.clone());
-        busy.push(tokio::spawn(async move { post(&router, "/v1/dry-run", &body).await.status }));
+        busy.push(tokio::spawn(async move { let a = post(&router, "/v1/dry-run", &body).await; (a.status, a.text().chars().take(600).collect::<String>()) }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let a = post(&s.router, "/v1/dry-run", &json!({ "accounts": [], "overrides": {} })).await;
@@ -501,7 +501,8 @@ async fn dry_runs_beyond_the_limit_are_refused_with_retry_after() {
     // Live evaluations are not held up by the dry-run limit.
     assert_eq!(post(&s.router, "/v1/evaluate", &json!({ "accounts": accounts[..2] })).await.status, StatusCode::OK);
     for b in busy {
-        assert_eq!(b.await.unwrap(), StatusCode::OK);
+        let (status, text) = b.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{text}");
     }
     assert_eq!(post(&s.router, "/v1/dry-run", &json!({ "accounts": [], "overrides": {} })).await.status, StatusCode::OK);
 }
