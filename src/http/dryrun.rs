@@ -15,8 +15,8 @@
 //! where the decision cache sits), and the decision log gets a line of its own kind
 //! ([`crate::decision_log::DryRun`]), never per-account decisions.
 
-use super::handlers::{account_list, lookup_error, read_accounts};
-use super::{parse, ApiError, AppState, JsonBody};
+use super::handlers::{account_list, lookup_error, parse_capped, read_accounts};
+use super::{ApiError, AppState, JsonBody};
 use crate::decision_log;
 use crate::engine::{self, PolicyRef};
 use crate::engine::testrun;
@@ -286,7 +286,7 @@ fn candidate_invalid(report: policy::Report, with_overrides: bool) -> ApiError {
 /// Parse, check, compile, evaluate both, compare, log, render. Blocking.
 fn run(app: &AppState, body: &[u8], query: Option<&str>, start: Instant) -> Result<Response, ApiError> {
     let (q_format, q_top) = query_options(query)?;
-    let req: DryRunRequest<'_> = parse(body)?;
+    let req: DryRunRequest<'_> = parse_capped(body, app.service.limits().max_accounts)?;
     let format = match (q_format, req.format) {
         (Some(a), Some(b)) if a != b => return Err(bad_request("`format` in the query and in the body differ")),
         (a, b) => a.or(b).unwrap_or(DiffFormat::Json),

@@ -34,6 +34,32 @@ pub struct EvaluateRequest<'a> {
     pub accounts: Vec<&'a RawValue>,
 }
 
+thread_local! {
+    /// The most accounts [`account_list`] takes on this thread ([`parse_capped`] sets it).
+    static ACCOUNT_CAP: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+    /// Set when [`account_list`] stopped at the cap.
+    static OVER_CAP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// [`parse`] a body with an `accounts` list of at most `cap` elements: more is 413
+/// `too_many_accounts`, found while parsing, so a body of a million tiny elements costs no
+/// more than `cap` of them.
+pub(super) fn parse_capped<'a, T: Deserialize<'a>>(body: &'a [u8], cap: usize) -> Result<T, ApiError> {
+    ACCOUNT_CAP.set(cap);
+    OVER_CAP.set(false);
+    let parsed = parse(body);
+    ACCOUNT_CAP.set(usize::MAX);
+    if OVER_CAP.replace(false) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_accounts",
+            format!("the request carries more than {cap} accounts; split it (the limit is TIERWISE_MAX_ACCOUNTS)"),
+        )
+        .details(serde_json::json!({ "limit_accounts": cap })));
+    }
+    parsed
+}
+
 /// Splits the array into its elements' text in the one pass over the body; each element is
 /// parsed on its own afterwards, so one bad account does not fail the request.
 pub(super) fn account_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<&'de RawValue>, D::Error> {
@@ -44,8 +70,13 @@ pub(super) fn account_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec
             f.write_str("`accounts` to be an array of account snapshots")
         }
         fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            let cap = ACCOUNT_CAP.get();
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(cap));
             while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+                if v.len() >= cap {
+                    OVER_CAP.set(true);
+                    return Err(serde::de::Error::custom(format_args!("more than {cap} accounts")));
+                }
                 v.push(raw);
             }
             Ok(v)
@@ -181,7 +212,7 @@ enum Found {
 
 fn prepare(app: &AppState, body: &[u8], level: Level) -> Result<Prepared, ApiError> {
     use std::sync::atomic::Ordering::Relaxed;
-    let req: EvaluateRequest<'_> = parse(body)?;
+    let req: EvaluateRequest<'_> = parse_capped(body, app.service.limits().max_accounts)?;
     let loaded = app.service.policy(req.policy.as_deref()).map_err(lookup_error)?;
     let records = read_accounts(&req.accounts);
     let step = if !app.cache.available() {
@@ -757,6 +788,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 
 pub async fn metrics(State(app): State<AppState>) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
+    app.metrics.observe_log(app.log.stats());
     let text = app.metrics.render(&app.service, &app.cache.stats(), app.cache_gated.load(Relaxed), app.cache_unavailable.load(Relaxed));
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"))], text).into_response()
 }

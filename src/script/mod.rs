@@ -44,6 +44,9 @@ pub struct Limits {
     pub max_array_size: usize,
     /// Entries in one object map.
     pub max_map_size: usize,
+    /// Accounts one evaluation request may carry; the service refuses more before deciding
+    /// any (the command line reads files of any size and does not apply it).
+    pub max_accounts: usize,
     /// Wall clock for everything one account evaluates.
     pub time_per_account: Duration,
     /// Evaluate what fits [`native`]'s subset without rhai (same results; off only to
@@ -152,6 +155,7 @@ impl Default for Limits {
             max_string_size: 64 * 1024,
             max_array_size: 10_000,
             max_map_size: 1_000,
+            max_accounts: 50_000,
             time_per_account: Duration::from_millis(50),
             native: true,
             until: None,
