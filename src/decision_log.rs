@@ -69,7 +69,8 @@ impl Msg {
     fn accounts(&self) -> usize {
         match self {
             Msg::Line(_) => 1,
-            Msg::Job(j) => 1 + j.outcomes.len() + j.cached.len(),
+            // A cached book is its answer's bytes: ~800 per account.
+            Msg::Job(j) => 1 + j.outcomes.len() + j.cached.len() + j.cached_book.as_ref().map_or(0, |b| b.len() / 800),
         }
     }
 }
