@@ -246,7 +246,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Deadline {
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
         // Outside the timeout layer (never on /v1/*): no deadline of its own, a far one.
-        let far = Instant::now() + Duration::from_secs(3600);
+        let far = Instant::now().checked_add(Duration::from_secs(3600)).unwrap_or_else(Instant::now);
         Ok(parts.extensions.get::<Deadline>().copied().unwrap_or(Deadline(far)))
     }
 }
