@@ -256,8 +256,7 @@ const MAX_CACHED_BOOK: usize = 8 << 20;
 
 /// Decide what the cache did not answer (under the request's `budget`), serialize, log.
 fn decide(app: &AppState, loaded: &Arc<Loaded>, records: Vec<Record>, found: Found, level: Level, start: Instant, budget: &Arc<crate::script::Budget>) -> Result<Done, ApiError> {
-    let done = crate::script::with_budget(Some(budget.clone()), || decide_within(app, loaded, records, found, level, start, budget))?;
-    Ok(done)
+    crate::script::with_budget(Some(budget.clone()), || decide_within(app, loaded, records, found, level, start, budget))
 }
 
 fn decide_within(app: &AppState, loaded: &Arc<Loaded>, records: Vec<Record>, found: Found, level: Level, start: Instant, budget: &crate::script::Budget) -> Result<Done, ApiError> {
