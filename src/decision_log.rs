@@ -7,19 +7,45 @@
 //! waits for the disk or the encoding. The thread works in rounds of at most [`ROUND`]: it
 //! drains the queue, flushes, then sleeps out the round; meanwhile requests only enqueue (a
 //! sender wakes nobody), so a busy server pays one write and one wake-up per round, not per
-//! request (measured: 14 µs of CPU per request when waking the thread each time). The queue is bounded ([`QUEUE`] requests): if the disk
-//! cannot keep up, requests wait for it rather than lines being lost or memory growing.
+//! request (measured: 14 µs of CPU per request when waking the thread each time).
+//!
+//! A sink that fails or stalls (a full disk, a pipe nobody reads) must not slow requests
+//! down: the queue is bounded ([`QUEUE`] lines, and [`QUEUE_ACCOUNTS`] accounts so big
+//! portfolios cannot hold gigabytes of outcomes), and a line that does not fit is dropped at
+//! once, never waited for. Dropped lines and lines lost to write errors are counted
+//! ([`LogStats`], `tierwise_decision_log_dropped_total` and
+//! `tierwise_decision_log_write_errors_total` in `/metrics`), and a failing sink is reported
+//! on stderr at most once per [`REPORT_EVERY`], so its own log stays bounded too.
 
 use crate::engine::{Outcome, PolicyRef, Summary};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 /// Requests whose lines may wait to be written.
 pub const QUEUE: usize = 16_384;
+
+/// Accounts whose outcomes may wait in the queue, all requests together (a 10,000-account
+/// portfolio holds ~20 MB of outcomes until its line is written).
+pub const QUEUE_ACCOUNTS: usize = 65_536;
+
+/// Least time between two stderr reports of a failing sink.
+pub const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What the log lost, since start.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// Lines dropped because the queue was full (the sink is slow or stalled).
+    pub dropped: AtomicU64,
+    /// Lines lost because writing them failed (a full disk, a closed pipe).
+    pub write_errors: AtomicU64,
+    /// Accounts waiting in the queue now.
+    queued_accounts: AtomicUsize,
+}
 
 /// Longest a line waits before it is written.
 pub const ROUND: std::time::Duration = std::time::Duration::from_millis(5);
@@ -29,12 +55,24 @@ pub const ROUND: std::time::Duration = std::time::Duration::from_millis(5);
 pub struct DecisionLog {
     tx: Option<mpsc::SyncSender<Msg>>,
     done: Option<Arc<std::sync::Mutex<Option<mpsc::Receiver<()>>>>>,
+    stats: Arc<LogStats>,
 }
 
 /// What goes to the log thread: a line already encoded, or a big request to encode there.
 enum Msg {
     Line(Vec<u8>),
     Job(Box<Job>),
+}
+
+impl Msg {
+    /// Its weight against [`QUEUE_ACCOUNTS`].
+    fn accounts(&self) -> usize {
+        match self {
+            Msg::Line(_) => 1,
+            // A cached book is its answer's bytes: ~800 per account.
+            Msg::Job(j) => 1 + j.outcomes.len() + j.cached.len() + j.cached_book.as_ref().map_or(0, |b| b.len() / 800),
+        }
+    }
 }
 
 /// Requests with more accounts than this are encoded (and their outcomes freed) on the log
@@ -217,7 +255,12 @@ pub struct Job {
 impl DecisionLog {
     /// No log.
     pub fn off() -> Self {
-        DecisionLog { tx: None, done: None }
+        DecisionLog { tx: None, done: None, stats: Arc::default() }
+    }
+
+    /// Lines dropped and lost so far.
+    pub fn stats(&self) -> &LogStats {
+        &self.stats
     }
 
     /// What waits for the final lines at shutdown (take it before handing the log out).
@@ -242,35 +285,69 @@ impl DecisionLog {
     pub fn to_writer(out: Box<dyn Write + Send>) -> Self {
         let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
         let (done_tx, done_rx) = mpsc::channel::<()>();
+        let stats: Arc<LogStats> = Arc::default();
+        let st = stats.clone();
         let spawned = std::thread::Builder::new().name("tierwise-decision-log".into()).spawn(move || {
-            let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
+            let mut out = Some(std::io::BufWriter::with_capacity(1 << 16, out));
             let mut line = Vec::with_capacity(4096);
-            let mut write = |msg: Msg, out: &mut std::io::BufWriter<Box<dyn Write + Send>>| match msg {
-                Msg::Line(l) => out.write_all(&l).is_ok(),
-                Msg::Job(job) => {
-                    line.clear();
-                    encode(&job, &mut line) && out.write_all(&line).is_ok()
+            let mut reported: Option<Instant> = None;
+            let mut lost_since_report = 0u64;
+            while let Ok(first) = rx.recv() {
+                let start = Instant::now();
+                let (mut lines, mut ok) = (0u64, true);
+                let mut msg = Some(first);
+                while let Some(m) = msg.take().or_else(|| rx.try_recv().ok()) {
+                    st.queued_accounts.fetch_sub(m.accounts(), Relaxed);
+                    lines += 1;
+                    let Some(w) = out.as_mut() else { continue };
+                    ok &= match m {
+                        Msg::Line(l) => w.write_all(&l).is_ok(),
+                        Msg::Job(job) => {
+                            line.clear();
+                            encode(&job, &mut line) && w.write_all(&line).is_ok()
+                        }
+                    };
                 }
-            };
-            while let Ok(job) = rx.recv() {
-                let start = std::time::Instant::now();
-                let mut ok = write(job, &mut out);
-                while let Ok(more) = rx.try_recv() {
-                    ok &= write(more, &mut out);
+                if ok && out.as_mut().is_some_and(|w| w.flush().is_ok()) {
+                    continue_round(start);
+                    continue;
                 }
-                if !(ok && out.flush().is_ok()) {
-                    eprintln!("tierwise: cannot write the decision log");
+                // The round's lines are lost: count them, and drop what the buffer still
+                // holds, so a sink that recovers gets whole lines, not a stale tail.
+                st.write_errors.fetch_add(lines, Relaxed);
+                lost_since_report += lines;
+                out = out.map(|w| std::io::BufWriter::with_capacity(1 << 16, w.into_parts().0));
+                if reported.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
+                    eprintln!("tierwise: cannot write the decision log: {lost_since_report} line(s) lost (reported at most every {} s; see tierwise_decision_log_write_errors_total)", REPORT_EVERY.as_secs());
+                    reported = Some(Instant::now());
+                    lost_since_report = 0;
                 }
-                std::thread::sleep(ROUND.saturating_sub(start.elapsed()));
+                continue_round(start);
             }
             let _ = done_tx.send(());
         });
         match spawned {
-            Ok(_) => DecisionLog { tx: Some(tx), done: Some(Arc::new(std::sync::Mutex::new(Some(done_rx)))) },
+            Ok(_) => DecisionLog { tx: Some(tx), done: Some(Arc::new(std::sync::Mutex::new(Some(done_rx)))), stats },
             Err(e) => {
                 eprintln!("tierwise: no decision log: cannot start its thread: {e}");
                 Self::off()
             }
+        }
+    }
+
+    /// Queues a line, or drops it (counted) when the queue is full: never waits.
+    fn send(&self, tx: &mpsc::SyncSender<Msg>, msg: Msg) {
+        let weight = msg.accounts();
+        let before = self.stats.queued_accounts.fetch_add(weight, Relaxed);
+        // One line always fits, however big, so a big request is not refused by an idle log.
+        if before > 0 && before + weight > QUEUE_ACCOUNTS {
+            self.stats.queued_accounts.fetch_sub(weight, Relaxed);
+            self.stats.dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        if tx.try_send(msg).is_err() {
+            self.stats.queued_accounts.fetch_sub(weight, Relaxed);
+            self.stats.dropped.fetch_add(1, Relaxed);
         }
     }
 
@@ -288,7 +365,7 @@ impl DecisionLog {
             return;
         }
         line.push(b'\n');
-        let _ = tx.send(Msg::Line(line));
+        self.send(tx, Msg::Line(line));
     }
 
     /// Logs one evaluation request (written on the log thread).
@@ -303,8 +380,13 @@ impl DecisionLog {
             }
             Msg::Line(line)
         };
-        let _ = tx.send(msg);
+        self.send(tx, msg);
     }
+}
+
+/// Sleeps out the rest of a round that began at `start`.
+fn continue_round(start: Instant) {
+    std::thread::sleep(ROUND.saturating_sub(start.elapsed()));
 }
 
 /// One dry run as logged: what was compared and what the diff counts, never decisions.

@@ -108,6 +108,8 @@ pub struct Metrics {
     policy_loaded_at: Family<NameLabels, Gauge>,
     pub account: LevelMetrics,
     pub portfolio: LevelMetrics,
+    log_dropped: Counter,
+    log_write_errors: Counter,
 }
 
 fn placeholder() -> LevelMetrics {
@@ -147,6 +149,8 @@ impl Metrics {
             registry: Registry::default(),
             account: placeholder(),
             portfolio: placeholder(),
+            log_dropped: Counter::default(),
+            log_write_errors: Counter::default(),
         };
         registry.register("http_requests", "HTTP requests answered, by route, method and status", m.requests.clone());
         registry.register("http_request_duration_seconds", "Time to answer a request, by route", m.latency.clone());
@@ -168,6 +172,8 @@ impl Metrics {
         registry.register("policy_info", "The policy version serving, by name and hash (always 1)", m.policy_info.clone());
         registry.register("policy_reload_failing", "1 when the policy's files on disk failed their checks and an older version (or none) serves", m.policy_error.clone());
         registry.register("policy_loaded_at_seconds", "Unix time the serving version went live", m.policy_loaded_at.clone());
+        registry.register("decision_log_dropped", "Decision log lines dropped because its queue was full (a slow or stalled sink); requests never wait for the log", m.log_dropped.clone());
+        registry.register("decision_log_write_errors", "Decision log lines lost because writing them failed (full disk, closed pipe)", m.log_write_errors.clone());
         let level = |level: &'static str| {
             let l = LevelLabels { level };
             LevelMetrics {
@@ -179,6 +185,13 @@ impl Metrics {
         };
         let (account, portfolio) = (level("account"), level("portfolio"));
         Metrics { registry, account, portfolio, ..m }
+    }
+
+    /// Copies the decision log's loss counters, to be rendered next.
+    pub fn observe_log(&self, log: &crate::decision_log::LogStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.log_dropped.inner().store(log.dropped.load(Relaxed), Relaxed);
+        self.log_write_errors.inner().store(log.write_errors.load(Relaxed), Relaxed);
     }
 
     /// The OpenMetrics text, with the policy and cache figures read now.

@@ -42,10 +42,14 @@ fn server() -> Server {
 }
 
 fn server_with(config: Config) -> Server {
+    server_with_limits(config, Limits::default())
+}
+
+fn server_with_limits(config: Config, limits: Limits) -> Server {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("policies");
     copy_dir(&root().join("policies"), &dir);
-    let service = Arc::new(Service::new(&dir, Limits::default(), None));
+    let service = Arc::new(Service::new(&dir, limits, None));
     service.reload();
     let log = Captured::default();
     let app = App::new(service.clone(), config, DecisionLog::to_writer(Box::new(log.clone())));
@@ -482,16 +486,19 @@ async fn a_hostile_dry_run_stops_at_the_request_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_runs_beyond_the_limit_are_refused_with_retry_after() {
     let _turn = HEAVY.lock().await;
-    let s = server();
+    // A loaded machine can hold a thread past the 50 ms per-account wall clock, and one such
+    // account is enough to refuse a candidate: this test is about the slots, not the clock.
+    let s = server_with_limits(Config::default(), Limits { time_per_account: Duration::from_secs(5), ..Limits::default() });
+    // Slow but within every limit: a hostile one stops at its first account now.
     let mut files = add_criterion("[[score.criteria]]\nid = \"spin\"\nweight = 1.0\nscript = \"spin\"\n");
-    files.insert("scripts/spin.rhai".into(), b"fn spin(a) { loop { } }\n".to_vec());
+    files.insert("scripts/spin.rhai".into(), b"fn spin(a) { let i = 0; while i < 1000 { i += 1; } 5 }\n".to_vec());
     let text = gen_portfolio::jsonl(3000, gen_portfolio::SEED);
     let accounts: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let slow = Arc::new(json!({ "accounts": accounts, "candidate": as_json(&files) }));
     let mut busy = Vec::new();
     for _ in 0..http::DRY_RUNS_AT_ONCE {
         let (router, body) = (s.router.clone(), slow.clone());
-        busy.push(tokio::spawn(async move { post(&router, "/v1/dry-run", &body).await.status }));
+        busy.push(tokio::spawn(async move { let a = post(&router, "/v1/dry-run", &body).await; (a.status, a.text().chars().take(600).collect::<String>()) }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let a = post(&s.router, "/v1/dry-run", &json!({ "accounts": [], "overrides": {} })).await;
@@ -499,9 +506,9 @@ async fn dry_runs_beyond_the_limit_are_refused_with_retry_after() {
     assert_eq!((a.status, a.json()["code"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!("overloaded")));
     // Live evaluations are not held up by the dry-run limit.
     assert_eq!(post(&s.router, "/v1/evaluate", &json!({ "accounts": accounts[..2] })).await.status, StatusCode::OK);
-    // The hostile candidate itself is refused once its runs end (it trips the sandbox).
     for b in busy {
-        assert_eq!(b.await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY);
+        let (status, text) = b.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{text}");
     }
     assert_eq!(post(&s.router, "/v1/dry-run", &json!({ "accounts": [], "overrides": {} })).await.status, StatusCode::OK);
 }

@@ -32,6 +32,10 @@ pub struct SandboxArgs {
     /// Wall-clock milliseconds per account.
     #[arg(long, global = true, env = "TIERWISE_TIME_PER_ACCOUNT_MS", default_value_t = 50)]
     time_per_account_ms: u64,
+    /// Accounts one HTTP request may carry (evaluate, portfolio, dry run); more are refused
+    /// with 413 `too_many_accounts` before any is decided.
+    #[arg(long, global = true, env = "TIERWISE_MAX_ACCOUNTS", default_value_t = 50_000)]
+    max_accounts: usize,
     /// Run every expression through rhai, never the native fast path (same results, slower;
     /// a switch to rule the fast path out when investigating).
     #[arg(long, global = true, env = "TIERWISE_NO_NATIVE")]
@@ -44,6 +48,7 @@ impl SandboxArgs {
             max_operations: self.max_operations,
             time_per_account: std::time::Duration::from_millis(self.time_per_account_ms),
             native: !self.no_native,
+            max_accounts: self.max_accounts,
             ..Limits::default()
         }
     }

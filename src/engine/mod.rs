@@ -93,6 +93,9 @@ impl std::fmt::Display for Num {
 
 /// Turns a script failure into the account's error, with the place in the policy.
 pub(crate) fn script_failure(id: &str, e: &ScriptError, rule: &str, at: &Place) -> AccountError {
+    if script::LIMIT_CODES.contains(&e.code) {
+        script::note_limit_hit(id);
+    }
     let place = match (&e.source, e.position) {
         (Some(src), Some((line, col))) => Place { file: src.clone(), line, column: col, rule: Some(rule.to_string()) },
         (None, Some((line, col))) => Place {
@@ -448,16 +451,24 @@ pub(crate) fn duplicates(records: &[Record]) -> Vec<bool> {
     }).collect()
 }
 
+/// An account not evaluated because the work's [`script::Budget`] was spent before its turn:
+/// a big book stops within one account's time of its deadline, whatever its size.
+pub(crate) fn budget_spent(id: &str) -> AccountError {
+    AccountError::new(Some(id), "time_limit", script::BUDGET_SPENT_MESSAGE)
+}
+
 pub(crate) fn duplicate_error(id: &str) -> AccountError {
     let mut e = AccountError::new(Some(id), "duplicate_id", format!("id `{id}` appears more than once in the input; every copy is refused"));
     e.field = Some("id".into());
     e
 }
 
-/// Runs `f` over the records, on every core when there are many, keeping input order.
+/// Runs `f` over the records, on every core when there are many, keeping input order. The
+/// caller's [`script::Budget`] goes with the work to every thread.
 pub(crate) fn map_records<T: Send>(records: &[Record], f: impl Fn(usize, &Record) -> T + Sync + Send) -> Vec<T> {
     if records.len() >= PARALLEL_MIN {
-        records.par_iter().enumerate().with_min_len(64).map(|(i, r)| f(i, r)).collect()
+        let budget = script::budget();
+        records.par_iter().enumerate().with_min_len(64).map(|(i, r)| script::with_budget(budget.clone(), || f(i, r))).collect()
     } else {
         records.iter().enumerate().map(|(i, r)| f(i, r)).collect()
     }
@@ -474,6 +485,7 @@ pub fn evaluate(policy: &Policy, records: &[Record]) -> Vec<Outcome> {
         let result = match r {
             Err(e) => Err(e.clone()),
             Ok(s) if dup.get(i).copied().unwrap_or(false) => Err(duplicate_error(&s.id)),
+            Ok(s) if script::budget_spent() => Err(budget_spent(&s.id)),
             Ok(s) => snapshot::validate(policy, s).and_then(|a| ctx.score_and_move(a)).and_then(|sc| ctx.finish(sc, &pref)),
         };
         match result {

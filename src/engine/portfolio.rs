@@ -158,6 +158,7 @@ pub fn evaluate_portfolio(policy: &Policy, records: &[Record]) -> PortfolioResul
     let first: Vec<Result<Scored, AccountError>> = map_records(records, |i, r| match r {
         Err(e) => Err(e.clone()),
         Ok(s) if dup[i] => Err(duplicate_error(&s.id)),
+        Ok(s) if crate::script::budget_spent() => Err(super::budget_spent(&s.id)),
         Ok(s) => snapshot::validate(policy, s).and_then(|a| ctx.score_and_move(a)),
     });
 
@@ -185,7 +186,8 @@ pub fn evaluate_portfolio(policy: &Policy, records: &[Record]) -> PortfolioResul
     }
 
     let finished: Vec<Result<Decision, AccountError>> = if scored.len() >= 256 {
-        scored.into_par_iter().with_min_len(64).map(|s| ctx.finish(s, &pref)).collect()
+        let budget = crate::script::budget();
+        scored.into_par_iter().with_min_len(64).map(|s| crate::script::with_budget(budget.clone(), || ctx.finish(s, &pref))).collect()
     } else {
         scored.into_iter().map(|s| ctx.finish(s, &pref)).collect()
     };

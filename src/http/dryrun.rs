@@ -15,8 +15,8 @@
 //! where the decision cache sits), and the decision log gets a line of its own kind
 //! ([`crate::decision_log::DryRun`]), never per-account decisions.
 
-use super::handlers::{account_list, lookup_error, read_accounts};
-use super::{parse, ApiError, AppState, JsonBody};
+use super::handlers::{account_list, lookup_error, parse_capped, read_accounts};
+use super::{ApiError, AppState, JsonBody};
 use crate::decision_log;
 use crate::engine::{self, PolicyRef};
 use crate::engine::testrun;
@@ -30,7 +30,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use crate::script;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
 /// Most files a candidate folder may hold.
@@ -262,21 +263,25 @@ fn override_error(errors: Vec<overrides::OverrideError>) -> ApiError {
 }
 
 /// Account error codes that mean the sandbox stopped a candidate's script.
-const SANDBOX_CODES: [&str; 4] = ["time_limit", "operation_limit", "call_depth", "size_limit"];
+const SANDBOX_CODES: &[&str] = script::LIMIT_CODES;
 
 fn candidate_unsafe(tripped: &[&whatif::FailureDelta]) -> ApiError {
     let mut by_code: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     for f in tripped {
         *by_code.entry(f.error.code).or_default() += 1;
     }
-    let first = tripped.first().map(|f| format!("; first: `{}`: {}", f.id.as_deref().unwrap_or("?"), f.error.message)).unwrap_or_default();
-    let examples: Vec<Value> = tripped.iter().take(5).map(|f| json!({ "id": f.id, "record": f.record, "error": f.error })).collect();
+    // The accounts that really hit a limit name it and its place; those stopped after the
+    // first hit (never evaluated) only say so, so they come last.
+    let (hit, stopped): (Vec<&whatif::FailureDelta>, Vec<&whatif::FailureDelta>) =
+        tripped.iter().copied().partition(|f| f.error.message != script::BUDGET_SPENT_MESSAGE);
+    let first = hit.first().or(stopped.first()).map(|f| format!("; first: `{}`: {}", f.id.as_deref().unwrap_or("?"), f.error.message)).unwrap_or_default();
+    let examples: Vec<Value> = hit.iter().chain(&stopped).take(5).map(|f| json!({ "id": f.id, "record": f.record, "error": f.error })).collect();
     ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "candidate_sandbox_limit",
         format!("the candidate policy hits a sandbox limit on {} account(s) the baseline decides{first}", tripped.len()),
     )
-    .details(json!({ "accounts": tripped.len(), "by_code": by_code, "examples": examples }))
+    .details(json!({ "accounts": tripped.len(), "stopped_early": stopped.len(), "by_code": by_code, "examples": examples }))
 }
 
 fn candidate_invalid(report: policy::Report, with_overrides: bool) -> ApiError {
@@ -294,7 +299,7 @@ fn candidate_invalid(report: policy::Report, with_overrides: bool) -> ApiError {
 /// Parse, check, compile, evaluate both, compare, log, render. Blocking.
 fn run(app: &AppState, body: &[u8], query: Option<&str>, start: Instant) -> Result<Response, ApiError> {
     let (q_format, q_top) = query_options(query)?;
-    let req: DryRunRequest<'_> = parse(body)?;
+    let req: DryRunRequest<'_> = parse_capped(body, app.service.limits().max_accounts)?;
     let format = match (q_format, req.format) {
         (Some(a), Some(b)) if a != b => return Err(bad_request("`format` in the query and in the body differ")),
         (a, b) => a.or(b).unwrap_or(DiffFormat::Json),
@@ -327,8 +332,21 @@ fn run(app: &AppState, body: &[u8], query: Option<&str>, start: Instant) -> Resu
     drop(files);
 
     let records = read_accounts(&req.accounts);
-    // Both books at once, straight to the engine: no cache is read or written.
-    let (before, after) = rayon::join(|| engine::evaluate_portfolio(&baseline.policy, &records), || engine::evaluate_portfolio(&candidate, &records));
+    // Straight to the engine: no cache is read or written. The baseline first (trusted, and
+    // each book uses every core anyway), so the candidate can stop at its first sandbox limit
+    // on an account the baseline decides: such a candidate is refused whatever the other
+    // accounts give, and a hostile one costs one account's limit, not the book's.
+    let until = start.checked_add(app.config.request_timeout);
+    let before = script::with_budget(Some(script::Budget::new(until)), || engine::evaluate_portfolio(&baseline.policy, &records));
+    let already: HashSet<String> = before
+        .accounts
+        .iter()
+        .filter_map(|o| match o {
+            engine::Outcome::Error { id: Some(id), error } if SANDBOX_CODES.contains(&error.code) => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    let after = script::with_budget(Some(script::Budget::tripping(until, already)), || engine::evaluate_portfolio(&candidate, &records));
     let diff = whatif::compare(&before, &after);
     drop((before, after, records));
     // A candidate that runs into the sandbox on live data (an endless loop, runaway recursion,

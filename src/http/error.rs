@@ -14,7 +14,7 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct ErrorBody {
     /// Stable machine code: `malformed_json`, `invalid_request`, `unsupported_media_type`,
-    /// `payload_too_large`, `unknown_policy`, `policy_unavailable`, `no_default_policy`,
+    /// `payload_too_large`, `too_many_accounts`, `unknown_policy`, `policy_unavailable`, `no_default_policy`,
     /// `unknown_schema`, `not_found`, `method_not_allowed`, `unauthorized`, `forbidden`,
     /// (dry runs) `bad_candidate_path`, `candidate_too_large`, `candidate_invalid`, `invalid_override`,
     /// `candidate_sandbox_limit`, `overloaded`, `timeout`, `body_timeout` (408: the body did not arrive in time),

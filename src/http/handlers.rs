@@ -1,7 +1,7 @@
 //! Handlers: parse, call the service, render. Evaluation answers are serialized once, into
 //! the response bytes, straight from the engine's outcomes.
 
-use super::{parse, ApiError, AppState, JsonBody, PathParam};
+use super::{parse, ApiError, AppState, Deadline, JsonBody, PathParam};
 use crate::cache::{self, AccountPlan, Key, WriteBatch};
 use crate::decision_log;
 use crate::engine::{Outcome, PolicyRef, Summary};
@@ -55,6 +55,32 @@ impl JsonSchema for AccountItem {
     }
 }
 
+thread_local! {
+    /// The most accounts [`account_list`] takes on this thread ([`parse_capped`] sets it).
+    static ACCOUNT_CAP: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+    /// Set when [`account_list`] stopped at the cap.
+    static OVER_CAP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// [`parse`] a body with an `accounts` list of at most `cap` elements: more is 413
+/// `too_many_accounts`, found while parsing, so a body of a million tiny elements costs no
+/// more than `cap` of them.
+pub(super) fn parse_capped<'a, T: Deserialize<'a>>(body: &'a [u8], cap: usize) -> Result<T, ApiError> {
+    ACCOUNT_CAP.set(cap);
+    OVER_CAP.set(false);
+    let parsed = parse(body);
+    ACCOUNT_CAP.set(usize::MAX);
+    if OVER_CAP.replace(false) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_accounts",
+            format!("the request carries more than {cap} accounts; split it (the limit is TIERWISE_MAX_ACCOUNTS)"),
+        )
+        .details(serde_json::json!({ "limit_accounts": cap })));
+    }
+    parsed
+}
+
 /// Splits the array into its elements' text in the one pass over the body; each element is
 /// parsed on its own afterwards, so one bad account does not fail the request.
 pub(super) fn account_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<&'de RawValue>, D::Error> {
@@ -65,8 +91,13 @@ pub(super) fn account_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec
             f.write_str("`accounts` to be an array of account snapshots")
         }
         fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            let cap = ACCOUNT_CAP.get();
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(cap));
             while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+                if v.len() >= cap {
+                    OVER_CAP.set(true);
+                    return Err(serde::de::Error::custom(format_args!("more than {cap} accounts")));
+                }
                 v.push(raw);
             }
             Ok(v)
@@ -109,16 +140,18 @@ impl Level {
     }
 }
 
-pub async fn evaluate(State(app): State<AppState>, body: JsonBody) -> Result<Response, ApiError> {
-    run_evaluation(app, body.0, Level::Account).await
+pub async fn evaluate(State(app): State<AppState>, deadline: Deadline, body: JsonBody) -> Result<Response, ApiError> {
+    run_evaluation(app, body.0, Level::Account, deadline).await
 }
 
-pub async fn portfolio(State(app): State<AppState>, body: JsonBody) -> Result<Response, ApiError> {
-    run_evaluation(app, body.0, Level::Portfolio).await
+pub async fn portfolio(State(app): State<AppState>, deadline: Deadline, body: JsonBody) -> Result<Response, ApiError> {
+    run_evaluation(app, body.0, Level::Portfolio, deadline).await
 }
 
-async fn run_evaluation(app: AppState, body: Bytes, level: Level) -> Result<Response, ApiError> {
+async fn run_evaluation(app: AppState, body: Bytes, level: Level, deadline: Deadline) -> Result<Response, ApiError> {
     let start = Instant::now();
+    // Every evaluation of this request stops at the request timeout, on whichever thread.
+    let budget = crate::script::Budget::new(Some(deadline.0));
     let inline = body.len() <= INLINE_MAX_BYTES && level == Level::Account;
     // Parse (and digest, for the cache keys) on the async thread when small, else off it.
     let prep = if inline {
@@ -149,10 +182,10 @@ async fn run_evaluation(app: AppState, body: Bytes, level: Level) -> Result<Resp
         }
     };
     let done = if inline {
-        decide(&app, &loaded, records, found, level, start)?
+        decide(&app, &loaded, records, found, level, start, &budget)?
     } else {
         let app2 = app.clone();
-        tokio::task::spawn_blocking(move || decide(&app2, &loaded, records, found, level, start))
+        tokio::task::spawn_blocking(move || decide(&app2, &loaded, records, found, level, start, &budget))
             .await
             .map_err(|e| ApiError::internal("evaluation task", e))??
     };
@@ -200,7 +233,7 @@ enum Found {
 
 fn prepare(app: &AppState, body: &[u8], level: Level) -> Result<Prepared, ApiError> {
     use std::sync::atomic::Ordering::Relaxed;
-    let req: EvaluateRequest<'_> = parse(body)?;
+    let req: EvaluateRequest<'_> = parse_capped(body, app.service.limits().max_accounts)?;
     let loaded = app.service.policy(req.policy.as_deref()).map_err(lookup_error)?;
     let records = read_accounts(&req.accounts);
     let step = if !app.cache.available() {
@@ -242,8 +275,12 @@ struct Done {
 /// Portfolio answers larger than this are not cached (a 10k-account book is ~8 MB).
 const MAX_CACHED_BOOK: usize = 8 << 20;
 
-/// Decide what the cache did not answer, serialize, log.
-fn decide(app: &AppState, loaded: &Arc<Loaded>, records: Vec<Record>, found: Found, level: Level, start: Instant) -> Result<Done, ApiError> {
+/// Decide what the cache did not answer (under the request's `budget`), serialize, log.
+fn decide(app: &AppState, loaded: &Arc<Loaded>, records: Vec<Record>, found: Found, level: Level, start: Instant, budget: &Arc<crate::script::Budget>) -> Result<Done, ApiError> {
+    crate::script::with_budget(Some(budget.clone()), || decide_within(app, loaded, records, found, level, start, budget))
+}
+
+fn decide_within(app: &AppState, loaded: &Arc<Loaded>, records: Vec<Record>, found: Found, level: Level, start: Instant, budget: &crate::script::Budget) -> Result<Done, ApiError> {
     let decision_id = uuid::Uuid::now_v7().to_string();
     let m = match level {
         Level::Account => &app.metrics.account,
@@ -323,6 +360,11 @@ fn decide(app: &AppState, loaded: &Arc<Loaded>, records: Vec<Record>, found: Fou
             (r.accounts, Some(r.summary))
         }
     };
+    if budget.spent() {
+        // Past the request timeout: the client has its 503 and these outcomes hold
+        // `time_limit` errors that no policy caused; neither logged nor counted.
+        return Err(ApiError::timeout(app.config.request_timeout));
+    }
     let errors = outcomes.iter().filter(|o| o.decision().is_none()).count() as u64;
     m.evaluations.inc();
     m.accounts.inc_by(n as u64);
@@ -776,6 +818,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 
 pub async fn metrics(State(app): State<AppState>) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
+    app.metrics.observe_log(app.log.stats());
     let text = app.metrics.render(&app.service, &app.cache.stats(), app.cache_gated.load(Relaxed), app.cache_unavailable.load(Relaxed));
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"))], text).into_response()
 }

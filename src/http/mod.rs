@@ -2,7 +2,8 @@
 //!
 //! [`app`] builds the whole router from an [`App`], so tests drive it with
 //! `tower::ServiceExt::oneshot` and no socket. Layers, outermost first:
-//! metrics (every answer is counted, errors by code) → body limit (every route, by
+//! metrics (every answer is counted, errors by code) → catch panic (a 500 `internal`, not a
+//! dropped connection) → body limit (every route, by
 //! `Content-Length` and while reading) → for `/v1/*` only: concurrency limit (503 +
 //! `Retry-After` when saturated) → timeout. Probes and `/metrics` stay outside the
 //! concurrency limit so a saturated server still says it is alive.
@@ -147,15 +148,52 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics));
+    with_layers(
+        api.merge(ops)
+            // An unknown path; a known path with the wrong method gets the next one.
+            .fallback(|uri: axum::http::Uri| async move { ApiError::not_found(uri.path()) })
+            .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move { ApiError::method_not_allowed(method.as_str(), uri.path()) }),
+        state,
+    )
+}
+
+/// The layers every route gets, around any set of routes: [`app`] puts them around the real
+/// ones, and tests around routes of their own (one that panics, say) to check the layers
+/// themselves without a test hook in the real routes.
+pub fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
     let limit = state.config.body_limit;
-    api.merge(ops)
-        // An unknown path; a known path with the wrong method gets the next one.
-        .fallback(|uri: axum::http::Uri| async move { ApiError::not_found(uri.path()) })
-        .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move { ApiError::method_not_allowed(method.as_str(), uri.path()) })
+    routes
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(state.clone(), body_limit))
+        .layer(middleware::from_fn(catch_panic))
         .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
         .with_state(state)
+}
+
+/// A panic while answering (a bug) is that request's 500 `internal`, counted like any error;
+/// without this, hyper drops the connection with no answer. A panic in a `spawn_blocking`
+/// closure reaches the handler as a `JoinError`, which handlers answer as `internal` too.
+/// Needs `panic = "unwind"` (the default; Cargo.toml's release profile must not abort).
+async fn catch_panic(req: Request, next: Next) -> Response {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::task::Poll;
+    let mut fut = Box::pin(next.run(req));
+    // Unwind safety: after a panic the future is dropped, never polled again, and the
+    // handlers share nothing a half-done request could leave inconsistent but the
+    // `Mutex`es, which recover from poisoning where they are locked.
+    let answered = std::future::poll_fn(|cx| match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+        Ok(Poll::Ready(res)) => Poll::Ready(Ok(res)),
+        Ok(Poll::Pending) => Poll::Pending,
+        Err(payload) => Poll::Ready(Err(payload)),
+    })
+    .await;
+    match answered {
+        Ok(res) => res,
+        Err(payload) => {
+            let what = payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str)).unwrap_or("a panic");
+            ApiError::internal("panic while answering", what).into_response()
+        }
+    }
 }
 
 /// Counts every answer by route, method and status, its latency, and errors by code.
@@ -198,13 +236,32 @@ async fn body_limit(State(app): State<AppState>, req: Request, next: Next) -> Re
     next.run(req).await
 }
 
+/// When the request timeout fires for this request. Handlers give it to the work they start
+/// off the async threads ([`crate::script::Budget`]): dropping the future at the timeout
+/// answers the client but does not stop a `spawn_blocking` closure; the budget does.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub Instant);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Deadline {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        // Outside the timeout layer (never on /v1/*): no deadline of its own, a far one.
+        let far = Instant::now().checked_add(Duration::from_secs(3600)).unwrap_or_else(Instant::now);
+        Ok(parts.extensions.get::<Deadline>().copied().unwrap_or(Deadline(far)))
+    }
+}
+
 /// The concurrency limit (503 + `Retry-After` at once, no queue) and the request timeout.
-async fn limit_and_timeout(State(app): State<AppState>, req: Request, next: Next) -> Response {
+async fn limit_and_timeout(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
     let Ok(_permit) = app.limiter.try_acquire() else {
         app.metrics.overloaded.inc();
         return ApiError::overloaded().into_response();
     };
     let after = app.config.request_timeout;
+    if let Some(at) = Instant::now().checked_add(after) {
+        req.extensions_mut().insert(Deadline(at));
+    }
     match tokio::time::timeout(after, next.run(req)).await {
         Ok(res) => res,
         Err(_) => ApiError::timeout(after).into_response(),
@@ -229,13 +286,50 @@ impl FromRequest<AppState> for JsonBody {
                 format!("expected `Content-Type: application/json`, got {got}"),
             ));
         }
-        match Bytes::from_request(req, state).await {
-            Ok(b) => Ok(JsonBody(b)),
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::payload_too_large(state.config.body_limit)),
-            Err(e) if let Some(after) = server::body_timeout_of(&e) => Err(ApiError::body_timeout(after)),
-            Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("cannot read the request body: {}", e.body_text()))),
-        }
+        read_body(req, state.config.body_limit).await.map(JsonBody)
     }
+}
+
+/// Reads a body of at most `limit` bytes into one buffer: sized by `Content-Length` when
+/// there is one, else grown up to the limit. Collecting frames and then copying them
+/// into one buffer (axum's `Bytes` extractor) held twice the body at its peak.
+async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+    use axum::body::HttpBody;
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let mut body = req.into_body();
+    // A body read ahead by the server comes as one frame: taken as it is, not copied.
+    let mut whole: Option<Bytes> = None;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|e| match server::body_timeout_of(&e) {
+            Some(after) => ApiError::body_timeout(after),
+            None => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("cannot read the request body: {e}")),
+        })?;
+        let Ok(data) = frame.into_data() else { continue };
+        total += data.len();
+        if total > limit {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        if whole.is_none() && buf.is_empty() {
+            whole = Some(data);
+            continue;
+        }
+        if total > buf.capacity() {
+            // Past 1 MiB, straight to the limit: pages are only resident once written, and
+            // doubling left every smaller buffer behind in the allocator (3x the body).
+            let target = if total > 1 << 20 { limit } else { buf.capacity().saturating_mul(2).clamp(total, limit) };
+            buf.reserve_exact(target.max(declared.unwrap_or(0).min(limit)) - buf.len());
+        }
+        if let Some(first) = whole.take() {
+            buf.extend_from_slice(&first);
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(whole.unwrap_or_else(|| Bytes::from(buf)))
 }
 
 /// One path parameter, percent-decoded. A segment that is not UTF-8 once decoded is a JSON

@@ -202,7 +202,9 @@ async fn read_ahead_then_run(g: &Guard, req: Request, next: Next) -> Response {
     let (parts, mut body) = req.into_parts();
     let sleep = tokio::time::sleep(g.body_read_timeout);
     let mut sleep = std::pin::pin!(sleep);
-    let mut chunks: Vec<Bytes> = Vec::new();
+    // One buffer, sized by the declared length: the router's extractor then takes it as it
+    // is, so a body is held once, not as chunks plus their copy (twice the body in RSS).
+    let mut buf: Vec<u8> = Vec::with_capacity(declared.map_or(0, |n| (n as usize).min(g.body_limit + 1)));
     let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
     let mut total = 0usize;
     let mut failed: Option<axum::Error> = None;
@@ -232,11 +234,18 @@ async fn read_ahead_then_run(g: &Guard, req: Request, next: Next) -> Response {
                     None => held = Some(permit),
                 }
                 total += data.len();
-                chunks.push(data);
+                if total > buf.capacity() {
+                    // Without a declared length: past 1 MiB, straight to the limit (pages are
+                    // only resident once written; doubling would leave each smaller buffer
+                    // behind in the allocator).
+                    let target = if total > 1 << 20 { g.body_limit + 1 } else { buf.capacity().saturating_mul(2) };
+                    buf.reserve_exact(target.max(total) - buf.len());
+                }
+                buf.extend_from_slice(&data);
             }
         }
     }
-    let res = next.run(Request::from_parts(parts, Body::new(ReadAhead { chunks: chunks.into(), failed }))).await;
+    let res = next.run(Request::from_parts(parts, Body::new(ReadAhead { chunks: if buf.is_empty() { Default::default() } else { [Bytes::from(buf)].into() }, failed }))).await;
     drop(held);
     res
 }

@@ -44,6 +44,9 @@ pub struct Limits {
     pub max_array_size: usize,
     /// Entries in one object map.
     pub max_map_size: usize,
+    /// Accounts one evaluation request may carry; the service refuses more before deciding
+    /// any (the command line reads files of any size and does not apply it).
+    pub max_accounts: usize,
     /// Wall clock for everything one account evaluates.
     pub time_per_account: Duration,
     /// Evaluate what fits [`native`]'s subset without rhai (same results; off only to
@@ -56,8 +59,91 @@ pub struct Limits {
     pub until: Option<Instant>,
 }
 
-/// What `on_progress` stops an evaluation with when [`Limits::until`] has passed.
+/// What `on_progress` stops an evaluation with when [`Limits::until`] has passed, or the
+/// [`Budget`] installed on the thread is spent.
 const BUDGET_SPENT: &str = "budget spent";
+
+/// A wall-clock budget for one piece of work (a request) spanning many evaluations, on any
+/// thread that [`with_budget`] installs it on. Unlike [`Limits::until`], which is fixed when a
+/// policy compiles, it is chosen per call: a served policy's engine is shared by every request,
+/// and each request has its own deadline. Once spent (its time passed, or [`Budget::stop`]),
+/// every evaluation under it stops at its next progress check with `time_limit`, so blocking
+/// work ends when its caller has given up on it, not when it would have finished.
+#[derive(Debug)]
+pub struct Budget {
+    until: Option<Instant>,
+    stopped: std::sync::atomic::AtomicBool,
+    /// Stop everything at the first account that trips a sandbox limit (a dry run's untrusted
+    /// candidate is refused for that anyway), except the accounts named here (those the
+    /// baseline fails too, which do not make the candidate worse).
+    trip: Option<std::collections::HashSet<String>>,
+    tripped: std::sync::atomic::AtomicBool,
+}
+
+impl Budget {
+    pub fn new(until: Option<Instant>) -> Arc<Self> {
+        Arc::new(Budget { until, stopped: false.into(), trip: None, tripped: false.into() })
+    }
+
+    /// A budget that also stops at the first sandbox limit tripped by an account not in `except`.
+    pub fn tripping(until: Option<Instant>, except: std::collections::HashSet<String>) -> Arc<Self> {
+        Arc::new(Budget { until, stopped: false.into(), trip: Some(except), tripped: false.into() })
+    }
+
+    pub fn stop(&self) {
+        self.stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn spent(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::Relaxed) || self.until.is_some_and(|u| Instant::now() >= u)
+    }
+
+    /// Whether a sandbox limit stopped the work early (see [`Budget::tripping`]).
+    pub fn tripped(&self) -> bool {
+        self.tripped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Called when account `id` hit a sandbox limit.
+    pub fn limit_hit(&self, id: &str) {
+        if self.trip.as_ref().is_some_and(|except| !except.contains(id)) {
+            self.tripped.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.stop();
+        }
+    }
+}
+
+/// Runs `f` with `budget` installed on this thread (the previous one is put back after).
+pub fn with_budget<R>(budget: Option<Arc<Budget>>, f: impl FnOnce() -> R) -> R {
+    let before = BUDGET.with(|b| b.replace(budget));
+    let out = f();
+    BUDGET.with(|b| *b.borrow_mut() = before);
+    out
+}
+
+/// The budget installed on this thread, to hand to the threads the work spreads to.
+pub fn budget() -> Option<Arc<Budget>> {
+    BUDGET.with(|b| b.borrow().clone())
+}
+
+/// Whether the budget installed on this thread, if any, is spent.
+pub fn budget_spent() -> bool {
+    BUDGET.with(|b| b.borrow().as_ref().is_some_and(|b| b.spent()))
+}
+
+/// Tells the installed budget, if any, that account `id` hit a sandbox limit.
+pub fn note_limit_hit(id: &str) {
+    BUDGET.with(|b| {
+        if let Some(b) = b.borrow().as_ref() {
+            b.limit_hit(id);
+        }
+    });
+}
+
+/// The error codes of the sandbox's limits.
+pub const LIMIT_CODES: &[&str] = &["time_limit", "operation_limit", "call_depth", "size_limit"];
+
+/// The message of an evaluation stopped because its budget was spent.
+pub const BUDGET_SPENT_MESSAGE: &str = "stopped: the time budget of the whole evaluation is spent";
 
 impl Default for Limits {
     fn default() -> Self {
@@ -69,6 +155,7 @@ impl Default for Limits {
             max_string_size: 64 * 1024,
             max_array_size: 10_000,
             max_map_size: 1_000,
+            max_accounts: 50_000,
             time_per_account: Duration::from_millis(50),
             native: true,
             until: None,
@@ -137,6 +224,8 @@ thread_local! {
         deadline: None,
         agg: None,
     });
+    /// The [`Budget`] of the work this thread is doing, if it has one.
+    static BUDGET: RefCell<Option<Arc<Budget>>> = const { RefCell::new(None) };
     /// Depth of module resolution on this thread, so an import cycle is an error.
     static IMPORT_DEPTH: RefCell<u32> = const { RefCell::new(0) };
 }
@@ -208,7 +297,7 @@ impl ScriptError {
         let position = (!pos.is_none()).then(|| (pos.line().unwrap_or(0) as u32, pos.position().unwrap_or(0) as u32));
         let (code, message) = match innermost(err) {
             EvalAltResult::ErrorTerminated(why, _) if why.clone().try_cast::<ImmutableString>().is_some_and(|w| w == BUDGET_SPENT) => {
-                ("time_limit", "stopped: the time budget of the whole evaluation (a dry run's request timeout) is spent".to_string())
+                ("time_limit", BUDGET_SPENT_MESSAGE.to_string())
             }
             EvalAltResult::ErrorTerminated(..) => (
                 "time_limit",
@@ -388,9 +477,7 @@ pub fn build_engine(limits: &Limits, vars: HashMap<String, Var>, inputs: HashMap
         if ops & 0xff != 0 {
             return None;
         }
-        if let Some(u) = until
-            && Instant::now() >= u
-        {
+        if until.is_some_and(|u| Instant::now() >= u) || budget_spent() {
             return Some(Dynamic::from(BUDGET_SPENT));
         }
         CTX.with(|c| match c.borrow().deadline {
