@@ -152,7 +152,7 @@ impl Editor {
         match kind {
             Kind::Good => {
                 let next = self.with_version(&format!("drill-{n}"));
-                self.go_live(next, n % 2 == 0).map_err(io)?;
+                self.go_live(next, n.is_multiple_of(2)).map_err(io)?;
                 self.wait_good(get)?;
                 Ok((String::new(), 1))
             }
@@ -161,7 +161,7 @@ impl Editor {
                 if kind == Kind::TestsFail {
                     let toml = text(&bad, "policy.toml").replacen("min_score = 8.0", "min_score = 9.9", 1);
                     bad.insert("policy.toml".into(), format!("{toml}\n# drill {n}\n").into_bytes());
-                } else if n % 2 == 0 {
+                } else if n.is_multiple_of(2) {
                     let toml = text(&bad, "policy.toml").replacen("[[tiers]]", &format!("# drill {n}\n[[tiers]"), 1);
                     bad.insert("policy.toml".into(), toml.into_bytes());
                 } else {

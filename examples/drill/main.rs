@@ -35,6 +35,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
+/// The edits made and every hash they made good, or why the edits could not start.
+type EditResult = Result<(Vec<edits::Outcome>, Vec<String>), String>;
 
 #[derive(Clone)]
 struct Args {
@@ -674,7 +676,7 @@ async fn main() -> Res<()> {
     // Policy edits, on their own thread (blocking file work and polling).
     let editor = args.edit_dir.clone().map(|dir| {
         let (sh, stop) = (sh.clone(), stop.clone());
-        std::thread::spawn(move || -> Result<(Vec<edits::Outcome>, Vec<String>), String> {
+        std::thread::spawn(move || -> EditResult {
             let stash = sh.args.stash.clone().ok_or("--edit-dir needs --stash")?;
             let mut ed = edits::Editor::new(std::path::Path::new(&dir), std::path::Path::new(&stash)).map_err(|e| format!("{dir}: {e}"))?;
             let name = std::path::Path::new(&dir).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -809,7 +811,7 @@ async fn main() -> Res<()> {
 fn report(
     sh: &Shared,
     load_end: f64,
-    edit_result: Option<Result<(Vec<edits::Outcome>, Vec<String>), String>>,
+    edit_result: Option<EditResult>,
     faults: &[Fault],
     samples: &[Sample],
     final_sample: Option<Sample>,
