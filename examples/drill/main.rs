@@ -672,10 +672,13 @@ async fn main() -> Res<()> {
     });
     let end = start + Duration::from_secs_f64(args.duration);
     let stop = Arc::new(AtomicBool::new(false));
+    // When the edits reach `--reloads`, the load runs 2 s more and ends (the reload drill is
+    // about the time reloads happen; `--duration` is its cap).
+    let edits_done: Arc<Mutex<Option<Instant>>> = Arc::default();
 
     // Policy edits, on their own thread (blocking file work and polling).
     let editor = args.edit_dir.clone().map(|dir| {
-        let (sh, stop) = (sh.clone(), stop.clone());
+        let (sh, stop, edits_done) = (sh.clone(), stop.clone(), edits_done.clone());
         std::thread::spawn(move || -> EditResult {
             let stash = sh.args.stash.clone().ok_or("--edit-dir needs --stash")?;
             let mut ed = edits::Editor::new(std::path::Path::new(&dir), std::path::Path::new(&stash)).map_err(|e| format!("{dir}: {e}"))?;
@@ -703,6 +706,7 @@ async fn main() -> Res<()> {
                     std::thread::sleep(rest);
                 }
             }
+            *edits_done.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
             Ok((out, ed.good.clone()))
         })
     });
@@ -762,7 +766,7 @@ async fn main() -> Res<()> {
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         let at = start + Duration::from_secs_f64(i as f64 * interval);
-        if at >= end {
+        if at >= end || edits_done.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|d| d.elapsed() > Duration::from_secs(2)) {
             break;
         }
         if at > Instant::now() {
