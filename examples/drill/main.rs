@@ -16,6 +16,11 @@
 //!   with `/readyz` and `/metrics` sampled every 100 ms;
 //! - `--server-pid PID`: the server's RSS from /proc every second.
 //!
+//! Each second and window also says how late the drill's own 10 ms ticker woke (`client
+//! lag`) and how much of the time some task of the machine waited for a CPU (PSI `cpu
+//! pressure`): on a shared machine a stall of the client or of the whole box shows there,
+//! apart from the server's latency.
+//!
 //! Prints a line a second (stderr), one per `--window` (default 60 s), the pass lines of
 //! `--pass reload|redis|soak`, and a JSON summary (`--json FILE` too). Exits 1 when a pass
 //! line fails.
@@ -331,6 +336,11 @@ struct Second {
     mixed: u64,
     no_hash: u64,
     rss_kb: Option<u64>,
+    /// How late this client's own 10 ms ticker woke up, at worst (ms): when the client
+    /// itself is not scheduled, the latency it measures is not the server's alone.
+    client_lag_ms: f64,
+    /// Share of this second some task of the machine waited for a CPU (/proc/pressure/cpu).
+    cpu_pressure: Option<f64>,
 }
 
 #[derive(Default)]
@@ -507,6 +517,12 @@ fn body(policy: Option<&str>, lines: &[&str]) -> Vec<u8> {
     b.push_str(&lines.join(","));
     b.push_str("]}");
     b.into_bytes()
+}
+
+/// Microseconds some task has waited for a CPU since boot (Linux PSI), if available.
+fn cpu_stall_us() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
+    s.lines().find(|l| l.starts_with("some"))?.split_whitespace().find_map(|f| f.strip_prefix("total="))?.parse().ok()
 }
 
 fn rss_kb(pid: u32) -> Option<u64> {
@@ -725,21 +741,42 @@ async fn main() -> Res<()> {
             }
         })
     });
+    // The client's own scheduling lag.
+    let ticker = {
+        let (sh, stop) = (sh.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut next = sh.start;
+            while !stop.load(Relaxed) {
+                next += Duration::from_millis(10);
+                tokio::time::sleep_until(next.into()).await;
+                let lag = next.elapsed().as_secs_f64() * 1000.0;
+                let sec = next.saturating_duration_since(sh.start).as_secs() as usize;
+                let mut f = sh.figures.lock().unwrap_or_else(|p| p.into_inner());
+                let s = f.second(sec);
+                s.client_lag_ms = s.client_lag_ms.max(lag);
+            }
+        })
+    };
     // A line a second, with the server's RSS.
     let reporter = {
         let (sh, stop) = (sh.clone(), stop.clone());
         tokio::spawn(async move {
             let mut sec = 0usize;
+            let mut stall = cpu_stall_us();
             while !stop.load(Relaxed) {
                 tokio::time::sleep_until((sh.start + Duration::from_secs(sec as u64 + 1)).into()).await;
                 let rss = sh.args.server_pid.and_then(rss_kb);
+                let now = cpu_stall_us();
+                let pressure = stall.zip(now).map(|(a, b)| b.saturating_sub(a) as f64 / 1e6);
+                stall = now;
                 let mut f = sh.figures.lock().unwrap_or_else(|p| p.into_inner());
                 let s = f.second(sec);
                 s.rss_kb = rss;
+                s.cpu_pressure = pressure;
                 let mut lat = s.lat_us.clone();
                 lat.sort_unstable();
                 let line = format!(
-                    "[{:4}s] answered {:6} failed {} non-2xx {} mixed {} no-hash {}  p50 {:7.2} ms  p99 {:7.2} ms  max {:7.2} ms{}  in flight {}",
+                    "[{:4}s] answered {:6} failed {} non-2xx {} mixed {} no-hash {}  p50 {:7.2} ms  p99 {:7.2} ms  max {:7.2} ms{}  in flight {}  client lag {:.0} ms{}",
                     sec + 1,
                     lat.len(),
                     s.failed,
@@ -750,7 +787,9 @@ async fn main() -> Res<()> {
                     pct(&lat, 0.99),
                     pct(&lat, 1.0),
                     rss.map(|r| format!("  rss {:.1} MiB", r as f64 / 1024.0)).unwrap_or_default(),
-                    sh.in_flight.load(Relaxed)
+                    sh.in_flight.load(Relaxed),
+                    s.client_lag_ms,
+                    pressure.map(|p| format!("  cpu pressure {:.0}%", p * 100.0)).unwrap_or_default()
                 );
                 drop(f);
                 eprintln!("{line}");
@@ -801,6 +840,7 @@ async fn main() -> Res<()> {
         let _ = m.await;
     }
     let _ = reporter.await;
+    let _ = ticker.await;
     // One last sample, after the faults: the breaker must be closed again.
     let final_sample = if args.redis_pid.is_some() { sample(&sh).await } else { None };
     if let Some(mut child) = restarted.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -837,8 +877,11 @@ fn report(
         lat.sort_unstable();
         let rss = chunk.iter().rev().find_map(|s| s.rss_kb);
         let fails: u64 = chunk.iter().map(|s| s.failed + s.non_2xx + s.mixed + s.no_hash).sum();
+        let lag = chunk.iter().map(|s| s.client_lag_ms).fold(0.0, f64::max);
+        let pressures: Vec<f64> = chunk.iter().filter_map(|s| s.cpu_pressure).collect();
+        let pressure = (!pressures.is_empty()).then(|| pressures.iter().sum::<f64>() / pressures.len() as f64);
         println!(
-            "window {k} ({}-{} s): {} answers ({:.0}/s), {fails} bad, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms{}",
+            "window {k} ({}-{} s): {} answers ({:.0}/s), {fails} bad, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms{}; client lag max {lag:.0} ms{}",
             k * w,
             k * w + chunk.len(),
             lat.len(),
@@ -846,9 +889,11 @@ fn report(
             pct(&lat, 0.5),
             pct(&lat, 0.99),
             pct(&lat, 1.0),
-            rss.map(|r| format!(", rss {:.1} MiB", r as f64 / 1024.0)).unwrap_or_default()
+            rss.map(|r| format!(", rss {:.1} MiB", r as f64 / 1024.0)).unwrap_or_default(),
+            pressure.map(|p| format!(", machine cpu pressure {:.0}%", p * 100.0)).unwrap_or_default()
         );
-        windows.push(json!({ "from_s": k * w, "answers": lat.len(), "bad": fails, "p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99), "max_ms": pct(&lat, 1.0), "rss_kb": rss }));
+        windows.push(json!({ "from_s": k * w, "answers": lat.len(), "bad": fails, "p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99), "max_ms": pct(&lat, 1.0), "rss_kb": rss,
+            "client_lag_max_ms": lag, "cpu_pressure": pressure }));
     }
 
     let mut checks: Vec<(String, bool)> = Vec::new();
