@@ -862,7 +862,10 @@ fn report(
     dry: &[(u16, String, f64)],
 ) -> Res<()> {
     let a = &sh.args;
-    let f = sh.figures.lock().unwrap_or_else(|p| p.into_inner());
+    let mut f = sh.figures.lock().unwrap_or_else(|p| p.into_inner());
+    // The reporter runs a moment past the load: seconds after the last answer are no window.
+    let used = f.seconds.iter().rposition(|s| !s.lat_us.is_empty()).map_or(0, |i| i + 1);
+    f.seconds.truncate(used);
     let mut all: Vec<u32> = f.seconds.iter().flat_map(|s| s.lat_us.iter().copied()).collect();
     all.sort_unstable();
     let sum = |g: fn(&Second) -> u64| f.seconds.iter().map(g).sum::<u64>();
