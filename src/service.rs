@@ -234,17 +234,29 @@ impl Service {
             let Some(name) = folder_name(&dir) else { continue };
             let prev = current.entries.get(&name).cloned().unwrap_or(Entry { active: None, last_error: None });
             let (entry, outcome) = self.load_one(&name, &dir, prev);
-            match outcome.result {
-                "applied" => self.stats.applied.fetch_add(1, Relaxed),
-                "rejected" => self.stats.rejected.fetch_add(1, Relaxed),
-                _ => 0,
-            };
+            self.count(&outcome);
             if outcome.result != "unchanged" {
                 outcomes.push(outcome);
             }
             next.insert(name, entry);
         }
-        for name in current.entries.keys().filter(|n| !next.contains_key(*n)) {
+        let gone: Vec<(&String, &Entry)> = current.entries.iter().filter(|(n, _)| !next.contains_key(*n)).collect();
+        for (name, prev) in gone {
+            // `policy_dirs` only lists folders holding a policy.toml, so a folder caught
+            // emptied, swapped for a file or left as a dangling symlink (a checkout, a sync
+            // tool mid-way) would read as removed: its policy would stop serving and the
+            // default could switch to another policy. Only a name with nothing left at its
+            // path is removed; anything else is a failed read and the last good version stays.
+            let path = self.root.join(name);
+            if path.symlink_metadata().is_ok() {
+                let (entry, outcome) = self.load_one(name, &path, prev.clone());
+                self.count(&outcome);
+                if outcome.result != "unchanged" {
+                    outcomes.push(outcome);
+                }
+                next.insert(name.clone(), entry);
+                continue;
+            }
             self.stats.removed.fetch_add(1, Relaxed);
             outcomes.push(ReloadOutcome { policy: name.clone(), result: "removed", hash: None, error: None });
         }
@@ -255,6 +267,15 @@ impl Service {
         };
         self.active.store(Arc::new(Registry { entries: next, default }));
         outcomes
+    }
+
+    fn count(&self, outcome: &ReloadOutcome) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match outcome.result {
+            "applied" => self.stats.applied.fetch_add(1, Relaxed),
+            "rejected" => self.stats.rejected.fetch_add(1, Relaxed),
+            _ => 0,
+        };
     }
 
     fn load_one(&self, name: &str, dir: &Path, prev: Entry) -> (Entry, ReloadOutcome) {

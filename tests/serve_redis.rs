@@ -103,6 +103,12 @@ fn account(id: &str, revenue: f64) -> Value {
             "fields": { "revenue_12m": revenue, "potential": 2_000_000.0, "gross_margin": 0.31, "relationship": "cooperative", "strategic_fit": 4 } })
 }
 
+/// A metric's value (0 when absent), e.g. `tierwise_cache_queued_writes`.
+fn metric(addr: &str, name: &str) -> f64 {
+    let text = request(addr, "GET", "/metrics", None).body;
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' '))).map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
 /// `tierwise_cache_lookups_total{result=...}` of a server.
 fn lookups(addr: &str, result: &str) -> u64 {
     let text = request(addr, "GET", "/metrics", None).body;
@@ -192,6 +198,9 @@ fn redis_killed_and_paused_under_requests_fails_nothing_and_comes_back() {
     let r = degraded().json();
     println!("readyz with Redis killed: {r}");
     assert!(r["details"]["cache"]["reason"].is_string(), "{r}");
+    assert_ne!(r["details"]["cache"]["breaker"], "closed", "{r}");
+    // The write queue stays bounded (its capacity, 1024 batches by default) while Redis is away.
+    let mut max_queued = metric(&addr, "tierwise_cache_queued_writes");
     std::thread::sleep(Duration::from_secs(1));
     redis.restart();
     let back_after_kill = hits_again("restarted");
@@ -199,8 +208,9 @@ fn redis_killed_and_paused_under_requests_fails_nothing_and_comes_back() {
     // SIGSTOP: a hang, not a refusal.
     redis.pause();
     wait_until(Duration::from_secs(3), "degraded after SIGSTOP", || {
+        max_queued = max_queued.max(metric(&addr, "tierwise_cache_queued_writes"));
         let r = degraded();
-        r.status == 200 && r.json()["cache"] == "degraded"
+        r.status == 200 && r.json()["cache"] == "degraded" && r.json()["details"]["cache"]["breaker"] != "closed"
     });
     std::thread::sleep(Duration::from_secs(1));
     redis.resume();
@@ -218,5 +228,7 @@ fn redis_killed_and_paused_under_requests_fails_nothing_and_comes_back() {
     assert_eq!(failed, 0, "no failed request");
     assert!(p99 <= Duration::from_millis(DEADLINE_MS + 10), "p99 {p99:?} over the cache deadline + 10 ms");
     assert!(back_after_kill < Duration::from_secs(10) && back_after_pause < Duration::from_secs(10));
-    assert!(text.contains("tierwise_cache_breaker_opened_total"), "{text}");
+    assert!(metric(&addr, "tierwise_cache_breaker_opened_total") >= 2.0, "the breaker opened for the kill and the pause: {text}");
+    max_queued = max_queued.max(metric(&addr, "tierwise_cache_queued_writes"));
+    assert!(max_queued <= 1024.0, "write queue at {max_queued} batches");
 }
