@@ -43,7 +43,9 @@ impl Drop for Running {
 #[allow(clippy::zombie_processes)]
 fn start(policies: &std::path::Path, log: &std::path::Path) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tierwise"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--reload-debounce-ms", "100"])
+        // The slow policy's ~1-2 ms accounts must not trip the 50 ms per-account wall clock
+        // when the test runs beside others on 2 busy cores (what is tested is the shutdown).
+        .args(["serve", "--listen", "127.0.0.1:0", "--reload-debounce-ms", "100", "--time-per-account-ms", "5000"])
         .arg("--policies")
         .arg(policies)
         .arg("--decision-log")
