@@ -11,9 +11,10 @@
 //!   optionally another NUL byte and `tests/fuzz.toml`; compiled with
 //!   [`tierwise::policy::load_files`] (what a reload and the dry-run's inline candidate use)
 //!   with the native fast path on and off; a policy that loads evaluates a few sample accounts
-//!   (account and portfolio level) and runs its test cases, and both paths must agree.
+//!   (account and portfolio level) and runs its test cases; both paths must agree, and the
+//!   answers must not depend on the order of the accounts.
 //! - [`snapshot`]: a snapshot file's text in one format, read against the shipped enterprise
-//!   policy, validated and evaluated.
+//!   policy, validated and evaluated; a book of a few must not depend on its order either.
 //! - [`http`]: a request body for `POST /v1/evaluate` or `POST /v1/dry-run`, through the real
 //!   router (in-process, `oneshot`) on a current-thread runtime built once: no answer may be a
 //!   500, and every JSON answer must be JSON.
@@ -80,6 +81,44 @@ fn outcomes(p: &Policy, records: &[Record]) -> String {
 }
 
 /// Loads `data` as a policy folder; whether it loaded.
+/// DESIGN "Determinism": reordering the accounts reorders the per-account output and changes
+/// no decision, and every summary is the same (its lists are sorted). Checked on the reversed
+/// book, at account and portfolio level.
+fn order_independent(p: &Policy, records: &[Record]) {
+    if records.len() < 2 {
+        return;
+    }
+    let reversed: Vec<Record> = records.iter().rev().cloned().collect();
+    let (fwd, rev) = (engine::evaluate_portfolio(p, records), engine::evaluate_portfolio(p, &reversed));
+    let fwd_text = format!("{}\n{}", json(&fwd.summary), fwd.accounts.iter().map(json).collect::<Vec<_>>().join("\n"));
+    let rev_text = format!("{}\n{}", json(&rev.summary), rev.accounts.iter().rev().map(json).collect::<Vec<_>>().join("\n"));
+    // Wall-clock limits are not deterministic; nothing else may differ.
+    if fwd_text.contains("\"time_limit\"") || rev_text.contains("\"time_limit\"") {
+        return;
+    }
+    assert_eq!(fwd_text, rev_text, "the portfolio answer depends on the order of the accounts");
+    let (fwd, rev) = (engine::evaluate(p, records), engine::evaluate(p, &reversed));
+    let fwd_text: Vec<String> = fwd.iter().map(json).collect();
+    let rev_text: Vec<String> = rev.iter().rev().map(json).collect();
+    if fwd_text.iter().chain(&rev_text).any(|t| t.contains("\"time_limit\"")) {
+        return;
+    }
+    assert_eq!(fwd_text, rev_text, "an account's decision depends on the order of the accounts");
+}
+
+/// `v` as JSON text, without the `record` of an error: that is the account's position in the
+/// input the engine was given, which a reordered book changes by definition.
+fn json<T: serde::Serialize>(v: &T) -> String {
+    let mut v = match serde_json::to_value(v) {
+        Ok(v) => v,
+        Err(e) => return format!("does not serialize: {e}"),
+    };
+    if let Some(err) = v.get_mut("error").and_then(serde_json::Value::as_object_mut) {
+        err.remove("record");
+    }
+    v.to_string()
+}
+
 pub fn policy_load(data: &[u8]) -> bool {
     if data.len() > MAX_INPUT {
         return false;
@@ -105,6 +144,7 @@ pub fn policy_load(data: &[u8]) -> bool {
     if !a.contains("\"time_limit\"") && !b.contains("\"time_limit\"") {
         assert_eq!(a, b, "native and rhai outcomes differ");
     }
+    order_independent(&fast, records);
     let _ = engine::testrun::run_cases(&fast);
     true
 }
@@ -124,6 +164,10 @@ pub fn snapshot(data: &[u8], format: Format) {
         let _ = snapshot::validate(policy, s);
     }
     let _ = outcomes(policy, &records);
+    // Big books are parsed for the parser's sake; the order check is for books of a few.
+    if records.len() <= 64 {
+        order_independent(policy, &records);
+    }
 }
 
 /// The routes [`http`] drives.
