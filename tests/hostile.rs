@@ -648,3 +648,31 @@ fn drill() {
     }
     assert!(failed.is_empty(), "{} drill lines failed", failed.len());
 }
+
+/// Dry runs are compiled and evaluated on their own threads at `SCHED_IDLE`, so a hostile
+/// candidate cannot take the cores from live requests; `--dry-run-priority normal` opts out.
+#[test]
+fn dry_runs_run_on_idle_priority_threads() {
+    // /proc/PID/task/TID/stat: (2) comm in parentheses, then field 41 is the policy (5 = SCHED_IDLE).
+    fn dry_run_policies(pid: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+            let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+            if !head.contains("tierwise-dry-r") {
+                continue;
+            }
+            // After ")": field 3 is the first; the policy is field 41.
+            out.push(rest.split_whitespace().nth(41 - 3).unwrap().parse().unwrap());
+        }
+        out
+    }
+    for (flag, want) in [("idle", 5), ("normal", 0)] {
+        let srv = serve(&["--dry-run-priority", flag]);
+        let a = dry_run(&srv.addr, "fn hostile(a) { 5 }\n", &book(5));
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        let policies = dry_run_policies(srv.pid());
+        assert!(!policies.is_empty(), "no tierwise-dry-run threads");
+        assert!(policies.iter().all(|p| *p == want), "--dry-run-priority {flag}: scheduling policies {policies:?}, want {want}");
+    }
+}

@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// Do not watch the policies folder (reload only through POST /v1/policies/reload).
     #[arg(long, env = "TIERWISE_NO_WATCH")]
     no_watch: bool,
+    /// CPU priority of dry runs: `idle` (only CPU that live requests leave), `low` (nice 19)
+    /// or `normal`.
+    #[arg(long, env = "TIERWISE_DRY_RUN_PRIORITY", value_enum, default_value_t = http::DryRunPriority::Idle)]
+    dry_run_priority: http::DryRunPriority,
     /// Async worker threads [default: one per core].
     #[arg(long, env = "TIERWISE_WORKERS")]
     workers: Option<usize>,
@@ -131,6 +135,7 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
         max_concurrent: args.max_concurrent,
         admin_token: std::env::var("TIERWISE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
         cache_always: args.cache.cache_always,
+        dry_run_priority: args.dry_run_priority,
     };
     let cache = match tierwise::cache::build(&tierwise::cache::CacheConfig::from(&args.cache)) {
         Ok(c) => c,

@@ -47,11 +47,27 @@ pub struct Config {
     /// Read the cache on every evaluate and write every decision, bypassing the cost gate
     /// and the doorkeeper (`--cache-always`).
     pub cache_always: bool,
+    /// CPU priority of the threads dry runs are compiled and evaluated on.
+    pub dry_run_priority: DryRunPriority,
+}
+
+/// How dry runs share the cores with live requests (`--dry-run-priority`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DryRunPriority {
+    /// Linux `SCHED_IDLE`: dry runs get only the CPU time live requests leave. A hostile
+    /// candidate then costs live p99 nothing measurable; on cores saturated by live traffic a
+    /// dry run waits (and may end in its request timeout).
+    #[default]
+    Idle,
+    /// nice 19: live requests win the cores, dry runs keep a small share under saturation.
+    Low,
+    /// The same priority as live requests.
+    Normal,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { body_limit: 8 * 1024 * 1024, request_timeout: Duration::from_secs(30), max_concurrent: 256, admin_token: None, cache_always: false }
+        Config { body_limit: 8 * 1024 * 1024, request_timeout: Duration::from_secs(30), max_concurrent: 256, admin_token: None, cache_always: false, dry_run_priority: DryRunPriority::default() }
     }
 }
 
