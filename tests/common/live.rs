@@ -35,6 +35,14 @@ impl Live {
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
+    /// Resets the peak RSS (`VmHWM`) to the current RSS (Linux `clear_refs` value 5) and
+    /// returns that RSS in KiB: `VmHWM` minus it is then one request's own peak, not memory an
+    /// allocator kept from earlier requests on other threads.
+    pub fn reset_peak(&self) -> u64 {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").unwrap();
+        self.status_kb("VmRSS")
+    }
+
     /// User + system CPU time of the process so far.
     pub fn cpu(&self) -> Duration {
         let text = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
