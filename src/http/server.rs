@@ -233,12 +233,15 @@ async fn read_ahead_then_run(g: &Guard, req: Request, next: Next) -> Response {
                     Some(h) => h.merge(permit),
                     None => held = Some(permit),
                 }
+                // Past the limit one byte is enough for the router's 413: keeping the rest
+                // would grow (copy) a full buffer only to refuse it.
+                let data = data.slice(..data.len().min(g.body_limit + 1 - total));
                 total += data.len();
                 if total > buf.capacity() {
-                    // Without a declared length: past 1 MiB, straight to the limit (pages are
-                    // only resident once written; doubling would leave each smaller buffer
-                    // behind in the allocator).
-                    let target = if total > 1 << 20 { g.body_limit + 1 } else { buf.capacity().saturating_mul(2) };
+                    // Without a declared length: past 64 KiB, straight to the limit (pages are
+                    // only resident once written; doubling would copy the body at each step and
+                    // leave each smaller buffer behind in the allocator).
+                    let target = if total > 64 << 10 { g.body_limit + 1 } else { buf.capacity().saturating_mul(2) };
                     buf.reserve_exact(target.max(total) - buf.len());
                 }
                 buf.extend_from_slice(&data);
