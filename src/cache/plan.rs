@@ -209,6 +209,8 @@ pub fn portfolio_fragment(r: &PortfolioResult) -> Result<Bytes, serde_json::Erro
     serde_json::to_writer(&mut buf, &r.summary)?;
     buf.extend_from_slice(b",\"accounts\":");
     serde_json::to_writer(&mut buf, &r.accounts)?;
+    // Weighed by its length in the cache: do not keep the reserve (see the portfolio handler).
+    buf.shrink_to_fit();
     Ok(Bytes::from(buf))
 }
 
