@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "adm1n-T0ken-7f3c9a1e5d";
@@ -70,18 +70,7 @@ fn post(addr: &str, path: &str, body: &Value) -> Reply {
     raw(addr, "POST", path, &[b"Content-Type: application/json"], body.to_string().as_bytes())
 }
 
-struct Running {
-    child: Child,
-    addr: String,
-    stderr: std::sync::mpsc::Receiver<String>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::Running;
 
 impl Running {
     /// What the server wrote on stderr so far.

@@ -16,24 +16,14 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tierwise::script::Limits;
 use tierwise::service::Service;
 
-struct Running {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::Running;
 
 #[allow(clippy::zombie_processes)] // waited for in `Running::drop`
 fn start(policies: &std::path::Path) -> Running {
@@ -47,8 +37,8 @@ fn start(policies: &std::path::Path) -> Running {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (addr, _stderr) = common::listening(&mut child);
-    Running { child, addr }
+    let (addr, stderr) = common::listening(&mut child);
+    Running { child, addr, stderr }
 }
 
 /// One keep-alive HTTP/1.1 connection.

@@ -9,8 +9,7 @@ use common::*;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A minimal HTTP/1.1 client: one request per connection.
@@ -26,18 +25,7 @@ fn request(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, 
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
-struct Running {
-    child: Child,
-    addr: String,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::Running;
 
 // The child is waited for in `Running::drop`, which clippy cannot see.
 #[allow(clippy::zombie_processes)]

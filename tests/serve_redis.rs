@@ -14,7 +14,7 @@ use redis_server::RedisServer;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,17 +57,7 @@ fn request(addr: &str, method: &str, path: &str, body: Option<&Value>) -> Reply 
     Reply { status, head: head.to_string(), body: body.to_string() }
 }
 
-struct Running {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::Running;
 
 #[allow(clippy::zombie_processes)] // waited for in `Running::drop`
 fn serve(redis: &RedisServer, extra: &[&str]) -> Running {
@@ -83,8 +73,8 @@ fn serve(redis: &RedisServer, extra: &[&str]) -> Running {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (addr, _stderr) = common::listening(&mut child);
-    let r = Running { child, addr };
+    let (addr, stderr) = common::listening(&mut child);
+    let r = Running { child, addr, stderr };
     wait_until(Duration::from_secs(10), "cache ok", || request(&r.addr, "GET", "/readyz", None).json()["cache"] == "ok");
     r
 }

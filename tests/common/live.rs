@@ -6,22 +6,11 @@
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub struct Live {
-    pub child: Child,
-    pub addr: String,
-    pub stderr: mpsc::Receiver<String>,
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The served process ([`crate::common::Running`]), with the probes these tests need.
+pub type Live = crate::common::Running;
 
 impl Live {
     pub fn pid(&self) -> u32 {

@@ -98,6 +98,20 @@ impl Captured {
 
 /// Waits (up to 30 s) for `tierwise serve`'s `listening on http://ADDR` line on the child's
 /// piped stderr; returns the address and the rest of its stderr, a line at a time.
+/// A served `tierwise` process: its address and stderr lines; killed and waited for on drop.
+pub struct Running {
+    pub child: std::process::Child,
+    pub addr: String,
+    pub stderr: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub fn listening(child: &mut std::process::Child) -> (String, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
     let err = child.stderr.take().expect("stderr piped");
