@@ -44,7 +44,6 @@ use tierwise::snapshot::Record;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-
 const PORTFOLIO_N: usize = 100_000;
 const ACCOUNT_N: usize = 10_000;
 
@@ -62,16 +61,30 @@ fn main() {
     drop(text);
 
     let mismatches = check::run(&policy, &records);
-    eprintln!("hand-written vs engine over {} generated accounts: {mismatches} mismatches", records.len());
+    eprintln!(
+        "hand-written vs engine over {} generated accounts: {mismatches} mismatches",
+        records.len()
+    );
 
     // The first 10,000 accounts that get a decision (invalid ones dropped before timing).
     let outcomes = engine::evaluate(&policy, &records);
-    let valid: Vec<Record> = records.iter().zip(&outcomes).filter(|(_, o)| o.decision().is_some()).map(|(r, _)| r.clone()).take(ACCOUNT_N).collect();
+    let valid: Vec<Record> = records
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, o)| o.decision().is_some())
+        .map(|(r, _)| r.clone())
+        .take(ACCOUNT_N)
+        .collect();
     drop(outcomes);
     let snaps: Vec<&tierwise::snapshot::Snapshot> = valid.iter().flatten().collect();
     let pref = check::policy_ref(&policy);
-    let typed: Vec<hw::Account<'_>> = snaps.iter().filter_map(|s| hw::validate_map(check::identity(s), &s.fields).ok()).collect();
-    assert_eq!(typed.len(), snaps.len(), "hand-written validation refused an account the engine decided");
+    let typed: Vec<hw::Account<'_>> =
+        snaps.iter().filter_map(|s| hw::validate_map(check::identity(s), &s.fields).ok()).collect();
+    assert_eq!(
+        typed.len(),
+        snaps.len(),
+        "hand-written validation refused an account the engine decided"
+    );
 
     let mut c = Criterion::default().configure_from_args();
     {
@@ -79,7 +92,9 @@ fn main() {
         g.throughput(Throughput::Elements(valid.len() as u64));
         g.sample_size(20);
         g.sampling_mode(SamplingMode::Flat);
-        g.bench_function("engine_batch_2cores", |b| b.iter(|| black_box(engine::evaluate(&policy, black_box(&valid)))));
+        g.bench_function("engine_batch_2cores", |b| {
+            b.iter(|| black_box(engine::evaluate(&policy, black_box(&valid))))
+        });
         g.bench_function("engine_one_per_call", |b| {
             b.iter(|| {
                 for r in &valid {
@@ -105,7 +120,8 @@ fn main() {
             b.iter(|| {
                 for s in &snaps {
                     let s = black_box(*s);
-                    let d = hw::validate_map(check::identity(s), &s.fields).and_then(|a| hw::decide(a, &pref));
+                    let d = hw::validate_map(check::identity(s), &s.fields)
+                        .and_then(|a| hw::decide(a, &pref));
                     let _ = black_box(d);
                 }
             })
@@ -133,8 +149,14 @@ fn main() {
         g.sample_size(10);
         g.sampling_mode(SamplingMode::Flat);
         g.warm_up_time(Duration::from_secs(1));
-        g.bench_function("engine_2cores", |b| b.iter(|| black_box(engine::evaluate_portfolio(&policy, black_box(&records)))));
-        g.bench_function("handwritten_1thread", |b| b.iter(|| black_box(hw::evaluate_portfolio(check::hw_accounts(black_box(&records)), &pref))));
+        g.bench_function("engine_2cores", |b| {
+            b.iter(|| black_box(engine::evaluate_portfolio(&policy, black_box(&records))))
+        });
+        g.bench_function("handwritten_1thread", |b| {
+            b.iter(|| {
+                black_box(hw::evaluate_portfolio(check::hw_accounts(black_box(&records)), &pref))
+            })
+        });
         g.finish();
     }
     c.final_summary();
@@ -143,9 +165,11 @@ fn main() {
 
 /// Medians from criterion's estimates (target/criterion/GROUP/ID/new/estimates.json).
 fn table(account_n: usize, portfolio_n: usize) {
-    let home = std::env::var("CRITERION_HOME").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/criterion").to_string());
+    let home = std::env::var("CRITERION_HOME")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/criterion").to_string());
     let median_ns = |group: &str, id: &str| -> Option<f64> {
-        let text = std::fs::read_to_string(format!("{home}/{group}/{id}/new/estimates.json")).ok()?;
+        let text =
+            std::fs::read_to_string(format!("{home}/{group}/{id}/new/estimates.json")).ok()?;
         let v: serde_json::Value = serde_json::from_str(&text).ok()?;
         v["median"]["point_estimate"].as_f64()
     };
@@ -167,7 +191,11 @@ fn table(account_n: usize, portfolio_n: usize) {
     }
     for id in ["engine_2cores", "handwritten_1thread"] {
         if let Some(ns) = median_ns("portfolio_100k", id) {
-            println!("  portfolio_100k/{id:<20} {:>8.1} ms  ({:.3} µs per account)", ns / 1e6, ns / 1000.0 / portfolio_n as f64);
+            println!(
+                "  portfolio_100k/{id:<20} {:>8.1} ms  ({:.3} µs per account)",
+                ns / 1e6,
+                ns / 1000.0 / portfolio_n as f64
+            );
         }
     }
 }

@@ -42,14 +42,27 @@ struct Stat {
 impl Stat {
     fn line(&mut self, what: &str, n: usize) {
         self.v.sort();
-        let q = |p: f64| self.v[((self.v.len() as f64 * p) as usize).min(self.v.len() - 1)].as_secs_f64() * 1e6;
+        let q = |p: f64| {
+            self.v[((self.v.len() as f64 * p) as usize).min(self.v.len() - 1)].as_secs_f64() * 1e6
+        };
         let total: f64 = self.v.iter().map(Duration::as_secs_f64).sum();
-        println!("| {what} | {n} | {:.0} | {:.1} | {:.1} |", self.v.len() as f64 / total, q(0.5), q(0.99));
+        println!(
+            "| {what} | {n} | {:.0} | {:.1} | {:.1} |",
+            self.v.len() as f64 / total,
+            q(0.5),
+            q(0.99)
+        );
     }
 }
 
 /// One request through the cache as the service would make it; `gate` decides the read.
-async fn request(c: &dyn Cache, p: &Policy, pid: &PolicyId, records: &[Record], gate: Option<&CostGate>) -> usize {
+async fn request(
+    c: &dyn Cache,
+    p: &Policy,
+    pid: &PolicyId,
+    records: &[Record],
+    gate: Option<&CostGate>,
+) -> usize {
     let plan = match gate {
         Some(g) => AccountPlan::gated(pid, records, g),
         None => AccountPlan::new(pid, records),
@@ -83,7 +96,15 @@ async fn request(c: &dyn Cache, p: &Policy, pid: &PolicyId, records: &[Record], 
     buf.len()
 }
 
-async fn measure(label: &str, c: &dyn Cache, p: &Policy, n: usize, warm: bool, gate: bool, rounds: usize) {
+async fn measure(
+    label: &str,
+    c: &dyn Cache,
+    p: &Policy,
+    n: usize,
+    warm: bool,
+    gate: bool,
+    rounds: usize,
+) {
     let pid = PolicyId::new(p.name.as_str(), p.hash.as_str());
     let g = CostGate::new();
     let warm_book = book(n, 0);
@@ -110,7 +131,9 @@ async fn measure(label: &str, c: &dyn Cache, p: &Policy, n: usize, warm: bool, g
     s.line(&format!("{label}{}", if gate { " (gated)" } else { "" }), n);
     if gate {
         let (e, f, k, h) = g.estimates();
-        eprintln!("  gate after `{label}` n={n}: eval {e:.0} ns/account, read {f:.0} ns + {k:.0} ns/key, hit ratio {h:.2}");
+        eprintln!(
+            "  gate after `{label}` n={n}: eval {e:.0} ns/account, read {f:.0} ns + {k:.0} ns/key, hit ratio {h:.2}"
+        );
     }
 }
 
@@ -157,19 +180,27 @@ async fn breakdown(c: &dyn Cache, p: &Policy, n: usize, rounds: usize) {
     let us = |d: Duration| d.as_secs_f64() * 1e6 / rounds as f64;
     eprintln!(
         "  cold breakdown n={n}: plan {:.1} µs, read {:.1}, finish without evaluation {:.1}, evaluation {:.1}, put {:.1}",
-        us(t[0]), us(t[1]), us(t[2]), us(t[3]), us(t[4])
+        us(t[0]),
+        us(t[1]),
+        us(t[2]),
+        us(t[3]),
+        us(t[4])
     );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     FRESH.store(now.as_nanos() as u64 | 1, std::sync::atomic::Ordering::Relaxed);
     let url = args.iter().find(|a| a.starts_with("redis")).cloned();
-    let stop_pid = args.iter().position(|a| a == "--stop-pid").and_then(|i| args.get(i + 1)).cloned();
+    let stop_pid =
+        args.iter().position(|a| a == "--stop-pid").and_then(|i| args.get(i + 1)).cloned();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/enterprise");
-    let p = tierwise::policy::load_dir(&dir, &tierwise::script::Limits::default()).map_err(|e| e.to_string()).unwrap();
+    let p = tierwise::policy::load_dir(&dir, &tierwise::script::Limits::default())
+        .map_err(|e| e.to_string())
+        .unwrap();
     let rounds = |n: usize| if n == 1 { 4000 } else { 400 };
 
     println!("| path | accounts | req/s (1 client) | p50 µs | p99 µs |\n|---|---|---|---|---|");

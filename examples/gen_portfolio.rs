@@ -145,10 +145,11 @@ struct Account {
 }
 
 const SYLLABLES: [&str; 24] = [
-    "ac", "bel", "cor", "dyn", "el", "fer", "gal", "hel", "in", "jor", "kel", "lum", "mar", "nor", "or", "pra", "quin", "ros",
-    "sol", "tar", "ul", "ver", "wen", "zen",
+    "ac", "bel", "cor", "dyn", "el", "fer", "gal", "hel", "in", "jor", "kel", "lum", "mar", "nor",
+    "or", "pra", "quin", "ros", "sol", "tar", "ul", "ver", "wen", "zen",
 ];
-const SUFFIXES: [&str; 10] = ["Corp", "GmbH", "Ltd", "Inc.", "SA", "AG", "Group", "Holdings", "BV", "& Co"];
+const SUFFIXES: [&str; 10] =
+    ["Corp", "GmbH", "Ltd", "Inc.", "SA", "AG", "Group", "Holdings", "BV", "& Co"];
 
 fn company(rng: &mut Rng, i: usize) -> String {
     let mut n = String::new();
@@ -193,10 +194,14 @@ fn generate(rng: &mut Rng, i: usize, managers: usize, as_of: i64) -> Account {
     let gross_margin = round_to((0.3 + 0.12 * rng.normal()).clamp(0.01, 0.85), 3);
     let share_of_wallet = rng.chance(0.6).then(|| round_to(0.05 + 0.9 * rng.f64(), 2));
     let rel_w: &[f64] = if big { &[0.15, 0.35, 0.3, 0.2] } else { &[0.4, 0.35, 0.18, 0.07] };
-    let relationship = ["tactical", "cooperative", "interdependent", "strategic"][rng.weighted(rel_w)];
+    let relationship =
+        ["tactical", "cooperative", "interdependent", "strategic"][rng.weighted(rel_w)];
     let fit = if big { rng.range(2, 5) } else { rng.range(1, 5) };
-    let nps = rng.chance(0.7).then(|| (25.0 + 30.0 * rng.normal()).round().clamp(-100.0, 100.0) as i64);
-    let nps_prev = nps.filter(|_| rng.chance(0.8)).map(|n| (n as f64 + 5.0 + 15.0 * rng.normal()).round().clamp(-100.0, 100.0) as i64);
+    let nps =
+        rng.chance(0.7).then(|| (25.0 + 30.0 * rng.normal()).round().clamp(-100.0, 100.0) as i64);
+    let nps_prev = nps
+        .filter(|_| rng.chance(0.8))
+        .map(|n| (n as f64 + 5.0 + 15.0 * rng.normal()).round().clamp(-100.0, 100.0) as i64);
     let last_qbr = rng.chance(0.8).then(|| date(as_of - rng.range(0, 200)));
     let last_ebr = rng.chance(0.6).then(|| date(as_of - rng.range(0, 500)));
     let renewal = rng.chance(0.75).then(|| date(as_of + rng.range(-30, 400)));
@@ -215,7 +220,11 @@ fn generate(rng: &mut Rng, i: usize, managers: usize, as_of: i64) -> Account {
     let current = [None, Some("strategic"), Some("key"), Some("managed")][rng.weighted(tier_w)];
     let tier_since = current.filter(|_| rng.chance(0.9)).map(|_| {
         // 15 % inside the 180-day tenure, the rest up to eight years back.
-        if rng.chance(0.15) { date(as_of - rng.range(1, 179)) } else { date(as_of - rng.range(180, 2900)) }
+        if rng.chance(0.15) {
+            date(as_of - rng.range(1, 179))
+        } else {
+            date(as_of - rng.range(180, 2900))
+        }
     });
 
     let mut fields: Vec<(&'static str, Option<V>)> = vec![
@@ -260,15 +269,15 @@ fn generate(rng: &mut Rng, i: usize, managers: usize, as_of: i64) -> Account {
             }
         };
         match rng.range(0, 8) {
-            0 => a.fields.retain(|(n, _)| *n != "revenue_12m"),               // missing_field
-            1 => set(&mut a, "gross_margin", Some(V::Num(1.25))),              // out_of_range
-            2 => set(&mut a, "strategic_fit", Some(V::Int(7))),                // out_of_range
-            3 => set(&mut a, "relationship", Some(V::Str("partner".into()))),  // not_one_of
-            4 => set(&mut a, "nps", Some(V::Int(140))),                        // out_of_range
-            5 => set(&mut a, "last_qbr", Some(V::Str("2026-02-30".into()))),   // bad_date
-            6 => set(&mut a, "strategic_fit", Some(V::Num(3.5))),              // bad_type
-            7 => set(&mut a, "potential", Some(V::Str("n/a".into()))),         // bad_type
-            _ => a.current_tier = Some("platinum".into()),                     // unknown_tier
+            0 => a.fields.retain(|(n, _)| *n != "revenue_12m"), // missing_field
+            1 => set(&mut a, "gross_margin", Some(V::Num(1.25))), // out_of_range
+            2 => set(&mut a, "strategic_fit", Some(V::Int(7))), // out_of_range
+            3 => set(&mut a, "relationship", Some(V::Str("partner".into()))), // not_one_of
+            4 => set(&mut a, "nps", Some(V::Int(140))),         // out_of_range
+            5 => set(&mut a, "last_qbr", Some(V::Str("2026-02-30".into()))), // bad_date
+            6 => set(&mut a, "strategic_fit", Some(V::Num(3.5))), // bad_type
+            7 => set(&mut a, "potential", Some(V::Str("n/a".into()))), // bad_type
+            _ => a.current_tier = Some("platinum".into()),      // unknown_tier
         }
     }
     a
@@ -319,12 +328,23 @@ pub enum Format {
 pub const SEED: u64 = 0x7131_2026;
 
 /// Writes `n` accounts in `format`, with about `n / 50` managers.
-pub fn write_accounts(out: &mut impl Write, n: usize, seed: u64, format: Format) -> std::io::Result<()> {
+pub fn write_accounts(
+    out: &mut impl Write,
+    n: usize,
+    seed: u64,
+    format: Format,
+) -> std::io::Result<()> {
     write_accounts_with(out, n, seed, format, (n / 50).max(1))
 }
 
 /// [`write_accounts`] with a chosen number of managers.
-pub fn write_accounts_with(out: &mut impl Write, n: usize, seed: u64, format: Format, managers: usize) -> std::io::Result<()> {
+pub fn write_accounts_with(
+    out: &mut impl Write,
+    n: usize,
+    seed: u64,
+    format: Format,
+    managers: usize,
+) -> std::io::Result<()> {
     let mut rng = Rng(seed);
     let managers = managers.max(1);
     let as_of = days_from_civil(2026, 11, 1);
@@ -353,7 +373,8 @@ pub fn write_accounts_with(out: &mut impl Write, n: usize, seed: u64, format: Fo
         }
         Format::Csv => {
             let mut w = csv::Writer::from_writer(out);
-            let mut header: Vec<&str> = vec!["id", "name", "manager", "current_tier", "tier_since", "as_of"];
+            let mut header: Vec<&str> =
+                vec!["id", "name", "manager", "current_tier", "tier_since", "as_of"];
             header.extend(INPUTS);
             header.extend(EXTRA);
             w.write_record(&header)?;
@@ -368,7 +389,13 @@ pub fn write_accounts_with(out: &mut impl Write, n: usize, seed: u64, format: Fo
                     a.as_of.clone(),
                 ];
                 for col in INPUTS.iter().chain(EXTRA.iter()) {
-                    let cell = a.fields.iter().find(|(k, _)| k == col).and_then(|(_, v)| v.as_ref()).map(V::csv).unwrap_or_default();
+                    let cell = a
+                        .fields
+                        .iter()
+                        .find(|(k, _)| k == col)
+                        .and_then(|(_, v)| v.as_ref())
+                        .map(V::csv)
+                        .unwrap_or_default();
                     row.push(cell);
                 }
                 w.write_record(&row)?;
@@ -386,7 +413,9 @@ pub fn jsonl(n: usize, seed: u64) -> String {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: gen_portfolio [N=100000] [--format jsonl|json|csv] [--seed S] [--managers M (default N/50)]");
+    eprintln!(
+        "usage: gen_portfolio [N=100000] [--format jsonl|json|csv] [--seed S] [--managers M (default N/50)]"
+    );
     std::process::exit(2)
 }
 
@@ -407,7 +436,9 @@ fn main() {
                 }
             }
             "--seed" => seed = args.next().and_then(|s| s.parse().ok()).unwrap_or_else(|| usage()),
-            "--managers" => managers = Some(args.next().and_then(|s| s.parse().ok()).unwrap_or_else(|| usage())),
+            "--managers" => {
+                managers = Some(args.next().and_then(|s| s.parse().ok()).unwrap_or_else(|| usage()))
+            }
             "-h" | "--help" => usage(),
             s => n = s.replace('_', "").parse().unwrap_or_else(|_| usage()),
         }
@@ -415,7 +446,8 @@ fn main() {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     let managers = managers.unwrap_or((n / 50).max(1));
-    if let Err(e) = write_accounts_with(&mut out, n, seed, format, managers).and_then(|_| out.flush())
+    if let Err(e) =
+        write_accounts_with(&mut out, n, seed, format, managers).and_then(|_| out.flush())
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {
         eprintln!("gen_portfolio: {e}");

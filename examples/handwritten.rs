@@ -29,7 +29,6 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-
 /// A line after parsing, before validation (`Loose` is rare: no need to box the common case).
 #[allow(clippy::large_enum_variant)]
 enum Parsed<'a> {
@@ -51,7 +50,9 @@ impl Parsed<'_> {
 fn parse_line(line: &str, line_no: usize) -> Result<Parsed<'_>, hw::HwError> {
     match serde_json::from_str::<hw::RawSnapshot>(line) {
         Ok(r) => Ok(Parsed::Typed(r, line)),
-        Err(_) => serde_json::from_str::<hw::LooseSnapshot>(line).map(Parsed::Loose).map_err(|e| hw::bad_record(line, &e, line_no)),
+        Err(_) => serde_json::from_str::<hw::LooseSnapshot>(line)
+            .map(Parsed::Loose)
+            .map_err(|e| hw::bad_record(line, &e, line_no)),
     }
 }
 
@@ -134,9 +135,14 @@ fn main() -> ExitCode {
 
     marks.push(("read file", std::time::Instant::now()));
     // Parse (on `threads` threads), then validate with duplicate ids refused.
-    let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
-    let parsed: Vec<Result<Parsed<'_>, hw::HwError>> =
-        chunked(&lines, threads, |c| c.iter().map(|&(i, l)| parse_line(l, i + 1)).collect::<Vec<_>>()).into_iter().flatten().collect();
+    let lines: Vec<(usize, &str)> =
+        text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
+    let parsed: Vec<Result<Parsed<'_>, hw::HwError>> = chunked(&lines, threads, |c| {
+        c.iter().map(|&(i, l)| parse_line(l, i + 1)).collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect();
     marks.push(("parse", std::time::Instant::now()));
     let accounts = hw::validate_all(parsed, Parsed::id, validate);
     marks.push(("validate", std::time::Instant::now()));

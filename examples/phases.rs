@@ -52,21 +52,32 @@ fn main() {
                 std::process::exit(2);
             }
         };
-        let mut ph: Vec<(&str, Vec<f64>)> =
-            ["load policy", "read file", "parse (read_jsonl)", "evaluate_portfolio", "serialize jsonl", "drop", "total"].iter().map(|n| (*n, Vec::new())).collect();
+        let mut ph: Vec<(&str, Vec<f64>)> = [
+            "load policy",
+            "read file",
+            "parse (read_jsonl)",
+            "evaluate_portfolio",
+            "serialize jsonl",
+            "drop",
+            "total",
+        ]
+        .iter()
+        .map(|n| (*n, Vec::new()))
+        .collect();
         let mut one_per_call = Vec::new();
         let mut n_records = 0;
         let mut out_bytes = 0;
         for _ in 0..runs {
             pool.install(|| {
                 let t0 = Instant::now();
-                let policy = match tierwise::policy::load_dir(&dir, &tierwise::script::Limits::default()) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        std::process::exit(2);
-                    }
-                };
+                let policy =
+                    match tierwise::policy::load_dir(&dir, &tierwise::script::Limits::default()) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            eprintln!("{e}");
+                            std::process::exit(2);
+                        }
+                    };
                 let t1 = Instant::now();
                 let text = std::fs::read_to_string(&file).unwrap_or_default();
                 let t2 = Instant::now();
@@ -91,7 +102,10 @@ fn main() {
                     })
                     .collect();
                 let mut bytes = parts.concat();
-                let _ = serde_json::to_writer(&mut bytes, &serde_json::json!({ "policy": result.policy, "summary": result.summary }));
+                let _ = serde_json::to_writer(
+                    &mut bytes,
+                    &serde_json::json!({ "policy": result.policy, "summary": result.summary }),
+                );
                 let t5 = Instant::now();
                 n_records = records.len();
                 out_bytes = bytes.len();
@@ -99,7 +113,10 @@ fn main() {
                 if account_level {
                     let s = Instant::now();
                     for r in &records {
-                        std::hint::black_box(tierwise::engine::evaluate(&policy, std::slice::from_ref(r)));
+                        std::hint::black_box(tierwise::engine::evaluate(
+                            &policy,
+                            std::slice::from_ref(r),
+                        ));
                     }
                     lone = Some(s.elapsed().as_secs_f64());
                 }
@@ -111,7 +128,18 @@ fn main() {
                 drop(policy);
                 let t7 = Instant::now();
                 let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;
-                for (k, v) in [ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t3, t4), ms(t4, t5), ms(t6, t7), ms(t0, t7) - ms(t5, t6)].into_iter().enumerate() {
+                for (k, v) in [
+                    ms(t0, t1),
+                    ms(t1, t2),
+                    ms(t2, t3),
+                    ms(t3, t4),
+                    ms(t4, t5),
+                    ms(t6, t7),
+                    ms(t0, t7) - ms(t5, t6),
+                ]
+                .into_iter()
+                .enumerate()
+                {
                     ph[k].1.push(v);
                 }
                 if let Some(l) = lone {
@@ -119,14 +147,25 @@ fn main() {
                 }
             });
         }
-        println!("{t} thread(s), {n_records} records, {} MB out, median of {runs} run(s):", out_bytes / 1_000_000);
+        println!(
+            "{t} thread(s), {n_records} records, {} MB out, median of {runs} run(s):",
+            out_bytes / 1_000_000
+        );
         for (name, v) in ph {
             let m = median(v);
-            println!("  {name:<22} {m:>8.1} ms  {:>6.2} µs/account", m * 1000.0 / n_records.max(1) as f64);
+            println!(
+                "  {name:<22} {m:>8.1} ms  {:>6.2} µs/account",
+                m * 1000.0 / n_records.max(1) as f64
+            );
         }
         if !one_per_call.is_empty() {
             let m = median(one_per_call);
-            println!("  {:<22} {:>8.1} ms  {:>6.2} µs/account", "evaluate, 1 per call", m * 1000.0, m * 1e6 / n_records.max(1) as f64);
+            println!(
+                "  {:<22} {:>8.1} ms  {:>6.2} µs/account",
+                "evaluate, 1 per call",
+                m * 1000.0,
+                m * 1e6 / n_records.max(1) as f64
+            );
         }
     }
 }

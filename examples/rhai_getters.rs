@@ -9,7 +9,10 @@
 //! src/script.rs (raw engine, the same packages, `call_fn_with_options` with
 //! `eval_ast(false)`), 200,000 calls per variant, median of 5 passes.
 
-use rhai::packages::{BasicArrayPackage, BasicMapPackage, BasicMathPackage, CorePackage, LogicPackage, MoreStringPackage, Package};
+use rhai::packages::{
+    BasicArrayPackage, BasicMapPackage, BasicMathPackage, CorePackage, LogicPackage,
+    MoreStringPackage, Package,
+};
 use rhai::{Dynamic, Engine, EvalAltResult, Scope};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,13 +61,16 @@ fn engine(getters: bool) -> Engine {
     e.set_max_operations(100_000);
     e.set_max_strings_interned(0);
     e.register_type_with_name::<View>("Account");
-    let slots: HashMap<String, usize> = INPUTS.iter().enumerate().map(|(i, n)| (n.to_string(), i)).collect();
-    e.register_indexer_get(move |a: &mut View, prop: &str| -> Result<Dynamic, Box<EvalAltResult>> {
-        match slots.get(prop) {
-            Some(&i) => Ok(a.0.get(i).cloned().unwrap_or(Dynamic::UNIT)),
-            None => Err(format!("`account.{prop}` is not a declared input").into()),
-        }
-    });
+    let slots: HashMap<String, usize> =
+        INPUTS.iter().enumerate().map(|(i, n)| (n.to_string(), i)).collect();
+    e.register_indexer_get(
+        move |a: &mut View, prop: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+            match slots.get(prop) {
+                Some(&i) => Ok(a.0.get(i).cloned().unwrap_or(Dynamic::UNIT)),
+                None => Err(format!("`account.{prop}` is not a declared input").into()),
+            }
+        },
+    );
     if getters {
         for (i, name) in INPUTS.iter().enumerate() {
             e.register_get(name, move |a: &mut View| a.0.get(i).cloned().unwrap_or(Dynamic::UNIT));
@@ -84,7 +90,9 @@ fn main() {
         })
         .collect::<Vec<_>>()
         .into();
-    for (label, getters) in [("indexer only (as src/script.rs)", false), ("one getter per input", true)] {
+    for (label, getters) in
+        [("indexer only (as src/script.rs)", false), ("one getter per input", true)]
+    {
         let e = engine(getters);
         let ast = match e.compile(SCRIPT) {
             Ok(a) => a,
@@ -99,13 +107,26 @@ fn main() {
         for _ in 0..6 {
             let t = Instant::now();
             for _ in 0..n {
-                let v = e.call_fn_with_options::<Dynamic>(opts(), &mut Scope::new(), &ast, "account_health", (View(values.clone()),));
-                check += std::hint::black_box(v).ok().and_then(|d| d.as_float().ok()).unwrap_or(f64::NAN);
+                let v = e.call_fn_with_options::<Dynamic>(
+                    opts(),
+                    &mut Scope::new(),
+                    &ast,
+                    "account_health",
+                    (View(values.clone()),),
+                );
+                check += std::hint::black_box(v)
+                    .ok()
+                    .and_then(|d| d.as_float().ok())
+                    .unwrap_or(f64::NAN);
             }
             passes.push(t.elapsed().as_secs_f64() * 1e9 / n as f64);
         }
         passes.remove(0); // warm-up
         passes.sort_by(f64::total_cmp);
-        println!("{label:<34} {:>7.0} ns per call (median of 5; result {})", passes[2], check / (6 * n) as f64);
+        println!(
+            "{label:<34} {:>7.0} ns per call (median of 5; result {})",
+            passes[2],
+            check / (6 * n) as f64
+        );
     }
 }

@@ -19,9 +19,9 @@
 //!   router (in-process, `oneshot`) on a current-thread runtime built once: no answer may be a
 //!   500, and every JSON answer must be JSON.
 
-use axum::body::Body;
-use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -60,14 +60,20 @@ fn sample_records() -> &'static [Record] {
 /// The shipped enterprise policy, loaded once (`None` would be a broken checkout).
 fn enterprise() -> Option<&'static Policy> {
     static POLICY: OnceLock<Option<Policy>> = OnceLock::new();
-    POLICY.get_or_init(|| policy::load_dir(&repo_root().join("policies/enterprise"), &Limits::default()).ok()).as_ref()
+    POLICY
+        .get_or_init(|| {
+            policy::load_dir(&repo_root().join("policies/enterprise"), &Limits::default()).ok()
+        })
+        .as_ref()
 }
 
 /// Splits a policy-load input into a policy folder.
 pub fn policy_files(data: &[u8]) -> Files {
     let mut parts = data.splitn(3, |b| *b == 0);
     let mut files = Files::new();
-    for (path, part) in ["policy.toml", "scripts/fuzz.rhai", "tests/fuzz.toml"].into_iter().zip(parts.by_ref()) {
+    for (path, part) in
+        ["policy.toml", "scripts/fuzz.rhai", "tests/fuzz.toml"].into_iter().zip(parts.by_ref())
+    {
         files.insert(path.to_string(), part.to_vec());
     }
     files
@@ -75,8 +81,10 @@ pub fn policy_files(data: &[u8]) -> Files {
 
 /// The serialized outcomes of `records` under `p`, account and portfolio level.
 fn outcomes(p: &Policy, records: &[Record]) -> String {
-    let acc = serde_json::to_string(&engine::evaluate(p, records)).unwrap_or_else(|e| format!("account level does not serialize: {e}"));
-    let port = serde_json::to_string(&engine::evaluate_portfolio(p, records)).unwrap_or_else(|e| format!("portfolio level does not serialize: {e}"));
+    let acc = serde_json::to_string(&engine::evaluate(p, records))
+        .unwrap_or_else(|e| format!("account level does not serialize: {e}"));
+    let port = serde_json::to_string(&engine::evaluate_portfolio(p, records))
+        .unwrap_or_else(|e| format!("portfolio level does not serialize: {e}"));
     format!("{acc}\n{port}")
 }
 
@@ -89,9 +97,18 @@ fn order_independent(p: &Policy, records: &[Record]) {
         return;
     }
     let reversed: Vec<Record> = records.iter().rev().cloned().collect();
-    let (fwd, rev) = (engine::evaluate_portfolio(p, records), engine::evaluate_portfolio(p, &reversed));
-    let fwd_text = format!("{}\n{}", json(&fwd.summary), fwd.accounts.iter().map(json).collect::<Vec<_>>().join("\n"));
-    let rev_text = format!("{}\n{}", json(&rev.summary), rev.accounts.iter().rev().map(json).collect::<Vec<_>>().join("\n"));
+    let (fwd, rev) =
+        (engine::evaluate_portfolio(p, records), engine::evaluate_portfolio(p, &reversed));
+    let fwd_text = format!(
+        "{}\n{}",
+        json(&fwd.summary),
+        fwd.accounts.iter().map(json).collect::<Vec<_>>().join("\n")
+    );
+    let rev_text = format!(
+        "{}\n{}",
+        json(&rev.summary),
+        rev.accounts.iter().rev().map(json).collect::<Vec<_>>().join("\n")
+    );
     // Wall-clock limits are not deterministic; nothing else may differ.
     if fwd_text.contains("\"time_limit\"") || rev_text.contains("\"time_limit\"") {
         return;
@@ -158,7 +175,11 @@ pub fn snapshot(data: &[u8], format: Format) {
     let Some(policy) = enterprise() else { panic!("policies/enterprise does not load") };
     let Ok(records) = snapshot::read(text, format, policy) else { return };
     if format == Format::Jsonl {
-        assert_eq!(records.len(), text.lines().filter(|l| !l.trim().is_empty()).count(), "one record per non-blank line");
+        assert_eq!(
+            records.len(),
+            text.lines().filter(|l| !l.trim().is_empty()).count(),
+            "one record per non-blank line"
+        );
     }
     for s in records.iter().flatten() {
         let _ = snapshot::validate(policy, s);
@@ -191,10 +212,18 @@ fn server() -> &'static Server {
         };
         // The shipped policies, read in place: the fuzz inputs never write to the folder
         // (there is no admin token, so no reload route).
-        let service = Arc::new(Service::new(repo_root().join("policies"), Limits::default(), Some("enterprise".into())));
+        let service = Arc::new(Service::new(
+            repo_root().join("policies"),
+            Limits::default(),
+            Some("enterprise".into()),
+        ));
         let outcome = service.reload();
         assert!(service.ready().is_ok(), "the shipped policies do not load: {outcome:?}");
-        let app = tierwise::http::App::new(service, tierwise::http::Config::default(), DecisionLog::off());
+        let app = tierwise::http::App::new(
+            service,
+            tierwise::http::Config::default(),
+            DecisionLog::off(),
+        );
         Server { rt, router: tierwise::http::app(app) }
     })
 }
@@ -209,7 +238,11 @@ pub fn http(data: &[u8], route: Route) -> Option<StatusCode> {
         Route::Evaluate => "/v1/evaluate",
         Route::DryRun => "/v1/dry-run",
     };
-    let req = Request::builder().method(Method::POST).uri(uri).header(header::CONTENT_TYPE, "application/json").body(Body::from(data.to_vec()));
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(data.to_vec()));
     let Ok(req) = req else { panic!("request does not build") };
     let (status, content_type, body) = s.rt.block_on(async {
         let res = match s.router.clone().oneshot(req).await {
@@ -217,7 +250,12 @@ pub fn http(data: &[u8], route: Route) -> Option<StatusCode> {
             Err(e) => match e {},
         };
         let status = res.status();
-        let ct = res.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let ct = res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let body = match res.into_body().collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => panic!("the answer's body fails: {e}"),
@@ -227,14 +265,24 @@ pub fn http(data: &[u8], route: Route) -> Option<StatusCode> {
     // A 500 is a bug by definition (`internal` errors are for what cannot happen); 503 is
     // load shedding or the request timeout, by design (a slow input is libFuzzer's
     // `-timeout` finding instead).
-    assert!(!status.is_server_error() || status == StatusCode::SERVICE_UNAVAILABLE, "{uri} answered {status}: {}", String::from_utf8_lossy(&body));
+    assert!(
+        !status.is_server_error() || status == StatusCode::SERVICE_UNAVAILABLE,
+        "{uri} answered {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
     if content_type.starts_with("application/json")
         && let Err(e) = serde_json::from_slice::<serde_json::Value>(&body)
     {
-        panic!("{uri} answered {status} with invalid JSON ({e}): {}", String::from_utf8_lossy(&body));
+        panic!(
+            "{uri} answered {status} with invalid JSON ({e}): {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     if status != StatusCode::OK {
-        assert!(content_type.starts_with("application/json"), "{uri}: a {status} that is not JSON: {content_type}");
+        assert!(
+            content_type.starts_with("application/json"),
+            "{uri}: a {status} that is not JSON: {content_type}"
+        );
     }
     Some(status)
 }

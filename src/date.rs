@@ -75,8 +75,14 @@ mod tests {
     fn known_days() {
         assert_eq!(parse_days("1970-01-01"), Some(0));
         assert_eq!(parse_days("2000-03-01"), Some(11017));
-        assert_eq!(parse_days("2026-11-01").zip(parse_days("2025-11-01")).map(|(a, b)| a - b), Some(365));
-        assert_eq!(parse_days("2024-02-29").zip(parse_days("2024-03-01")).map(|(a, b)| b - a), Some(1));
+        assert_eq!(
+            parse_days("2026-11-01").zip(parse_days("2025-11-01")).map(|(a, b)| a - b),
+            Some(365)
+        );
+        assert_eq!(
+            parse_days("2024-02-29").zip(parse_days("2024-03-01")).map(|(a, b)| b - a),
+            Some(1)
+        );
     }
 
     #[test]
@@ -88,7 +94,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_dates() {
-        for s in ["2023-02-29", "2026-13-01", "2026-00-10", "2026-1-01", "26-01-01", "2026-01-32", "2026/01/01", "２０２６-01-01"] {
+        for s in [
+            "2023-02-29",
+            "2026-13-01",
+            "2026-00-10",
+            "2026-1-01",
+            "26-01-01",
+            "2026-01-32",
+            "2026/01/01",
+            "２０２６-01-01",
+        ] {
             assert_eq!(parse_days(s), None, "{s}");
         }
     }

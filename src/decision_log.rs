@@ -18,12 +18,12 @@
 //! on stderr at most once per [`REPORT_EVERY`], so its own log stays bounded too.
 
 use crate::engine::{Outcome, PolicyRef, Summary};
-use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
 use serde_json::value::RawValue;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, mpsc};
 use std::time::{Instant, SystemTime};
 
 /// Requests whose lines may wait to be written.
@@ -70,7 +70,11 @@ impl Msg {
         match self {
             Msg::Line(_) => 1,
             // A cached book is its answer's bytes: ~800 per account.
-            Msg::Job(j) => 1 + j.outcomes.len() + j.cached.len() + j.cached_book.as_ref().map_or(0, |b| b.len() / 800),
+            Msg::Job(j) => {
+                1 + j.outcomes.len()
+                    + j.cached.len()
+                    + j.cached_book.as_ref().map_or(0, |b| b.len() / 800)
+            }
         }
     }
 }
@@ -227,7 +231,9 @@ pub struct Closer(Option<mpsc::Receiver<()>>);
 impl Closer {
     /// Returns when the log thread has written everything and ended, or after `limit`.
     pub fn wait(self, limit: std::time::Duration) -> bool {
-        self.0.is_none_or(|rx| !matches!(rx.recv_timeout(limit), Err(mpsc::RecvTimeoutError::Timeout)))
+        self.0.is_none_or(|rx| {
+            !matches!(rx.recv_timeout(limit), Err(mpsc::RecvTimeoutError::Timeout))
+        })
     }
 }
 
@@ -327,7 +333,11 @@ impl DecisionLog {
             let _ = done_tx.send(());
         });
         match spawned {
-            Ok(_) => DecisionLog { tx: Some(tx), done: Some(Arc::new(std::sync::Mutex::new(Some(done_rx)))), stats },
+            Ok(_) => DecisionLog {
+                tx: Some(tx),
+                done: Some(Arc::new(std::sync::Mutex::new(Some(done_rx)))),
+                stats,
+            },
             Err(e) => {
                 eprintln!("tierwise: no decision log: cannot start its thread: {e}");
                 Self::off()
@@ -371,15 +381,16 @@ impl DecisionLog {
     /// Logs one evaluation request (written on the log thread).
     pub fn record(&self, job: Job) {
         let Some(tx) = &self.tx else { return };
-        let msg = if job.outcomes.len() + job.cached.len() > ENCODE_THERE || job.cached_book.is_some() {
-            Msg::Job(Box::new(job))
-        } else {
-            let mut line = Vec::with_capacity(512 + job.outcomes.len() * 160);
-            if !encode(&job, &mut line) {
-                return;
-            }
-            Msg::Line(line)
-        };
+        let msg =
+            if job.outcomes.len() + job.cached.len() > ENCODE_THERE || job.cached_book.is_some() {
+                Msg::Job(Box::new(job))
+            } else {
+                let mut line = Vec::with_capacity(512 + job.outcomes.len() * 160);
+                if !encode(&job, &mut line) {
+                    return;
+                }
+                Msg::Line(line)
+            };
         self.send(tx, msg);
     }
 }
@@ -442,7 +453,8 @@ impl Serialize for Accounts<'_> {
         for i in 0..total {
             match cached.peek() {
                 Some((at, bytes)) if *at == i => {
-                    let light = serde_json::from_slice::<LightIn<'_>>(bytes).map_err(serde::ser::Error::custom)?;
+                    let light = serde_json::from_slice::<LightIn<'_>>(bytes)
+                        .map_err(serde::ser::Error::custom)?;
                     seq.serialize_element(&light)?;
                     cached.next();
                 }

@@ -33,5 +33,5 @@ pub mod schema;
 pub mod script;
 pub mod service;
 pub mod snapshot;
-pub mod whatif;
 pub mod watch;
+pub mod whatif;

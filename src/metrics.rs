@@ -60,7 +60,10 @@ pub struct NameLabels {
 
 fn latency_histogram() -> Histogram {
     // 100 µs .. 10 s: single accounts sit at the bottom, 10k-account portfolios near 0.1 s.
-    Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+    Histogram::new([
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ])
 }
 
 fn batch_histogram() -> Histogram {
@@ -113,7 +116,12 @@ pub struct Metrics {
 }
 
 fn placeholder() -> LevelMetrics {
-    LevelMetrics { evaluations: Counter::default(), accounts: Counter::default(), errors: Counter::default(), batch: batch_histogram() }
+    LevelMetrics {
+        evaluations: Counter::default(),
+        accounts: Counter::default(),
+        errors: Counter::default(),
+        batch: batch_histogram(),
+    }
 }
 
 impl Default for Metrics {
@@ -152,28 +160,100 @@ impl Metrics {
             log_dropped: Counter::default(),
             log_write_errors: Counter::default(),
         };
-        registry.register("http_requests", "HTTP requests answered, by route, method and status", m.requests.clone());
-        registry.register("http_request_duration_seconds", "Time to answer a request, by route", m.latency.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route, method and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer a request, by route",
+            m.latency.clone(),
+        );
         registry.register("http_errors", "Error answers, by error code", m.errors.clone());
-        registry.register("http_in_flight_requests", "Requests being answered now", m.in_flight.clone());
-        registry.register("http_overloaded", "Requests refused with 503 at the concurrency limit", m.overloaded.clone());
-        registry.register("evaluations", "Evaluation requests answered, by level", m.evaluations.clone());
-        registry.register("accounts_evaluated", "Accounts answered (decision or error), by level", m.accounts.clone());
-        registry.register("account_errors", "Accounts answered with an error, by level", m.account_errors.clone());
-        registry.register("evaluation_batch_accounts", "Accounts per evaluation request", m.batch_size.clone());
+        registry.register(
+            "http_in_flight_requests",
+            "Requests being answered now",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "http_overloaded",
+            "Requests refused with 503 at the concurrency limit",
+            m.overloaded.clone(),
+        );
+        registry.register(
+            "evaluations",
+            "Evaluation requests answered, by level",
+            m.evaluations.clone(),
+        );
+        registry.register(
+            "accounts_evaluated",
+            "Accounts answered (decision or error), by level",
+            m.accounts.clone(),
+        );
+        registry.register(
+            "account_errors",
+            "Accounts answered with an error, by level",
+            m.account_errors.clone(),
+        );
+        registry.register(
+            "evaluation_batch_accounts",
+            "Accounts per evaluation request",
+            m.batch_size.clone(),
+        );
         registry.register("cache_lookups", "Decision cache lookups by result: hit, miss, skipped (breaker not closed), gated (the cost gate skipped the read)", m.cache.clone());
-        registry.register("cache_call_failures", "Cache calls that failed, by result: error, timeout", m.cache_calls.clone());
-        registry.register("cache_writes", "Cache entries by result: written, dropped (queue full, breaker open or write failed)", m.cache_writes.clone());
-        registry.register("cache_queued_writes", "Write batches waiting in the Redis write queue", m.cache_queued.clone());
-        registry.register("cache_breaker_state", "Redis circuit breaker: 0 closed, 1 open, 2 half-open", m.cache_breaker.clone());
-        registry.register("cache_breaker_opened", "Times the Redis circuit breaker opened", m.cache_breaker_opened.clone());
-        registry.register("cache_backend", "The cache backend in use (always 1)", m.cache_backend.clone());
-        registry.register("policy_reloads", "Policy reload results since start (applied, rejected, removed, runs)", m.reloads.clone());
-        registry.register("policy_info", "The policy version serving, by name and hash (always 1)", m.policy_info.clone());
+        registry.register(
+            "cache_call_failures",
+            "Cache calls that failed, by result: error, timeout",
+            m.cache_calls.clone(),
+        );
+        registry.register(
+            "cache_writes",
+            "Cache entries by result: written, dropped (queue full, breaker open or write failed)",
+            m.cache_writes.clone(),
+        );
+        registry.register(
+            "cache_queued_writes",
+            "Write batches waiting in the Redis write queue",
+            m.cache_queued.clone(),
+        );
+        registry.register(
+            "cache_breaker_state",
+            "Redis circuit breaker: 0 closed, 1 open, 2 half-open",
+            m.cache_breaker.clone(),
+        );
+        registry.register(
+            "cache_breaker_opened",
+            "Times the Redis circuit breaker opened",
+            m.cache_breaker_opened.clone(),
+        );
+        registry.register(
+            "cache_backend",
+            "The cache backend in use (always 1)",
+            m.cache_backend.clone(),
+        );
+        registry.register(
+            "policy_reloads",
+            "Policy reload results since start (applied, rejected, removed, runs)",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "policy_info",
+            "The policy version serving, by name and hash (always 1)",
+            m.policy_info.clone(),
+        );
         registry.register("policy_reload_failing", "1 when the policy's files on disk failed their checks and an older version (or none) serves", m.policy_error.clone());
-        registry.register("policy_loaded_at_seconds", "Unix time the serving version went live", m.policy_loaded_at.clone());
+        registry.register(
+            "policy_loaded_at_seconds",
+            "Unix time the serving version went live",
+            m.policy_loaded_at.clone(),
+        );
         registry.register("decision_log_dropped", "Decision log lines dropped because its queue was full (a slow or stalled sink); requests never wait for the log", m.log_dropped.clone());
-        registry.register("decision_log_write_errors", "Decision log lines lost because writing them failed (full disk, closed pipe)", m.log_write_errors.clone());
+        registry.register(
+            "decision_log_write_errors",
+            "Decision log lines lost because writing them failed (full disk, closed pipe)",
+            m.log_write_errors.clone(),
+        );
         let level = |level: &'static str| {
             let l = LevelLabels { level };
             LevelMetrics {
@@ -197,9 +277,17 @@ impl Metrics {
     /// The OpenMetrics text, with the policy and cache figures read now.
     /// `gated` and `unavailable`: accounts the service did not look up (the cost gate, a
     /// Redis breaker not closed).
-    pub fn render(&self, service: &Service, c: &CacheStats, gated: u64, unavailable: u64) -> String {
+    pub fn render(
+        &self,
+        service: &Service,
+        c: &CacheStats,
+        gated: u64,
+        unavailable: u64,
+    ) -> String {
         use std::sync::atomic::Ordering::Relaxed;
-        let set = |f: &Family<ResultLabels, Counter>, result: &'static str, v: u64| f.get_or_create(&ResultLabels { result }).inner().store(v, Relaxed);
+        let set = |f: &Family<ResultLabels, Counter>, result: &'static str, v: u64| {
+            f.get_or_create(&ResultLabels { result }).inner().store(v, Relaxed)
+        };
         set(&self.cache, "hit", c.hits);
         set(&self.cache, "miss", c.misses);
         set(&self.cache, "skipped", c.skipped + unavailable);
@@ -213,7 +301,12 @@ impl Metrics {
         self.cache_breaker_opened.inner().store(c.breaker_opened, Relaxed);
         self.cache_backend.get_or_create(&BackendLabels { backend: c.backend }).set(1);
         let s = &service.stats;
-        for (result, v) in [("applied", &s.applied), ("rejected", &s.rejected), ("removed", &s.removed), ("runs", &s.runs)] {
+        for (result, v) in [
+            ("applied", &s.applied),
+            ("rejected", &s.rejected),
+            ("removed", &s.removed),
+            ("runs", &s.runs),
+        ] {
             self.reloads.get_or_create(&ResultLabels { result }).set(v.load(Relaxed) as i64);
         }
         self.policy_info.clear();
@@ -222,11 +315,22 @@ impl Metrics {
         let reg = service.registry();
         for (name, e) in &reg.entries {
             if let Some(l) = &e.active {
-                self.policy_info.get_or_create(&PolicyLabels { policy: name.clone(), hash: l.policy.hash.clone() }).set(1);
-                let at = l.loaded_at.duration_since(std::time::SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+                self.policy_info
+                    .get_or_create(&PolicyLabels {
+                        policy: name.clone(),
+                        hash: l.policy.hash.clone(),
+                    })
+                    .set(1);
+                let at = l
+                    .loaded_at
+                    .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
                 self.policy_loaded_at.get_or_create(&NameLabels { policy: name.clone() }).set(at);
             }
-            self.policy_error.get_or_create(&NameLabels { policy: name.clone() }).set(i64::from(e.last_error.is_some()));
+            self.policy_error
+                .get_or_create(&NameLabels { policy: name.clone() })
+                .set(i64::from(e.last_error.is_some()));
         }
         let mut out = String::with_capacity(8192);
         // Writing to a String cannot fail.

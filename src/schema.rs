@@ -21,8 +21,10 @@ pub fn all() -> Vec<(&'static str, String)> {
 /// are taken from the shipped policies where they use the field.
 pub fn policy_reference() -> String {
     use serde_json::Value;
-    let policy = serde_json::to_value(schema_for!(crate::policy::raw::RawPolicy)).unwrap_or_default();
-    let tests = serde_json::to_value(schema_for!(crate::policy::raw::RawTestFile)).unwrap_or_default();
+    let policy =
+        serde_json::to_value(schema_for!(crate::policy::raw::RawPolicy)).unwrap_or_default();
+    let tests =
+        serde_json::to_value(schema_for!(crate::policy::raw::RawTestFile)).unwrap_or_default();
     let shipped: Vec<toml::Value> = [
         include_str!("../policies/enterprise/policy.toml"),
         include_str!("../policies/mid-market/policy.toml"),
@@ -48,14 +50,21 @@ pub fn policy_reference() -> String {
          element of an array of tables and `<name>` for a key you choose. Examples come from the\n\
          shipped policies.\n",
     );
-    for (title, schema, examples) in [("`policy.toml`", &policy, &shipped), ("`tests/*.toml`", &tests, &shipped_tests)] {
+    for (title, schema, examples) in
+        [("`policy.toml`", &policy, &shipped), ("`tests/*.toml`", &tests, &shipped_tests)]
+    {
         out.push_str(&format!("\n## {title}\n\n| field | type | required | description | example |\n|---|---|---|---|---|\n"));
         let defs = schema.get("$defs").cloned().unwrap_or(Value::Null);
         let mut rows = Vec::new();
         walk(schema, &defs, "", &mut rows, 0);
         for (path, ty, required, desc) in rows {
             let example = example_at(examples, &path).unwrap_or_default();
-            out.push_str(&format!("| `{path}` | {ty} | {} | {} | {} |\n", if required { "yes" } else { "no" }, cell(&desc), cell(&example)));
+            out.push_str(&format!(
+                "| `{path}` | {ty} | {} | {} | {} |\n",
+                if required { "yes" } else { "no" },
+                cell(&desc),
+                cell(&example)
+            ));
         }
     }
     out
@@ -74,7 +83,10 @@ fn deref<'a>(v: &'a serde_json::Value, defs: &'a serde_json::Value) -> &'a serde
 fn non_null<'a>(v: &'a serde_json::Value, defs: &'a serde_json::Value) -> &'a serde_json::Value {
     let v = deref(v, defs);
     if let Some(alts) = v.get("anyOf").and_then(|a| a.as_array()) {
-        let real: Vec<&serde_json::Value> = alts.iter().filter(|a| a.get("type").and_then(|t| t.as_str()) != Some("null")).collect();
+        let real: Vec<&serde_json::Value> = alts
+            .iter()
+            .filter(|a| a.get("type").and_then(|t| t.as_str()) != Some("null"))
+            .collect();
         if let [one] = real.as_slice() {
             return deref(one, defs);
         }
@@ -85,7 +97,10 @@ fn non_null<'a>(v: &'a serde_json::Value, defs: &'a serde_json::Value) -> &'a se
 fn type_name(v: &serde_json::Value, defs: &serde_json::Value) -> String {
     let v = non_null(v, defs);
     if let Some(alts) = v.get("oneOf").and_then(|a| a.as_array()) {
-        let consts: Vec<String> = alts.iter().filter_map(|a| a.get("const").and_then(|c| c.as_str()).map(|c| format!("`\"{c}\"`"))).collect();
+        let consts: Vec<String> = alts
+            .iter()
+            .filter_map(|a| a.get("const").and_then(|c| c.as_str()).map(|c| format!("`\"{c}\"`")))
+            .collect();
         if consts.len() == alts.len() {
             return format!("one of {}", consts.join(", "));
         }
@@ -95,14 +110,20 @@ fn type_name(v: &serde_json::Value, defs: &serde_json::Value) -> String {
     }
     let t: Vec<&str> = match v.get("type") {
         Some(serde_json::Value::String(s)) => vec![s.as_str()],
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_str()).filter(|x| *x != "null").collect(),
+        Some(serde_json::Value::Array(a)) => {
+            a.iter().filter_map(|x| x.as_str()).filter(|x| *x != "null").collect()
+        }
         _ => vec![],
     };
     match t.first().copied() {
         Some("array") => {
             let item = v.get("items").map(|i| type_name(i, defs)).unwrap_or_default();
             let inner = non_null(v.get("items").unwrap_or(&serde_json::Value::Null), defs);
-            if inner.get("properties").is_some() { "array of tables".into() } else { format!("array of {item}") }
+            if inner.get("properties").is_some() {
+                "array of tables".into()
+            } else {
+                format!("array of {item}")
+            }
         }
         Some("object") if v.get("properties").is_some() => "table".into(),
         Some("object") => "table of named entries".into(),
@@ -112,16 +133,31 @@ fn type_name(v: &serde_json::Value, defs: &serde_json::Value) -> String {
     }
 }
 
-fn walk(v: &serde_json::Value, defs: &serde_json::Value, prefix: &str, rows: &mut Vec<Row>, depth: usize) {
+fn walk(
+    v: &serde_json::Value,
+    defs: &serde_json::Value,
+    prefix: &str,
+    rows: &mut Vec<Row>,
+    depth: usize,
+) {
     if depth > 8 {
         return;
     }
     let v = non_null(v, defs);
-    let required: Vec<&str> = v.get("required").and_then(|r| r.as_array()).map(|r| r.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
+    let required: Vec<&str> = v
+        .get("required")
+        .and_then(|r| r.as_array())
+        .map(|r| r.iter().filter_map(|x| x.as_str()).collect())
+        .unwrap_or_default();
     let Some(props) = v.get("properties").and_then(|p| p.as_object()) else { return };
     for (name, field) in props {
         let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
-        let desc = field.get("description").or_else(|| non_null(field, defs).get("description")).and_then(|d| d.as_str()).unwrap_or("").replace('\n', " ");
+        let desc = field
+            .get("description")
+            .or_else(|| non_null(field, defs).get("description"))
+            .and_then(|d| d.as_str())
+            .unwrap_or("")
+            .replace('\n', " ");
         rows.push((path.clone(), type_name(field, defs), required.contains(&name.as_str()), desc));
         let inner = non_null(field, defs);
         if let Some(items) = inner.get("items") {
@@ -162,7 +198,9 @@ fn example_at(docs: &[toml::Value], path: &str) -> Option<String> {
     }
     let segs: Vec<&str> = path.split('.').collect();
     let v = docs.iter().find_map(|d| find(d, &segs))?;
-    if v.is_table() || (v.is_array() && v.as_array().is_some_and(|a| a.iter().any(|x| x.is_table()))) {
+    if v.is_table()
+        || (v.is_array() && v.as_array().is_some_and(|a| a.iter().any(|x| x.is_table())))
+    {
         return None;
     }
     let text = v.to_string();

@@ -16,7 +16,7 @@
 //! Nothing here knows HTTP or tokio: the watcher and the server call it.
 
 use crate::cache::{CostGate, PolicyId};
-use crate::engine::{self, testrun, Outcome, PolicyRef, PortfolioResult};
+use crate::engine::{self, Outcome, PolicyRef, PortfolioResult, testrun};
 use crate::policy::{self, Diagnostic, Place, Policy};
 use crate::script::Limits;
 use crate::snapshot::Record;
@@ -179,7 +179,10 @@ impl Service {
         match reg.entries.get(name) {
             Some(Entry { active: Some(l), .. }) => Ok(l.clone()),
             Some(_) => Err(Lookup::NotLoaded { name: name.to_string() }),
-            None => Err(Lookup::Unknown { name: name.to_string(), known: reg.entries.keys().cloned().collect() }),
+            None => Err(Lookup::Unknown {
+                name: name.to_string(),
+                known: reg.entries.keys().cloned().collect(),
+            }),
         }
     }
 
@@ -225,14 +228,23 @@ impl Service {
                     failed_cases: vec![],
                 };
                 self.stats.rejected.fetch_add(1, Relaxed);
-                return vec![ReloadOutcome { policy: String::new(), result: "rejected", hash: None, error: Some(err) }];
+                return vec![ReloadOutcome {
+                    policy: String::new(),
+                    result: "rejected",
+                    hash: None,
+                    error: Some(err),
+                }];
             }
         };
         let mut next = BTreeMap::new();
         let mut outcomes = Vec::new();
         for dir in dirs {
             let Some(name) = folder_name(&dir) else { continue };
-            let prev = current.entries.get(&name).cloned().unwrap_or(Entry { active: None, last_error: None });
+            let prev = current
+                .entries
+                .get(&name)
+                .cloned()
+                .unwrap_or(Entry { active: None, last_error: None });
             let (entry, outcome) = self.load_one(&name, &dir, prev);
             self.count(&outcome);
             if outcome.result != "unchanged" {
@@ -240,7 +252,8 @@ impl Service {
             }
             next.insert(name, entry);
         }
-        let gone: Vec<(&String, &Entry)> = current.entries.iter().filter(|(n, _)| !next.contains_key(*n)).collect();
+        let gone: Vec<(&String, &Entry)> =
+            current.entries.iter().filter(|(n, _)| !next.contains_key(*n)).collect();
         for (name, prev) in gone {
             // `policy_dirs` only lists folders holding a policy.toml, so a folder caught
             // emptied, swapped for a file or left as a dangling symlink (a checkout, a sync
@@ -258,7 +271,12 @@ impl Service {
                 continue;
             }
             self.stats.removed.fetch_add(1, Relaxed);
-            outcomes.push(ReloadOutcome { policy: name.clone(), result: "removed", hash: None, error: None });
+            outcomes.push(ReloadOutcome {
+                policy: name.clone(),
+                result: "removed",
+                hash: None,
+                error: None,
+            });
         }
         let default = match &self.configured_default {
             Some(d) => Some(d.clone()),
@@ -283,7 +301,15 @@ impl Service {
         let reject = |prev: Entry, err: ReloadError| {
             let hash = served(&prev);
             let entry = Entry { active: prev.active, last_error: Some(err.clone()) };
-            (entry, ReloadOutcome { policy: name.to_string(), result: "rejected", hash, error: Some(err) })
+            (
+                entry,
+                ReloadOutcome {
+                    policy: name.to_string(),
+                    result: "rejected",
+                    hash,
+                    error: Some(err),
+                },
+            )
         };
         let files = match policy::read_dir(dir) {
             Ok(f) => f,
@@ -293,18 +319,35 @@ impl Service {
         if served(&prev).as_deref() == Some(hash.as_str()) {
             // Back to (or still) the active version: nothing to compile, nothing failing.
             let entry = Entry { active: prev.active, last_error: None };
-            return (entry, ReloadOutcome { policy: name.to_string(), result: "unchanged", hash: Some(hash), error: None });
+            return (
+                entry,
+                ReloadOutcome {
+                    policy: name.to_string(),
+                    result: "unchanged",
+                    hash: Some(hash),
+                    error: None,
+                },
+            );
         }
         if prev.last_error.as_ref().and_then(|e| e.hash.as_deref()) == Some(hash.as_str()) {
             // Already rejected these very files: do not run the checks again.
-            let out = ReloadOutcome { policy: name.to_string(), result: "unchanged", hash: served(&prev), error: prev.last_error.clone() };
+            let out = ReloadOutcome {
+                policy: name.to_string(),
+                result: "unchanged",
+                hash: served(&prev),
+                error: prev.last_error.clone(),
+            };
             return (prev, out);
         }
         let policy = match policy::load_files(name, &files, &self.limits) {
             Ok(p) => p,
             Err(report) => {
                 let n = report.errors().count();
-                let msg = format!("policy `{name}` has {n} problem{}: {}", if n == 1 { "" } else { "s" }, first_line(&report.to_string()));
+                let msg = format!(
+                    "policy `{name}` has {n} problem{}: {}",
+                    if n == 1 { "" } else { "s" },
+                    first_line(&report.to_string())
+                );
                 let mut err = self.error("invalid_policy", msg, Some(hash));
                 err.diagnostics = report.diagnostics;
                 return reject(prev, err);
@@ -316,15 +359,32 @@ impl Service {
             .map(|r| FailedCase { name: r.name, place: r.place, failures: r.failures })
             .collect();
         if !failed.is_empty() {
-            let msg = format!("{} of {} test cases of policy `{name}` failed; first: {}", failed.len(), policy.cases.len(), failed[0].name);
+            let msg = format!(
+                "{} of {} test cases of policy `{name}` failed; first: {}",
+                failed.len(),
+                policy.cases.len(),
+                failed[0].name
+            );
             let mut err = self.error("tests_failed", msg, Some(hash));
             err.failed_cases = failed;
             return reject(prev, err);
         }
         let pref = engine::policy_ref(&policy);
         let cache_id = PolicyId::new(name, policy.hash.as_str());
-        let loaded = Arc::new(Loaded { policy, pref, loaded_at: SystemTime::now(), files: Arc::new(files), cache_id, gate: CostGate::new() });
-        let out = ReloadOutcome { policy: name.to_string(), result: "applied", hash: Some(hash), error: None };
+        let loaded = Arc::new(Loaded {
+            policy,
+            pref,
+            loaded_at: SystemTime::now(),
+            files: Arc::new(files),
+            cache_id,
+            gate: CostGate::new(),
+        });
+        let out = ReloadOutcome {
+            policy: name.to_string(),
+            result: "applied",
+            hash: Some(hash),
+            error: None,
+        };
         (Entry { active: Some(loaded), last_error: None }, out)
     }
 
@@ -336,18 +396,31 @@ impl Service {
             match p.strip_prefix(&self.root) {
                 Ok(r) if r.as_os_str().is_empty() => ".".to_string(),
                 Ok(r) => r.display().to_string(),
-                Err(_) => p.file_name().map_or_else(|| "?".to_string(), |n| n.to_string_lossy().into_owned()),
+                Err(_) => p
+                    .file_name()
+                    .map_or_else(|| "?".to_string(), |n| n.to_string_lossy().into_owned()),
             }
         };
         match e {
-            policy::ReadError::Io { path, source } => format!("cannot read `{}`: {source}", rel(path)),
+            policy::ReadError::Io { path, source } => {
+                format!("cannot read `{}`: {source}", rel(path))
+            }
             policy::ReadError::NoPolicy(path) => format!("`{}` has no policy.toml", rel(path)),
-            policy::ReadError::TooLarge { path, limit } => format!("`{}` is larger than {limit} bytes", rel(path)),
+            policy::ReadError::TooLarge { path, limit } => {
+                format!("`{}` is larger than {limit} bytes", rel(path))
+            }
         }
     }
 
     fn error(&self, code: &'static str, message: String, hash: Option<String>) -> ReloadError {
-        ReloadError { code, message, at: timestamp(SystemTime::now()), hash, diagnostics: vec![], failed_cases: vec![] }
+        ReloadError {
+            code,
+            message,
+            at: timestamp(SystemTime::now()),
+            hash,
+            diagnostics: vec![],
+            failed_cases: vec![],
+        }
     }
 }
 
@@ -367,7 +440,13 @@ pub fn timestamp(t: SystemTime) -> String {
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, day) = crate::date::civil_from_days(days);
-    format!("{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_millis())
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
 }
 
 #[cfg(test)]

@@ -66,7 +66,15 @@ pub struct AccountError {
 
 impl AccountError {
     pub fn new(id: Option<&str>, code: &'static str, message: impl Into<String>) -> Self {
-        AccountError { id: id.map(str::to_string), code, message: message.into(), field: None, rule: None, place: None, record: None }
+        AccountError {
+            id: id.map(str::to_string),
+            code,
+            message: message.into(),
+            field: None,
+            rule: None,
+            place: None,
+            record: None,
+        }
     }
     fn field(mut self, f: &str) -> Self {
         self.field = Some(f.to_string());
@@ -149,7 +157,8 @@ fn id_of(raw: &str) -> Option<String> {
 
 fn record_from_json(raw: &str, n: usize) -> Record {
     serde_json::from_str::<Snapshot>(raw).map_err(|e| {
-        let mut err = AccountError::new(id_of(raw).as_deref(), "bad_record", format!("not a snapshot: {e}"));
+        let mut err =
+            AccountError::new(id_of(raw).as_deref(), "bad_record", format!("not a snapshot: {e}"));
         err.record = Some(n);
         err
     })
@@ -157,13 +166,15 @@ fn record_from_json(raw: &str, n: usize) -> Record {
 
 /// A JSON array of snapshots; a bad element is that element's error.
 pub fn read_json(text: &str) -> Result<Vec<Record>, ReadError> {
-    let items: Vec<&serde_json::value::RawValue> = serde_json::from_str(text).map_err(|e| ReadError::Json(e.to_string()))?;
+    let items: Vec<&serde_json::value::RawValue> =
+        serde_json::from_str(text).map_err(|e| ReadError::Json(e.to_string()))?;
     Ok(items.iter().enumerate().map(|(i, raw)| record_from_json(raw.get(), i + 1)).collect())
 }
 
 /// One snapshot per line; blank lines are skipped, a bad line is that line's error.
 pub fn read_jsonl(text: &str) -> Vec<Record> {
-    let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
+    let lines: Vec<(usize, &str)> =
+        text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
     use rayon::prelude::*;
     // Parsing is most of the work of a large file; both cores take part.
     lines.par_iter().with_min_len(512).map(|&(i, l)| record_from_json(l, i + 1)).collect()
@@ -178,7 +189,8 @@ pub fn read_csv(text: &str, policy: &Policy) -> Result<Vec<Record>, ReadError> {
     if !headers.iter().any(|h| h == "id") {
         return Err(ReadError::Csv("the header has no `id` column".into()));
     }
-    let types: Vec<Option<InputType>> = headers.iter().map(|h| policy.inputs.iter().find(|i| i.name == h).map(|i| i.ty)).collect();
+    let types: Vec<Option<InputType>> =
+        headers.iter().map(|h| policy.inputs.iter().find(|i| i.name == h).map(|i| i.ty)).collect();
     let mut out = Vec::new();
     for (n, row) in rdr.records().enumerate() {
         let line = n + 2;
@@ -206,7 +218,8 @@ pub fn read_csv(text: &str, policy: &Policy) -> Result<Vec<Record>, ReadError> {
         obj.insert("fields".into(), Value::Object(fields));
         out.push(serde_json::from_value::<Snapshot>(Value::Object(obj.clone())).map_err(|e| {
             let id = obj.get("id").and_then(Value::as_str);
-            let mut err = AccountError::new(id, "bad_record", format!("line {line}: not a snapshot: {e}"));
+            let mut err =
+                AccountError::new(id, "bad_record", format!("line {line}: not a snapshot: {e}"));
             err.record = Some(line);
             err
         }));
@@ -224,7 +237,8 @@ fn csv_cell(cell: &str, ty: InputType) -> Value {
                 return Value::from(i);
             }
             match t.parse::<f64>() {
-                Ok(f) if f.is_finite() => serde_json::Number::from_f64(f).map_or(Value::String(cell.into()), Value::Number),
+                Ok(f) if f.is_finite() => serde_json::Number::from_f64(f)
+                    .map_or(Value::String(cell.into()), Value::Number),
                 _ => Value::String(cell.into()),
             }
         }
@@ -270,18 +284,30 @@ pub fn validate(policy: &Policy, s: &Snapshot) -> Result<Account, AccountError> 
     if s.id.is_empty() {
         return Err(AccountError::new(id, "bad_record", "`id` is empty").field("id"));
     }
-    let as_of = crate::date::parse_days(&s.as_of)
-        .ok_or_else(|| AccountError::new(id, "bad_date", format!("`as_of` is `{}`, not a date (YYYY-MM-DD)", s.as_of)).field("as_of"))?;
+    let as_of = crate::date::parse_days(&s.as_of).ok_or_else(|| {
+        AccountError::new(
+            id,
+            "bad_date",
+            format!("`as_of` is `{}`, not a date (YYYY-MM-DD)", s.as_of),
+        )
+        .field("as_of")
+    })?;
     let tier_since = match &s.tier_since {
         None => None,
-        Some(t) => Some(
-            crate::date::parse_days(t)
-                .ok_or_else(|| AccountError::new(id, "bad_date", format!("`tier_since` is `{t}`, not a date (YYYY-MM-DD)")).field("tier_since"))?,
-        ),
+        Some(t) => Some(crate::date::parse_days(t).ok_or_else(|| {
+            AccountError::new(
+                id,
+                "bad_date",
+                format!("`tier_since` is `{t}`, not a date (YYYY-MM-DD)"),
+            )
+            .field("tier_since")
+        })?),
     };
     let mut values = Vec::with_capacity(policy.inputs.len());
     for inp in &policy.inputs {
-        let err = |code, msg: String| AccountError::new(id, code, msg).field(&inp.name).rule(format!("inputs.{}", inp.name));
+        let err = |code, msg: String| {
+            AccountError::new(id, code, msg).field(&inp.name).rule(format!("inputs.{}", inp.name))
+        };
         let v = match s.fields.get(&inp.name) {
             None | Some(Value::Null) => {
                 if let Some(d) = &inp.default {
@@ -292,11 +318,25 @@ pub fn validate(policy: &Policy, s: &Snapshot) -> Result<Account, AccountError> 
                     values.push(Dynamic::UNIT);
                     continue;
                 }
-                return Err(err("missing_field", format!("`{}` is required ({}) and missing", inp.name, inp.ty.as_str())));
+                return Err(err(
+                    "missing_field",
+                    format!("`{}` is required ({}) and missing", inp.name, inp.ty.as_str()),
+                ));
             }
             Some(v) => v,
         };
-        let bad_type = || err("bad_type", format!("`{}` must be {}, got {} {}", inp.name, article(inp.ty), type_name(v), shown(v)));
+        let bad_type = || {
+            err(
+                "bad_type",
+                format!(
+                    "`{}` must be {}, got {} {}",
+                    inp.name,
+                    article(inp.ty),
+                    type_name(v),
+                    shown(v)
+                ),
+            )
+        };
         let (dynamic, scalar) = match inp.ty {
             InputType::Number => {
                 let f = v.as_f64().ok_or_else(bad_type)?;
@@ -304,7 +344,11 @@ pub fn validate(policy: &Policy, s: &Snapshot) -> Result<Account, AccountError> 
             }
             InputType::Integer => {
                 let i = match v {
-                    Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64)),
+                    Value::Number(n) => n.as_i64().or_else(|| {
+                        n.as_f64()
+                            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                            .map(|f| f as i64)
+                    }),
                     _ => None,
                 }
                 .ok_or_else(bad_type)?;
@@ -317,10 +361,15 @@ pub fn validate(policy: &Policy, s: &Snapshot) -> Result<Account, AccountError> 
             InputType::String | InputType::Date => {
                 let t = v.as_str().ok_or_else(bad_type)?;
                 if inp.ty == InputType::Date && crate::date::parse_days(t).is_none() {
-                    return Err(err("bad_date", format!("`{}` is `{t}`, not a date (YYYY-MM-DD)", inp.name)));
+                    return Err(err(
+                        "bad_date",
+                        format!("`{}` is `{t}`, not a date (YYYY-MM-DD)", inp.name),
+                    ));
                 }
                 // Text has no range: only `one_of` applies, checked without copying the text.
-                let allowed = inp.one_of.as_deref().is_none_or(|list| list.iter().any(|x| matches!(x, Scalar::String(y) if y == t)));
+                let allowed = inp.one_of.as_deref().is_none_or(|list| {
+                    list.iter().any(|x| matches!(x, Scalar::String(y) if y == t))
+                });
                 if allowed {
                     values.push(Dynamic::from(rhai::ImmutableString::from(t)));
                     continue;
@@ -328,7 +377,9 @@ pub fn validate(policy: &Policy, s: &Snapshot) -> Result<Account, AccountError> 
                 (Dynamic::UNIT, Scalar::String(t.to_string()))
             }
         };
-        if let Some(why) = crate::policy::compile::check_scalar(&scalar, inp.min, inp.max, inp.one_of.as_deref()) {
+        if let Some(why) =
+            crate::policy::compile::check_scalar(&scalar, inp.min, inp.max, inp.one_of.as_deref())
+        {
             let code = if why.contains("is not one of") { "not_one_of" } else { "out_of_range" };
             return Err(err(code, format!("`{}`: {why}", inp.name)));
         }

@@ -10,8 +10,8 @@
 
 use crate::service::{ReloadOutcome, Service};
 use notify::{RecursiveMode, Watcher as _};
-use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Keeps the watch alive; dropping it stops the watcher thread.

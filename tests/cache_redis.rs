@@ -34,7 +34,12 @@ async fn connect(cfg: &CacheConfig) -> Arc<dyn Cache> {
 async fn wait_for(c: &dyn Cache, limit: Duration, ok: impl Fn(&dyn Cache) -> bool) -> Duration {
     let start = Instant::now();
     while !ok(c) {
-        assert!(start.elapsed() < limit, "still {:?} after {limit:?}: {:?}", c.stats(), c.degraded());
+        assert!(
+            start.elapsed() < limit,
+            "still {:?} after {limit:?}: {:?}",
+            c.stats(),
+            c.degraded()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     start.elapsed()
@@ -57,7 +62,10 @@ fn book(n: usize, salt: &str) -> (tierwise::policy::Policy, Vec<Record>, Vec<Byt
         .collect();
     let records = common::records(&values);
     let outcomes = engine::evaluate(&policy, &records);
-    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Decision(_))), "the generated book must be valid");
+    assert!(
+        outcomes.iter().all(|o| matches!(o, Outcome::Decision(_))),
+        "the generated book must be valid"
+    );
     let bytes = outcomes.iter().map(|o| Bytes::from(serde_json::to_vec(o).unwrap())).collect();
     (policy, records, bytes)
 }
@@ -107,14 +115,21 @@ async fn hits_return_the_bytes_of_a_fresh_evaluation_and_a_policy_change_misses(
     assert_eq!(got.len(), 20);
     for (i, g) in got.iter().enumerate() {
         if i < 10 {
-            assert_eq!(g.as_ref(), Some(&values[i]), "account {i}: a hit is the fresh evaluation's bytes");
+            assert_eq!(
+                g.as_ref(),
+                Some(&values[i]),
+                "account {i}: a hit is the fresh evaluation's bytes"
+            );
         } else {
             assert_eq!(*g, None, "account {i} was never stored");
         }
     }
     // A fresh evaluation of the same snapshot (another request) gives the same key and bytes.
     let again = engine::evaluate(&policy, &records[3..4]);
-    assert_eq!(serde_json::to_vec(&again[0]).unwrap(), c.get(&keys(&p, &records[3..4])[0]).await.unwrap().to_vec());
+    assert_eq!(
+        serde_json::to_vec(&again[0]).unwrap(),
+        c.get(&keys(&p, &records[3..4])[0]).await.unwrap().to_vec()
+    );
 
     // Another version of the policy (another hash) and another policy name both miss.
     let changed = PolicyId::new("enterprise", "0123456789abcdef");
@@ -128,7 +143,10 @@ async fn hits_return_the_bytes_of_a_fresh_evaluation_and_a_policy_change_misses(
     assert_eq!(c.get_latest("mid-market", "hit-00004").await, None);
 
     let s = c.stats();
-    assert_eq!((s.backend, s.written, s.dropped_writes, s.errors, s.timeouts), ("redis", 20, 0, 0, 0));
+    assert_eq!(
+        (s.backend, s.written, s.dropped_writes, s.errors, s.timeouts),
+        ("redis", 20, 0, 0, 0)
+    );
     assert_eq!(s.hits, 10 + 1 + 1);
     assert!(c.degraded().is_none());
 }
@@ -136,7 +154,11 @@ async fn hits_return_the_bytes_of_a_fresh_evaluation_and_a_policy_change_misses(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_layout_ttls_and_value_format() {
     let redis = RedisServer::start();
-    let cfg = CacheConfig { ttl: Duration::from_secs(600), latest_ttl: Duration::from_secs(86_400), ..config(&redis.url()) };
+    let cfg = CacheConfig {
+        ttl: Duration::from_secs(600),
+        latest_ttl: Duration::from_secs(86_400),
+        ..config(&redis.url())
+    };
     let c = connect(&cfg).await;
     let (policy, records, values) = book(2, "key");
     let p = policy_id(&policy);
@@ -164,7 +186,9 @@ async fn key_layout_ttls_and_value_format() {
     let v: Vec<u8> = redis::cmd("GET").arg(&want[0]).query(&mut raw).unwrap();
     assert!(v.starts_with(b"tw1\n{\""), "{:?}", String::from_utf8_lossy(&v[..20]));
     // TTLs: entries `ttl`, latest decisions `latest_ttl`.
-    let pttl = |k: &str, raw: &mut redis::Connection| -> i64 { redis::cmd("PTTL").arg(k).query(raw).unwrap() };
+    let pttl = |k: &str, raw: &mut redis::Connection| -> i64 {
+        redis::cmd("PTTL").arg(k).query(raw).unwrap()
+    };
     let t = pttl(&want[0], &mut raw);
     assert!((590_000..=600_000).contains(&t), "entry ttl {t} ms");
     let t = pttl("tierwise:v1:latest:enterprise:key-00000", &mut raw);
@@ -172,7 +196,8 @@ async fn key_layout_ttls_and_value_format() {
 
     // A value in another format (another tierwise version sharing the Redis) is a miss.
     let k0 = keys(&p, &records[..1]);
-    let () = redis::cmd("SET").arg(k0[0].as_str()).arg(b"tw9\n{}".as_slice()).query(&mut raw).unwrap();
+    let () =
+        redis::cmd("SET").arg(k0[0].as_str()).arg(b"tw9\n{}".as_slice()).query(&mut raw).unwrap();
     assert_eq!(c.get_many(&k0).await, vec![None]);
     assert_eq!(c.get(&p.book_key(&book_digest)).await.as_deref(), Some(&b"{\"summary\":{}}"[..]));
 }
@@ -180,7 +205,11 @@ async fn key_layout_ttls_and_value_format() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_expire_after_their_ttl() {
     let redis = RedisServer::start();
-    let cfg = CacheConfig { ttl: Duration::from_millis(300), latest_ttl: Duration::from_millis(300), ..config(&redis.url()) };
+    let cfg = CacheConfig {
+        ttl: Duration::from_millis(300),
+        latest_ttl: Duration::from_millis(300),
+        ..config(&redis.url())
+    };
     let c = connect(&cfg).await;
     let (policy, records, values) = book(3, "ttl");
     let p = policy_id(&policy);
@@ -188,7 +217,10 @@ async fn entries_expire_after_their_ttl() {
     c.flush().await;
     assert!(c.get_many(&keys(&p, &records)).await.iter().all(Option::is_some));
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(c.get_many(&keys(&p, &records)).await.iter().all(Option::is_none), "expired after 300 ms");
+    assert!(
+        c.get_many(&keys(&p, &records)).await.iter().all(Option::is_none),
+        "expired after 300 ms"
+    );
     assert_eq!(c.get_latest("enterprise", "ttl-00000").await, None);
 }
 
@@ -218,7 +250,13 @@ async fn a_batch_of_1000_accounts_costs_one_read_and_one_write() {
     assert_eq!(warm, values.iter().cloned().map(Some).collect::<Vec<_>>());
 
     let stats = info(&mut raw, "commandstats");
-    let (mget, set, multi, exec, get) = (calls(&stats, "mget"), calls(&stats, "set"), calls(&stats, "multi"), calls(&stats, "exec"), calls(&stats, "get"));
+    let (mget, set, multi, exec, get) = (
+        calls(&stats, "mget"),
+        calls(&stats, "set"),
+        calls(&stats, "multi"),
+        calls(&stats, "exec"),
+        calls(&stats, "get"),
+    );
     println!(
         "1000 accounts: reads {mget} mget (cold {cold_ms:.1} ms, warm {warm_ms:.1} ms), writes {set} set in {multi} multi/{exec} exec \
          (put_many returned in {put_ms:.2} ms), get {get}"
@@ -242,8 +280,16 @@ async fn two_replicas_share_one_redis() {
     a.put_many(batch(&p, &records, &values));
     a.flush().await;
     let got = b.get_many(&keys(&p, &records)).await;
-    assert_eq!(got, values.iter().cloned().map(Some).collect::<Vec<_>>(), "decided through a, a hit through b");
-    assert_eq!(b.get_latest("enterprise", "replica-00002").await.as_ref(), Some(&values[2]), "latest decision through b");
+    assert_eq!(
+        got,
+        values.iter().cloned().map(Some).collect::<Vec<_>>(),
+        "decided through a, a hit through b"
+    );
+    assert_eq!(
+        b.get_latest("enterprise", "replica-00002").await.as_ref(),
+        Some(&values[2]),
+        "latest decision through b"
+    );
     assert_eq!((a.stats().written, b.stats().hits), (10, 6));
 }
 
@@ -266,7 +312,13 @@ impl Run {
 
 /// One request's worth of cache traffic: read 10 keys, write them back. Returns whether
 /// every key was a hit; the read's latency goes into `run`.
-async fn request(c: &dyn Cache, p: &PolicyId, records: &[Record], values: &[Bytes], run: &mut Run) -> bool {
+async fn request(
+    c: &dyn Cache,
+    p: &PolicyId,
+    records: &[Record],
+    values: &[Bytes],
+    run: &mut Run,
+) -> bool {
     let k = keys(p, records);
     let t = Instant::now();
     let got = c.get_many(&k).await;
@@ -283,7 +335,14 @@ async fn request(c: &dyn Cache, p: &PolicyId, records: &[Record], values: &[Byte
 }
 
 /// Calls for `d`, a request every 2 ms.
-async fn run_for(c: &dyn Cache, p: &PolicyId, records: &[Record], values: &[Bytes], d: Duration, run: &mut Run) -> usize {
+async fn run_for(
+    c: &dyn Cache,
+    p: &PolicyId,
+    records: &[Record],
+    values: &[Bytes],
+    d: Duration,
+    run: &mut Run,
+) -> usize {
     let end = Instant::now() + d;
     let mut hits = 0;
     while Instant::now() < end {
@@ -294,24 +353,46 @@ async fn run_for(c: &dyn Cache, p: &PolicyId, records: &[Record], values: &[Byte
 }
 
 /// Calls until one is a hit; how long that took.
-async fn until_hit(c: &dyn Cache, p: &PolicyId, records: &[Record], values: &[Bytes], limit: Duration, run: &mut Run) -> Duration {
+async fn until_hit(
+    c: &dyn Cache,
+    p: &PolicyId,
+    records: &[Record],
+    values: &[Bytes],
+    limit: Duration,
+    run: &mut Run,
+) -> Duration {
     let start = Instant::now();
     loop {
         if request(c, p, records, values, run).await {
             return start.elapsed();
         }
-        assert!(start.elapsed() < limit, "cache not used again after {limit:?}: {:?} {:?}", c.stats(), c.degraded());
+        assert!(
+            start.elapsed() < limit,
+            "cache not used again after {limit:?}: {:?} {:?}",
+            c.stats(),
+            c.degraded()
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
 fn check_latency(what: &str, run: &Run, cfg: &CacheConfig) {
     let bound = cfg.read_deadline(10) + Duration::from_millis(10);
-    println!("{what}: {} calls, p99 {:.2} ms, max {:.2} ms (bound {:.1} ms)", run.latencies.len(), ms(run.p99()), ms(run.max()), ms(bound));
+    println!(
+        "{what}: {} calls, p99 {:.2} ms, max {:.2} ms (bound {:.1} ms)",
+        run.latencies.len(),
+        ms(run.p99()),
+        ms(run.max()),
+        ms(bound)
+    );
     assert!(run.p99() <= bound, "{what}: p99 {:?} over {bound:?}", run.p99());
     // Not only the 99th: with the breaker open most calls cost nothing, so the p99 alone
     // would hide the calls that waited for their deadline.
-    assert!(run.max() <= bound + Duration::from_millis(15), "{what}: max {:?} over {bound:?} + 15 ms", run.max());
+    assert!(
+        run.max() <= bound + Duration::from_millis(15),
+        "{what}: max {:?} over {bound:?} + 15 ms",
+        run.max()
+    );
 }
 
 fn ms(d: Duration) -> f64 {
@@ -328,7 +409,9 @@ async fn redis_killed_then_restarted() {
     let p = policy_id(&policy);
     let mut healthy = Run::default();
     until_hit(&*c, &p, &records, &values, Duration::from_secs(2), &mut healthy).await;
-    assert!(run_for(&*c, &p, &records, &values, Duration::from_millis(300), &mut healthy).await > 0);
+    assert!(
+        run_for(&*c, &p, &records, &values, Duration::from_millis(300), &mut healthy).await > 0
+    );
 
     redis.kill();
     let mut down = Run::default();
@@ -416,7 +499,11 @@ async fn a_full_write_queue_drops_and_counts_and_never_waits() {
     let s = c.stats();
     println!("9 put_many on a full queue: {:.3} ms, {s:?}", ms(took));
     assert!(took < Duration::from_millis(5), "put_many never waits ({took:?})");
-    assert_eq!((s.queued, s.dropped_writes), (2, 14), "2 batches queued, 7 batches of 2 entries dropped");
+    assert_eq!(
+        (s.queued, s.dropped_writes),
+        (2, 14),
+        "2 batches queued, 7 batches of 2 entries dropped"
+    );
     redis.resume();
     c.flush().await;
     assert!(c.stats().written >= 4, "the two queued batches, merged, once Redis answers");
@@ -428,8 +515,14 @@ fn a_malformed_url_is_an_error_and_redis_needs_a_runtime() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let e = rt.block_on(async { cache::build(&bad).err().unwrap().to_string() });
     assert!(e.contains("invalid Redis URL"), "{e}");
-    let ok = CacheConfig { redis_url: Some("redis://127.0.0.1:1/".to_string()), ..CacheConfig::default() };
-    assert_eq!(cache::build(&ok).err().map(|e| e.to_string()).as_deref(), Some("the Redis cache needs a tokio runtime"));
+    let ok = CacheConfig {
+        redis_url: Some("redis://127.0.0.1:1/".to_string()),
+        ..CacheConfig::default()
+    };
+    assert_eq!(
+        cache::build(&ok).err().map(|e| e.to_string()).as_deref(),
+        Some("the Redis cache needs a tokio runtime")
+    );
     assert_eq!(cache::build(&CacheConfig::default()).unwrap().stats().backend, "memory");
 }
 
@@ -445,7 +538,8 @@ async fn through_an_account_plan_a_warm_answer_is_the_cold_one_byte_for_byte() {
     for _ in 0..2 {
         let plan = cache::AccountPlan::new(&p, &records);
         let found = c.get_many(plan.keys()).await;
-        let (answer, writes) = plan.finish(&records, found, |m| engine::evaluate(&policy, m)).unwrap();
+        let (answer, writes) =
+            plan.finish(&records, found, |m| engine::evaluate(&policy, m)).unwrap();
         c.put_many(writes);
         c.flush().await;
         let mut buf = Vec::new();
@@ -454,7 +548,10 @@ async fn through_an_account_plan_a_warm_answer_is_the_cold_one_byte_for_byte() {
     }
     assert_eq!(answers[0].0, 0);
     assert_eq!(answers[1].0, 50, "every decision a hit, the bad record evaluated again");
-    assert!(answers.iter().all(|(_, b)| *b == fresh), "cold and warm answers are the fresh evaluation's bytes");
+    assert!(
+        answers.iter().all(|(_, b)| *b == fresh),
+        "cold and warm answers are the fresh evaluation's bytes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,7 +563,12 @@ async fn a_full_redis_refusing_writes_keeps_serving_reads() {
     c.put_many(batch(&p, &records[..2], &values[..2]));
     c.flush().await;
     let mut raw = redis.client();
-    let () = redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("noeviction").query(&mut raw).unwrap();
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query(&mut raw)
+        .unwrap();
     let () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("1").query(&mut raw).unwrap();
     for _ in 0..10 {
         c.put_many(batch(&p, &records[2..], &values[2..]));

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -113,13 +113,27 @@ fn eval_portfolio_answers_every_account_once_in_input_order() {
     let tmp = tempfile::tempdir().unwrap();
     let accounts = generated(400);
     let file = write(tmp.path(), "book.jsonl", &jsonl(&accounts));
-    let out = tierwise(&["eval", "--policy", &enterprise_dir(), "--accounts", &file.display().to_string(), "--portfolio", "--format", "jsonl"]);
+    let out = tierwise(&[
+        "eval",
+        "--policy",
+        &enterprise_dir(),
+        "--accounts",
+        &file.display().to_string(),
+        "--portfolio",
+        "--format",
+        "jsonl",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let lines: Vec<Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> =
+        text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), accounts.len() + 1, "one line per account, then the summary");
-    let got: Vec<String> = lines[..accounts.len()].iter().map(|l| l["id"].as_str().unwrap().to_string()).collect();
+    let got: Vec<String> =
+        lines[..accounts.len()].iter().map(|l| l["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(got, ids(&accounts));
-    assert!(lines[..accounts.len()].iter().all(|l| l.get("tier").is_some()), "every account decided");
+    assert!(
+        lines[..accounts.len()].iter().all(|l| l.get("tier").is_some()),
+        "every account decided"
+    );
     let summary = &lines[accounts.len()]["summary"];
     assert_eq!(summary["account_count"], json!(400));
     // Undeclared CRM fields are named once on stderr.
@@ -127,14 +141,37 @@ fn eval_portfolio_answers_every_account_once_in_input_order() {
     assert_eq!(stderr.matches("crm_owner_email").count(), 1, "{stderr}");
 
     // The same through JSON: the whole result, accounts in input order.
-    let out = tierwise(&["eval", "--policy", &enterprise_dir(), "--accounts", &file.display().to_string(), "--portfolio", "--format", "json"]);
+    let out = tierwise(&[
+        "eval",
+        "--policy",
+        &enterprise_dir(),
+        "--accounts",
+        &file.display().to_string(),
+        "--portfolio",
+        "--format",
+        "json",
+    ]);
     assert_eq!(out.status.code(), Some(0));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let got: Vec<String> = r["accounts"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap().to_string()).collect();
+    let got: Vec<String> = r["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(got, ids(&accounts));
     assert_eq!(&r["summary"], summary);
     // Same input, same bytes.
-    let again = tierwise(&["eval", "--policy", &enterprise_dir(), "--accounts", &file.display().to_string(), "--portfolio", "--format", "json"]);
+    let again = tierwise(&[
+        "eval",
+        "--policy",
+        &enterprise_dir(),
+        "--accounts",
+        &file.display().to_string(),
+        "--portfolio",
+        "--format",
+        "json",
+    ]);
     assert_eq!(out.stdout, again.stdout);
 }
 
@@ -147,7 +184,8 @@ fn every_output_format_works_at_both_levels() {
     let policy = enterprise_dir();
     for portfolio in [false, true] {
         let run = |format: &str| {
-            let mut args = vec!["eval", "--policy", &policy, "--accounts", &file, "--format", format];
+            let mut args =
+                vec!["eval", "--policy", &policy, "--accounts", &file, "--format", format];
             if portfolio {
                 args.push("--portfolio");
             }
@@ -162,10 +200,27 @@ fn every_output_format_works_at_both_levels() {
         let jsonl = run("jsonl");
         let lines: Vec<Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), if portfolio { 31 } else { 30 });
-        assert_eq!(Value::Array(lines[..30].to_vec()), outcomes, "jsonl and json carry the same outcomes");
+        assert_eq!(
+            Value::Array(lines[..30].to_vec()),
+            outcomes,
+            "jsonl and json carry the same outcomes"
+        );
         let csv = run("csv");
         let mut rdr = csv::Reader::from_reader(csv.as_bytes());
-        assert_eq!(rdr.headers().unwrap().iter().collect::<Vec<_>>(), vec!["id", "score", "qualified_tier", "previous_tier", "tier", "change", "alerts", "error_code", "error"]);
+        assert_eq!(
+            rdr.headers().unwrap().iter().collect::<Vec<_>>(),
+            vec![
+                "id",
+                "score",
+                "qualified_tier",
+                "previous_tier",
+                "tier",
+                "change",
+                "alerts",
+                "error_code",
+                "error"
+            ]
+        );
         let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
         assert_eq!(rows.len(), 30);
         for (row, o) in rows.iter().zip(outcomes.as_array().unwrap()) {
@@ -190,7 +245,15 @@ fn eval_reads_csv_and_standard_input() {
                c1,\"Acme, Inc.\",amy,key,2025-06-01,2026-11-01,2500000,2000000,0.3,cooperative,4\n\
                c2,,,,,2026-11-01,120000,300000,0.2,tactical,2\n";
     let file = write(tmp.path(), "export.csv", csv);
-    let out = tierwise(&["eval", "--policy", &enterprise_dir(), "--accounts", &file.display().to_string(), "--format", "csv"]);
+    let out = tierwise(&[
+        "eval",
+        "--policy",
+        &enterprise_dir(),
+        "--accounts",
+        &file.display().to_string(),
+        "--format",
+        "csv",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("\nc1,") && stdout.contains("\nc2,"), "{stdout}");
@@ -218,9 +281,19 @@ fn accounts_answered_with_an_error_exit_1_and_the_rest_are_still_answered() {
     let mut body = jsonl(&accounts);
     body.push_str("not json\n");
     let file = write(tmp.path(), "book.ndjson", &body);
-    let out = tierwise(&["eval", "--policy", &enterprise_dir(), "--accounts", &file.display().to_string(), "--portfolio", "--format", "jsonl"]);
+    let out = tierwise(&[
+        "eval",
+        "--policy",
+        &enterprise_dir(),
+        "--accounts",
+        &file.display().to_string(),
+        "--portfolio",
+        "--format",
+        "jsonl",
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    let lines: Vec<Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> =
+        text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 22);
     assert_eq!(lines[3]["error"]["code"], json!("out_of_range"));
     assert_eq!(lines[20]["error"]["code"], json!("bad_record"));
@@ -238,36 +311,81 @@ fn unreadable_input_exits_2() {
     // A folder is not a readable file.
     let dir = tmp.path().join("dir.json");
     std::fs::create_dir(&dir).unwrap();
-    let out = tierwise(&["eval", "--policy", &enterprise_dir(), "--accounts", &dir.display().to_string()]);
+    let out = tierwise(&[
+        "eval",
+        "--policy",
+        &enterprise_dir(),
+        "--accounts",
+        &dir.display().to_string(),
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     // An unknown extension without --input-format.
     let txt = write(tmp.path(), "book.txt", "");
-    let out = tierwise(&["eval", "--policy", &enterprise_dir(), "--accounts", &txt.display().to_string()]);
+    let out = tierwise(&[
+        "eval",
+        "--policy",
+        &enterprise_dir(),
+        "--accounts",
+        &txt.display().to_string(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     // Not UTF-8.
     let bin = tmp.path().join("bin.jsonl");
     std::fs::write(&bin, [0xff, 0xfe, 0x00, 0x80]).unwrap();
-    let out = tierwise(&["eval", "--policy", &enterprise_dir(), "--accounts", &bin.display().to_string()]);
+    let out = tierwise(&[
+        "eval",
+        "--policy",
+        &enterprise_dir(),
+        "--accounts",
+        &bin.display().to_string(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     // A JSON file that is not an array of snapshots; a CSV without an `id` column.
     let obj = write(tmp.path(), "obj.json", "{\"id\": \"a\"}");
-    let out = tierwise(&["eval", "--policy", &enterprise_dir(), "--accounts", &obj.display().to_string()]);
+    let out = tierwise(&[
+        "eval",
+        "--policy",
+        &enterprise_dir(),
+        "--accounts",
+        &obj.display().to_string(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let csv = write(tmp.path(), "noid.csv", "name,as_of\nx,2026-11-01\n");
-    let out = tierwise(&["eval", "--policy", &enterprise_dir(), "--accounts", &csv.display().to_string()]);
+    let out = tierwise(&[
+        "eval",
+        "--policy",
+        &enterprise_dir(),
+        "--accounts",
+        &csv.display().to_string(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     // --input-format overrides the extension.
     let ok = write(tmp.path(), "book.txt", &jsonl(&generated(3)));
-    let out = tierwise(&["eval", "--policy", &enterprise_dir(), "--accounts", &ok.display().to_string(), "--input-format", "jsonl"]);
+    let out = tierwise(&[
+        "eval",
+        "--policy",
+        &enterprise_dir(),
+        "--accounts",
+        &ok.display().to_string(),
+        "--input-format",
+        "jsonl",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
 #[test]
 fn a_policy_that_does_not_load_stops_eval_with_1() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_p, dir) = write_policy("bad", &[("policy.toml", "[score]\n[[tiers]]\nid = \"x\"\nmin_scor = 1\n")]);
+    let (_p, dir) =
+        write_policy("bad", &[("policy.toml", "[score]\n[[tiers]]\nid = \"x\"\nmin_scor = 1\n")]);
     let file = write(tmp.path(), "b.jsonl", &jsonl(&generated(2)));
-    let out = tierwise(&["eval", "--policy", &dir.display().to_string(), "--accounts", &file.display().to_string()]);
+    let out = tierwise(&[
+        "eval",
+        "--policy",
+        &dir.display().to_string(),
+        "--accounts",
+        &file.display().to_string(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("min_scor"), "{}", text(&out.stderr));
 }
@@ -275,7 +393,14 @@ fn a_policy_that_does_not_load_stops_eval_with_1() {
 /// Fails when `schemas/` is stale: run `tierwise schema` and commit the result.
 #[test]
 fn the_committed_schemas_are_up_to_date() {
-    let out = tierwise(&["schema", "--check", "--out", "schemas", "--reference", "docs/policy-reference.md"]);
+    let out = tierwise(&[
+        "schema",
+        "--check",
+        "--out",
+        "schemas",
+        "--reference",
+        "docs/policy-reference.md",
+    ]);
     assert_eq!(out.status.code(), Some(0), "stale schemas: {}", text(&out.stderr));
     // And --check notices a stale one.
     let tmp = tempfile::tempdir().unwrap();

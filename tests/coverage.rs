@@ -81,10 +81,16 @@ fn coverage_names_what_no_case_reaches() {
     let p = load_inline(POLICY, &[("tests/cases.toml", CASES)]);
     assert!(testrun::run_cases(&p).iter().all(|r| r.passed()));
     let c = testrun::coverage(&p);
-    let missed = |list: &[testrun::Reach]| list.iter().filter(|r| !r.reached()).map(|r| r.id.clone()).collect::<Vec<_>>();
+    let missed = |list: &[testrun::Reach]| {
+        list.iter().filter(|r| !r.reached()).map(|r| r.id.clone()).collect::<Vec<_>>()
+    };
     assert_eq!(c.decisions, 2);
     assert_eq!(missed(&c.tiers), ["growth", "managed"]);
-    assert_eq!(missed(&c.criteria), ["flat"], "a criterion that always scores 5.5 is never seen changing anything");
+    assert_eq!(
+        missed(&c.criteria),
+        ["flat"],
+        "a criterion that always scores 5.5 is never seen changing anything"
+    );
     assert_eq!(missed(&c.holds), ["never_tested"]);
     assert_eq!(missed(&c.alerts), ["silent"]);
     assert_eq!(missed(&c.portfolio_alerts), ["big_book"]);
@@ -93,11 +99,17 @@ fn coverage_names_what_no_case_reaches() {
 
 #[test]
 fn test_coverage_through_the_binary() {
-    let (_tmp, dir) = write_policy("covered", &[("policy.toml", POLICY), ("tests/cases.toml", CASES)]);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tierwise")).args(["test", "--coverage"]).arg(&dir).output().unwrap();
+    let (_tmp, dir) =
+        write_policy("covered", &[("policy.toml", POLICY), ("tests/cases.toml", CASES)]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tierwise"))
+        .args(["test", "--coverage"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "coverage gaps are a report, not a failure");
     let text = String::from_utf8_lossy(&out.stdout);
-    let report: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("coverage")).take(6).collect();
+    let report: Vec<&str> =
+        text.lines().skip_while(|l| !l.starts_with("coverage")).take(6).collect();
     insta::assert_snapshot!(report.join("\n"), @r"
     coverage (2 decisions):
       tiers             1/3  no case ends in: growth, managed

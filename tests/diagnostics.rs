@@ -23,9 +23,19 @@ fn broken_enterprise() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tmp.path().join("enterprise");
     copy_dir(&root().join("policies/enterprise"), &dir);
     // 1. a typo in an input name inside an expression
-    edit(&dir, "policy.toml", r#"expr = "1.0 + 15.0 * gross_margin""#, r#"expr = "1.0 + 15.0 * gross_margn""#);
+    edit(
+        &dir,
+        "policy.toml",
+        r#"expr = "1.0 + 15.0 * gross_margin""#,
+        r#"expr = "1.0 + 15.0 * gross_margn""#,
+    );
     // 2. non-ascending `at`
-    edit(&dir, "policy.toml", "at = [100000.0, 250000.0, 500000.0,", "at = [100000.0, 250000.0, 200000.0,");
+    edit(
+        &dir,
+        "policy.toml",
+        "at = [100000.0, 250000.0, 500000.0,",
+        "at = [100000.0, 250000.0, 200000.0,",
+    );
     // 3. an unknown key in a tier
     edit(&dir, "policy.toml", "min_score = 6.0\n", "min_scor = 6.0\n");
     // 4. a cap on the last (catch-all) tier
@@ -36,7 +46,12 @@ fn broken_enterprise() -> (tempfile::TempDir, std::path::PathBuf) {
         "label = \"Managed account (account management)\"\nmax_count = 500\n",
     );
     // 5. an unknown tier in capacity.tiers
-    edit(&dir, "policy.toml", "[capacity]\ntiers = [\"strategic\", \"key\"]", "[capacity]\ntiers = [\"strategic\", \"kee\"]");
+    edit(
+        &dir,
+        "policy.toml",
+        "[capacity]\ntiers = [\"strategic\", \"key\"]",
+        "[capacity]\ntiers = [\"strategic\", \"kee\"]",
+    );
     // 6. `tiers = []` on an alert
     edit(&dir, "policy.toml", "tiers = [\"strategic\"]\n", "tiers = []\n");
     // 7. bad rhai syntax in a script file
@@ -52,7 +67,15 @@ fn every_problem_of_a_broken_policy_is_listed_with_its_place() {
     let (_tmp, dir) = broken_enterprise();
     let report = load_report(&dir);
     let codes: Vec<&str> = report.errors().map(|d| d.code).collect();
-    for want in ["unknown_variable", "not_ascending", "unknown_key", "catch_all", "unknown_tier", "bad_alert_tiers", "rhai_syntax"] {
+    for want in [
+        "unknown_variable",
+        "not_ascending",
+        "unknown_key",
+        "catch_all",
+        "unknown_tier",
+        "bad_alert_tiers",
+        "rhai_syntax",
+    ] {
         assert!(codes.contains(&want), "missing `{want}` in {codes:?}\n{report}");
     }
     for d in report.errors() {
@@ -123,7 +146,8 @@ fn a_type_error_has_its_place() {
 fn imports_outside_scripts_are_refused_at_load() {
     for (path, what) in [("../x", "`..`"), ("/etc/passwd", "absolute")] {
         let script = format!("import \"{path}\" as x;\n\nfn helper(a) {{ 1.0 }}\n");
-        let (_tmp, dir) = write_policy("p", &[("policy.toml", SMALL), ("scripts/evil.rhai", &script)]);
+        let (_tmp, dir) =
+            write_policy("p", &[("policy.toml", SMALL), ("scripts/evil.rhai", &script)]);
         let report = load_report(&dir);
         let errs: Vec<_> = report.errors().collect();
         assert_eq!(errs.len(), 1, "{report}");
@@ -149,9 +173,18 @@ fn a_refused_import_points_at_its_import_statement() {
 
 #[test]
 fn an_import_of_a_sibling_script_is_allowed() {
-    let text = SMALL.replace("steps = { input = \"revenue\", at = [100.0, 200.0] }", "script = \"four\"");
-    let p = load_inline(&text, &[("scripts/h.rhai", "fn twice(x) { x * 2 }\n"), ("scripts/user.rhai", "fn four(a) {\n    import \"h\" as h;\n    h::twice(2)\n}\n")]);
-    let rec = records(&[serde_json::json!({"id": "a", "as_of": "2026-01-01", "fields": {"revenue": 1.0}})]);
+    let text =
+        SMALL.replace("steps = { input = \"revenue\", at = [100.0, 200.0] }", "script = \"four\"");
+    let p = load_inline(
+        &text,
+        &[
+            ("scripts/h.rhai", "fn twice(x) { x * 2 }\n"),
+            ("scripts/user.rhai", "fn four(a) {\n    import \"h\" as h;\n    h::twice(2)\n}\n"),
+        ],
+    );
+    let rec = records(&[
+        serde_json::json!({"id": "a", "as_of": "2026-01-01", "fields": {"revenue": 1.0}}),
+    ]);
     let out = tierwise::engine::evaluate(&p, &rec);
     assert_eq!(out[0].decision().map(|d| d.score), Some(4.0), "{out:?}");
 }
@@ -173,7 +206,14 @@ fn two_scripts_defining_the_same_function_is_an_error() {
     assert_eq!(errs[0].place.file, "scripts/b.rhai");
     assert!(errs[0].message.contains("scripts/a.rhai"), "{report}");
     // Same name, different arity: two functions, no error.
-    let (_tmp, dir) = write_policy("p", &[("policy.toml", SMALL), ("scripts/a.rhai", "fn fit(account) { 1.0 }\n"), ("scripts/b.rhai", "fn fit(a, b) { 2.0 }\n")]);
+    let (_tmp, dir) = write_policy(
+        "p",
+        &[
+            ("policy.toml", SMALL),
+            ("scripts/a.rhai", "fn fit(account) { 1.0 }\n"),
+            ("scripts/b.rhai", "fn fit(a, b) { 2.0 }\n"),
+        ],
+    );
     assert!(tierwise::policy::load_dir(&dir, &Default::default()).is_ok());
 }
 
@@ -184,11 +224,18 @@ fn two_scripts_defining_the_same_function_is_an_error() {
 /// should refuse it (with its place) or the import should work; today it is a silent trap.
 #[test]
 fn a_top_level_import_works_or_is_refused_at_load() {
-    let text = SMALL.replace("steps = { input = \"revenue\", at = [100.0, 200.0] }", "script = \"four\"");
-    let files = [("policy.toml", text.as_str()), ("scripts/h.rhai", "fn twice(x) { x * 2 }\n"), ("scripts/user.rhai", "import \"h\" as h;\nfn four(a) { h::twice(2) }\n")];
+    let text =
+        SMALL.replace("steps = { input = \"revenue\", at = [100.0, 200.0] }", "script = \"four\"");
+    let files = [
+        ("policy.toml", text.as_str()),
+        ("scripts/h.rhai", "fn twice(x) { x * 2 }\n"),
+        ("scripts/user.rhai", "import \"h\" as h;\nfn four(a) { h::twice(2) }\n"),
+    ];
     let (_tmp, dir) = write_policy("p", &files);
     if let Ok(p) = tierwise::policy::load_dir(&dir, &Default::default()) {
-        let rec = records(&[serde_json::json!({"id": "a", "as_of": "2026-01-01", "fields": {"revenue": 1.0}})]);
+        let rec = records(&[
+            serde_json::json!({"id": "a", "as_of": "2026-01-01", "fields": {"revenue": 1.0}}),
+        ]);
         let out = tierwise::engine::evaluate(&p, &rec);
         assert_eq!(out[0].decision().map(|d| d.score), Some(4.0), "{out:?}");
     }
@@ -199,7 +246,10 @@ fn a_top_level_import_works_or_is_refused_at_load() {
 /// `bogus` is at 14:35 of the file; the report says 14:33.
 #[test]
 fn an_error_after_escapes_in_a_basic_string_has_the_file_column() {
-    let text = format!("{SMALL}\n").replace("min_score = 5.0\n", "min_score = 5.0\nwhen = \"revenue > 1.0 || \\\"a\\\" == bogus\"\n");
+    let text = format!("{SMALL}\n").replace(
+        "min_score = 5.0\n",
+        "min_score = 5.0\nwhen = \"revenue > 1.0 || \\\"a\\\" == bogus\"\n",
+    );
     let line = text.lines().position(|l| l.starts_with("when")).unwrap() + 1;
     let col = text.lines().nth(line - 1).unwrap().find("bogus").unwrap() + 1;
     let (_tmp, dir) = write_policy("p", &[("policy.toml", &text)]);
@@ -216,19 +266,60 @@ fn each_kind_of_mistake_has_its_code_and_place() {
     let cases: Vec<Case> = vec![
         ("bad_steps", SMALL.replace("min = 0 }", "min = 0, optional = true }"), vec![]),
         ("bad_default", SMALL.replace("min = 0 }", "min = 0, default = -1.0 }"), vec![]),
-        ("reserved_name", SMALL.replace("revenue = {", "score = { type = \"number\" }\nrevenue = {"), vec![]),
+        (
+            "reserved_name",
+            SMALL.replace("revenue = {", "score = { type = \"number\" }\nrevenue = {"),
+            vec![],
+        ),
         ("bad_one_of", SMALL.replace("min = 0 }", "one_of = [\"a\"] }"), vec![]),
         ("catch_all", SMALL.replace("id = \"other\"", "id = \"other\"\nwhen = \"true\""), vec![]),
         ("duplicate_id", SMALL.replace("id = \"other\"", "id = \"key\""), vec![]),
         ("bad_cap", SMALL.replace("min_score = 5.0", "min_score = 5.0\nmax_share = 10.0"), vec![]),
         ("bad_weight", SMALL.replace("weight = 1.0", "weight = -1.0"), vec![]),
         ("unknown_input", SMALL.replace("input = \"revenue\"", "input = \"revenu\""), vec![]),
-        ("unknown_function", SMALL.replace("steps = { input = \"revenue\", at = [100.0, 200.0] }", "script = \"fit\""), vec![]),
-        ("bad_function", SMALL.replace("steps = { input = \"revenue\", at = [100.0, 200.0] }", "script = \"fit\""), vec![("scripts/f.rhai", "fn fit(a, b) { 1.0 }\n")]),
-        ("bad_template", format!("{SMALL}\n[[alerts]]\nid = \"a\"\nseverity = \"low\"\nwhen = \"true\"\nmessage = \"open {{ brace\"\n"), vec![]),
-        ("unknown_variable", format!("{SMALL}\n[[portfolio.alerts]]\nid = \"p\"\nseverity = \"low\"\nwhen = \"revenue > 1.0\"\nmessage = \"x\"\n"), vec![]),
-        ("unknown_tier", SMALL.to_string(), vec![("tests/t.toml", "[[case]]\nname = \"c\"\naccount = { id = \"a\", as_of = \"2026-01-01\", fields = { revenue = 1.0 } }\nexpect = { tier = \"kee\" }\n")]),
-        ("bad_case", SMALL.to_string(), vec![("tests/t.toml", "[[case]]\nname = \"c\"\nexpect = { tier = \"key\" }\n")]),
+        (
+            "unknown_function",
+            SMALL.replace(
+                "steps = { input = \"revenue\", at = [100.0, 200.0] }",
+                "script = \"fit\"",
+            ),
+            vec![],
+        ),
+        (
+            "bad_function",
+            SMALL.replace(
+                "steps = { input = \"revenue\", at = [100.0, 200.0] }",
+                "script = \"fit\"",
+            ),
+            vec![("scripts/f.rhai", "fn fit(a, b) { 1.0 }\n")],
+        ),
+        (
+            "bad_template",
+            format!(
+                "{SMALL}\n[[alerts]]\nid = \"a\"\nseverity = \"low\"\nwhen = \"true\"\nmessage = \"open {{ brace\"\n"
+            ),
+            vec![],
+        ),
+        (
+            "unknown_variable",
+            format!(
+                "{SMALL}\n[[portfolio.alerts]]\nid = \"p\"\nseverity = \"low\"\nwhen = \"revenue > 1.0\"\nmessage = \"x\"\n"
+            ),
+            vec![],
+        ),
+        (
+            "unknown_tier",
+            SMALL.to_string(),
+            vec![(
+                "tests/t.toml",
+                "[[case]]\nname = \"c\"\naccount = { id = \"a\", as_of = \"2026-01-01\", fields = { revenue = 1.0 } }\nexpect = { tier = \"kee\" }\n",
+            )],
+        ),
+        (
+            "bad_case",
+            SMALL.to_string(),
+            vec![("tests/t.toml", "[[case]]\nname = \"c\"\nexpect = { tier = \"key\" }\n")],
+        ),
         ("bad_capacity", format!("{SMALL}\n[capacity]\ntiers = [\"other\"]\n"), vec![]),
     ];
     for (code, text, extra) in cases {
@@ -236,7 +327,10 @@ fn each_kind_of_mistake_has_its_code_and_place() {
         files.extend(extra);
         let (_tmp, dir) = write_policy("p", &files);
         let report = load_report(&dir);
-        let d = report.errors().find(|d| d.code == code).unwrap_or_else(|| panic!("no `{code}` in:\n{report}"));
+        let d = report
+            .errors()
+            .find(|d| d.code == code)
+            .unwrap_or_else(|| panic!("no `{code}` in:\n{report}"));
         assert!(d.place.line > 0 && d.place.column > 0, "`{code}` without a place: {d}");
     }
 }
@@ -247,7 +341,11 @@ fn each_kind_of_mistake_has_its_code_and_place() {
 fn a_duplicate_function_points_at_its_definition() {
     let (_tmp, dir) = write_policy(
         "p",
-        &[("policy.toml", SMALL), ("scripts/a.rhai", "fn fit(account) { 1.0 }\n"), ("scripts/b.rhai", "fn other() { 2 }\n\nfn fit(account) { 2.0 }\n")],
+        &[
+            ("policy.toml", SMALL),
+            ("scripts/a.rhai", "fn fit(account) { 1.0 }\n"),
+            ("scripts/b.rhai", "fn other() { 2 }\n\nfn fit(account) { 2.0 }\n"),
+        ],
     );
     let report = load_report(&dir);
     let d = report.errors().next().unwrap();

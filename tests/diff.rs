@@ -14,15 +14,15 @@ mod gen_portfolio;
 
 use common::*;
 use proptest::prelude::*;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
-use tierwise::engine::{evaluate_portfolio, Outcome};
+use tierwise::engine::{Outcome, evaluate_portfolio};
 use tierwise::policy::overrides::{self, Override};
 use tierwise::policy::{self, Files, Policy};
 use tierwise::script::Limits;
 use tierwise::snapshot::Record;
-use tierwise::whatif::{self, render, PolicyDiff};
+use tierwise::whatif::{self, PolicyDiff, render};
 
 const BOOK: usize = 300;
 
@@ -38,14 +38,17 @@ fn enterprise_files() -> Files {
 /// The generated book, as the CLI reads it (JSON lines).
 fn book() -> &'static [Record] {
     static B: OnceLock<Vec<Record>> = OnceLock::new();
-    B.get_or_init(|| tierwise::snapshot::read_jsonl(&gen_portfolio::jsonl(BOOK, gen_portfolio::SEED)))
+    B.get_or_init(|| {
+        tierwise::snapshot::read_jsonl(&gen_portfolio::jsonl(BOOK, gen_portfolio::SEED))
+    })
 }
 
 /// The baseline's files with `--set` overrides, compiled like the CLI does.
 fn with_overrides(sets: &[&str]) -> Policy {
     let list: Vec<Override> = sets.iter().map(|s| overrides::parse_set(s).unwrap()).collect();
     let files = overrides::apply_files(&enterprise_files(), &list).unwrap();
-    policy::load_files("enterprise", &files, &Limits::default()).unwrap_or_else(|r| panic!("candidate did not load:\n{r}"))
+    policy::load_files("enterprise", &files, &Limits::default())
+        .unwrap_or_else(|r| panic!("candidate did not load:\n{r}"))
 }
 
 /// The three renderings of one scenario.
@@ -95,10 +98,14 @@ fn new_criterion_in_a_candidate_folder() {
         1,
     );
     files.insert("policy.toml".into(), text.into_bytes());
-    let candidate = policy::load_files("enterprise", &files, &Limits::default()).unwrap_or_else(|r| panic!("{r}"));
+    let candidate = policy::load_files("enterprise", &files, &Limits::default())
+        .unwrap_or_else(|r| panic!("{r}"));
     let d = whatif::diff(baseline(), &candidate, book());
     assert!(d.summary.scores_changed > 0);
-    let c = render::Context { overrides: Vec::new(), candidate_dir: Some("candidate/enterprise".into()) };
+    let c = render::Context {
+        overrides: Vec::new(),
+        candidate_dir: Some("candidate/enterprise".into()),
+    };
     snapshot_all("new_criterion", &d, &c);
 }
 
@@ -109,7 +116,11 @@ fn changed_alert_threshold() {
     // Alerts only: nobody moves, some accounts raise `nps_drop` now.
     assert!(!d.has_moves());
     assert!(d.summary.alerts_added > 0 && d.summary.alerts_removed == 0);
-    assert!(d.accounts.iter().all(|a| a.from == a.to && a.alerts_added.iter().all(|x| &*x.id == "nps_drop")));
+    assert!(
+        d.accounts
+            .iter()
+            .all(|a| a.from == a.to && a.alerts_added.iter().all(|x| &*x.id == "nps_drop"))
+    );
     snapshot_all("changed_alert_threshold", &d, &ctx(&sets));
 }
 
@@ -147,12 +158,21 @@ per_manager = { min = 5, max = 25 }
 
 fn set(text: &str, sets: &[&str]) -> Result<String, String> {
     let list: Vec<Override> = sets.iter().map(|s| overrides::parse_set(s).unwrap()).collect();
-    overrides::apply(text, &list).map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
+    overrides::apply(text, &list)
+        .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
 }
 
 #[test]
 fn an_override_changes_one_value_and_keeps_the_layout() {
-    let out = set(TOML, &["tiers.key.min_score=7", "capacity.per_manager.max=20", "score.criteria[id=revenue].weight=5"]).unwrap();
+    let out = set(
+        TOML,
+        &[
+            "tiers.key.min_score=7",
+            "capacity.per_manager.max=20",
+            "score.criteria[id=revenue].weight=5",
+        ],
+    )
+    .unwrap();
     // Same lines, so the candidate's diagnostics point where the author expects.
     assert_eq!(out.lines().count(), TOML.lines().count());
     assert!(out.contains("min_score = 7.0 # the key line"), "{out}");
@@ -160,7 +180,8 @@ fn an_override_changes_one_value_and_keeps_the_layout() {
     assert!(out.contains("weight = 5\n") || out.contains("weight = 5.0\n"), "{out}");
     assert!(out.contains("version = \"1\"   # kept"));
     // By position, and a bare word as a string.
-    let out = set(TOML, &["tiers[1].id=standard", "score.criteria.revenue.steps.at=[1.0, 3.0]"]).unwrap();
+    let out =
+        set(TOML, &["tiers[1].id=standard", "score.criteria.revenue.steps.at=[1.0, 3.0]"]).unwrap();
     assert!(out.contains("id = \"standard\""), "{out}");
     assert!(out.contains("at = [1.0, 3.0]"), "{out}");
 }
@@ -170,7 +191,18 @@ fn an_absent_field_of_the_schema_is_added_and_anything_else_is_an_error() {
     let out = set(TOML, &["tiers.key.max_count=30", "capacity.total_max=50"]).unwrap();
     assert!(out.contains("max_count = 30"), "{out}");
     assert!(out.contains("total_max = 50"), "{out}");
-    let errors = set(TOML, &["tiers.kee.min_score=7", "capacity.per_manger.max=3", "tiers.key.min_scor=1", "capacity.tiers.x=1", "tiers.key=1", "policy..version=2"]).unwrap_err();
+    let errors = set(
+        TOML,
+        &[
+            "tiers.kee.min_score=7",
+            "capacity.per_manger.max=3",
+            "tiers.key.min_scor=1",
+            "capacity.tiers.x=1",
+            "tiers.key=1",
+            "policy..version=2",
+        ],
+    )
+    .unwrap_err();
     insta::assert_snapshot!(errors, @r"
     override `tiers.kee.min_score`: no element of `tiers` has id `kee`
       help: did you mean `key`?
@@ -204,11 +236,24 @@ fn a_csv_book_is_read_for_each_policy() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("book.csv");
     let mut csv = Vec::new();
-    gen_portfolio::write_accounts(&mut csv, 150, gen_portfolio::SEED, gen_portfolio::Format::Csv).unwrap();
+    gen_portfolio::write_accounts(&mut csv, 150, gen_portfolio::SEED, gen_portfolio::Format::Csv)
+        .unwrap();
     std::fs::write(&file, &csv).unwrap();
     let jsonl = tmp.path().join("book.jsonl");
     std::fs::write(&jsonl, gen_portfolio::jsonl(150, gen_portfolio::SEED)).unwrap();
-    let run = |f: &std::path::Path| tierwise(&["diff", "--baseline", "policies/enterprise", "--set", "tiers.key.min_score=6.5", "--accounts", f.to_str().unwrap(), "--format", "json"]);
+    let run = |f: &std::path::Path| {
+        tierwise(&[
+            "diff",
+            "--baseline",
+            "policies/enterprise",
+            "--set",
+            "tiers.key.min_score=6.5",
+            "--accounts",
+            f.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+    };
     let (a, b) = (run(&file), run(&jsonl));
     assert_eq!(a.status.code(), Some(0), "{}", String::from_utf8_lossy(&a.stderr));
     // The same accounts give the same diff whichever format carries them.
@@ -219,7 +264,11 @@ fn a_csv_book_is_read_for_each_policy() {
 // Command line
 
 fn tierwise(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tierwise")).args(args).current_dir(root()).output().unwrap()
+    std::process::Command::new(env!("CARGO_BIN_EXE_tierwise"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -233,17 +282,43 @@ fn the_command_line_exits_1_on_moves_only_when_asked() {
     let out = tierwise(&[&base[..], &["--set", "tiers.key.min_score=7.0"]].concat());
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("transitions"));
-    let out = tierwise(&[&base[..], &["--set", "tiers.key.min_score=7.0", "--fail-on-moves", "--format", "json"]].concat());
+    let out = tierwise(
+        &[&base[..], &["--set", "tiers.key.min_score=7.0", "--fail-on-moves", "--format", "json"]]
+            .concat(),
+    );
     assert_eq!(out.status.code(), Some(1));
     let d: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(d["summary"]["demoted"].as_u64().unwrap() > 0);
     // The same policy as candidate: nothing moves.
-    let out = tierwise(&[&base[..], &["--candidate", "policies/enterprise", "--fail-on-moves", "--format", "markdown"]].concat());
+    let out = tierwise(
+        &[
+            &base[..],
+            &["--candidate", "policies/enterprise", "--fail-on-moves", "--format", "markdown"],
+        ]
+        .concat(),
+    );
     assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("This change moves no account and changes no decision."));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("This change moves no account and changes no decision.")
+    );
     // Overrides on top of a candidate folder: here the same folder, so the same candidate.
-    let folder = tierwise(&[&base[..], &["--candidate", "policies/enterprise", "--set", "tiers.key.min_score=7.0", "--format", "json"]].concat());
-    let baseline = tierwise(&[&base[..], &["--set", "tiers.key.min_score=7.0", "--format", "json"]].concat());
+    let folder = tierwise(
+        &[
+            &base[..],
+            &[
+                "--candidate",
+                "policies/enterprise",
+                "--set",
+                "tiers.key.min_score=7.0",
+                "--format",
+                "json",
+            ],
+        ]
+        .concat(),
+    );
+    let baseline =
+        tierwise(&[&base[..], &["--set", "tiers.key.min_score=7.0", "--format", "json"]].concat());
     assert_eq!(folder.stdout, baseline.stdout);
     // Usage: no candidate at all, a typo in a path.
     assert_eq!(tierwise(&base).status.code(), Some(2));
@@ -261,35 +336,59 @@ fn the_command_line_exits_1_on_moves_only_when_asked() {
 
 fn candidate() -> &'static Policy {
     static P: OnceLock<Policy> = OnceLock::new();
-    P.get_or_init(|| with_overrides(&["tiers.key.min_score=6.5", "capacity.per_manager.min=1", "capacity.per_manager.max=3", "score.criteria.potential.weight=4", "alerts.key_candidate.when=\"score >= 5.0\""]))
+    P.get_or_init(|| {
+        with_overrides(&[
+            "tiers.key.min_score=6.5",
+            "capacity.per_manager.min=1",
+            "capacity.per_manager.max=3",
+            "score.criteria.potential.weight=4",
+            "alerts.key_candidate.when=\"score >= 5.0\"",
+        ])
+    })
 }
 
 fn account() -> impl Strategy<Value = Value> {
     let money = || prop_oneof![3 => prop::sample::select(vec![0.0, 60_000.0, 300_000.0, 1_200_000.0, 6_000_000.0]), 1 => 0.0..8_000_000.0f64];
     (
         (money(), money(), 0.0..=1.0f64, prop::option::of(0.0..=1.0f64)),
-        (prop::sample::select(vec!["tactical", "cooperative", "interdependent", "strategic"]), 1i64..=5, prop::option::of(-100i64..=100), prop::option::of(-100i64..=100)),
-        (prop::option::of(prop::sample::select(vec!["amy", "bo", "cy"])), prop::option::of(prop::sample::select(vec!["strategic", "key", "managed"])), 0u8..30),
+        (
+            prop::sample::select(vec!["tactical", "cooperative", "interdependent", "strategic"]),
+            1i64..=5,
+            prop::option::of(-100i64..=100),
+            prop::option::of(-100i64..=100),
+        ),
+        (
+            prop::option::of(prop::sample::select(vec!["amy", "bo", "cy"])),
+            prop::option::of(prop::sample::select(vec!["strategic", "key", "managed"])),
+            0u8..30,
+        ),
     )
-        .prop_map(|((rev, pot, margin, wallet), (rel, fit, nps, nps_prev), (manager, current, broken))| {
-            let mut fields = Map::new();
-            fields.insert("revenue_12m".into(), json!(rev));
-            fields.insert("potential".into(), json!(pot));
-            fields.insert("gross_margin".into(), json!(margin));
-            fields.insert("share_of_wallet".into(), json!(wallet));
-            fields.insert("relationship".into(), json!(rel));
-            fields.insert("strategic_fit".into(), json!(if broken == 0 { 9 } else { fit }));
-            fields.insert("nps".into(), json!(nps));
-            fields.insert("nps_prev".into(), json!(nps_prev));
-            let mut a = json!({ "as_of": "2026-11-01", "tier_since": "2025-01-01", "fields": fields });
-            if let Some(m) = manager {
-                a["manager"] = json!(m);
-            }
-            if let Some(c) = current {
-                a["current_tier"] = json!(c);
-            }
-            a
-        })
+        .prop_map(
+            |(
+                (rev, pot, margin, wallet),
+                (rel, fit, nps, nps_prev),
+                (manager, current, broken),
+            )| {
+                let mut fields = Map::new();
+                fields.insert("revenue_12m".into(), json!(rev));
+                fields.insert("potential".into(), json!(pot));
+                fields.insert("gross_margin".into(), json!(margin));
+                fields.insert("share_of_wallet".into(), json!(wallet));
+                fields.insert("relationship".into(), json!(rel));
+                fields.insert("strategic_fit".into(), json!(if broken == 0 { 9 } else { fit }));
+                fields.insert("nps".into(), json!(nps));
+                fields.insert("nps_prev".into(), json!(nps_prev));
+                let mut a =
+                    json!({ "as_of": "2026-11-01", "tier_since": "2025-01-01", "fields": fields });
+                if let Some(m) = manager {
+                    a["manager"] = json!(m);
+                }
+                if let Some(c) = current {
+                    a["current_tier"] = json!(c);
+                }
+                a
+            },
+        )
 }
 
 fn portfolio() -> impl Strategy<Value = Vec<Record>> {

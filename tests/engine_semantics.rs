@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tierwise::engine::{self, Change, Decision, Load, Outcome, PortfolioResult};
 use tierwise::policy::Policy;
 use tierwise::snapshot::Record;
@@ -62,7 +62,10 @@ fn book(p: &Policy, accounts: &[A]) -> PortfolioResult {
 }
 
 fn dec<'a>(r: &'a PortfolioResult, id: &str) -> &'a Decision {
-    r.accounts.iter().find_map(|o| o.decision().filter(|d| d.id == id)).unwrap_or_else(|| panic!("no decision for `{id}`"))
+    r.accounts
+        .iter()
+        .find_map(|o| o.decision().filter(|d| d.id == id))
+        .unwrap_or_else(|| panic!("no decision for `{id}`"))
 }
 
 fn tier_of<'a>(r: &'a PortfolioResult, id: &str) -> &'a str {
@@ -75,7 +78,12 @@ fn codes(d: &Decision) -> Vec<&'static str> {
 
 /// Three tiers on the default 1..10 scale; the score is `x`. `rest` is appended.
 fn three(rest: &str) -> Policy {
-    load_inline(&format!("{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\n\n[[tiers]]\nid = \"silver\"\nmin_score = 5.0\n\n[[tiers]]\nid = \"bronze\"\n\n{rest}"), &[])
+    load_inline(
+        &format!(
+            "{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\n\n[[tiers]]\nid = \"silver\"\nmin_score = 5.0\n\n[[tiers]]\nid = \"bronze\"\n\n{rest}"
+        ),
+        &[],
+    )
 }
 
 const HEAD: &str = r#"
@@ -133,7 +141,16 @@ id = "only"
         (d.scores[0].score, d.scores[1].score, d.score)
     };
     // n = how many cut points are <= the value; k = 3; lo + (hi - lo) * n / k.
-    for (v, n) in [(-5.0, 0.0), (9.999, 0.0), (10.0, 1.0), (19.0, 1.0), (20.0, 2.0), (29.99, 2.0), (30.0, 3.0), (1e12, 3.0)] {
+    for (v, n) in [
+        (-5.0, 0.0),
+        (9.999, 0.0),
+        (10.0, 1.0),
+        (19.0, 1.0),
+        (20.0, 2.0),
+        (29.99, 2.0),
+        (30.0, 3.0),
+        (1e12, 3.0),
+    ] {
         let want = 0.0 + (100.0 - 0.0) * n / 3.0;
         let (s, _, total) = run(v, None);
         assert_eq!(s, want, "v = {v}");
@@ -160,8 +177,16 @@ fn steps_with_nine_cut_points_on_1_to_10_give_1_plus_n() {
 
 #[test]
 fn expr_and_script_results_are_clamped_to_the_scale() {
-    let text = format!("{HEAD}\n[[score.criteria]]\nid = \"s\"\nweight = 1.0\nscript = \"twice\"\n\n[[tiers]]\nid = \"t\"\n");
-    let p = load_inline(&text, &[("scripts/s.rhai", "fn twice(account) { if account.x > 100.0 { 50 } else { (account.x * 2.0).to_int() } }\n")]);
+    let text = format!(
+        "{HEAD}\n[[score.criteria]]\nid = \"s\"\nweight = 1.0\nscript = \"twice\"\n\n[[tiers]]\nid = \"t\"\n"
+    );
+    let p = load_inline(
+        &text,
+        &[(
+            "scripts/s.rhai",
+            "fn twice(account) { if account.x > 100.0 { 50 } else { (account.x * 2.0).to_int() } }\n",
+        )],
+    );
     let cases: [(f64, f64, f64); 5] = [
         // x, clamped expr score, clamped script score (an integer result becomes a float)
         (5.0, 5.0, 10.0),
@@ -176,7 +201,11 @@ fn expr_and_script_results_are_clamped_to_the_scale() {
         assert_eq!(d.score, (e + s) / 2.0);
     }
     // Infinity is a number: clamped, not an error.
-    let p = load_inline(&(HEAD.replace("expr = \"x\"", "expr = \"x * 1e308 * 10.0\"") + "\n[[tiers]]\nid = \"t\"\n"), &[]);
+    let p = load_inline(
+        &(HEAD.replace("expr = \"x\"", "expr = \"x * 1e308 * 10.0\"")
+            + "\n[[tiers]]\nid = \"t\"\n"),
+        &[],
+    );
     assert_eq!(one(&p, A::new("a", 1.0)).score, 10.0);
     assert_eq!(one(&p, A::new("a", -1.0)).score, 1.0);
 }
@@ -211,10 +240,14 @@ id = "t"
 "#,
         &[],
     );
-    let d = one(&p, A(json!({"id": "w", "as_of": AS_OF, "fields": {"a": 9.1, "b": 2.3, "c": 7.7}})));
+    let d =
+        one(&p, A(json!({"id": "w", "as_of": AS_OF, "fields": {"a": 9.1, "b": 2.3, "c": 7.7}})));
     let want = (3.0 * 9.1 + 0.7 * 2.3 + 0.1 * 7.7) / (3.0 + 0.7 + 0.1);
     assert_eq!(d.score, want, "unrounded, summed in criteria order");
-    assert_eq!(d.scores.iter().map(|s| (&*s.id, s.weight)).collect::<Vec<_>>(), vec![("a", 3.0), ("b", 0.7), ("c", 0.1)]);
+    assert_eq!(
+        d.scores.iter().map(|s| (&*s.id, s.weight)).collect::<Vec<_>>(),
+        vec![("a", 3.0), ("b", 0.7), ("c", 0.1)]
+    );
 }
 
 #[test]
@@ -224,17 +257,39 @@ fn a_non_number_or_nan_criterion_is_that_accounts_bad_score() {
         "expr = 'if x > 0.0 { x } else if x == 0.0 { \"text\" } else if x == -1.0 { (-1.0).sqrt() } else if x == -2.0 { () } else { true }'",
     ) + "\n[[tiers]]\nid = \"t\"\n";
     let p = load_inline(&text, &[]);
-    let out = engine::evaluate(&p, &recs(&[A::new("ok", 3.0), A::new("text", 0.0), A::new("nan", -1.0), A::new("unit", -2.0), A::new("bool", -3.0), A::new("ok2", 4.0)]));
+    let out = engine::evaluate(
+        &p,
+        &recs(&[
+            A::new("ok", 3.0),
+            A::new("text", 0.0),
+            A::new("nan", -1.0),
+            A::new("unit", -2.0),
+            A::new("bool", -3.0),
+            A::new("ok2", 4.0),
+        ]),
+    );
     let got: Vec<(Option<&str>, Option<&str>)> = out
         .iter()
-        .map(|o| (o.id(), match o {
-            Outcome::Error { error, .. } => Some(error.code),
-            _ => None,
-        }))
+        .map(|o| {
+            (
+                o.id(),
+                match o {
+                    Outcome::Error { error, .. } => Some(error.code),
+                    _ => None,
+                },
+            )
+        })
         .collect();
     assert_eq!(
         got,
-        vec![(Some("ok"), None), (Some("text"), Some("bad_score")), (Some("nan"), Some("bad_score")), (Some("unit"), Some("bad_score")), (Some("bool"), Some("bad_score")), (Some("ok2"), None)]
+        vec![
+            (Some("ok"), None),
+            (Some("text"), Some("bad_score")),
+            (Some("nan"), Some("bad_score")),
+            (Some("unit"), Some("bad_score")),
+            (Some("bool"), Some("bad_score")),
+            (Some("ok2"), None)
+        ]
     );
     let Outcome::Error { error, .. } = &out[2] else { unreachable!() };
     assert_eq!(error.rule.as_deref(), Some("score.criteria.x"));
@@ -245,13 +300,25 @@ fn a_non_number_or_nan_criterion_is_that_accounts_bad_score() {
 
 #[test]
 fn the_qualified_tier_is_the_first_whose_min_score_and_when_hold() {
-    let p = load_inline(&format!("{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\nwhen = \"ok\"\n\n[[tiers]]\nid = \"silver\"\nmin_score = 5.0\n\n[[tiers]]\nid = \"nomin\"\n\n[[tiers]]\nid = \"bronze\"\n"), &[]);
+    let p = load_inline(
+        &format!(
+            "{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\nwhen = \"ok\"\n\n[[tiers]]\nid = \"silver\"\nmin_score = 5.0\n\n[[tiers]]\nid = \"nomin\"\n\n[[tiers]]\nid = \"bronze\"\n"
+        ),
+        &[],
+    );
     assert_eq!(one(&p, A::new("a", 9.0)).qualified_tier, std::sync::Arc::<str>::from("gold"));
     let d = one(&p, A::new("a", 9.0).f("ok", false));
     assert_eq!(d.qualified_tier, std::sync::Arc::<str>::from("silver"));
     assert_eq!(codes(&d), vec!["condition", "qualifies", "new"]);
-    assert_eq!(one(&p, A::new("a", 8.0)).qualified_tier, std::sync::Arc::<str>::from("gold"), "score >= min_score, unrounded");
-    assert_eq!(one(&p, A::new("a", 7.999_999_999)).qualified_tier, std::sync::Arc::<str>::from("silver"));
+    assert_eq!(
+        one(&p, A::new("a", 8.0)).qualified_tier,
+        std::sync::Arc::<str>::from("gold"),
+        "score >= min_score, unrounded"
+    );
+    assert_eq!(
+        one(&p, A::new("a", 7.999_999_999)).qualified_tier,
+        std::sync::Arc::<str>::from("silver")
+    );
     // A missing min_score is 0: every score reaches `nomin`; the last tier is never reached.
     assert_eq!(one(&p, A::new("a", 1.0)).qualified_tier, std::sync::Arc::<str>::from("nomin"));
 }
@@ -259,7 +326,12 @@ fn the_qualified_tier_is_the_first_whose_min_score_and_when_hold() {
 #[test]
 fn a_when_is_evaluated_only_once_the_score_reaches_min_score() {
     // `[1][5]` is an out-of-bounds error: evaluating it makes the account an error.
-    let p = load_inline(&format!("{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\nwhen = \"[1][5] == 1\"\n\n[[tiers]]\nid = \"bronze\"\n"), &[]);
+    let p = load_inline(
+        &format!(
+            "{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\nwhen = \"[1][5] == 1\"\n\n[[tiers]]\nid = \"bronze\"\n"
+        ),
+        &[],
+    );
     let d = one(&p, A::new("below", 7.9));
     assert_eq!((&*d.qualified_tier, &*d.tier), ("bronze", "bronze"));
     // The distance to gold is shown without failing the decision (`when_holds` unknown).
@@ -291,7 +363,10 @@ message = "never"
     assert_eq!(one(&p, A::new("a", 6.0)).change, Change::New);
     assert_eq!(one(&p, A::new("a", 7.0).cur("bronze")).change, Change::Promote);
     // A demotion would happen: the hold runs and fails.
-    assert_eq!(one_err(&p, A::new("a", 2.0).cur("silver")).rule.as_deref(), Some("movement.holds.boom"));
+    assert_eq!(
+        one_err(&p, A::new("a", 2.0).cur("silver")).rule.as_deref(),
+        Some("movement.holds.boom")
+    );
     // Final tier gold: the alert runs and fails.
     assert_eq!(one_err(&p, A::new("a", 9.0)).rule.as_deref(), Some("alerts.gold_only"));
 }
@@ -347,7 +422,10 @@ fn promotion_needs_the_margin_and_lands_max_steps_away() {
     let d = one(&p, A::new("near", 7.3).cur("d"));
     assert_eq!((&*d.qualified_tier, &*d.tier, d.change), ("b", "d", Change::None));
     assert!(codes(&d).contains(&"promote_margin"));
-    insta::assert_json_snapshot!("promote_max_steps", one(&p, A::new("far", 9.6).cur("e").since("2026-10-01")));
+    insta::assert_json_snapshot!(
+        "promote_max_steps",
+        one(&p, A::new("far", 9.6).cur("e").since("2026-10-01"))
+    );
 }
 
 #[test]
@@ -378,9 +456,13 @@ reason = "fails when evaluated"
 #[test]
 fn a_demotion_is_stopped_by_margin_then_tenure_then_holds() {
     let p = three(HOLDS);
-    let days = |d: &str| tierwise::date::parse_days(AS_OF).unwrap() - tierwise::date::parse_days(d).unwrap();
+    let days = |d: &str| {
+        tierwise::date::parse_days(AS_OF).unwrap() - tierwise::date::parse_days(d).unwrap()
+    };
     assert_eq!((days("2026-08-03"), days("2026-08-04")), (90, 89));
-    let hold = |d: &Decision| d.reasons.iter().find(|r| matches!(r.code, "margin" | "tenure" | "hold")).map(|r| r.code);
+    let hold = |d: &Decision| {
+        d.reasons.iter().find(|r| matches!(r.code, "margin" | "tenure" | "hold")).map(|r| r.code)
+    };
 
     // 7.5 >= 8 - 1: within the margin -> hold (margin), even with tenure unmet and the hold on.
     let d = one(&p, A::new("m", 7.5).cur("gold").since("2026-10-30").f("flag", true));
@@ -405,13 +487,24 @@ fn a_demotion_is_stopped_by_margin_then_tenure_then_holds() {
     let d = one(&p, A::new("d", 1.4).cur("gold").f("flag", true));
     assert_eq!(hold(&d), Some("hold"));
     // ... and makes the account an error when it is reached.
-    assert_eq!(one_err(&p, A::new("d", 1.4).cur("gold")).rule.as_deref(), Some("movement.holds.boom"));
-    insta::assert_json_snapshot!("hold_tenure", one(&p, A::new("t", 6.9).cur("gold").since("2026-08-04").f("flag", true)));
+    assert_eq!(
+        one_err(&p, A::new("d", 1.4).cur("gold")).rule.as_deref(),
+        Some("movement.holds.boom")
+    );
+    insta::assert_json_snapshot!(
+        "hold_tenure",
+        one(&p, A::new("t", 6.9).cur("gold").since("2026-08-04").f("flag", true))
+    );
 }
 
 #[test]
 fn a_failing_current_when_demotes_even_above_the_margin() {
-    let p = load_inline(&format!("{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\nwhen = \"ok\"\n\n[[tiers]]\nid = \"bronze\"\n{HOLDS}"), &[]);
+    let p = load_inline(
+        &format!(
+            "{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\nwhen = \"ok\"\n\n[[tiers]]\nid = \"bronze\"\n{HOLDS}"
+        ),
+        &[],
+    );
     let d = one(&p, A::new("c", 9.5).cur("gold").f("ok", false));
     assert_eq!((&*d.tier, d.change), ("bronze", Change::Demote));
     // ... subject to tenure and holds all the same.
@@ -436,7 +529,9 @@ fn caps_keep_floor_share_times_n_plus_epsilon_ranked_by_score_then_id() {
     // N = 100; gold max_share 0.29: 0.29 * 100 = 28.999999999999996 in f64 -> the 1e-9 makes it 29.
     assert_eq!((0.29f64 * 100.0).floor(), 28.0);
     let p = load_inline(
-        &format!("{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\nmax_share = 0.29\n\n[[tiers]]\nid = \"silver\"\nmin_score = 5.0\nwhen = \"false\"\nmax_count = 50\n\n[[tiers]]\nid = \"bronze\"\n"),
+        &format!(
+            "{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\nmax_share = 0.29\n\n[[tiers]]\nid = \"silver\"\nmin_score = 5.0\nwhen = \"false\"\nmax_count = 50\n\n[[tiers]]\nid = \"bronze\"\n"
+        ),
         &[],
     );
     // 100 accounts all scoring >= 8, falling with the id, with a four-way tie across the gold
@@ -450,14 +545,27 @@ fn caps_keep_floor_share_times_n_plus_epsilon_ranked_by_score_then_id() {
     let mut accounts: Vec<A> = (0..100).map(|i| A::new(&format!("g{i:03}"), score(i))).collect();
     accounts.reverse(); // input order must not matter
     let r = book(&p, &accounts);
-    assert_eq!((tier_of(&r, "g028"), tier_of(&r, "g029"), tier_of(&r, "g030")), ("gold", "silver", "silver"));
-    let tiers: Vec<(String, String)> = r.accounts.iter().map(|o| (o.id().unwrap().to_string(), o.decision().unwrap().tier.to_string())).collect();
+    assert_eq!(
+        (tier_of(&r, "g028"), tier_of(&r, "g029"), tier_of(&r, "g030")),
+        ("gold", "silver", "silver")
+    );
+    let tiers: Vec<(String, String)> = r
+        .accounts
+        .iter()
+        .map(|o| (o.id().unwrap().to_string(), o.decision().unwrap().tier.to_string()))
+        .collect();
     // Ranked by score descending, then id: the first 29 gold, the next 50 silver (silver's
     // max_count), the remaining 21 bronze.
     let mut ranked: Vec<usize> = (0..100).collect();
     ranked.sort_by(|&a, &b| score(b).total_cmp(&score(a)).then(a.cmp(&b)));
     for (pos, &i) in ranked.iter().enumerate() {
-        let want = if pos < 29 { "gold" } else if pos < 29 + 50 { "silver" } else { "bronze" };
+        let want = if pos < 29 {
+            "gold"
+        } else if pos < 29 + 50 {
+            "silver"
+        } else {
+            "bronze"
+        };
         let id = format!("g{i:03}");
         assert_eq!(tiers.iter().find(|(x, _)| *x == id).unwrap().1, want, "{id} ranked {pos}");
     }
@@ -470,7 +578,10 @@ fn caps_keep_floor_share_times_n_plus_epsilon_ranked_by_score_then_id() {
 
 #[test]
 fn ties_at_a_cap_break_by_id_bytes() {
-    let p = load_inline(&format!("{HEAD}\n[[tiers]]\nid = \"gold\"\nmax_count = 2\n\n[[tiers]]\nid = \"rest\"\n"), &[]);
+    let p = load_inline(
+        &format!("{HEAD}\n[[tiers]]\nid = \"gold\"\nmax_count = 2\n\n[[tiers]]\nid = \"rest\"\n"),
+        &[],
+    );
     // Equal scores: ids sort by UTF-8 bytes ("B" < "a" < "b" < "é").
     let r = book(&p, &[A::new("é", 5.0), A::new("b", 5.0), A::new("a", 5.0), A::new("B", 5.0)]);
     let tiers: Vec<&str> = ["B", "a", "b", "é"].iter().map(|id| tier_of(&r, id)).collect();
@@ -479,7 +590,12 @@ fn ties_at_a_cap_break_by_id_bytes() {
 
 #[test]
 fn caps_use_the_smaller_of_share_and_count_and_n_counts_decided_accounts_only() {
-    let p = load_inline(&format!("{HEAD}\n[[tiers]]\nid = \"gold\"\nmax_share = 0.5\nmax_count = 3\n\n[[tiers]]\nid = \"rest\"\n"), &[]);
+    let p = load_inline(
+        &format!(
+            "{HEAD}\n[[tiers]]\nid = \"gold\"\nmax_share = 0.5\nmax_count = 3\n\n[[tiers]]\nid = \"rest\"\n"
+        ),
+        &[],
+    );
     let gold = |r: &PortfolioResult| r.summary.tiers[0].count;
     // N = 4: floor(2) = 2 < 3.
     let four: Vec<A> = (0..4).map(|i| A::new(&format!("a{i}"), 9.0)).collect();
@@ -499,23 +615,32 @@ fn caps_use_the_smaller_of_share_and_count_and_n_counts_decided_accounts_only() 
 #[test]
 fn held_accounts_are_ranked_in_caps_and_change_reflects_the_final_tier() {
     let p = load_inline(
-        &format!("{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\nmax_count = 2\n\n[[tiers]]\nid = \"silver\"\nmin_score = 5.0\nmax_count = 2\n\n[[tiers]]\nid = \"bronze\"\n\n[movement]\ndemote_margin = 2.0\n"),
+        &format!(
+            "{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\nmax_count = 2\n\n[[tiers]]\nid = \"silver\"\nmin_score = 5.0\nmax_count = 2\n\n[[tiers]]\nid = \"bronze\"\n\n[movement]\ndemote_margin = 2.0\n"
+        ),
         &[],
     );
     let r = book(
         &p,
         &[
-            A::new("held", 6.5).cur("gold"),    // within the margin (>= 6): held in gold, lowest of gold
-            A::new("g1", 9.0).cur("gold"),      // stays
-            A::new("g2", 8.5),                  // new in gold
-            A::new("s1", 7.0).cur("silver"),    // silver, 2nd after `held` is capped in
-            A::new("s2", 6.0).cur("silver"),    // silver, drops to bronze
-            A::new("up", 8.2).cur("silver"),    // promoted to gold, then capped back to silver
+            A::new("held", 6.5).cur("gold"), // within the margin (>= 6): held in gold, lowest of gold
+            A::new("g1", 9.0).cur("gold"),   // stays
+            A::new("g2", 8.5),               // new in gold
+            A::new("s1", 7.0).cur("silver"), // silver, 2nd after `held` is capped in
+            A::new("s2", 6.0).cur("silver"), // silver, drops to bronze
+            A::new("up", 8.2).cur("silver"), // promoted to gold, then capped back to silver
         ],
     );
     // gold holds g1 9.0, g2 8.5, up 8.2, held 6.5 -> keeps g1, g2; up and held go to silver.
     // silver then holds s1 7.0, held 6.5, up 8.2, s2 6.0 -> keeps up, s1; held and s2 to bronze.
-    let want = [("held", "bronze", Change::Demote), ("g1", "gold", Change::None), ("g2", "gold", Change::New), ("s1", "silver", Change::None), ("s2", "bronze", Change::Demote), ("up", "silver", Change::None)];
+    let want = [
+        ("held", "bronze", Change::Demote),
+        ("g1", "gold", Change::None),
+        ("g2", "gold", Change::New),
+        ("s1", "silver", Change::None),
+        ("s2", "bronze", Change::Demote),
+        ("up", "silver", Change::None),
+    ];
     for (id, tier, change) in want {
         let d = dec(&r, id);
         assert_eq!((&*d.tier, d.change), (tier, change), "{id}: {:?}", d.reasons);
@@ -525,7 +650,8 @@ fn held_accounts_are_ranked_in_caps_and_change_reflects_the_final_tier() {
     let c = &r.summary.changes;
     assert_eq!((c.promote, c.demote, c.hold, c.none, c.new), (0, 2, 0, 3, 1));
     // Moves are sorted by id and list final tiers.
-    let moves: Vec<(&str, &str, &str)> = r.summary.moves.iter().map(|m| (m.id.as_str(), m.from.as_str(), m.to.as_str())).collect();
+    let moves: Vec<(&str, &str, &str)> =
+        r.summary.moves.iter().map(|m| (m.id.as_str(), m.from.as_str(), m.to.as_str())).collect();
     assert_eq!(moves, vec![("held", "gold", "bronze"), ("s2", "silver", "bronze")]);
     // A held account that the caps leave in place keeps `hold`.
     let r = book(&p, &[A::new("held", 6.5).cur("gold"), A::new("x", 9.0)]);
@@ -589,16 +715,38 @@ fn total_max_drops_the_lowest_to_the_best_tier_outside_capacity_and_reapplies_it
     // Capacity tiers hold nobody 9.9, j1, j2, j3 (gold) and j4 7.0, j5 6.8, o1 6.5 (silver):
     // 7 > total_max 5 -> j5 and o1 (the lowest) go to bronze (whatever its `when`), whose
     // max_count 1 keeps j5 (6.8) and sends o1 on to basic.
-    let tiers: Vec<&str> = ["j1", "j2", "j3", "j4", "j5", "o1", "nobody", "z1"].iter().map(|id| tier_of(&r, id)).collect();
+    let tiers: Vec<&str> = ["j1", "j2", "j3", "j4", "j5", "o1", "nobody", "z1"]
+        .iter()
+        .map(|id| tier_of(&r, id))
+        .collect();
     assert_eq!(tiers, vec!["gold", "gold", "gold", "silver", "bronze", "basic", "gold", "basic"]);
     assert_eq!(codes(dec(&r, "j5")), vec!["qualifies", "new", "total_max"]);
     assert_eq!(codes(dec(&r, "o1")), vec!["qualifies", "new", "total_max", "cap"]);
     // The account without a manager counts toward total_max (without it only 6 would compete
     // for 5 places and j5 would stay silver) but in no book. Books after total_max: jane j1 j2 j3 j4 = 4 > 3 -> over, flag lists the
     // lowest (j4); omar 0 < 2 -> under; zoe 0 -> under.
-    let m: Vec<(&str, u64, Load, Vec<&str>, usize)> =
-        r.summary.managers.iter().map(|m| (m.manager.as_str(), m.count, m.status, m.reassign.iter().map(String::as_str).collect(), m.demoted.len())).collect();
-    assert_eq!(m, vec![("jane", 4, Load::Over, vec!["j4"], 0), ("omar", 0, Load::Under, vec![], 0), ("zoe", 0, Load::Under, vec![], 0)]);
+    let m: Vec<(&str, u64, Load, Vec<&str>, usize)> = r
+        .summary
+        .managers
+        .iter()
+        .map(|m| {
+            (
+                m.manager.as_str(),
+                m.count,
+                m.status,
+                m.reassign.iter().map(String::as_str).collect(),
+                m.demoted.len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        m,
+        vec![
+            ("jane", 4, Load::Over, vec!["j4"], 0),
+            ("omar", 0, Load::Under, vec![], 0),
+            ("zoe", 0, Load::Under, vec![], 0)
+        ]
+    );
     // flag keeps the tiers.
     assert_eq!(tier_of(&r, "j4"), "silver");
 }
@@ -610,7 +758,11 @@ fn capacity_demote_moves_the_overflow_and_counts_before_it() {
     // As above, then jane's j4 (her lowest in the capacity tiers) moves to bronze; bronze
     // (max_count 1) now holds j5 6.8 and j4 7.0 -> keeps j4, j5 drops to basic.
     let jane = &r.summary.managers[0];
-    assert_eq!((jane.manager.as_str(), jane.count, jane.status), ("jane", 4, Load::Over), "count before the overflow action");
+    assert_eq!(
+        (jane.manager.as_str(), jane.count, jane.status),
+        ("jane", 4, Load::Over),
+        "count before the overflow action"
+    );
     assert_eq!((jane.reassign.len(), jane.demoted.clone()), (0, vec!["j4".to_string()]));
     assert_eq!((tier_of(&r, "j4"), tier_of(&r, "j5")), ("bronze", "basic"));
     assert_eq!(codes(dec(&r, "j4")), vec!["qualifies", "new", "capacity"]);
@@ -624,7 +776,8 @@ fn capacity_demote_moves_the_overflow_and_counts_before_it() {
 fn demote_and_flag_pick_the_lowest_scores_then_the_highest_ids() {
     let p = capacity_policy("demote");
     // Five of jane's, all 7.0: rank by id ascending, drop from the end -> j4, j5 (ids).
-    let accounts: Vec<A> = ["j5", "j1", "j4", "j2", "j3"].iter().map(|id| A::new(id, 7.0).mgr("jane")).collect();
+    let accounts: Vec<A> =
+        ["j5", "j1", "j4", "j2", "j3"].iter().map(|id| A::new(id, 7.0).mgr("jane")).collect();
     let r = book(&p, &accounts);
     assert_eq!(r.summary.managers[0].demoted, vec!["j4".to_string(), "j5".to_string()]);
     let p = capacity_policy("flag");
@@ -687,24 +840,39 @@ message = \"x\"
     );
     // N = 5, total 1000; top1 600/1000, top2 800/1000, top99 (fewer accounts) 1.0; gold 3 of 5,
     // gold revenue 900; ann 3 > 2 over; bob 0 < 2 under.
-    let msgs: Vec<(&str, &str)> = r.summary.portfolio_alerts.iter().map(|a| (&*a.id, a.message.as_str())).collect();
+    let msgs: Vec<(&str, &str)> =
+        r.summary.portfolio_alerts.iter().map(|a| (&*a.id, a.message.as_str())).collect();
     assert_eq!(
         msgs,
         vec![
-            ("figures", "n=5 total=1000.0 top1=0.6 top2=0.8 top99=1.0 gold=3 share=0.6 grev=900.0 none=0 over=1 under=1"),
+            (
+                "figures",
+                "n=5 total=1000.0 top1=0.6 top2=0.8 top99=1.0 gold=3 share=0.6 grev=900.0 none=0 over=1 under=1"
+            ),
             ("concentration", "top 2 hold 80.0%"),
         ]
     );
     let s = &r.summary;
-    assert_eq!((s.account_count, s.error_count, s.total_revenue, s.top10_revenue_share), (5, 1, 1000.0, 1.0));
+    assert_eq!(
+        (s.account_count, s.error_count, s.total_revenue, s.top10_revenue_share),
+        (5, 1, 1000.0, 1.0)
+    );
     assert_eq!((s.tiers[0].count, s.tiers[0].share, s.tiers[0].revenue), (3, 0.6, 900.0));
 
     // A total of 0: every share is 0.0, not NaN.
     let r = book(&p, &[A::new("a", 9.0), A::new("b", 2.0)]);
-    assert!(r.summary.portfolio_alerts[0].message.contains("top1=0.0 top2=0.0 top99=0.0"), "{:?}", r.summary.portfolio_alerts);
+    assert!(
+        r.summary.portfolio_alerts[0].message.contains("top1=0.0 top2=0.0 top99=0.0"),
+        "{:?}",
+        r.summary.portfolio_alerts
+    );
     // No decided account at all: account_count 0, tier_share 0.0.
     let r = book(&p, &[A::new("bad", 1.0).cur("nope")]);
-    assert!(r.summary.portfolio_alerts[0].message.starts_with("n=0 total=0.0"), "{:?}", r.summary.portfolio_alerts);
+    assert!(
+        r.summary.portfolio_alerts[0].message.starts_with("n=0 total=0.0"),
+        "{:?}",
+        r.summary.portfolio_alerts
+    );
     assert!(r.summary.portfolio_alerts[0].message.contains("share=0.0"));
 }
 
@@ -739,11 +907,18 @@ message = \"top\"
     let d = one(&p, A::new("m", 12.5).f("name", "Acme {Ltd}"));
     assert_eq!(d.alerts.len(), 2);
     // x is a number: `12.5`; score is clamped 10 -> `10.0`; n an integer `7`; absent `()` -> empty.
-    assert_eq!(d.alerts[0].message, "{literal} x=12.5 n=7 name=Acme {Ltd} rev=[] sum=30.0 t=gold s=10.0 map=1 str=7% {7}");
+    assert_eq!(
+        d.alerts[0].message,
+        "{literal} x=12.5 n=7 name=Acme {Ltd} rev=[] sum=30.0 t=gold s=10.0 map=1 str=7% {7}"
+    );
     assert_eq!((&*d.alerts[1].id, d.alerts[1].message.as_str()), ("gold_only", "top"));
     // A whole-number float shows as `25.0`.
     let d = one(&p, A::new("m", 10.0).f("rev", 25));
-    assert!(d.alerts[0].message.contains("x=10.0 ") && d.alerts[0].message.contains("rev=[25.0]"), "{}", d.alerts[0].message);
+    assert!(
+        d.alerts[0].message.contains("x=10.0 ") && d.alerts[0].message.contains("rev=[25.0]"),
+        "{}",
+        d.alerts[0].message
+    );
     // Alerts are evaluated on the final tier: bronze gets only `show`.
     let d = one(&p, A::new("m", 3.0));
     assert_eq!(d.alerts.iter().map(|a| &*a.id).collect::<Vec<_>>(), vec!["show"]);
@@ -752,11 +927,15 @@ message = \"top\"
 #[test]
 fn account_alerts_see_the_final_tier_after_caps() {
     let p = load_inline(
-        &format!("{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\nmax_count = 1\n\n[[tiers]]\nid = \"bronze\"\n\n[[alerts]]\nid = \"where\"\nseverity = \"info\"\nwhen = \"true\"\nmessage = \"{{tier}} {{score}}\"\n\n[[alerts]]\nid = \"bronze_only\"\nseverity = \"info\"\ntiers = [\"bronze\"]\nwhen = \"true\"\nmessage = \"b\"\n"),
+        &format!(
+            "{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\nmax_count = 1\n\n[[tiers]]\nid = \"bronze\"\n\n[[alerts]]\nid = \"where\"\nseverity = \"info\"\nwhen = \"true\"\nmessage = \"{{tier}} {{score}}\"\n\n[[alerts]]\nid = \"bronze_only\"\nseverity = \"info\"\ntiers = [\"bronze\"]\nwhen = \"true\"\nmessage = \"b\"\n"
+        ),
         &[],
     );
     let r = book(&p, &[A::new("a", 9.0), A::new("b", 8.5)]);
-    let show = |id| dec(&r, id).alerts.iter().map(|a| format!("{}: {}", a.id, a.message)).collect::<Vec<_>>();
+    let show = |id| {
+        dec(&r, id).alerts.iter().map(|a| format!("{}: {}", a.id, a.message)).collect::<Vec<_>>()
+    };
     assert_eq!(show("a"), vec!["where: gold 9.0"]);
     assert_eq!(show("b"), vec!["where: bronze 8.5", "bronze_only: b"]);
     // Account level has no caps: b stays gold.
@@ -769,22 +948,29 @@ fn account_alerts_see_the_final_tier_after_caps() {
 #[test]
 fn change_compares_the_final_tier_with_the_current_one() {
     let p = load_inline(
-        &format!("{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\nmax_count = 1\n\n[[tiers]]\nid = \"silver\"\nmin_score = 5.0\n\n[[tiers]]\nid = \"bronze\"\n\n[movement]\ndemote_margin = 1.0\n"),
+        &format!(
+            "{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\nmax_count = 1\n\n[[tiers]]\nid = \"silver\"\nmin_score = 5.0\n\n[[tiers]]\nid = \"bronze\"\n\n[movement]\ndemote_margin = 1.0\n"
+        ),
         &[],
     );
     let r = book(
         &p,
         &[
-            A::new("top", 9.9).cur("gold"),       // none
-            A::new("capped", 9.0).cur("silver"),  // promoted, capped back to silver: none
-            A::new("dropped", 9.5).cur("gold"),   // stays gold by movement, capped: demote
-            A::new("held", 4.5).cur("silver"),    // held by the margin: hold
-            A::new("up", 6.0).cur("bronze"),      // promote
-            A::new("down", 2.0).cur("silver"),    // demote
-            A::new("fresh", 9.7),                 // new, capped to silver: still new
+            A::new("top", 9.9).cur("gold"),      // none
+            A::new("capped", 9.0).cur("silver"), // promoted, capped back to silver: none
+            A::new("dropped", 9.5).cur("gold"),  // stays gold by movement, capped: demote
+            A::new("held", 4.5).cur("silver"),   // held by the margin: hold
+            A::new("up", 6.0).cur("bronze"),     // promote
+            A::new("down", 2.0).cur("silver"),   // demote
+            A::new("fresh", 9.7),                // new, capped to silver: still new
         ],
     );
-    let got: Vec<(&str, &str, Change)> = r.accounts.iter().map(|o| o.decision().unwrap()).map(|d| (d.id.as_str(), &*d.tier, d.change)).collect();
+    let got: Vec<(&str, &str, Change)> = r
+        .accounts
+        .iter()
+        .map(|o| o.decision().unwrap())
+        .map(|d| (d.id.as_str(), &*d.tier, d.change))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -809,20 +995,28 @@ fn change_compares_the_final_tier_with_the_current_one() {
 #[test]
 fn next_tier_shows_what_the_tier_above_needs() {
     let p = load_inline(
-        &format!("{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\nwhen = \"ok\"\nmax_count = 1\n\n[[tiers]]\nid = \"silver\"\nmin_score = 5.0\n\n[[tiers]]\nid = \"bronze\"\n\n[movement]\npromote_margin = 0.25\n"),
+        &format!(
+            "{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\nwhen = \"ok\"\nmax_count = 1\n\n[[tiers]]\nid = \"silver\"\nmin_score = 5.0\n\n[[tiers]]\nid = \"bronze\"\n\n[movement]\npromote_margin = 0.25\n"
+        ),
         &[],
     );
     // Below gold's min_score its condition is not evaluated (lazy), so `when_holds` is absent.
     let d = one(&p, A::new("s", 6.5));
     let nt = d.next_tier.unwrap();
-    assert_eq!((&*nt.tier, nt.needs, nt.gap, nt.when.as_deref(), nt.when_holds), ("gold", 8.25, 8.25 - 6.5, Some("ok"), None));
+    assert_eq!(
+        (&*nt.tier, nt.needs, nt.gap, nt.when.as_deref(), nt.when_holds),
+        ("gold", 8.25, 8.25 - 6.5, Some("ok"), None)
+    );
     // At gold's min_score the condition was evaluated to qualify, and failed: shown.
     let d = one(&p, A::new("s", 8.5).f("ok", false));
     let nt = d.next_tier.unwrap();
     assert_eq!((&*nt.tier, nt.gap, nt.when_holds), ("gold", 0.0, Some(false)));
     let d = one(&p, A::new("b", 1.0));
     let nt = d.next_tier.unwrap();
-    assert_eq!((&*nt.tier, nt.needs, nt.gap, nt.when, nt.when_holds), ("silver", 5.25, 4.25, None, None));
+    assert_eq!(
+        (&*nt.tier, nt.needs, nt.gap, nt.when, nt.when_holds),
+        ("silver", 5.25, 4.25, None, None)
+    );
     // The best tier has no next tier.
     assert!(one(&p, A::new("g", 9.0)).next_tier.is_none());
     // Capped below a tier it already qualifies for: gap 0.
@@ -843,7 +1037,10 @@ fn the_same_input_gives_the_same_bytes_and_order_changes_no_decision() {
     b.reverse();
     let r1 = book(&p, &a);
     let r2 = book(&p, &b);
-    assert_eq!(serde_json::to_string(&r1.summary).unwrap(), serde_json::to_string(&r2.summary).unwrap());
+    assert_eq!(
+        serde_json::to_string(&r1.summary).unwrap(),
+        serde_json::to_string(&r2.summary).unwrap()
+    );
     for o in &r1.accounts {
         let id = o.id().unwrap();
         let other = r2.accounts.iter().find(|x| x.id() == Some(id)).unwrap();
@@ -860,9 +1057,16 @@ fn the_same_input_gives_the_same_bytes_and_order_changes_no_decision() {
 #[test]
 fn revenue_sums_do_not_depend_on_input_order() {
     let p = three("[portfolio]\nrevenue = \"rev\"\n");
-    let a = [A::new("a", 1.0).f("rev", 0.1), A::new("b", 1.0).f("rev", 0.2), A::new("c", 1.0).f("rev", 0.3)];
+    let a = [
+        A::new("a", 1.0).f("rev", 0.1),
+        A::new("b", 1.0).f("rev", 0.2),
+        A::new("c", 1.0).f("rev", 0.3),
+    ];
     let mut b = a.clone();
     b.reverse();
     let (r1, r2) = (book(&p, &a), book(&p, &b));
-    assert_eq!(serde_json::to_string(&r1.summary).unwrap(), serde_json::to_string(&r2.summary).unwrap());
+    assert_eq!(
+        serde_json::to_string(&r1.summary).unwrap(),
+        serde_json::to_string(&r2.summary).unwrap()
+    );
 }

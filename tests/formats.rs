@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tierwise::engine::{self, Outcome};
 use tierwise::policy::Policy;
 use tierwise::snapshot::{self, Format};
@@ -131,7 +131,10 @@ fn codes(out: &[Outcome]) -> Vec<(String, String)> {
     out.iter()
         .map(|o| match o {
             Outcome::Decision(d) => (d.id.clone(), format!("{} {}", d.tier, d.change.as_str())),
-            Outcome::Error { id, error } => (id.clone().unwrap_or_default(), format!("error {} {}", error.code, error.field.as_deref().unwrap_or("-"))),
+            Outcome::Error { id, error } => (
+                id.clone().unwrap_or_default(),
+                format!("error {} {}", error.code, error.field.as_deref().unwrap_or("-")),
+            ),
         })
         .collect()
 }
@@ -149,7 +152,13 @@ fn the_three_formats_give_identical_decisions() {
     assert_eq!(bytes(&json), bytes(&jsonl));
     assert_eq!(bytes(&json), bytes(&csv));
     // The same at portfolio level.
-    let port = |text: &str, f| serde_json::to_string(&engine::evaluate_portfolio(&p, &snapshot::read(text, f, &p).unwrap())).unwrap();
+    let port = |text: &str, f| {
+        serde_json::to_string(&engine::evaluate_portfolio(
+            &p,
+            &snapshot::read(text, f, &p).unwrap(),
+        ))
+        .unwrap()
+    };
     assert_eq!(port(&to_json(&accounts), Format::Json), port(&to_csv(&accounts), Format::Csv));
     assert_eq!(port(&to_json(&accounts), Format::Json), port(&to_jsonl(&accounts), Format::Jsonl));
 
@@ -241,7 +250,8 @@ fn bad_snapshots_are_their_own_errors_and_never_stop_the_others() {
         ("null-optional", "growth new"),
         ("good-2", "growth new"),
     ];
-    let want: Vec<(String, String)> = want.into_iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let want: Vec<(String, String)> =
+        want.into_iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
     assert_eq!(got, want);
     // Every error says which record it is (its line).
     for (i, o) in out.iter().enumerate() {
@@ -292,7 +302,8 @@ ok-2,,,,,2026-11-01,20000,50,mid,true,2026-12-01,-5
         ("", "error bad_record -"),
         ("ok-2", "growth new"),
     ];
-    let want: Vec<(String, String)> = want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let want: Vec<(String, String)> =
+        want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
     assert_eq!(got, want);
     // CSV errors carry their line in the file (the header is line 1).
     let Outcome::Error { error, .. } = &out[11] else { unreachable!() };
@@ -304,15 +315,28 @@ fn unreadable_inputs_are_errors_of_the_whole_input() {
     let p = policy();
     assert!(snapshot::read("{\"id\": \"not an array\"}", Format::Json, &p).is_err());
     assert!(snapshot::read("[1, 2", Format::Json, &p).is_err());
-    assert!(snapshot::read("name,as_of\nx,2026-11-01\n", Format::Csv, &p).is_err(), "CSV without an id column");
+    assert!(
+        snapshot::read("name,as_of\nx,2026-11-01\n", Format::Csv, &p).is_err(),
+        "CSV without an id column"
+    );
     // A JSON array with one bad element: that element's error only.
-    let recs = snapshot::read("[{\"id\": \"a\", \"as_of\": \"2026-11-01\"}, 42, {\"as_of\": \"2026-11-01\"}]", Format::Json, &p).unwrap();
+    let recs = snapshot::read(
+        "[{\"id\": \"a\", \"as_of\": \"2026-11-01\"}, 42, {\"as_of\": \"2026-11-01\"}]",
+        Format::Json,
+        &p,
+    )
+    .unwrap();
     assert_eq!(recs.len(), 3);
     assert!(recs[0].is_ok());
     assert_eq!(recs[1].as_ref().err().map(|e| (e.code, e.record)), Some(("bad_record", Some(2))));
     assert_eq!(recs[2].as_ref().err().map(|e| (e.code, e.record)), Some(("bad_record", Some(3))));
     // Blank lines in JSON lines are skipped; the line numbers stay those of the file.
-    let recs = snapshot::read("\n{\"id\": \"a\", \"as_of\": \"2026-11-01\"}\n\n   \nnope\n", Format::Jsonl, &p).unwrap();
+    let recs = snapshot::read(
+        "\n{\"id\": \"a\", \"as_of\": \"2026-11-01\"}\n\n   \nnope\n",
+        Format::Jsonl,
+        &p,
+    )
+    .unwrap();
     assert_eq!(recs.len(), 2);
     assert_eq!(recs[1].as_ref().err().map(|e| e.record), Some(Some(5)));
 }

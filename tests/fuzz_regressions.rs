@@ -17,7 +17,11 @@ use tierwise::snapshot::Format;
 /// Every file of `dir` (sorted; none when the folder does not exist).
 fn inputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut v: Vec<_> = rd.filter_map(Result::ok).filter(|e| e.path().is_file()).map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())).collect();
+    let mut v: Vec<_> = rd
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_file())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect();
     v.sort();
     v
 }
@@ -26,11 +30,16 @@ fn inputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
 fn replay(target: &str, f: impl Fn(&[u8])) -> usize {
     let root = harness::repo_root();
     let mut n = 0;
-    for dir in [root.join("fuzz/seeds").join(target), root.join("tests/fuzz-crashes").join(target)] {
+    for dir in [root.join("fuzz/seeds").join(target), root.join("tests/fuzz-crashes").join(target)]
+    {
         for (name, bytes) in inputs(&dir) {
             // A panic names the input it came from.
             if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&bytes))) {
-                let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
                 panic!("{target}: {}/{name}: {msg}", dir.display());
             }
             n += 1;
@@ -41,9 +50,11 @@ fn replay(target: &str, f: impl Fn(&[u8])) -> usize {
 
 #[test]
 fn policy_load() {
-    assert!(replay("policy_load", |d| {
-        harness::policy_load(d);
-    }) >= 7);
+    assert!(
+        replay("policy_load", |d| {
+            harness::policy_load(d);
+        }) >= 7
+    );
 }
 
 /// The policy seeds load (so the fuzzer starts from policies that reach evaluation and
@@ -74,12 +85,16 @@ fn snapshot_csv() {
 /// Both routes in one test: the harness's server runs on one current-thread runtime.
 #[test]
 fn http_bodies() {
-    assert!(replay("http_evaluate", |d| {
-        let _ = harness::http(d, harness::Route::Evaluate);
-    }) >= 4);
-    assert!(replay("http_dry_run", |d| {
-        let _ = harness::http(d, harness::Route::DryRun);
-    }) >= 4);
+    assert!(
+        replay("http_evaluate", |d| {
+            let _ = harness::http(d, harness::Route::Evaluate);
+        }) >= 4
+    );
+    assert!(
+        replay("http_dry_run", |d| {
+            let _ = harness::http(d, harness::Route::DryRun);
+        }) >= 4
+    );
 }
 
 /// The HTTP seeds are answered 200: the fuzzers start from requests that reach the engine
@@ -87,7 +102,9 @@ fn http_bodies() {
 #[test]
 fn http_seeds_reach_the_engine() {
     let root = harness::repo_root().join("fuzz/seeds");
-    for (target, route) in [("http_evaluate", harness::Route::Evaluate), ("http_dry_run", harness::Route::DryRun)] {
+    for (target, route) in
+        [("http_evaluate", harness::Route::Evaluate), ("http_dry_run", harness::Route::DryRun)]
+    {
         for (name, bytes) in inputs(&root.join(target)) {
             // `refused-*` seeds are there for the refusals they reach: a 4xx, never a 200.
             let status = harness::http(&bytes, route);

@@ -6,12 +6,12 @@
 
 mod common;
 
-use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
 use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
 use common::*;
 use http_body_util::BodyExt;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +20,6 @@ use tierwise::http::{self, App, Config};
 use tierwise::script::Limits;
 use tierwise::service::Service;
 use tower::ServiceExt;
-
 
 struct Server {
     _tmp: tempfile::TempDir,
@@ -59,7 +58,8 @@ struct Answer {
 
 impl Answer {
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -79,7 +79,10 @@ async fn get(router: &Router, path: &str) -> Answer {
 }
 
 async fn post_json(router: &Router, path: &str, body: &Value) -> Answer {
-    let req = Request::post(path).header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_string())).unwrap();
+    let req = Request::post(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
     send(router, req).await
 }
 
@@ -115,7 +118,8 @@ fn accounts(n: usize) -> Vec<Value> {
 #[tokio::test]
 async fn evaluate_one_account() {
     let s = server();
-    let a = post_json(&s.router, "/v1/evaluate", &json!({ "accounts": [account("acme-001")] })).await;
+    let a =
+        post_json(&s.router, "/v1/evaluate", &json!({ "accounts": [account("acme-001")] })).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     let v = a.json();
     let hash = s.service.policy(Some("enterprise")).unwrap().policy.hash.clone();
@@ -140,7 +144,10 @@ async fn evaluate_one_account() {
     assert_eq!(l["decision_id"], id);
     assert_eq!(l["level"], "account");
     assert_eq!(l["policy"]["hash"], hash.as_str());
-    assert_eq!(l["outcomes"], json!([{ "id": "acme-001", "score": d["score"], "tier": "key", "previous_tier": "key", "change": "hold", "alerts": ["qbr_overdue"] }]));
+    assert_eq!(
+        l["outcomes"],
+        json!([{ "id": "acme-001", "score": d["score"], "tier": "key", "previous_tier": "key", "change": "hold", "alerts": ["qbr_overdue"] }])
+    );
     assert!(l["duration_ms"].as_f64().unwrap() >= 0.0);
     assert!(l["ts"].as_str().unwrap().ends_with('Z'));
 }
@@ -151,7 +158,9 @@ async fn evaluate_names_a_policy_and_answers_every_account_in_order() {
     let mut list = accounts(150); // over the inline size: decided off the async threads
     list[7] = json!({ "id": "broken", "as_of": "yesterday" });
     list[9] = json!("not an object");
-    let a = post_json(&s.router, "/v1/evaluate", &json!({ "policy": "mid-market", "accounts": list })).await;
+    let a =
+        post_json(&s.router, "/v1/evaluate", &json!({ "policy": "mid-market", "accounts": list }))
+            .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     let v = a.json();
     assert_eq!(v["policy"]["name"], "mid-market");
@@ -189,7 +198,8 @@ async fn policies_and_one_policy() {
     let s = server();
     let v = get(&s.router, "/v1/policies").await.json();
     assert_eq!(v["default"], "enterprise");
-    let names: Vec<&str> = v["policies"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        v["policies"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["enterprise", "mid-market"]);
     let a = get(&s.router, "/v1/policies/enterprise").await;
     assert_eq!(a.status, StatusCode::OK);
@@ -200,8 +210,15 @@ async fn policies_and_one_policy() {
     assert_eq!(p["hash"].as_str().unwrap().len(), 64);
     assert!(p["loaded_at"].as_str().unwrap().ends_with('Z'));
     assert!(p["files"].as_array().unwrap().iter().any(|f| f == "policy.toml"));
-    assert!(p["inputs"].as_array().unwrap().iter().any(|i| i["name"] == "revenue_12m" && i["type"] == "number"));
-    let tiers: Vec<&str> = p["tiers"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert!(
+        p["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == "revenue_12m" && i["type"] == "number")
+    );
+    let tiers: Vec<&str> =
+        p["tiers"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
     assert_eq!(tiers, ["strategic", "key", "managed"]);
     assert_eq!(p["last_error"], Value::Null);
 }
@@ -216,7 +233,9 @@ async fn schemas_openapi_health_metrics() {
     }
     let doc = get(&s.router, "/openapi.json").await.json();
     assert_eq!(doc["openapi"], "3.0.3");
-    assert!(doc["components"]["schemas"]["EvaluateResponse"]["properties"]["decision_id"].is_object());
+    assert!(
+        doc["components"]["schemas"]["EvaluateResponse"]["properties"]["decision_id"].is_object()
+    );
     assert_eq!(get(&s.router, "/healthz").await.json(), json!({ "status": "ok" }));
     let ready = get(&s.router, "/readyz").await;
     assert_eq!(ready.status, StatusCode::OK);
@@ -224,7 +243,10 @@ async fn schemas_openapi_health_metrics() {
     // At SIGTERM the server drains: not ready, still answering.
     s.app.draining.store(true, std::sync::atomic::Ordering::Relaxed);
     let draining = get(&s.router, "/readyz").await;
-    assert_eq!((draining.status, draining.json()["message"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!("shutting down")));
+    assert_eq!(
+        (draining.status, draining.json()["message"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, json!("shutting down"))
+    );
     s.app.draining.store(false, std::sync::atomic::Ordering::Relaxed);
 
     post_json(&s.router, "/v1/evaluate", &json!({ "accounts": [account("a")] })).await;
@@ -255,10 +277,18 @@ async fn openapi_lists_exactly_the_routes() {
     assert_eq!(ops.len(), 12, "{ops:?}");
     for (method, path) in ops {
         let path = path.replace("{name}", "enterprise");
-        let req = Request::builder().method(method.as_str()).uri(&path).body(Body::empty()).unwrap();
+        let req =
+            Request::builder().method(method.as_str()).uri(&path).body(Body::empty()).unwrap();
         let a = send(&s.router, req).await;
-        let code = serde_json::from_slice::<Value>(&a.body).ok().and_then(|v| v["code"].as_str().map(String::from));
-        assert!(!matches!(code.as_deref(), Some("not_found" | "method_not_allowed")) || path.contains("schemas"), "{method} {path}: {}", a.text());
+        let code = serde_json::from_slice::<Value>(&a.body)
+            .ok()
+            .and_then(|v| v["code"].as_str().map(String::from));
+        assert!(
+            !matches!(code.as_deref(), Some("not_found" | "method_not_allowed"))
+                || path.contains("schemas"),
+            "{method} {path}: {}",
+            a.text()
+        );
     }
 }
 
@@ -275,32 +305,96 @@ async fn errors_of_the_request() {
     let s = server();
     let r = &s.router;
     let body = r#"{"accounts": []}"#;
-    insta::assert_json_snapshot!("wrong_content_type", error_of(post_raw(r, "/v1/evaluate", Some("text/plain"), body).await).await);
-    insta::assert_json_snapshot!("no_content_type", error_of(post_raw(r, "/v1/evaluate", None, body).await).await);
-    insta::assert_json_snapshot!("malformed_json", error_of(post_raw(r, "/v1/evaluate", Some("application/json"), "{\"accounts\": [\n  {\"id\": 1,}\n]}").await).await);
-    insta::assert_json_snapshot!("missing_accounts", error_of(post_raw(r, "/v1/evaluate", Some("application/json"), r#"{"acounts": []}"#).await).await);
-    insta::assert_json_snapshot!("accounts_not_an_array", error_of(post_raw(r, "/v1/portfolio", Some("application/json"), r#"{"accounts": {"id": "x"}}"#).await).await);
-    insta::assert_json_snapshot!("unknown_policy", error_of(post_json(r, "/v1/evaluate", &json!({ "policy": "enterprize", "accounts": [] })).await).await);
-    insta::assert_json_snapshot!("unknown_policy_get", error_of(get(r, "/v1/policies/nope").await).await);
-    insta::assert_json_snapshot!("unknown_schema", error_of(get(r, "/v1/schemas/nope").await).await);
+    insta::assert_json_snapshot!(
+        "wrong_content_type",
+        error_of(post_raw(r, "/v1/evaluate", Some("text/plain"), body).await).await
+    );
+    insta::assert_json_snapshot!(
+        "no_content_type",
+        error_of(post_raw(r, "/v1/evaluate", None, body).await).await
+    );
+    insta::assert_json_snapshot!(
+        "malformed_json",
+        error_of(
+            post_raw(
+                r,
+                "/v1/evaluate",
+                Some("application/json"),
+                "{\"accounts\": [\n  {\"id\": 1,}\n]}"
+            )
+            .await
+        )
+        .await
+    );
+    insta::assert_json_snapshot!(
+        "missing_accounts",
+        error_of(post_raw(r, "/v1/evaluate", Some("application/json"), r#"{"acounts": []}"#).await)
+            .await
+    );
+    insta::assert_json_snapshot!(
+        "accounts_not_an_array",
+        error_of(
+            post_raw(r, "/v1/portfolio", Some("application/json"), r#"{"accounts": {"id": "x"}}"#)
+                .await
+        )
+        .await
+    );
+    insta::assert_json_snapshot!(
+        "unknown_policy",
+        error_of(
+            post_json(r, "/v1/evaluate", &json!({ "policy": "enterprize", "accounts": [] })).await
+        )
+        .await
+    );
+    insta::assert_json_snapshot!(
+        "unknown_policy_get",
+        error_of(get(r, "/v1/policies/nope").await).await
+    );
+    insta::assert_json_snapshot!(
+        "unknown_schema",
+        error_of(get(r, "/v1/schemas/nope").await).await
+    );
     insta::assert_json_snapshot!("no_route", error_of(get(r, "/v2/evaluate").await).await);
     insta::assert_json_snapshot!("wrong_method", error_of(get(r, "/v1/evaluate").await).await);
     // A JSON content type with parameters or a +json suffix is fine.
-    assert_eq!(post_raw(r, "/v1/evaluate", Some("application/json; charset=utf-8"), body).await.status, StatusCode::OK);
-    assert_eq!(post_raw(r, "/v1/evaluate", Some("application/vnd.tierwise+json"), body).await.status, StatusCode::OK);
+    assert_eq!(
+        post_raw(r, "/v1/evaluate", Some("application/json; charset=utf-8"), body).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        post_raw(r, "/v1/evaluate", Some("application/vnd.tierwise+json"), body).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
 async fn body_limit_on_every_route() {
     let s = server_with(Config { body_limit: 1024, ..Config::default() });
     let big = json!({ "accounts": accounts(20) });
-    insta::assert_json_snapshot!("payload_too_large", error_of(post_json(&s.router, "/v1/evaluate", &big).await).await);
+    insta::assert_json_snapshot!(
+        "payload_too_large",
+        error_of(post_json(&s.router, "/v1/evaluate", &big).await).await
+    );
     // Also where no handler reads a body, and without a declared length (streamed).
-    let a = send(&s.router, Request::get("/healthz").header(header::CONTENT_LENGTH, "4096").body(Body::from(vec![b' '; 4096])).unwrap()).await;
+    let a = send(
+        &s.router,
+        Request::get("/healthz")
+            .header(header::CONTENT_LENGTH, "4096")
+            .body(Body::from(vec![b' '; 4096]))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
     let chunks = vec![Ok::<_, std::io::Error>(vec![b' '; 800]), Ok(vec![b' '; 800])];
     let stream = Body::new(chunked::iter(chunks));
-    let a = send(&s.router, Request::post("/v1/portfolio").header(header::CONTENT_TYPE, "application/json").body(stream).unwrap()).await;
+    let a = send(
+        &s.router,
+        Request::post("/v1/portfolio")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(stream)
+            .unwrap(),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", a.text());
     assert_eq!(a.json()["code"], "payload_too_large");
 }
@@ -316,8 +410,15 @@ mod chunked {
     impl http_body::Body for Iter {
         type Data = axum::body::Bytes;
         type Error = std::io::Error;
-        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-            Poll::Ready(self.0.next().map(|r| r.map(|b| http_body::Frame::data(axum::body::Bytes::from(b)))))
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+            Poll::Ready(
+                self.0
+                    .next()
+                    .map(|r| r.map(|b| http_body::Frame::data(axum::body::Bytes::from(b)))),
+            )
         }
     }
 }
@@ -326,16 +427,29 @@ mod chunked {
 async fn admin_token() {
     let s = server();
     let r = &s.router;
-    insta::assert_json_snapshot!("reload_without_token", error_of(send(r, Request::post("/v1/policies/reload").body(Body::empty()).unwrap()).await).await);
-    let wrong = Request::post("/v1/policies/reload").header(header::AUTHORIZATION, "Bearer nope").body(Body::empty()).unwrap();
+    insta::assert_json_snapshot!(
+        "reload_without_token",
+        error_of(send(r, Request::post("/v1/policies/reload").body(Body::empty()).unwrap()).await)
+            .await
+    );
+    let wrong = Request::post("/v1/policies/reload")
+        .header(header::AUTHORIZATION, "Bearer nope")
+        .body(Body::empty())
+        .unwrap();
     insta::assert_json_snapshot!("reload_wrong_token", error_of(send(r, wrong).await).await);
-    let right = Request::post("/v1/policies/reload").header(header::AUTHORIZATION, "Bearer s3cret").body(Body::empty()).unwrap();
+    let right = Request::post("/v1/policies/reload")
+        .header(header::AUTHORIZATION, "Bearer s3cret")
+        .body(Body::empty())
+        .unwrap();
     let a = send(r, right).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.json(), json!({ "outcomes": [] }));
 
     let off = server_with(Config::default());
-    let req = Request::post("/v1/policies/reload").header(header::AUTHORIZATION, "Bearer s3cret").body(Body::empty()).unwrap();
+    let req = Request::post("/v1/policies/reload")
+        .header(header::AUTHORIZATION, "Bearer s3cret")
+        .body(Body::empty())
+        .unwrap();
     insta::assert_json_snapshot!("reload_disabled", error_of(send(&off.router, req).await).await);
 }
 
@@ -350,7 +464,10 @@ async fn not_ready_without_the_default_policy() {
     // The folder's path is not in the answer (it is the server's business only).
     let (status, body) = error_of(a).await;
     insta::assert_json_snapshot!("not_ready", (status, body));
-    insta::assert_json_snapshot!("no_default_policy", error_of(post_json(&s.router, "/v1/evaluate", &json!({ "accounts": [] })).await).await);
+    insta::assert_json_snapshot!(
+        "no_default_policy",
+        error_of(post_json(&s.router, "/v1/evaluate", &json!({ "accounts": [] })).await).await
+    );
 }
 
 /// A policy whose every account costs a few milliseconds (a loop stopped by the sandbox).
@@ -380,21 +497,32 @@ label = "B"
 }
 
 fn slow_accounts(n: usize) -> Value {
-    let list: Vec<Value> = (0..n).map(|i| json!({ "id": format!("s{i}"), "as_of": "2026-11-01", "fields": { "x": 5.0 } })).collect();
+    let list: Vec<Value> = (0..n)
+        .map(|i| json!({ "id": format!("s{i}"), "as_of": "2026-11-01", "fields": { "x": 5.0 } }))
+        .collect();
     json!({ "accounts": list })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overloaded_and_timeout() {
     let (tmp, dir) = slow_policy();
-    let s = server_in(tmp, dir, Config { max_concurrent: 1, request_timeout: Duration::from_secs(30), ..Config::default() });
+    let s = server_in(
+        tmp,
+        dir,
+        Config { max_concurrent: 1, request_timeout: Duration::from_secs(30), ..Config::default() },
+    );
     let t = Instant::now();
-    assert_eq!(post_json(&s.router, "/v1/portfolio", &slow_accounts(2)).await.status, StatusCode::OK);
+    assert_eq!(
+        post_json(&s.router, "/v1/portfolio", &slow_accounts(2)).await.status,
+        StatusCode::OK
+    );
     let per_account = t.elapsed() / 2;
     // Enough accounts to keep the only permit busy for a while.
-    let n = ((Duration::from_millis(600).as_secs_f64() / per_account.as_secs_f64()) as usize * 2).clamp(20, 20_000);
+    let n = ((Duration::from_millis(600).as_secs_f64() / per_account.as_secs_f64()) as usize * 2)
+        .clamp(20, 20_000);
     let router = s.router.clone();
-    let busy = tokio::spawn(async move { post_json(&router, "/v1/portfolio", &slow_accounts(n)).await });
+    let busy =
+        tokio::spawn(async move { post_json(&router, "/v1/portfolio", &slow_accounts(n)).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let a = post_json(&s.router, "/v1/evaluate", &json!({ "accounts": [] })).await;
     assert_eq!(a.headers[header::RETRY_AFTER], "1");
@@ -404,7 +532,11 @@ async fn overloaded_and_timeout() {
     assert_eq!(busy.await.unwrap().status, StatusCode::OK);
 
     let (tmp, dir) = slow_policy();
-    let s = server_in(tmp, dir, Config { request_timeout: Duration::from_millis(50), ..Config::default() });
+    let s = server_in(
+        tmp,
+        dir,
+        Config { request_timeout: Duration::from_millis(50), ..Config::default() },
+    );
     let a = post_json(&s.router, "/v1/portfolio", &slow_accounts(n)).await;
     insta::assert_json_snapshot!("timeout", error_of(a).await);
 }
@@ -450,19 +582,30 @@ async fn an_edit_on_disk_is_served_within_a_second() {
     let before = policy_info(&s, "enterprise").await;
     let loaded_mid = policy_info(&s, "mid-market").await["loaded_at"].clone();
     edit(&s.dir.join("enterprise/policy.toml"), "version = \"2026.1\"", "version = \"2026.2\"");
-    let took = within(Duration::from_secs(1), async || policy_info(&s, "enterprise").await["version"] == "2026.2").await;
+    let took = within(Duration::from_secs(1), async || {
+        policy_info(&s, "enterprise").await["version"] == "2026.2"
+    })
+    .await;
     eprintln!("edit seen after {took:?}");
     let after = policy_info(&s, "enterprise").await;
     assert_ne!(after["hash"], before["hash"]);
-    let a = post_json(&s.router, "/v1/evaluate", &json!({ "accounts": [account("x")] })).await.json();
+    let a =
+        post_json(&s.router, "/v1/evaluate", &json!({ "accounts": [account("x")] })).await.json();
     assert_eq!(a["policy"]["version"], "2026.2");
     assert_eq!(a["policy"]["hash"], after["hash"]);
     // The untouched policy kept its compiled form.
     assert_eq!(policy_info(&s, "mid-market").await["loaded_at"], loaded_mid);
 
     // Saved by rename, as many editors do.
-    edit_by_rename(&s.dir.join("enterprise/policy.toml"), "version = \"2026.2\"", "version = \"2026.3\"");
-    within(Duration::from_secs(1), async || policy_info(&s, "enterprise").await["version"] == "2026.3").await;
+    edit_by_rename(
+        &s.dir.join("enterprise/policy.toml"),
+        "version = \"2026.2\"",
+        "version = \"2026.3\"",
+    );
+    within(Duration::from_secs(1), async || {
+        policy_info(&s, "enterprise").await["version"] == "2026.3"
+    })
+    .await;
 
     // Several files at once, and a folder added then removed.
     edit(&s.dir.join("mid-market/policy.toml"), "version = \"2026.1\"", "version = \"mm-2\"");
@@ -477,7 +620,10 @@ async fn an_edit_on_disk_is_served_within_a_second() {
     let a = post_json(&s.router, "/v1/evaluate", &json!({ "policy": "smb", "accounts": [] })).await;
     assert_eq!(a.status, StatusCode::OK);
     std::fs::remove_dir_all(s.dir.join("smb")).unwrap();
-    within(Duration::from_secs(1), async || get(&s.router, "/v1/policies/smb").await.status == StatusCode::NOT_FOUND).await;
+    within(Duration::from_secs(1), async || {
+        get(&s.router, "/v1/policies/smb").await.status == StatusCode::NOT_FOUND
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -489,7 +635,11 @@ async fn a_broken_edit_is_rejected_and_the_old_policy_keeps_serving() {
     let original = std::fs::read_to_string(&file).unwrap();
 
     // A typo in an expression: a load error with the place.
-    edit(&file, "when = 'relationship == \"interdependent\"", "when = 'revenue_13m > 0.0 && relationship == \"interdependent\"");
+    edit(
+        &file,
+        "when = 'relationship == \"interdependent\"",
+        "when = 'revenue_13m > 0.0 && relationship == \"interdependent\"",
+    );
     let err = within_error(&s).await;
     assert_eq!(err["code"], "invalid_policy");
     let d = &err["diagnostics"][0];
@@ -507,7 +657,10 @@ async fn a_broken_edit_is_rejected_and_the_old_policy_keeps_serving() {
 
     // Valid but failing its own test cases: rejected too.
     std::fs::write(&file, original.replacen("min_score = 8.0", "min_score = 9.5", 1)).unwrap();
-    let err = within(Duration::from_secs(2), async || policy_info(&s, "enterprise").await["last_error"]["code"] == "tests_failed").await;
+    let err = within(Duration::from_secs(2), async || {
+        policy_info(&s, "enterprise").await["last_error"]["code"] == "tests_failed"
+    })
+    .await;
     let _ = err;
     let info = policy_info(&s, "enterprise").await;
     assert_eq!(info["hash"], good);
@@ -516,12 +669,18 @@ async fn a_broken_edit_is_rejected_and_the_old_policy_keeps_serving() {
     // Back to the good files: the error clears, nothing recompiled.
     let loaded_at = info["loaded_at"].clone();
     std::fs::write(&file, &original).unwrap();
-    within(Duration::from_secs(1), async || policy_info(&s, "enterprise").await["last_error"].is_null()).await;
+    within(Duration::from_secs(1), async || {
+        policy_info(&s, "enterprise").await["last_error"].is_null()
+    })
+    .await;
     assert_eq!(policy_info(&s, "enterprise").await["loaded_at"], loaded_at);
 }
 
 async fn within_error(s: &Server) -> Value {
-    within(Duration::from_secs(1), async || !policy_info(s, "enterprise").await["last_error"].is_null()).await;
+    within(Duration::from_secs(1), async || {
+        !policy_info(s, "enterprise").await["last_error"].is_null()
+    })
+    .await;
     policy_info(s, "enterprise").await["last_error"].clone()
 }
 
@@ -544,7 +703,10 @@ async fn reloads_under_concurrent_requests() {
                 let a = post_json(&s.router, "/v1/evaluate", &body).await;
                 assert_eq!(a.status, StatusCode::OK, "{}", a.text());
                 let v = a.json();
-                let (version, hash) = (v["policy"]["version"].as_str().unwrap().to_string(), v["policy"]["hash"].as_str().unwrap().to_string());
+                let (version, hash) = (
+                    v["policy"]["version"].as_str().unwrap().to_string(),
+                    v["policy"]["hash"].as_str().unwrap().to_string(),
+                );
                 for d in v["accounts"].as_array().unwrap() {
                     assert_eq!(d["policy"]["hash"], hash.as_str(), "mixed answer");
                     assert_eq!(d["policy"]["version"], version.as_str(), "mixed answer");
@@ -595,21 +757,33 @@ async fn answers_are_the_engine_outcomes_byte_for_byte() {
     assert!(recs[1700].is_err() && recs[3].is_err() && recs[2100].is_err());
     let p = s.service.policy(Some("enterprise")).unwrap();
     let doc = get(&s.router, "/openapi.json").await.json();
-    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<std::collections::BTreeSet<_>>();
+    let keys = |v: &Value| {
+        v.as_object().unwrap().keys().cloned().collect::<std::collections::BTreeSet<_>>()
+    };
 
     let a = post_json(&s.router, "/v1/evaluate", &json!({ "accounts": list })).await;
     let v = a.json();
     assert_eq!(keys(&v), keys(&doc["components"]["schemas"]["EvaluateResponse"]["properties"]));
     let want = serde_json::to_string(&tierwise::engine::evaluate(&p.policy, &recs)).unwrap();
     let got = String::from_utf8(a.body.clone()).unwrap();
-    assert!(got.contains(&format!(",\"accounts\":{want}}}")), "evaluate answer differs from the engine's outcomes");
+    assert!(
+        got.contains(&format!(",\"accounts\":{want}}}")),
+        "evaluate answer differs from the engine's outcomes"
+    );
 
     let a = post_json(&s.router, "/v1/portfolio", &json!({ "accounts": list })).await;
     let v = a.json();
     assert_eq!(keys(&v), keys(&doc["components"]["schemas"]["PortfolioResponse"]["properties"]));
     let r = tierwise::engine::evaluate_portfolio(&p.policy, &recs);
-    let want = format!(",\"summary\":{},\"accounts\":{}}}", serde_json::to_string(&r.summary).unwrap(), serde_json::to_string(&r.accounts).unwrap());
-    assert!(String::from_utf8(a.body.clone()).unwrap().ends_with(&want), "portfolio answer differs from the engine's result");
+    let want = format!(
+        ",\"summary\":{},\"accounts\":{}}}",
+        serde_json::to_string(&r.summary).unwrap(),
+        serde_json::to_string(&r.accounts).unwrap()
+    );
+    assert!(
+        String::from_utf8(a.body.clone()).unwrap().ends_with(&want),
+        "portfolio answer differs from the engine's result"
+    );
 }
 
 /// A policy that is broken at start is listed with its problems and not served; the others are.
@@ -627,7 +801,18 @@ async fn a_policy_broken_at_start_is_listed_not_served() {
     assert_eq!(err["code"], "invalid_policy");
     assert_eq!(err["diagnostics"][0]["code"], "unknown_key");
     assert_eq!(err["diagnostics"][0]["place"]["file"], "policy.toml");
-    insta::assert_json_snapshot!("policy_unavailable", error_of(post_json(&s.router, "/v1/evaluate", &json!({ "policy": "mid-market", "accounts": [] })).await).await);
+    insta::assert_json_snapshot!(
+        "policy_unavailable",
+        error_of(
+            post_json(
+                &s.router,
+                "/v1/evaluate",
+                &json!({ "policy": "mid-market", "accounts": [] })
+            )
+            .await
+        )
+        .await
+    );
     assert_eq!(get(&s.router, "/readyz").await.status, StatusCode::OK, "the default policy serves");
 }
 
@@ -653,7 +838,11 @@ async fn a_second_identical_evaluate_is_a_hit_and_a_policy_edit_misses() {
     s.app.cache.flush().await;
     let second = post_json(&s.router, "/v1/evaluate", &body).await;
     assert_eq!(hits(&second), 2, "both decisions from the cache; the bad record is never cached");
-    assert_eq!(without_id(&second), without_id(&first), "a hit answers the bytes of a fresh evaluation");
+    assert_eq!(
+        without_id(&second),
+        without_id(&first),
+        "a hit answers the bytes of a fresh evaluation"
+    );
 
     // The decision log lists every account, the cached ones marked.
     let lines = within_log(&s, 2).await;
@@ -673,7 +862,10 @@ async fn a_second_identical_evaluate_is_a_hit_and_a_policy_edit_misses() {
     assert_eq!(l["decision"], first.json()["accounts"][0]);
     let _w = tierwise::watch::spawn(s.service.clone(), Duration::from_millis(100), |_| {}).unwrap();
     edit(&s.dir.join("enterprise/policy.toml"), "version = \"2026.1\"", "version = \"2026.9\"");
-    within(Duration::from_secs(2), async || policy_info(&s, "enterprise").await["version"] == "2026.9").await;
+    within(Duration::from_secs(2), async || {
+        policy_info(&s, "enterprise").await["version"] == "2026.9"
+    })
+    .await;
     let l = get(&s.router, "/v1/accounts/c1/decision").await.json();
     assert_eq!(l["stale"], true);
     assert_eq!(l["decided_under"], first.json()["policy"]["hash"]);
@@ -683,13 +875,28 @@ async fn a_second_identical_evaluate_is_a_hit_and_a_policy_edit_misses() {
     assert_eq!(third.json()["policy"]["version"], "2026.9");
     s.app.cache.flush().await;
     let l = get(&s.router, "/v1/accounts/c1/decision").await.json();
-    assert_eq!((l["stale"].clone(), l["decision"]["policy"]["version"].clone()), (json!(false), json!("2026.9")));
+    assert_eq!(
+        (l["stale"].clone(), l["decision"]["policy"]["version"].clone()),
+        (json!(false), json!("2026.9"))
+    );
 
     // Unknown account: a stable code; another policy's latest decisions are its own.
     let none = get(&s.router, "/v1/accounts/nobody/decision").await;
-    assert_eq!(error_of(none).await, (404, json!({ "code": "unknown_account", "message": "no decision for account `nobody` under policy `enterprise`: none was made through /v1/evaluate, or it expired", "details": { "account": "nobody", "policy": "enterprise" } })));
-    assert_eq!(get(&s.router, "/v1/accounts/c1/decision?policy=mid-market").await.json()["code"], "unknown_account");
-    assert_eq!(get(&s.router, "/v1/accounts/c1/decision?policy=nope").await.json()["code"], "unknown_policy");
+    assert_eq!(
+        error_of(none).await,
+        (
+            404,
+            json!({ "code": "unknown_account", "message": "no decision for account `nobody` under policy `enterprise`: none was made through /v1/evaluate, or it expired", "details": { "account": "nobody", "policy": "enterprise" } })
+        )
+    );
+    assert_eq!(
+        get(&s.router, "/v1/accounts/c1/decision?policy=mid-market").await.json()["code"],
+        "unknown_account"
+    );
+    assert_eq!(
+        get(&s.router, "/v1/accounts/c1/decision?policy=nope").await.json()["code"],
+        "unknown_policy"
+    );
 
     let text = get(&s.router, "/metrics").await.text();
     for needle in [
@@ -700,7 +907,10 @@ async fn a_second_identical_evaluate_is_a_hit_and_a_policy_edit_misses() {
         assert!(text.contains(needle), "metrics lack `{needle}`:\n{text}");
     }
     let ready = get(&s.router, "/readyz").await.json();
-    assert_eq!((ready["cache"].clone(), ready["details"]["cache"]["backend"].clone()), (json!("ok"), json!("memory")));
+    assert_eq!(
+        (ready["cache"].clone(), ready["details"]["cache"]["backend"].clone()),
+        (json!("ok"), json!("memory"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 use tierwise::engine::{self, Load, Outcome, PortfolioResult};
@@ -53,7 +53,10 @@ fn enterprise_account() -> impl Strategy<Value = (Value, bool)> {
     );
     let identity = (
         // A few managers carry most accounts, so books overflow.
-        prop::option::weighted(0.95, prop_oneof![18 => Just("amy"), 1 => Just("bo"), 1 => Just("cy"), 1 => Just("dee")]),
+        prop::option::weighted(
+            0.95,
+            prop_oneof![18 => Just("amy"), 1 => Just("bo"), 1 => Just("cy"), 1 => Just("dee")],
+        ),
         prop::option::of(prop::sample::select(vec!["strategic", "key", "managed"])),
         prop::option::of(date()),
         // 1 in 40 is broken in one of several ways.
@@ -102,7 +105,10 @@ fn enterprise_account() -> impl Strategy<Value = (Value, bool)> {
 }
 
 /// A book of up to `max` accounts with unique ids (`a000`..), in generated order.
-fn book<S: Strategy<Value = (Value, bool)> + 'static>(account: fn() -> S, max: usize) -> impl Strategy<Value = Vec<Value>> {
+fn book<S: Strategy<Value = (Value, bool)> + 'static>(
+    account: fn() -> S,
+    max: usize,
+) -> impl Strategy<Value = Vec<Value>> {
     // Small books and large ones (where the caps and a manager's 25 bind).
     let sizes = prop_oneof![1..max / 5, max * 2 / 3..max];
     sizes.prop_flat_map(move |n| prop::collection::vec(account(), n)).prop_map(|v| {
@@ -137,7 +143,10 @@ fn per_id(outcomes: &[Outcome]) -> BTreeMap<String, String> {
 }
 
 /// Equal maps, or the first id whose outcome differs (a readable failure).
-fn same_outcomes(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Result<(), TestCaseError> {
+fn same_outcomes(
+    a: &BTreeMap<String, String>,
+    b: &BTreeMap<String, String>,
+) -> Result<(), TestCaseError> {
     prop_assert_eq!(a.len(), b.len());
     for (id, x) in a {
         prop_assert_eq!(Some(x), b.get(id), "account {} differs", id);
@@ -210,8 +219,14 @@ fn check_book(p: &Policy, accounts: &[Value], r: &PortfolioResult) -> Result<(),
                 prop_assert_eq!(m.reassign.len(), over);
                 prop_assert!(m.demoted.is_empty());
                 let mut ranked = books[m.manager.as_str()].clone();
-                ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.as_bytes().cmp(b.id.as_bytes())));
-                let mut lowest: Vec<String> = ranked.iter().skip(max.min(ranked.len() as u64) as usize).map(|d| d.id.clone()).collect();
+                ranked.sort_by(|a, b| {
+                    b.score.total_cmp(&a.score).then(a.id.as_bytes().cmp(b.id.as_bytes()))
+                });
+                let mut lowest: Vec<String> = ranked
+                    .iter()
+                    .skip(max.min(ranked.len() as u64) as usize)
+                    .map(|d| d.id.clone())
+                    .collect();
                 lowest.sort();
                 prop_assert_eq!(&m.reassign, &lowest);
             }
@@ -247,7 +262,10 @@ fn same_summary(a: &engine::Summary, b: &engine::Summary) -> Result<(), TestCase
     let mut a = serde_json::to_value(a).unwrap();
     let mut b = serde_json::to_value(b).unwrap();
     let sums = |v: &mut Value| -> Vec<f64> {
-        let mut out = vec![v["total_revenue"].take().as_f64().unwrap(), v["top10_revenue_share"].take().as_f64().unwrap()];
+        let mut out = vec![
+            v["total_revenue"].take().as_f64().unwrap(),
+            v["top10_revenue_share"].take().as_f64().unwrap(),
+        ];
         for t in v["tiers"].as_array_mut().unwrap() {
             out.push(t["revenue"].take().as_f64().unwrap());
         }
@@ -340,7 +358,10 @@ fn duplicate_ids_are_errors_in_place() {
     assert_eq!(r.accounts.len(), with_dups.len());
     for i in [0, with_dups.len() - 1] {
         match &r.accounts[i] {
-            Outcome::Error { id, error } => assert_eq!((id.as_deref(), error.code), (accounts[0]["id"].as_str(), "duplicate_id")),
+            Outcome::Error { id, error } => assert_eq!(
+                (id.as_deref(), error.code),
+                (accounts[0]["id"].as_str(), "duplicate_id")
+            ),
             other => panic!("{other:?}"),
         }
     }

@@ -84,7 +84,9 @@ fn the_shipped_policies_have_no_warnings() {
 
 #[test]
 fn a_condition_that_some_value_meets_is_not_flagged() {
-    let ok = LINTED.replace("\"partner\"", "\"strategic\"").replace("flagged == true && flagged == false", "flagged == true");
+    let ok = LINTED
+        .replace("\"partner\"", "\"strategic\"")
+        .replace("flagged == true && flagged == false", "flagged == true");
     let p = load_inline(&ok, &[]);
     assert!(!p.warnings.iter().any(|w| w.code == "hold_never_applies"), "{:?}", p.warnings);
     assert!(!p.warnings.iter().any(|w| w.message.contains("`strategic`")), "{:?}", p.warnings);
@@ -93,7 +95,11 @@ fn a_condition_that_some_value_meets_is_not_flagged() {
 #[test]
 fn check_prints_warnings_and_still_exits_0() {
     let (_tmp, dir) = write_policy("linted", &[("policy.toml", LINTED)]);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tierwise")).arg("check").arg(&dir).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tierwise"))
+        .arg("check")
+        .arg(&dir)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("warning[capacity_unmeetable]"), "{err}");

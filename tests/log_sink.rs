@@ -92,7 +92,10 @@ impl Drop for StalledFifo {
 fn a_full_disk_drops_and_counts_lines_and_requests_go_on() {
     let srv = serve(&["--decision-log", "/dev/full"]);
     let f = run(&srv, 100, 200);
-    eprintln!("/dev/full: {} requests, {} errors, p50 {:?}, p99 {:?}, write errors {}, stderr {} lines", f.requests, f.errors, f.p50, f.p99, f.write_errors, f.stderr_lines);
+    eprintln!(
+        "/dev/full: {} requests, {} errors, p50 {:?}, p99 {:?}, write errors {}, stderr {} lines",
+        f.requests, f.errors, f.p50, f.p99, f.write_errors, f.stderr_lines
+    );
     assert_eq!(f.errors, 0);
     assert!(f.write_errors >= 1.0, "no write error counted");
     assert!(f.max < Duration::from_secs(2), "a request took {:?}", f.max);
@@ -106,7 +109,10 @@ fn a_stalled_reader_drops_and_counts_lines_and_requests_are_not_held() {
     let srv = serve(&["--decision-log", fifo.path.to_str().unwrap()]);
     // 1,000 accounts a line: the queue's account bound (65,536) is reached after ~66 lines.
     let f = run(&srv, 120, 1000);
-    eprintln!("stalled FIFO: {} requests, {} errors, p50 {:?}, p99 {:?}, max {:?}, dropped {}", f.requests, f.errors, f.p50, f.p99, f.max, f.dropped);
+    eprintln!(
+        "stalled FIFO: {} requests, {} errors, p50 {:?}, p99 {:?}, max {:?}, dropped {}",
+        f.requests, f.errors, f.p50, f.p99, f.max, f.dropped
+    );
     assert_eq!(f.errors, 0);
     assert!(f.dropped >= 1.0, "nothing dropped: did the requests wait for the log?");
     assert!(f.max < Duration::from_secs(2), "a request took {:?}", f.max);
@@ -117,7 +123,9 @@ fn a_stalled_reader_drops_and_counts_lines_and_requests_are_not_held() {
 #[ignore = "the drill: scripts/drill-hostile runs it on a release build"]
 fn drill() {
     let (n, accounts) = (400, 1000);
-    println!("\n== item 14: decision-log sink failures ({n} portfolio requests of {accounts} accounts each)");
+    println!(
+        "\n== item 14: decision-log sink failures ({n} portfolio requests of {accounts} accounts each)"
+    );
     let mut failed = 0;
     let mut line = |pass: bool, what: String| {
         println!("  [{}] {what}", if pass { "pass" } else { "FAIL" });
@@ -126,18 +134,53 @@ fn drill() {
     let srv = serve(&["--decision-log", "off"]);
     let base = run(&srv, n, accounts);
     drop(srv);
-    println!("  log off (baseline): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms", ms(base.p50), ms(base.p99), ms(base.max));
+    println!(
+        "  log off (baseline): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms(base.p50),
+        ms(base.p99),
+        ms(base.max)
+    );
     let fifo = stalled_fifo();
-    let sinks: Vec<(&str, String)> = vec![("/dev/full (full disk)", "/dev/full".into()), ("FIFO never read (blocked writer)", fifo.path.display().to_string())];
+    let sinks: Vec<(&str, String)> = vec![
+        ("/dev/full (full disk)", "/dev/full".into()),
+        ("FIFO never read (blocked writer)", fifo.path.display().to_string()),
+    ];
     for (name, target) in sinks {
         let srv = serve(&["--decision-log", &target]);
         let f = run(&srv, n, accounts);
-        println!("  {name}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; dropped {}, write errors {}, stderr {} lines", ms(f.p50), ms(f.p99), ms(f.max), f.dropped, f.write_errors, f.stderr_lines);
-        line(f.errors == 0, format!("{name}: {} errors in {} requests (pass: 0)", f.errors, f.requests));
-        line(f.p99 <= base.p99 * 2 + Duration::from_millis(1), format!("{name}: p99 {:.2} ms vs {:.2} ms with the log off (pass: <= 2x + 1 ms)", ms(f.p99), ms(base.p99)));
+        println!(
+            "  {name}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; dropped {}, write errors {}, stderr {} lines",
+            ms(f.p50),
+            ms(f.p99),
+            ms(f.max),
+            f.dropped,
+            f.write_errors,
+            f.stderr_lines
+        );
+        line(
+            f.errors == 0,
+            format!("{name}: {} errors in {} requests (pass: 0)", f.errors, f.requests),
+        );
+        line(
+            f.p99 <= base.p99 * 2 + Duration::from_millis(1),
+            format!(
+                "{name}: p99 {:.2} ms vs {:.2} ms with the log off (pass: <= 2x + 1 ms)",
+                ms(f.p99),
+                ms(base.p99)
+            ),
+        );
         let lost = f.dropped + f.write_errors;
-        line(lost >= 1.0 && lost <= n as f64, format!("{name}: {lost} lines lost, counted in /metrics (dropped {}, write errors {}) (pass: counted, <= {n})", f.dropped, f.write_errors));
-        line(f.stderr_lines <= 1, format!("{name}: {} stderr lines about the log (pass: <= 1 per 10 s)", f.stderr_lines));
+        line(
+            lost >= 1.0 && lost <= n as f64,
+            format!(
+                "{name}: {lost} lines lost, counted in /metrics (dropped {}, write errors {}) (pass: counted, <= {n})",
+                f.dropped, f.write_errors
+            ),
+        );
+        line(
+            f.stderr_lines <= 1,
+            format!("{name}: {} stderr lines about the log (pass: <= 1 per 10 s)", f.stderr_lines),
+        );
     }
     println!("\n== summary (log sink): {failed} fail");
     assert_eq!(failed, 0, "{failed} drill lines failed");

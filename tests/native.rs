@@ -51,22 +51,91 @@ fn shipped_policies_run_natively_and_agree_with_rhai() {
 /// Every construct of the subset, on inputs of every type, printed through alert messages (so
 /// results are compared as rhai displays them) and used as conditions and criteria.
 const EXPRS: &[&str] = &[
-    "a + b", "a - b", "a * b", "a / b", "a % b", "-a", "a + i", "i * b", "b - j",
-    "i + j", "i - j", "i * j", "i / j", "i % j", "-i", "-j",
-    "a == b", "a != b", "a < b", "a <= b", "a > b", "a >= b",
-    "i == j", "i != j", "i < j", "i >= j", "a == i", "b < j", "b >= j",
-    "s == t", "s != t", "s < t", "t >= s", "s == ()", "i == ()", "a != ()", "() == ()", "f == true", "f != ()", "i == s", "t < 3",
-    "a > 1.0 && i > 0", "a > 1.0 || f", "f && i > 0", "!f", "!(b > 0.0)",
+    "a + b",
+    "a - b",
+    "a * b",
+    "a / b",
+    "a % b",
+    "-a",
+    "a + i",
+    "i * b",
+    "b - j",
+    "i + j",
+    "i - j",
+    "i * j",
+    "i / j",
+    "i % j",
+    "-i",
+    "-j",
+    "a == b",
+    "a != b",
+    "a < b",
+    "a <= b",
+    "a > b",
+    "a >= b",
+    "i == j",
+    "i != j",
+    "i < j",
+    "i >= j",
+    "a == i",
+    "b < j",
+    "b >= j",
+    "s == t",
+    "s != t",
+    "s < t",
+    "t >= s",
+    "s == ()",
+    "i == ()",
+    "a != ()",
+    "() == ()",
+    "f == true",
+    "f != ()",
+    "i == s",
+    "t < 3",
+    "a > 1.0 && i > 0",
+    "a > 1.0 || f",
+    "f && i > 0",
+    "!f",
+    "!(b > 0.0)",
     "switch s { \"x\" => 1, \"y\" => 2.5, _ => \"other\" }",
     "switch s { \"x\" => i, \"z\" => b * 2.0 }",
-    "days_since(d)", "days_until(d)", "days_since(d) > 30",
-    "round(a)", "round(b * 10.0) / 10.0", "floor(b)", "ceiling(b)", "abs(i)", "abs(a)", "abs(b)",
-    "min(i, j)", "max(i, j)", "min(a, b)", "max(b, 2.5)", "max(i, b)",
-    "j.to_float()", "to_float(i)", "(j - 1).to_float() * 2.25", "b.to_float()",
-    "a ?? b", "s ?? \"none\"", "i ?? j ?? 0",
-    "`${t}-${j}-${b}`", "`${a}`", "`${s}`", "t + t", "t + s", "s + t",
-    "score", "tier", "score * 2.0 >= 5.0", "tier == \"hi\"",
-    "pick(i, j)", "pick(b, j)", "pick(a, 1)", "label(t, b)", "label(s, i)",
+    "days_since(d)",
+    "days_until(d)",
+    "days_since(d) > 30",
+    "round(a)",
+    "round(b * 10.0) / 10.0",
+    "floor(b)",
+    "ceiling(b)",
+    "abs(i)",
+    "abs(a)",
+    "abs(b)",
+    "min(i, j)",
+    "max(i, j)",
+    "min(a, b)",
+    "max(b, 2.5)",
+    "max(i, b)",
+    "j.to_float()",
+    "to_float(i)",
+    "(j - 1).to_float() * 2.25",
+    "b.to_float()",
+    "a ?? b",
+    "s ?? \"none\"",
+    "i ?? j ?? 0",
+    "`${t}-${j}-${b}`",
+    "`${a}`",
+    "`${s}`",
+    "t + t",
+    "t + s",
+    "s + t",
+    "score",
+    "tier",
+    "score * 2.0 >= 5.0",
+    "tier == \"hi\"",
+    "pick(i, j)",
+    "pick(b, j)",
+    "pick(a, 1)",
+    "label(t, b)",
+    "label(s, i)",
     "if a == () { \"none\" } else { a * 2.0 }",
 ];
 
@@ -125,9 +194,13 @@ id = "lo"
 "#,
     );
     let lit = toml::Value::String(format!("{{{e}}}")).to_string();
-    toml.push_str(&format!("[[alerts]]\nid = \"e{k}\"\nseverity = \"info\"\nwhen = \"true\"\nmessage = {lit}\n"));
+    toml.push_str(&format!(
+        "[[alerts]]\nid = \"e{k}\"\nseverity = \"info\"\nwhen = \"true\"\nmessage = {lit}\n"
+    ));
     let lit = toml::Value::String(format!("{e} == true")).to_string();
-    toml.push_str(&format!("[[alerts]]\nid = \"c{k}\"\nseverity = \"info\"\nwhen = {lit}\nmessage = \"c\"\n"));
+    toml.push_str(&format!(
+        "[[alerts]]\nid = \"c{k}\"\nseverity = \"info\"\nwhen = {lit}\nmessage = \"c\"\n"
+    ));
     vec![("policy.toml".into(), toml), ("scripts/s.rhai".into(), SCRIPT.into())]
 }
 
@@ -138,7 +211,8 @@ fn policies() -> Vec<(Policy, Policy)> {
         .enumerate()
         .map(|(k, e)| {
             let files = policy_files(k, e);
-            let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+            let refs: Vec<(&str, &str)> =
+                files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
             let (_tmp, dir) = common::write_policy("native", &refs);
             (load(&dir, true), load(&dir, false))
         })
@@ -172,7 +246,18 @@ fn float() -> impl Strategy<Value = f64> {
 }
 
 fn int() -> impl Strategy<Value = i64> {
-    prop_oneof![Just(0), Just(1), Just(-1), Just(7), Just(11), Just(i64::MAX), Just(i64::MIN), Just(i64::MIN + 1), -20..20i64, any::<i64>()]
+    prop_oneof![
+        Just(0),
+        Just(1),
+        Just(-1),
+        Just(7),
+        Just(11),
+        Just(i64::MAX),
+        Just(i64::MIN),
+        Just(i64::MIN + 1),
+        -20..20i64,
+        any::<i64>()
+    ]
 }
 
 fn account() -> impl Strategy<Value = serde_json::Value> {
@@ -184,7 +269,12 @@ fn account() -> impl Strategy<Value = serde_json::Value> {
         proptest::option::of(prop_oneof![Just("x"), Just("y"), Just("z")]),
         prop_oneof![Just(""), Just("x"), Just("y"), Just("zz"), Just("é")],
         proptest::option::of(any::<bool>()),
-        proptest::option::of(prop_oneof![Just("2026-11-01"), Just("2020-02-29"), Just("2027-01-15"), Just("1999-12-31")]),
+        proptest::option::of(prop_oneof![
+            Just("2026-11-01"),
+            Just("2020-02-29"),
+            Just("2027-01-15"),
+            Just("1999-12-31")
+        ]),
         proptest::option::of(prop_oneof![Just("hi"), Just("lo")]),
     )
         .prop_map(|(a, b, i, j, s, t, f, d, cur)| {
@@ -223,7 +313,15 @@ fn the_cli_switch_rules_the_fast_path_out_and_changes_no_byte() {
     std::fs::write(&file, gen_portfolio::jsonl(300, gen_portfolio::SEED)).unwrap();
     let run = |extra: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_tierwise"))
-            .args(["eval", "--policy", "policies/enterprise", "--portfolio", "--format", "jsonl", "--accounts"])
+            .args([
+                "eval",
+                "--policy",
+                "policies/enterprise",
+                "--portfolio",
+                "--format",
+                "jsonl",
+                "--accounts",
+            ])
             .arg(&file)
             .args(extra)
             .current_dir(common::root())

@@ -76,17 +76,33 @@ fn curl_examples(readme: &str) -> (Vec<String>, Vec<String>) {
 fn every_curl_example_in_the_readme_answers() {
     let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
     let (vars, curls) = curl_examples(&readme);
-    assert!(curls.len() >= 12, "expected the README to show every endpoint, found {} curl commands", curls.len());
+    assert!(
+        curls.len() >= 12,
+        "expected the README to show every endpoint, found {} curl commands",
+        curls.len()
+    );
     let (_server, addr) = serve();
     for cmd in &curls {
         // As written, but failing on an HTTP error and reaching our port.
         let script = format!(
             "set -e\nexport TIERWISE_ADMIN_TOKEN=readme-token\n{}\n{}\n",
             vars.join("\n"),
-            cmd.replace("localhost:8080", &addr).replace("localhost:8081", &addr).replace("curl -s ", "curl -sS --fail-with-body ")
+            cmd.replace("localhost:8080", &addr)
+                .replace("localhost:8081", &addr)
+                .replace("curl -s ", "curl -sS --fail-with-body ")
         );
-        let out = Command::new("bash").arg("-c").arg(&script).current_dir(common::root()).output().unwrap();
-        assert!(out.status.success(), "README example failed:\n{cmd}\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(common::root())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "README example failed:\n{cmd}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!out.stdout.is_empty(), "README example answered nothing:\n{cmd}");
     }
 }

@@ -50,12 +50,16 @@ fn the_policy_reference_lists_exactly_the_schema_fields() {
         .collect();
     let mut expected = BTreeSet::new();
     for file in ["schemas/policy.schema.json", "schemas/tests.schema.json"] {
-        let schema: Value = serde_json::from_str(&std::fs::read_to_string(root.join(file)).unwrap()).unwrap();
+        let schema: Value =
+            serde_json::from_str(&std::fs::read_to_string(root.join(file)).unwrap()).unwrap();
         fields(&schema, &schema["$defs"], "", &mut expected, 0);
     }
     let missing: Vec<_> = expected.difference(&listed).collect();
     let extra: Vec<_> = listed.difference(&expected).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "not in the reference: {missing:?}; not in the schemas: {extra:?}");
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "not in the reference: {missing:?}; not in the schemas: {extra:?}"
+    );
     // Every field says what it is for.
     for line in reference.lines().filter(|l| l.starts_with("| `")) {
         let cells: Vec<&str> = line.split(" | ").collect();

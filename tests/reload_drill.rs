@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tierwise::script::Limits;
 use tierwise::service::Service;
@@ -28,7 +28,15 @@ use common::Running;
 #[allow(clippy::zombie_processes)] // waited for in `Running::drop`
 fn start(policies: &std::path::Path) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tierwise"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--reload-debounce-ms", "20", "--decision-log", "off"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--reload-debounce-ms",
+            "20",
+            "--decision-log",
+            "off",
+        ])
         .arg("--policies")
         .arg(policies)
         .env_remove("TIERWISE_ADMIN_TOKEN")
@@ -56,7 +64,12 @@ impl Client {
         Client { r: BufReader::new(s.try_clone().unwrap()), w: s, addr: addr.to_string() }
     }
 
-    fn send(&mut self, method: &str, path: &str, body: &str) -> (u16, BTreeMap<String, String>, Vec<u8>) {
+    fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> (u16, BTreeMap<String, String>, Vec<u8>) {
         write!(self.w, "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", self.addr, body.len()).unwrap();
         let mut line = String::new();
         self.r.read_line(&mut line).unwrap();
@@ -98,7 +111,12 @@ fn every_kind_of_edit_under_requests_keeps_a_good_policy_serving() {
     let dir = tmp.path().join("policies");
     copy_dir(&root().join("policies"), &dir);
     let srv = start(&dir);
-    let book: Vec<String> = std::fs::read_to_string(root().join("samples/portfolio.jsonl")).unwrap().lines().take(200).map(String::from).collect();
+    let book: Vec<String> = std::fs::read_to_string(root().join("samples/portfolio.jsonl"))
+        .unwrap()
+        .lines()
+        .take(200)
+        .map(String::from)
+        .collect();
 
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..3)
@@ -111,7 +129,8 @@ fn every_kind_of_edit_under_requests_keeps_a_good_policy_serving() {
                 while !stop.load(Ordering::Relaxed) {
                     // Single accounts and batches of 5 (distinct ids).
                     let n = if i % 3 == 0 { 5 } else { 1 };
-                    let picked: Vec<&str> = (0..n).map(|k| book[(i + k * 41) % book.len()].as_str()).collect();
+                    let picked: Vec<&str> =
+                        (0..n).map(|k| book[(i + k * 41) % book.len()].as_str()).collect();
                     i += 1;
                     let body = format!("{{\"accounts\":[{}]}}", picked.join(","));
                     let (status, headers, bytes) = client.send("POST", "/v1/evaluate", &body);
@@ -126,13 +145,17 @@ fn every_kind_of_edit_under_requests_keeps_a_good_policy_serving() {
                         continue;
                     };
                     if headers.get("x-policy-hash").map(String::as_str) != Some(hash) {
-                        seen.problems.push(format!("x-policy-hash {:?} is not the body's {hash}", headers.get("x-policy-hash")));
+                        seen.problems.push(format!(
+                            "x-policy-hash {:?} is not the body's {hash}",
+                            headers.get("x-policy-hash")
+                        ));
                     }
                     let accounts = v["accounts"].as_array().unwrap();
                     assert_eq!(accounts.len(), n);
                     for d in accounts.iter().filter(|d| d.get("policy").is_some()) {
                         if d["policy"]["hash"] != hash {
-                            seen.problems.push(format!("mixed answer: {hash} and {}", d["policy"]["hash"]));
+                            seen.problems
+                                .push(format!("mixed answer: {hash} and {}", d["policy"]["hash"]));
                         }
                     }
                     *seen.hashes.entry(hash.to_string()).or_default() += 1;
@@ -145,7 +168,8 @@ fn every_kind_of_edit_under_requests_keeps_a_good_policy_serving() {
     let mut ed = edits::Editor::new(&dir.join("enterprise"), &tmp.path().join("stash")).unwrap();
     let addr = srv.addr.clone();
     let mut get = move || get_json(&addr, "/v1/policies/enterprise");
-    let rounds: usize = std::env::var("TIERWISE_DRILL_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(10);
+    let rounds: usize =
+        std::env::var("TIERWISE_DRILL_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(10);
     let t = Instant::now();
     let mut outcomes = Vec::new();
     for _ in 0..rounds {
@@ -170,10 +194,24 @@ fn every_kind_of_edit_under_requests_keeps_a_good_policy_serving() {
     for o in outcomes.iter().filter(|o| !o.detail.is_empty()) {
         places.entry(o.kind.name()).or_insert_with(|| o.detail.clone());
     }
-    eprintln!("{} edits, {reloads} reloads in {took:?}; {} answers under {} hashes; places: {places:#?}", outcomes.len(), seen.answers, seen.hashes.len());
-    let failed: Vec<String> = outcomes.iter().filter(|o| !o.ok).map(|o| format!("{}: {}", o.kind.name(), o.detail)).collect();
+    eprintln!(
+        "{} edits, {reloads} reloads in {took:?}; {} answers under {} hashes; places: {places:#?}",
+        outcomes.len(),
+        seen.answers,
+        seen.hashes.len()
+    );
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter(|o| !o.ok)
+        .map(|o| format!("{}: {}", o.kind.name(), o.detail))
+        .collect();
     assert!(failed.is_empty(), "edits not seen as expected:\n{}", failed.join("\n"));
-    assert!(seen.problems.is_empty(), "{} bad answers, first: {:?}", seen.problems.len(), &seen.problems[..seen.problems.len().min(5)]);
+    assert!(
+        seen.problems.is_empty(),
+        "{} bad answers, first: {:?}",
+        seen.problems.len(),
+        &seen.problems[..seen.problems.len().min(5)]
+    );
     let good: BTreeSet<&String> = ed.good.iter().collect();
     let unknown: Vec<&String> = seen.hashes.keys().filter(|h| !good.contains(h)).collect();
     assert!(unknown.is_empty(), "answers under hashes no good version has: {unknown:?}");
@@ -181,7 +219,11 @@ fn every_kind_of_edit_under_requests_keeps_a_good_policy_serving() {
     assert!(seen.answers > 50, "only {} answers", seen.answers);
     // Every bad kind named its place (the file and line, the failing case, or the folder).
     for kind in edits::ALL.iter().filter(|k| **k != edits::Kind::Good) {
-        assert!(places.contains_key(kind.name()), "{} never reported a place: {places:?}", kind.name());
+        assert!(
+            places.contains_key(kind.name()),
+            "{} never reported a place: {places:?}",
+            kind.name()
+        );
     }
 }
 
@@ -201,14 +243,25 @@ fn a_folder_emptied_or_unreadable_keeps_its_last_good_version() {
 
     let check = |what: &str| {
         let out = svc.reload();
-        let o = out.iter().find(|o| o.policy == "enterprise").unwrap_or_else(|| panic!("{what}: no outcome for enterprise: {out:?}"));
+        let o = out
+            .iter()
+            .find(|o| o.policy == "enterprise")
+            .unwrap_or_else(|| panic!("{what}: no outcome for enterprise: {out:?}"));
         assert_eq!(o.result, "rejected", "{what}: {out:?}");
         let e = o.error.as_ref().unwrap();
         assert_eq!(e.code, "read_error", "{what}");
-        assert!(e.message.contains("enterprise"), "{what}: the message names the folder: {}", e.message);
+        assert!(
+            e.message.contains("enterprise"),
+            "{what}: the message names the folder: {}",
+            e.message
+        );
         assert_eq!(o.hash.as_deref(), Some(good.as_str()), "{what}");
         let p = svc.policy(None).unwrap();
-        assert_eq!((p.policy.name.as_str(), p.policy.hash.as_str()), ("enterprise", good.as_str()), "{what}: the default and its version stay");
+        assert_eq!(
+            (p.policy.name.as_str(), p.policy.hash.as_str()),
+            ("enterprise", good.as_str()),
+            "{what}: the default and its version stay"
+        );
         assert!(svc.registry().entries["enterprise"].last_error.is_some());
     };
     let back = || {
@@ -243,6 +296,9 @@ fn a_folder_emptied_or_unreadable_keeps_its_last_good_version() {
     // Gone for real: removed, and the default moves on.
     std::fs::rename(&ent, &aside).unwrap();
     let out = svc.reload();
-    assert_eq!(out.iter().map(|o| (o.policy.as_str(), o.result)).collect::<Vec<_>>(), [("enterprise", "removed")]);
+    assert_eq!(
+        out.iter().map(|o| (o.policy.as_str(), o.result)).collect::<Vec<_>>(),
+        [("enterprise", "removed")]
+    );
     assert_eq!(svc.policy(None).unwrap().policy.name, "mid-market");
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -56,9 +56,22 @@ fn start(flags: &[&str]) -> Running {
     let toml = "[policy]\nversion = \"slow\"\n[inputs]\nx = { type = \"number\" }\n[[score.criteria]]\nid = \"spin\"\nweight = 1.0\nscript = \"spin\"\n[[tiers]]\nid = \"a\"\nlabel = \"A\"\nmin_score = 5.0\n[[tiers]]\nid = \"b\"\nlabel = \"B\"\n";
     std::fs::create_dir_all(dir.join("slow/scripts")).unwrap();
     std::fs::write(dir.join("slow/policy.toml"), toml).unwrap();
-    std::fs::write(dir.join("slow/scripts/spin.rhai"), "fn spin(a) { let i = 0; while i < 20000 { i += 1; } a.x }").unwrap();
+    std::fs::write(
+        dir.join("slow/scripts/spin.rhai"),
+        "fn spin(a) { let i = 0; while i < 20000 { i += 1; } a.x }",
+    )
+    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tierwise"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-watch", "--decision-log", "off", "--default-policy", "enterprise"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-watch",
+            "--decision-log",
+            "off",
+            "--default-policy",
+            "enterprise",
+        ])
         .arg("--policies")
         .arg(&dir)
         .args(flags)
@@ -76,7 +89,10 @@ fn account(i: usize) -> Value {
 }
 
 fn post_bytes(path: &str, addr: &str, body: &str) -> String {
-    format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// An answer read to EOF and checked: a status line, headers, and a body of exactly the
@@ -90,13 +106,20 @@ struct Answer {
 fn read_answer(s: &mut TcpStream) -> Answer {
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
-    let at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no complete head in {} bytes", raw.len()));
+    let at = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete head in {} bytes", raw.len()));
     let head = String::from_utf8(raw[..at].to_vec()).unwrap();
     let body = &raw[at + 4..];
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     let declared: usize = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
         .unwrap_or_else(|| panic!("no content-length in {head}"));
     assert_eq!(body.len(), declared, "a truncated answer ({status})");
     Answer { status, head, body: serde_json::from_slice(body).unwrap() }
@@ -141,7 +164,12 @@ fn sigterm_during_a_10k_portfolio_answers_it_whole() {
     }
     let a = read_answer(&mut s);
     match a.status {
-        200 => assert_eq!(a.body["accounts"].as_array().map(Vec::len), Some(10_000), "{}", a.body["summary"]),
+        200 => assert_eq!(
+            a.body["accounts"].as_array().map(Vec::len),
+            Some(10_000),
+            "{}",
+            a.body["summary"]
+        ),
         503 => assert!(a.body["code"].is_string(), "{}", a.body),
         other => panic!("status {other}: {}", a.body),
     }
@@ -156,7 +184,9 @@ fn sigterm_during_a_10k_portfolio_answers_it_whole() {
 #[test]
 fn a_request_outliving_the_grace_period_gets_a_clean_503() {
     let mut srv = start(&["--shutdown-grace-ms", "300"]);
-    let accounts: Vec<Value> = (0..10_000).map(|i| json!({ "id": format!("s{i}"), "as_of": "2026-11-01", "fields": { "x": 5.0 } })).collect();
+    let accounts: Vec<Value> = (0..10_000)
+        .map(|i| json!({ "id": format!("s{i}"), "as_of": "2026-11-01", "fields": { "x": 5.0 } }))
+        .collect();
     let body = json!({ "policy": "slow", "accounts": accounts }).to_string();
     let mut s = TcpStream::connect(&srv.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -175,7 +205,14 @@ fn a_request_outliving_the_grace_period_gets_a_clean_503() {
 /// the process past grace + margin; and a stalled write closes its connection by itself.
 #[test]
 fn stuck_clients_do_not_hold_the_exit() {
-    let mut srv = start(&["--shutdown-grace-ms", "300", "--write-timeout-ms", "60000", "--header-read-timeout-ms", "60000"]);
+    let mut srv = start(&[
+        "--shutdown-grace-ms",
+        "300",
+        "--write-timeout-ms",
+        "60000",
+        "--header-read-timeout-ms",
+        "60000",
+    ]);
     // Pipelined requests whose answers (~75 KB each, ~30 MB in all) are never read: the
     // server's writes block once the socket buffers are full.
     let mut deaf = TcpStream::connect(&srv.addr).unwrap();
@@ -190,7 +227,10 @@ fn stuck_clients_do_not_hold_the_exit() {
     assert!(status.success(), "{status:?}");
     assert!(took < Duration::from_millis(300 + 1000 + 1500), "{took:?}");
     let said: Vec<String> = srv.stderr.try_iter().collect();
-    assert!(said.iter().any(|l| l.contains("connections still open")), "the clients were not stuck: {said:?}");
+    assert!(
+        said.iter().any(|l| l.contains("connections still open")),
+        "the clients were not stuck: {said:?}"
+    );
 }
 
 /// (b') Without SIGTERM, a client that stops reading loses its connection after the write
@@ -205,17 +245,27 @@ fn a_client_that_stops_reading_is_closed_by_the_write_timeout() {
     loop {
         let mut s = TcpStream::connect(&srv.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let _ = s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", srv.addr).as_bytes());
+        let _ = s.write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", srv.addr)
+                .as_bytes(),
+        );
         let mut raw = String::new();
         let _ = s.read_to_string(&mut raw);
         if raw.starts_with("HTTP/1.1 200") {
             break;
         }
         assert!(raw.is_empty() || raw.starts_with("HTTP/1.1 503"), "{raw}");
-        assert!(t.elapsed() < Duration::from_secs(5), "the deaf client still holds the only connection");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the deaf client still holds the only connection"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(t.elapsed() >= Duration::from_millis(250), "served before the write timeout: was the client really stuck? ({:?})", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "served before the write timeout: was the client really stuck? ({:?})",
+        t.elapsed()
+    );
 }
 
 /// (c) 200 connections dribbling headers are closed after the header timeout, while a normal
@@ -341,7 +391,10 @@ fn connections_over_the_cap_are_refused_quickly() {
         if raw.starts_with("HTTP/1.1 200") {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(2), "not serving after the held connections closed: {raw:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "not serving after the held connections closed: {raw:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(request(&srv.addr, "GET", "/readyz", None).status, 200);

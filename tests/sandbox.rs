@@ -96,7 +96,10 @@ fn check_hostile_batch(out: &[Outcome]) {
         assert_eq!(o.id(), Some(id));
         match code(o) {
             None => assert!(codes.is_empty(), "`{id}` was decided, expected one of {codes:?}"),
-            Some(c) => assert!(codes.contains(&c), "`{id}` failed with `{c}`, expected one of {codes:?}: {o:?}"),
+            Some(c) => assert!(
+                codes.contains(&c),
+                "`{id}` failed with `{c}`, expected one of {codes:?}: {o:?}"
+            ),
         }
     }
     for o in out {
@@ -107,7 +110,10 @@ fn check_hostile_batch(out: &[Outcome]) {
             Outcome::Error { error, .. } => {
                 assert_eq!(error.rule.as_deref(), Some("score.criteria.risky"), "{error:?}");
                 let place = error.place.as_ref().expect("a sandbox error says where");
-                assert!(place.file == "scripts/risky.rhai" || place.file == "policy.toml", "{place:?}");
+                assert!(
+                    place.file == "scripts/risky.rhai" || place.file == "policy.toml",
+                    "{place:?}"
+                );
             }
         }
     }
@@ -233,7 +239,10 @@ message = "{ if n == 7 { down(0) } else { 0 } }"
         json!({"id": "eight", "as_of": "2026-01-01", "fields": {"n": 8}}),
     ]);
     let out = engine::evaluate(&p, &batch);
-    assert_eq!(out.iter().map(code).collect::<Vec<_>>(), vec![None, Some("size_limit"), Some("call_depth"), None]);
+    assert_eq!(
+        out.iter().map(code).collect::<Vec<_>>(),
+        vec![None, Some("size_limit"), Some("call_depth"), None]
+    );
     let Outcome::Error { error, .. } = &out[1] else { unreachable!() };
     assert_eq!(error.rule.as_deref(), Some("tiers.key"));
     let Outcome::Error { error, .. } = &out[2] else { unreachable!() };
@@ -254,7 +263,9 @@ fn a_json_snapshot_nested_100000_levels_is_an_error_not_a_crash() {
             }
         }
         // One record's field nested: that record's error, the other read.
-        let text = format!(r#"[{{"id":"deep","as_of":"2026-11-01","fields":{{"mode":{deep}}}}}, {{"id":"ok","as_of":"2026-11-01","fields":{{"mode":"fine"}}}}]"#);
+        let text = format!(
+            r#"[{{"id":"deep","as_of":"2026-11-01","fields":{{"mode":{deep}}}}}, {{"id":"ok","as_of":"2026-11-01","fields":{{"mode":"fine"}}}}]"#
+        );
         let r = tierwise::snapshot::read_json(&text);
         // Either the file is refused as a whole, or the deep record alone is an error.
         if let Ok(recs) = r {
@@ -269,7 +280,12 @@ fn a_json_snapshot_nested_100000_levels_is_an_error_not_a_crash() {
         assert!(recs[0].is_ok());
         assert_eq!(recs[1].as_ref().err().map(|e| e.code), Some("bad_record"));
     };
-    std::thread::Builder::new().stack_size(2 << 20).spawn(run).unwrap().join().expect("no crash on a 2 MiB stack");
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(run)
+        .unwrap()
+        .join()
+        .expect("no crash on a 2 MiB stack");
 }
 
 fn load_err(text: String) -> tierwise::policy::Report {
@@ -281,7 +297,12 @@ fn load_err(text: String) -> tierwise::policy::Report {
             Err(e) => panic!("read error: {e}"),
         }
     };
-    std::thread::Builder::new().stack_size(2 << 20).spawn(run).unwrap().join().expect("no crash on a 2 MiB stack")
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(run)
+        .unwrap()
+        .join()
+        .expect("no crash on a 2 MiB stack")
 }
 
 #[test]
@@ -303,24 +324,38 @@ fn deep_rhai_expressions_are_load_errors() {
         let text = POLICY.replace("script = \"risky\"", &format!("expr = \"{expr}\""));
         let r = load_err(text);
         let d = r.errors().next().unwrap();
-        assert_eq!((d.code, d.place.rule.as_deref()), ("rhai_syntax", Some("score.criteria.risky")), "{r}");
+        assert_eq!(
+            (d.code, d.place.rule.as_deref()),
+            ("rhai_syntax", Some("score.criteria.risky")),
+            "{r}"
+        );
         assert!(d.message.contains("complexity") || d.message.contains("nest"), "{r}");
     }
     // Within the limit (64) an expression loads.
     let expr = format!("{}1.0{}", "(".repeat(30), ")".repeat(30));
     load_inline(&POLICY.replace("script = \"risky\"", &format!("expr = \"{expr}\"")), &[]);
     // A script file nested too deeply is refused with its file.
-    let script = format!("fn risky(account) {{ {}1.0{} }}\n", "(".repeat(10_000), ")".repeat(10_000));
+    let script =
+        format!("fn risky(account) {{ {}1.0{} }}\n", "(".repeat(10_000), ")".repeat(10_000));
     let run = move || {
-        let (_tmp, dir) = write_policy("deep", &[("policy.toml", POLICY), ("scripts/risky.rhai", &script)]);
+        let (_tmp, dir) =
+            write_policy("deep", &[("policy.toml", POLICY), ("scripts/risky.rhai", &script)]);
         match policy::load_dir(&dir, &Limits::default()) {
             Ok(_) => panic!("loaded"),
             Err(LoadError::Invalid(r)) => *r,
             Err(e) => panic!("read error: {e}"),
         }
     };
-    let r = std::thread::Builder::new().stack_size(2 << 20).spawn(run).unwrap().join().expect("no crash");
-    assert!(r.errors().any(|d| d.code == "rhai_syntax" && d.place.file == "scripts/risky.rhai"), "{r}");
+    let r = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(run)
+        .unwrap()
+        .join()
+        .expect("no crash");
+    assert!(
+        r.errors().any(|d| d.code == "rhai_syntax" && d.place.file == "scripts/risky.rhai"),
+        "{r}"
+    );
 }
 
 /// DESIGN.md: an error output carries "the place". For a runtime error inside a `script`
@@ -335,7 +370,10 @@ fn a_runtime_error_in_a_script_points_into_the_script() {
     let text = POLICY.replace("mode = { type = \"string\" }", "n = { type = \"integer\" }");
     let script = "// line 1\n// line 2\nfn risky(account) {\n    let x = 1;\n    if account.n == 1 { throw \"boom\"; }\n    5.0\n}\n";
     let p = load_inline(&text, &[("scripts/risky.rhai", script)]);
-    let out = engine::evaluate(&p, &records(&[json!({"id": "a", "as_of": "2026-01-01", "fields": {"n": 1}})]));
+    let out = engine::evaluate(
+        &p,
+        &records(&[json!({"id": "a", "as_of": "2026-01-01", "fields": {"n": 1}})]),
+    );
     let Outcome::Error { error, .. } = &out[0] else { panic!("{out:?}") };
     let place = error.place.as_ref().unwrap();
     assert_eq!((place.file.as_str(), place.line), ("scripts/risky.rhai", 5), "{place:?}");
@@ -347,7 +385,8 @@ fn a_large_batch_runs_in_parallel_with_each_error_in_its_place() {
     // every third doubles a string; on rayon's worker threads, in input order.
     let p = load_inline(POLICY, &[("scripts/risky.rhai", SCRIPT)]);
     let modes = ["fine", "recurse", "strings"];
-    let accounts: Vec<serde_json::Value> = (0..300).map(|i| account(&format!("a{i:03}"), modes[i % 3])).collect();
+    let accounts: Vec<serde_json::Value> =
+        (0..300).map(|i| account(&format!("a{i:03}"), modes[i % 3])).collect();
     let recs = records(&accounts);
     let t = Instant::now();
     let out = engine::evaluate(&p, &recs);

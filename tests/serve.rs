@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -33,7 +33,15 @@ fn start(policies: &std::path::Path, log: &std::path::Path) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tierwise"))
         // The slow policy's ~1-2 ms accounts must not trip the 50 ms per-account wall clock
         // when the test runs beside others on 2 busy cores (what is tested is the shutdown).
-        .args(["serve", "--listen", "127.0.0.1:0", "--reload-debounce-ms", "100", "--time-per-account-ms", "5000"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--reload-debounce-ms",
+            "100",
+            "--time-per-account-ms",
+            "5000",
+        ])
         .arg("--policies")
         .arg(policies)
         .arg("--decision-log")
@@ -63,9 +71,18 @@ fn serves_reloads_and_stops_on_sigterm() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["accounts"][0]["tier"], "strategic");
     let first_hash = v["policy"]["hash"].clone();
-    let (status, v) = request(&addr, "POST", "/v1/portfolio", Some(&json!({ "policy": "mid-market", "accounts": [] })));
+    let (status, v) = request(
+        &addr,
+        "POST",
+        "/v1/portfolio",
+        Some(&json!({ "policy": "mid-market", "accounts": [] })),
+    );
     assert_eq!(status, 200, "{v}");
-    assert_eq!(request(&addr, "POST", "/v1/policies/reload", None).0, 404, "admin disabled without a token");
+    assert_eq!(
+        request(&addr, "POST", "/v1/policies/reload", None).0,
+        404,
+        "admin disabled without a token"
+    );
 
     // Edit on disk: served within a second.
     let file = dir.join("enterprise/policy.toml");
@@ -83,7 +100,11 @@ fn serves_reloads_and_stops_on_sigterm() {
     }
 
     // The decision log file has one line per evaluation request.
-    let lines: Vec<Value> = std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["outcomes"][0]["id"], "a1");
     assert_eq!(lines[1]["level"], "portfolio");
@@ -114,7 +135,11 @@ fn sigterm_lets_in_flight_requests_finish() {
     let toml = "[policy]\nversion = \"slow\"\n[inputs]\nx = { type = \"number\" }\n[[score.criteria]]\nid = \"spin\"\nweight = 1.0\nscript = \"spin\"\n[[tiers]]\nid = \"a\"\nlabel = \"A\"\nmin_score = 5.0\n[[tiers]]\nid = \"b\"\nlabel = \"B\"\n";
     std::fs::create_dir_all(dir.join("slow/scripts")).unwrap();
     std::fs::write(dir.join("slow/policy.toml"), toml).unwrap();
-    std::fs::write(dir.join("slow/scripts/spin.rhai"), "fn spin(a) { let i = 0; while i < 12000 { i += 1; } a.x }").unwrap();
+    std::fs::write(
+        dir.join("slow/scripts/spin.rhai"),
+        "fn spin(a) { let i = 0; while i < 12000 { i += 1; } a.x }",
+    )
+    .unwrap();
     let mut srv = start(&dir, &tmp.path().join("log.jsonl"));
     let addr = srv.addr.clone();
 
@@ -130,7 +155,10 @@ fn sigterm_lets_in_flight_requests_finish() {
     let took = t.elapsed();
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["summary"]["account_count"], n, "{}", v["accounts"][0]);
-    assert!(took > Duration::from_millis(100), "the request ended before SIGTERM ({took:?}): make it slower");
+    assert!(
+        took > Duration::from_millis(100),
+        "the request ended before SIGTERM ({took:?}): make it slower"
+    );
     let t = Instant::now();
     let exit = loop {
         if let Some(s) = srv.child.try_wait().unwrap() {

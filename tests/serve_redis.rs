@@ -11,12 +11,12 @@ mod common;
 mod redis_server;
 
 use redis_server::RedisServer;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The deadline of one cache read given to the servers (`--cache-timeout-ms`).
@@ -33,7 +33,9 @@ impl Reply {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
     fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
+        self.head.lines().find_map(|l| {
+            l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim())
+        })
     }
     fn hits(&self) -> u64 {
         self.header("x-cache-hits").unwrap().parse().unwrap()
@@ -75,7 +77,9 @@ fn serve(redis: &RedisServer, extra: &[&str]) -> Running {
         .unwrap();
     let (addr, stderr) = common::listening(&mut child);
     let r = Running { child, addr, stderr };
-    wait_until(Duration::from_secs(10), "cache ok", || request(&r.addr, "GET", "/readyz", None).json()["cache"] == "ok");
+    wait_until(Duration::from_secs(10), "cache ok", || {
+        request(&r.addr, "GET", "/readyz", None).json()["cache"] == "ok"
+    });
     r
 }
 
@@ -96,7 +100,9 @@ fn account(id: &str, revenue: f64) -> Value {
 /// A metric's value (0 when absent), e.g. `tierwise_cache_queued_writes`.
 fn metric(addr: &str, name: &str) -> f64 {
     let text = request(addr, "GET", "/metrics", None).body;
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' '))).map_or(0.0, |v| v.trim().parse().unwrap())
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
 /// `tierwise_cache_lookups_total{result=...}` of a server.
@@ -119,31 +125,54 @@ fn two_replicas_share_decisions_through_one_redis() {
     let latest = {
         let mut con = redis.client();
         wait_until(Duration::from_secs(2), "latest decision in Redis", || {
-            redis::cmd("EXISTS").arg("tierwise:v1:latest:enterprise:shared-1").query::<u64>(&mut con).unwrap() == 1
+            redis::cmd("EXISTS")
+                .arg("tierwise:v1:latest:enterprise:shared-1")
+                .query::<u64>(&mut con)
+                .unwrap()
+                == 1
         });
         request(&b.addr, "GET", "/v1/accounts/shared-1/decision", None)
     };
     assert_eq!(latest.status, 200, "{}", latest.body);
     let l = latest.json();
     assert_eq!(l["stale"], false);
-    assert_eq!(l["decision"], first.json()["accounts"][0], "the latest decision through B is the one A made");
+    assert_eq!(
+        l["decision"],
+        first.json()["accounts"][0],
+        "the latest decision through B is the one A made"
+    );
 
     assert_eq!(request(&a.addr, "POST", "/v1/evaluate", Some(&body)).status, 200);
     let mut con = redis.client();
     wait_until(Duration::from_secs(2), "decision in Redis", || {
-        !redis::cmd("KEYS").arg("tierwise:v1:acct:enterprise:*").query::<Vec<String>>(&mut con).unwrap().is_empty()
+        !redis::cmd("KEYS")
+            .arg("tierwise:v1:acct:enterprise:*")
+            .query::<Vec<String>>(&mut con)
+            .unwrap()
+            .is_empty()
     });
     let through_b = request(&b.addr, "POST", "/v1/evaluate", Some(&body));
     assert_eq!(through_b.status, 200);
     assert_eq!(through_b.hits(), 1, "a decision made through A is a cache hit through B");
-    assert_eq!(through_b.without_id(), first.without_id(), "the same bytes as A's fresh evaluation");
+    assert_eq!(
+        through_b.without_id(),
+        first.without_id(),
+        "the same bytes as A's fresh evaluation"
+    );
     assert_eq!(lookups(&b.addr, "hit"), 2, "the latest decision and the decision");
     let ready = request(&b.addr, "GET", "/readyz", None).json();
-    assert_eq!((ready["cache"].clone(), ready["details"]["cache"]["backend"].clone()), (json!("ok"), json!("redis")));
+    assert_eq!(
+        (ready["cache"].clone(), ready["details"]["cache"]["backend"].clone()),
+        (json!("ok"), json!("redis"))
+    );
 }
 
 /// Requests sent one after another from two threads until `stop`; (status, latency) each.
-fn load(addr: &str, body: &Value, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<Vec<(u16, Duration)>>> {
+fn load(
+    addr: &str,
+    body: &Value,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<(u16, Duration)>>> {
     (0..2)
         .map(|_| {
             let (addr, body, stop) = (addr.to_string(), body.clone(), stop.clone());
@@ -170,7 +199,8 @@ fn redis_killed_and_paused_under_requests_fails_nothing_and_comes_back() {
     let degraded = || request(&addr, "GET", "/readyz", None);
     let hits_again = |what: &str| {
         let before = lookups(&addr, "hit");
-        let took = wait_until(Duration::from_secs(10), what, || lookups(&addr, "hit") > before + 10);
+        let took =
+            wait_until(Duration::from_secs(10), what, || lookups(&addr, "hit") > before + 10);
         println!("{what}: hits again after {took:?}");
         took
     };
@@ -200,25 +230,41 @@ fn redis_killed_and_paused_under_requests_fails_nothing_and_comes_back() {
     wait_until(Duration::from_secs(3), "degraded after SIGSTOP", || {
         max_queued = max_queued.max(metric(&addr, "tierwise_cache_queued_writes"));
         let r = degraded();
-        r.status == 200 && r.json()["cache"] == "degraded" && r.json()["details"]["cache"]["breaker"] != "closed"
+        r.status == 200
+            && r.json()["cache"] == "degraded"
+            && r.json()["details"]["cache"]["breaker"] != "closed"
     });
     std::thread::sleep(Duration::from_secs(1));
     redis.resume();
     let back_after_pause = hits_again("resumed");
 
     stop.store(true, Ordering::Relaxed);
-    let mut results: Vec<(u16, Duration)> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let mut results: Vec<(u16, Duration)> =
+        workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
     let failed = results.iter().filter(|(s, _)| *s != 200).count();
     results.sort_by_key(|(_, d)| *d);
     let p99 = results[results.len() * 99 / 100].1;
     let max = results.last().unwrap().1;
     let text = request(&addr, "GET", "/metrics", None).body;
-    let cache_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("tierwise_cache_")).collect();
-    println!("{} requests, {failed} failed, p99 {p99:?}, max {max:?}\n{}", results.len(), cache_lines.join("\n"));
+    let cache_lines: Vec<&str> =
+        text.lines().filter(|l| l.starts_with("tierwise_cache_")).collect();
+    println!(
+        "{} requests, {failed} failed, p99 {p99:?}, max {max:?}\n{}",
+        results.len(),
+        cache_lines.join("\n")
+    );
     assert_eq!(failed, 0, "no failed request");
-    assert!(p99 <= Duration::from_millis(DEADLINE_MS + 10), "p99 {p99:?} over the cache deadline + 10 ms");
-    assert!(back_after_kill < Duration::from_secs(10) && back_after_pause < Duration::from_secs(10));
-    assert!(metric(&addr, "tierwise_cache_breaker_opened_total") >= 2.0, "the breaker opened for the kill and the pause: {text}");
+    assert!(
+        p99 <= Duration::from_millis(DEADLINE_MS + 10),
+        "p99 {p99:?} over the cache deadline + 10 ms"
+    );
+    assert!(
+        back_after_kill < Duration::from_secs(10) && back_after_pause < Duration::from_secs(10)
+    );
+    assert!(
+        metric(&addr, "tierwise_cache_breaker_opened_total") >= 2.0,
+        "the breaker opened for the kill and the pause: {text}"
+    );
     max_queued = max_queued.max(metric(&addr, "tierwise_cache_queued_writes"));
     assert!(max_queued <= 1024.0, "write queue at {max_queued} batches");
 }

@@ -13,16 +13,28 @@ fn every_file_the_dockerfile_copies_exists() {
     let root = common::root();
     let text = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
     let mut copies = 0;
-    for line in text.lines().map(str::trim).filter(|l| l.starts_with("COPY ") && !l.contains("--from=")) {
-        let words: Vec<&str> = line.split_whitespace().skip(1).filter(|w| !w.starts_with("--")).collect();
+    for line in
+        text.lines().map(str::trim).filter(|l| l.starts_with("COPY ") && !l.contains("--from="))
+    {
+        let words: Vec<&str> =
+            line.split_whitespace().skip(1).filter(|w| !w.starts_with("--")).collect();
         let (_dst, srcs) = words.split_last().unwrap();
         for src in srcs {
-            assert!(root.join(src).exists(), "Dockerfile copies `{src}`, which is not in the repository");
+            assert!(
+                root.join(src).exists(),
+                "Dockerfile copies `{src}`, which is not in the repository"
+            );
             copies += 1;
         }
     }
     assert!(copies >= 6, "expected the Dockerfile to copy the sources, policies and schemas");
-    for (what, needle) in [("a non-root user", "USER tierwise"), ("the port", "EXPOSE 8080"), ("a health check", "HEALTHCHECK"), ("/healthz", "/healthz"), ("the policies volume", "VOLUME [\"/app/policies\"]")] {
+    for (what, needle) in [
+        ("a non-root user", "USER tierwise"),
+        ("the port", "EXPOSE 8080"),
+        ("a health check", "HEALTHCHECK"),
+        ("/healthz", "/healthz"),
+        ("the policies volume", "VOLUME [\"/app/policies\"]"),
+    ] {
         assert!(text.contains(needle), "the Dockerfile should declare {what}");
     }
 }
@@ -46,7 +58,9 @@ fn image_layout() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf)
     // (ETXTBSY). Wait until it runs.
     for _ in 0..100 {
         match Command::new(&exe).arg("--version").output() {
-            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
             _ => break,
         }
     }
@@ -58,7 +72,12 @@ fn the_image_layout_checks_and_tests_the_shipped_policies_with_no_flags() {
     let (_tmp, app, exe) = image_layout();
     for cmd in ["check", "test"] {
         let out = Command::new(&exe).arg(cmd).current_dir(&app).env_clear().output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "`tierwise {cmd}` in the image layout: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "`tierwise {cmd}` in the image layout: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 

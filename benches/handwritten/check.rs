@@ -27,7 +27,14 @@ pub fn hw_accounts(records: &[Record]) -> Vec<Result<hw::Account<'_>, hw::HwErro
     let recs: Vec<Result<&Snapshot, hw::HwError>> = records
         .iter()
         .map(|r| {
-            r.as_ref().map_err(|e| hw::HwError { id: e.id.clone(), code: e.code, message: e.message.clone(), field: None, rule: None, record: e.record })
+            r.as_ref().map_err(|e| hw::HwError {
+                id: e.id.clone(),
+                code: e.code,
+                message: e.message.clone(),
+                field: None,
+                rule: None,
+                record: e.record,
+            })
         })
         .collect();
     hw::validate_all(recs, |s| s.id.as_str(), |s| hw::validate_map(identity(s), &s.fields))
@@ -65,14 +72,21 @@ pub fn compare(label: &str, engine: &[Outcome], hand: &[hw::Outcome<'_, '_>]) ->
                 if *d.tier != *x.tier {
                     m.tier += 1;
                 }
-                if d.change.as_str() != serde_json::to_value(x.change).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default() {
+                if d.change.as_str()
+                    != serde_json::to_value(x.change)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                {
                     m.change += 1;
                 }
                 if d.score.to_bits() != x.score.to_bits() {
                     m.score_bits += 1;
                 }
-                let ea: Vec<(&str, &str)> = d.alerts.iter().map(|a| (&*a.id, a.message.as_str())).collect();
-                let ha: Vec<(&str, &str)> = x.alerts.iter().map(|a| (a.id, a.message.as_str())).collect();
+                let ea: Vec<(&str, &str)> =
+                    d.alerts.iter().map(|a| (&*a.id, a.message.as_str())).collect();
+                let ha: Vec<(&str, &str)> =
+                    x.alerts.iter().map(|a| (a.id, a.message.as_str())).collect();
                 if ea != ha {
                     m.alerts += 1;
                 }
@@ -125,11 +139,22 @@ pub fn run(policy: &Policy, records: &[Record]) -> usize {
     let (hand_p, summary) = hw::evaluate_portfolio(hw_accounts(records), &pref);
     let p = compare("portfolio", &er.accounts, &hand_p);
     // The same bytes as the CLI's summary line: policy, then summary, in field order.
-    let es = [&b"{\"policy\":"[..], &serde_json::to_vec(&er.policy).unwrap_or_default(), b",\"summary\":", &serde_json::to_vec(&er.summary).unwrap_or_default(), b"}"].concat();
+    let es = [
+        &b"{\"policy\":"[..],
+        &serde_json::to_vec(&er.policy).unwrap_or_default(),
+        b",\"summary\":",
+        &serde_json::to_vec(&er.summary).unwrap_or_default(),
+        b"}",
+    ]
+    .concat();
     let hs = hw::summary_line(&pref, &summary).unwrap_or_default();
     let summary_ok = es == hs;
     if !summary_ok {
-        eprintln!("portfolio summary differs:\n  engine:      {}\n  handwritten: {}", String::from_utf8_lossy(&es), String::from_utf8_lossy(&hs));
+        eprintln!(
+            "portfolio summary differs:\n  engine:      {}\n  handwritten: {}",
+            String::from_utf8_lossy(&es),
+            String::from_utf8_lossy(&hs)
+        );
     }
     let c = &er.summary.changes;
     eprintln!(

@@ -32,7 +32,8 @@ pub const TIER_LABELS: [&str; 3] = [
 /// `min_score` per tier (managed has none: 0).
 pub const MIN_SCORE: [f64; 3] = [8.0, 6.0, 0.0];
 pub const MAX_SHARE: [Option<f64>; 3] = [Some(0.02), Some(0.10), None];
-pub const STRATEGIC_WHEN: &str = r#"relationship == "interdependent" || relationship == "strategic""#;
+pub const STRATEGIC_WHEN: &str =
+    r#"relationship == "interdependent" || relationship == "strategic""#;
 const PROMOTE_MARGIN: f64 = 0.25;
 const DEMOTE_MARGIN: f64 = 0.75;
 const MIN_TENURE_DAYS: i64 = 180;
@@ -44,9 +45,19 @@ const PER_MANAGER_MAX: u64 = 25;
 const OUTSIDE: u8 = 2;
 const SCALE: (f64, f64) = (1.0, 10.0);
 
-const REVENUE_AT: [f64; 9] = [50000.0, 100000.0, 250000.0, 500000.0, 750000.0, 1000000.0, 2000000.0, 3500000.0, 5000000.0];
-const POTENTIAL_AT: [f64; 9] = [100000.0, 250000.0, 500000.0, 1000000.0, 2000000.0, 3000000.0, 5000000.0, 7500000.0, 10000000.0];
-pub const CRITERIA: [(&str, f64); 6] = [("revenue", 3.0), ("potential", 2.0), ("profitability", 1.0), ("relationship", 2.0), ("fit", 1.0), ("health", 1.0)];
+const REVENUE_AT: [f64; 9] =
+    [50000.0, 100000.0, 250000.0, 500000.0, 750000.0, 1000000.0, 2000000.0, 3500000.0, 5000000.0];
+const POTENTIAL_AT: [f64; 9] = [
+    100000.0, 250000.0, 500000.0, 1000000.0, 2000000.0, 3000000.0, 5000000.0, 7500000.0, 10000000.0,
+];
+pub const CRITERIA: [(&str, f64); 6] = [
+    ("revenue", 3.0),
+    ("potential", 2.0),
+    ("profitability", 1.0),
+    ("relationship", 2.0),
+    ("fit", 1.0),
+    ("health", 1.0),
+];
 
 /// Declared inputs: name, type name, `rule` of their errors.
 const IN_REVENUE: usize = 0;
@@ -236,7 +247,13 @@ pub struct HwError {
 }
 
 impl HwError {
-    fn new(id: &str, code: &'static str, message: String, field: Option<&'static str>, rule: Option<&'static str>) -> Self {
+    fn new(
+        id: &str,
+        code: &'static str,
+        message: String,
+        field: Option<&'static str>,
+        rule: Option<&'static str>,
+    ) -> Self {
         HwError { id: Some(id.to_string()), code, message, field, rule, record: None }
     }
     fn input(id: &str, k: usize, code: &'static str, message: String) -> Self {
@@ -259,38 +276,79 @@ fn check_identity(s: &Identity<'_>) -> Result<(i64, Option<i64>), HwError> {
     if id.is_empty() {
         return Err(HwError::new(id, "bad_record", "`id` is empty".into(), Some("id"), None));
     }
-    let as_of = parse_days(&s.as_of).ok_or_else(|| HwError::new(id, "bad_date", format!("`as_of` is `{}`, not a date (YYYY-MM-DD)", s.as_of), Some("as_of"), None))?;
+    let as_of = parse_days(&s.as_of).ok_or_else(|| {
+        HwError::new(
+            id,
+            "bad_date",
+            format!("`as_of` is `{}`, not a date (YYYY-MM-DD)", s.as_of),
+            Some("as_of"),
+            None,
+        )
+    })?;
     let since = match &s.tier_since {
         None => None,
-        Some(t) => Some(parse_days(t).ok_or_else(|| HwError::new(id, "bad_date", format!("`tier_since` is `{t}`, not a date (YYYY-MM-DD)"), Some("tier_since"), None))?),
+        Some(t) => Some(parse_days(t).ok_or_else(|| {
+            HwError::new(
+                id,
+                "bad_date",
+                format!("`tier_since` is `{t}`, not a date (YYYY-MM-DD)"),
+                Some("tier_since"),
+                None,
+            )
+        })?),
     };
     Ok((as_of, since))
 }
 
 fn missing(id: &str, k: usize) -> HwError {
-    HwError::input(id, k, "missing_field", format!("`{}` is required ({}) and missing", INPUTS[k].0, INPUTS[k].1))
+    HwError::input(
+        id,
+        k,
+        "missing_field",
+        format!("`{}` is required ({}) and missing", INPUTS[k].0, INPUTS[k].1),
+    )
 }
 
 fn range_f(id: &str, k: usize, x: f64, min: Option<f64>, max: Option<f64>) -> Result<f64, HwError> {
     if let Some(lo) = min
         && x < lo
     {
-        return Err(HwError::input(id, k, "out_of_range", format!("`{}`: {x} is below the minimum {lo}", INPUTS[k].0)));
+        return Err(HwError::input(
+            id,
+            k,
+            "out_of_range",
+            format!("`{}`: {x} is below the minimum {lo}", INPUTS[k].0),
+        ));
     }
     if let Some(hi) = max
         && x > hi
     {
-        return Err(HwError::input(id, k, "out_of_range", format!("`{}`: {x} is above the maximum {hi}", INPUTS[k].0)));
+        return Err(HwError::input(
+            id,
+            k,
+            "out_of_range",
+            format!("`{}`: {x} is above the maximum {hi}", INPUTS[k].0),
+        ));
     }
     Ok(x)
 }
 
 fn range_i(id: &str, k: usize, i: i64, lo: f64, hi: f64) -> Result<i64, HwError> {
     if (i as f64) < lo {
-        return Err(HwError::input(id, k, "out_of_range", format!("`{}`: {i} is below the minimum {lo}", INPUTS[k].0)));
+        return Err(HwError::input(
+            id,
+            k,
+            "out_of_range",
+            format!("`{}`: {i} is below the minimum {lo}", INPUTS[k].0),
+        ));
     }
     if (i as f64) > hi {
-        return Err(HwError::input(id, k, "out_of_range", format!("`{}`: {i} is above the maximum {hi}", INPUTS[k].0)));
+        return Err(HwError::input(
+            id,
+            k,
+            "out_of_range",
+            format!("`{}`: {i} is above the maximum {hi}", INPUTS[k].0),
+        ));
     }
     Ok(i)
 }
@@ -305,13 +363,23 @@ fn relationship(id: &str, s: &str) -> Result<Rel, HwError> {
             id,
             IN_RELATIONSHIP,
             "not_one_of",
-            format!("`relationship`: `{s}` is not one of {}", RELATIONSHIPS.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", ")),
+            format!(
+                "`relationship`: `{s}` is not one of {}",
+                RELATIONSHIPS.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", ")
+            ),
         )),
     }
 }
 
 fn date_in(id: &str, k: usize, s: &str) -> Result<Date, HwError> {
-    Date::parse(s).ok_or_else(|| HwError::input(id, k, "bad_date", format!("`{}` is `{s}`, not a date (YYYY-MM-DD)", INPUTS[k].0)))
+    Date::parse(s).ok_or_else(|| {
+        HwError::input(
+            id,
+            k,
+            "bad_date",
+            format!("`{}` is `{s}`, not a date (YYYY-MM-DD)", INPUTS[k].0),
+        )
+    })
 }
 
 // --- from a JSON object of fields (the engine's `Snapshot::fields`) ---
@@ -335,8 +403,14 @@ fn bad_type(id: &str, k: usize, v: &Value) -> HwError {
         _ => "a date (YYYY-MM-DD)",
     };
     let s = v.to_string();
-    let shown = if s.len() > 40 { format!("{}…", s.chars().take(40).collect::<String>()) } else { s };
-    HwError::input(id, k, "bad_type", format!("`{}` must be {article}, got {} {shown}", INPUTS[k].0, type_name(v)))
+    let shown =
+        if s.len() > 40 { format!("{}…", s.chars().take(40).collect::<String>()) } else { s };
+    HwError::input(
+        id,
+        k,
+        "bad_type",
+        format!("`{}` must be {article}, got {} {shown}", INPUTS[k].0, type_name(v)),
+    )
 }
 
 fn field(f: &Map<String, Value>, k: usize) -> Option<&Value> {
@@ -346,7 +420,13 @@ fn field(f: &Map<String, Value>, k: usize) -> Option<&Value> {
     }
 }
 
-fn m_num(id: &str, f: &Map<String, Value>, k: usize, min: Option<f64>, max: Option<f64>) -> Result<Option<f64>, HwError> {
+fn m_num(
+    id: &str,
+    f: &Map<String, Value>,
+    k: usize,
+    min: Option<f64>,
+    max: Option<f64>,
+) -> Result<Option<f64>, HwError> {
     match field(f, k) {
         None => Ok(None),
         Some(v) => {
@@ -356,12 +436,20 @@ fn m_num(id: &str, f: &Map<String, Value>, k: usize, min: Option<f64>, max: Opti
     }
 }
 
-fn m_int(id: &str, f: &Map<String, Value>, k: usize, lo: f64, hi: f64) -> Result<Option<i64>, HwError> {
+fn m_int(
+    id: &str,
+    f: &Map<String, Value>,
+    k: usize,
+    lo: f64,
+    hi: f64,
+) -> Result<Option<i64>, HwError> {
     match field(f, k) {
         None => Ok(None),
         Some(v) => {
             let i = match v {
-                Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64)),
+                Value::Number(n) => n.as_i64().or_else(|| {
+                    n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64)
+                }),
                 _ => None,
             }
             .ok_or_else(|| bad_type(id, k, v))?;
@@ -394,7 +482,10 @@ pub fn validate_map<'a>(s: Identity<'a>, f: &Map<String, Value>) -> Result<Accou
     let potential = req(IN_POTENTIAL, m_num(id, f, IN_POTENTIAL, Some(0.0), None)?)?;
     let gross_margin = req(IN_MARGIN, m_num(id, f, IN_MARGIN, Some(0.0), Some(1.0))?)?;
     let share_of_wallet = m_num(id, f, IN_WALLET, Some(0.0), Some(1.0))?;
-    let rel = relationship(id, m_str(id, f, IN_RELATIONSHIP)?.ok_or_else(|| missing(id, IN_RELATIONSHIP))?)?;
+    let rel = relationship(
+        id,
+        m_str(id, f, IN_RELATIONSHIP)?.ok_or_else(|| missing(id, IN_RELATIONSHIP))?,
+    )?;
     let strategic_fit = m_int(id, f, IN_FIT, 1.0, 5.0)?.ok_or_else(|| missing(id, IN_FIT))?;
     let nps = m_int(id, f, IN_NPS, -100.0, 100.0)?;
     let nps_prev = m_int(id, f, IN_NPS_PREV, -100.0, 100.0)?;
@@ -449,7 +540,11 @@ impl<'de> serde::Deserialize<'de> for IntLike {
                 Ok(i64::try_from(v).map_or(IntLike::Other, IntLike::I))
             }
             fn visit_f64<E>(self, v: f64) -> Result<IntLike, E> {
-                Ok(if v.fract() == 0.0 && v.abs() < 9.0e15 { IntLike::I(v as i64) } else { IntLike::Other })
+                Ok(if v.fract() == 0.0 && v.abs() < 9.0e15 {
+                    IntLike::I(v as i64)
+                } else {
+                    IntLike::Other
+                })
             }
         }
         d.deserialize_any(V)
@@ -515,7 +610,13 @@ pub struct LooseSnapshot {
 
 /// Ok(Err(())) = a value of the wrong type: take the slow path.
 pub fn validate_raw<'a>(r: RawSnapshot<'a>) -> Result<Result<Account<'a>, HwError>, ()> {
-    let s = Identity { id: r.id, manager: r.manager, current_tier: r.current_tier, tier_since: r.tier_since, as_of: r.as_of };
+    let s = Identity {
+        id: r.id,
+        manager: r.manager,
+        current_tier: r.current_tier,
+        tier_since: r.tier_since,
+        as_of: r.as_of,
+    };
     let f = r.fields;
     let (as_of, tier_since) = match check_identity(&s) {
         Ok(x) => x,
@@ -530,25 +631,50 @@ pub fn validate_raw<'a>(r: RawSnapshot<'a>) -> Result<Result<Account<'a>, HwErro
             }
         };
     }
-    let int = |k: usize, v: Option<IntLike>, lo: f64, hi: f64| -> Result<Option<Result<i64, HwError>>, ()> {
+    let int = |k: usize,
+               v: Option<IntLike>,
+               lo: f64,
+               hi: f64|
+     -> Result<Option<Result<i64, HwError>>, ()> {
         match v {
             None => Ok(None),
             Some(IntLike::I(i)) => Ok(Some(range_i(id, k, i, lo, hi))),
             Some(IntLike::Other) => Err(()),
         }
     };
-    let revenue_12m = tri!(range_f(id, IN_REVENUE, tri!(f.revenue_12m.ok_or_else(|| missing(id, IN_REVENUE))), Some(0.0), None));
+    let revenue_12m = tri!(range_f(
+        id,
+        IN_REVENUE,
+        tri!(f.revenue_12m.ok_or_else(|| missing(id, IN_REVENUE))),
+        Some(0.0),
+        None
+    ));
     let revenue_prev_12m = match f.revenue_prev_12m {
         None => None,
         Some(x) => Some(tri!(range_f(id, IN_REVENUE_PREV, x, Some(0.0), None))),
     };
-    let potential = tri!(range_f(id, IN_POTENTIAL, tri!(f.potential.ok_or_else(|| missing(id, IN_POTENTIAL))), Some(0.0), None));
-    let gross_margin = tri!(range_f(id, IN_MARGIN, tri!(f.gross_margin.ok_or_else(|| missing(id, IN_MARGIN))), Some(0.0), Some(1.0)));
+    let potential = tri!(range_f(
+        id,
+        IN_POTENTIAL,
+        tri!(f.potential.ok_or_else(|| missing(id, IN_POTENTIAL))),
+        Some(0.0),
+        None
+    ));
+    let gross_margin = tri!(range_f(
+        id,
+        IN_MARGIN,
+        tri!(f.gross_margin.ok_or_else(|| missing(id, IN_MARGIN))),
+        Some(0.0),
+        Some(1.0)
+    ));
     let share_of_wallet = match f.share_of_wallet {
         None => None,
         Some(x) => Some(tri!(range_f(id, IN_WALLET, x, Some(0.0), Some(1.0)))),
     };
-    let rel = tri!(relationship(id, tri!(f.relationship.as_deref().ok_or_else(|| missing(id, IN_RELATIONSHIP)))));
+    let rel = tri!(relationship(
+        id,
+        tri!(f.relationship.as_deref().ok_or_else(|| missing(id, IN_RELATIONSHIP)))
+    ));
     let strategic_fit = match int(IN_FIT, f.strategic_fit, 1.0, 5.0)? {
         None => return Ok(Err(missing(id, IN_FIT))),
         Some(r) => tri!(r),
@@ -603,7 +729,14 @@ pub fn bad_record(raw: &str, e: &serde_json::Error, line: usize) -> HwError {
         Value::String(s) => s,
         other => other.to_string(),
     });
-    HwError { id, code: "bad_record", message: format!("not a snapshot: {e}"), field: None, rule: None, record: Some(line) }
+    HwError {
+        id,
+        code: "bad_record",
+        message: format!("not a snapshot: {e}"),
+        field: None,
+        rule: None,
+        record: Some(line),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -797,7 +930,12 @@ pub fn score_and_move<'a>(acc: Account<'a>) -> Result<Scored<'a>, HwError> {
     if score >= MIN_SCORE[0] && !strategic_ok {
         reasons.push(Reason {
             code: "condition",
-            message: format!("score {} reaches {}'s {} but its condition `{STRATEGIC_WHEN}` does not hold", num(score), TIERS[0], num(MIN_SCORE[0])),
+            message: format!(
+                "score {} reaches {}'s {} but its condition `{STRATEGIC_WHEN}` does not hold",
+                num(score),
+                TIERS[0],
+                num(MIN_SCORE[0])
+            ),
         });
     }
     let q = qualified as usize;
@@ -842,7 +980,10 @@ fn movement(s: &mut Scored<'_>) {
     let Some(cur) = s.current.map(usize::from) else {
         s.tier = s.qualified;
         s.change = Change::New;
-        s.reasons.push(Reason { code: "new", message: format!("no current tier: starts in {}", TIERS[q]) });
+        s.reasons.push(Reason {
+            code: "new",
+            message: format!("no current tier: starts in {}", TIERS[q]),
+        });
         return;
     };
     for t in 0..cur {
@@ -863,7 +1004,13 @@ fn movement(s: &mut Scored<'_>) {
                 ),
             });
             if target != t {
-                s.reasons.push(Reason { code: "max_steps", message: format!("qualifies for {} but moves at most {MAX_STEPS} tier(s) at a time", TIERS[t]) });
+                s.reasons.push(Reason {
+                    code: "max_steps",
+                    message: format!(
+                        "qualifies for {} but moves at most {MAX_STEPS} tier(s) at a time",
+                        TIERS[t]
+                    ),
+                });
             }
             return;
         }
@@ -911,13 +1058,31 @@ fn movement(s: &mut Scored<'_>) {
         };
         if !tenure_ok {
             let days = s.acc.tier_since.map_or(0, |since| s.acc.as_of - since);
-            return hold(s, "tenure", format!("in {ct} for {days} days, fewer than the {MIN_TENURE_DAYS} days before a demotion: stays {ct}"));
+            return hold(
+                s,
+                "tenure",
+                format!(
+                    "in {ct} for {days} days, fewer than the {MIN_TENURE_DAYS} days before a demotion: stays {ct}"
+                ),
+            );
         }
         if renewal_hold(&s.acc.inp, s.acc.as_of) {
-            return hold(s, "hold", format!("hold `renewal`: renewal within 90 days: no demotion during the negotiation: stays {ct}"));
+            return hold(
+                s,
+                "hold",
+                format!(
+                    "hold `renewal`: renewal within 90 days: no demotion during the negotiation: stays {ct}"
+                ),
+            );
         }
         if rhai_ge(s.acc.inp.potential, 5000000.0) {
-            return hold(s, "hold", format!("hold `star`: potential of 5M or more (a 'star' account, 003): keep investing: stays {ct}"));
+            return hold(
+                s,
+                "hold",
+                format!(
+                    "hold `star`: potential of 5M or more (a 'star' account, 003): keep investing: stays {ct}"
+                ),
+            );
         }
         let target = if q - cur > MAX_STEPS { cur + MAX_STEPS } else { q };
         s.tier = target as u8;
@@ -933,9 +1098,18 @@ fn movement(s: &mut Scored<'_>) {
         } else {
             format!("{ct}'s condition `{STRATEGIC_WHEN}` no longer holds")
         };
-        s.reasons.push(Reason { code: "demote", message: format!("demoted from {ct} to {}: {why}", TIERS[target]) });
+        s.reasons.push(Reason {
+            code: "demote",
+            message: format!("demoted from {ct} to {}: {why}", TIERS[target]),
+        });
         if target != q {
-            s.reasons.push(Reason { code: "max_steps", message: format!("qualifies for {} but moves at most {MAX_STEPS} tier(s) at a time", TIERS[q]) });
+            s.reasons.push(Reason {
+                code: "max_steps",
+                message: format!(
+                    "qualifies for {} but moves at most {MAX_STEPS} tier(s) at a time",
+                    TIERS[q]
+                ),
+            });
         }
         return;
     }
@@ -960,10 +1134,17 @@ pub fn alerts(inp: &Inputs, as_of: i64, tier: u8, score: f64) -> Vec<AlertOut> {
     if let (Some(n), Some(p)) = (inp.nps, inp.nps_prev)
         && p - n >= 20
     {
-        out.push(AlertOut { id: "nps_drop", severity: "high", message: format!("NPS fell {} points, from {p} to {n}", p - n) });
+        out.push(AlertOut {
+            id: "nps_drop",
+            severity: "high",
+            message: format!("NPS fell {} points, from {p} to {n}", p - n),
+        });
     }
     if kam && inp.last_qbr.is_none_or(|d| as_of - d.day > 92) {
-        let mut m = format!("quarterly business review overdue for this {} account (last QBR: ", TIERS[tier as usize]);
+        let mut m = format!(
+            "quarterly business review overdue for this {} account (last QBR: ",
+            TIERS[tier as usize]
+        );
         last_seen(&mut m, inp.last_qbr, as_of);
         m.push(')');
         out.push(AlertOut { id: "qbr_overdue", severity: "medium", message: m });
@@ -992,7 +1173,14 @@ pub fn alerts(inp: &Inputs, as_of: i64, tier: u8, score: f64) -> Vec<AlertOut> {
     {
         let until = d.day - as_of;
         if (0..=90).contains(&until) && n < 0 {
-            out.push(AlertOut { id: "renewal_at_risk", severity: "critical", message: format!("renewal on {} ({until} days) with a negative NPS ({n})", d.as_str()) });
+            out.push(AlertOut {
+                id: "renewal_at_risk",
+                severity: "critical",
+                message: format!(
+                    "renewal on {} ({until} days) with a negative NPS ({n})",
+                    d.as_str()
+                ),
+            });
         }
     }
     if kam
@@ -1030,7 +1218,11 @@ pub fn finish<'a, 'p>(s: Scored<'a>, pol: &'p PolicyRef) -> Decision<'a, 'p> {
             when_holds: (up == 0 && s.strategic_seen).then_some(s.strategic_ok),
         }
     });
-    let scores = std::array::from_fn(|k| CriterionScore { id: CRITERIA[k].0, score: s.scores[k], weight: CRITERIA[k].1 });
+    let scores = std::array::from_fn(|k| CriterionScore {
+        id: CRITERIA[k].0,
+        score: s.scores[k],
+        weight: CRITERIA[k].1,
+    });
     Decision {
         id: s.acc.id,
         manager: s.acc.manager,
@@ -1053,7 +1245,13 @@ pub fn decide<'a, 'p>(acc: Account<'a>, pol: &'p PolicyRef) -> Result<Decision<'
 }
 
 fn duplicate_error(id: &str) -> HwError {
-    HwError::new(id, "duplicate_id", format!("id `{id}` appears more than once in the input; every copy is refused"), Some("id"), None)
+    HwError::new(
+        id,
+        "duplicate_id",
+        format!("id `{id}` appears more than once in the input; every copy is refused"),
+        Some("id"),
+        None,
+    )
 }
 
 /// Marks the snapshots whose id appears more than once (a rejected record with an id claims
@@ -1069,11 +1267,18 @@ pub fn duplicates<T>(records: &[Result<T, HwError>], id: impl Fn(&T) -> &str) ->
             *counts.entry(k).or_default() += 1;
         }
     }
-    records.iter().map(|r| r.as_ref().is_ok_and(|s| counts.get(id(s)).copied().unwrap_or(0) > 1)).collect()
+    records
+        .iter()
+        .map(|r| r.as_ref().is_ok_and(|s| counts.get(id(s)).copied().unwrap_or(0) > 1))
+        .collect()
 }
 
 /// Validation step shared by both levels: duplicates, then `validate`.
-pub fn validate_all<'a, T>(records: Vec<Result<T, HwError>>, id: impl Fn(&T) -> &str, validate: impl Fn(T) -> Result<Account<'a>, HwError>) -> Vec<Result<Account<'a>, HwError>> {
+pub fn validate_all<'a, T>(
+    records: Vec<Result<T, HwError>>,
+    id: impl Fn(&T) -> &str,
+    validate: impl Fn(T) -> Result<Account<'a>, HwError>,
+) -> Vec<Result<Account<'a>, HwError>> {
     let dup = duplicates(&records, &id);
     records
         .into_iter()
@@ -1094,7 +1299,10 @@ fn with_record(mut e: HwError, i: usize) -> HwError {
 }
 
 /// Account level over validated accounts (`tierwise::engine::evaluate`).
-pub fn evaluate<'a, 'p>(accounts: Vec<Result<Account<'a>, HwError>>, pol: &'p PolicyRef) -> Vec<Outcome<'a, 'p>> {
+pub fn evaluate<'a, 'p>(
+    accounts: Vec<Result<Account<'a>, HwError>>,
+    pol: &'p PolicyRef,
+) -> Vec<Outcome<'a, 'p>> {
     accounts
         .into_iter()
         .enumerate()
@@ -1164,7 +1372,8 @@ fn apply_caps(scored: &mut [Scored<'_>], from: usize, n: usize) {
     for t in from..TIERS.len() - 1 {
         let Some(share) = MAX_SHARE[t] else { continue };
         let lim = (share * n as f64 + 1e-9).floor().max(0.0) as usize;
-        let mut members: Vec<usize> = (0..scored.len()).filter(|&i| scored[i].tier as usize == t).collect();
+        let mut members: Vec<usize> =
+            (0..scored.len()).filter(|&i| scored[i].tier as usize == t).collect();
         if members.len() <= lim {
             continue;
         }
@@ -1225,7 +1434,10 @@ fn place_accounts(scored: &mut [Scored<'_>]) -> Vec<ManagerLoad> {
             let mut reassign = Vec::new();
             if count > PER_MANAGER_MAX {
                 members.sort_by(|&a, &b| rank(&scored[a], &scored[b]));
-                reassign = members[PER_MANAGER_MAX as usize..].iter().map(|&i| scored[i].acc.id.to_string()).collect();
+                reassign = members[PER_MANAGER_MAX as usize..]
+                    .iter()
+                    .map(|&i| scored[i].acc.id.to_string())
+                    .collect();
                 reassign.sort();
             }
             ManagerLoad { manager: m.to_string(), count, status, reassign, demoted: Vec::new() }
@@ -1249,7 +1461,10 @@ fn final_change(s: &Scored<'_>) -> Change {
 }
 
 /// Portfolio level over validated accounts (`tierwise::engine::evaluate_portfolio`).
-pub fn evaluate_portfolio<'a, 'p>(accounts: Vec<Result<Account<'a>, HwError>>, pol: &'p PolicyRef) -> (Vec<Outcome<'a, 'p>>, Summary) {
+pub fn evaluate_portfolio<'a, 'p>(
+    accounts: Vec<Result<Account<'a>, HwError>>,
+    pol: &'p PolicyRef,
+) -> (Vec<Outcome<'a, 'p>>, Summary) {
     let mut slots: Vec<Result<usize, HwError>> = Vec::with_capacity(accounts.len());
     let mut scored: Vec<Scored<'a>> = Vec::with_capacity(accounts.len());
     for r in accounts {
@@ -1267,7 +1482,15 @@ pub fn evaluate_portfolio<'a, 'p>(accounts: Vec<Result<Account<'a>, HwError>>, p
     }
     let n = scored.len();
     let mut revenues: Vec<f64> = Vec::with_capacity(n);
-    let mut tiers: Vec<TierSummary> = (0..3).map(|t| TierSummary { id: TIERS[t], label: TIER_LABELS[t], count: 0, share: 0.0, revenue: 0.0 }).collect();
+    let mut tiers: Vec<TierSummary> = (0..3)
+        .map(|t| TierSummary {
+            id: TIERS[t],
+            label: TIER_LABELS[t],
+            count: 0,
+            share: 0.0,
+            revenue: 0.0,
+        })
+        .collect();
     let mut by_tier: Vec<Vec<f64>> = vec![Vec::new(); TIERS.len()];
     let mut changes = ChangeCounts::default();
     let mut moves = Vec::new();
@@ -1286,7 +1509,12 @@ pub fn evaluate_portfolio<'a, 'p>(accounts: Vec<Result<Account<'a>, HwError>>, p
         if let Some(prev) = &s.acc.current_tier
             && **prev != *TIERS[s.tier as usize]
         {
-            moves.push(Move { id: s.acc.id.to_string(), from: prev.to_string(), to: TIERS[s.tier as usize], change: s.change });
+            moves.push(Move {
+                id: s.acc.id.to_string(),
+                from: prev.to_string(),
+                to: TIERS[s.tier as usize],
+                change: s.change,
+            });
         }
     }
     for t in &mut tiers {
@@ -1300,7 +1528,8 @@ pub fn evaluate_portfolio<'a, 'p>(accounts: Vec<Result<Account<'a>, HwError>>, p
         t.revenue = revs.iter().fold(0.0, |a, b| a + b);
     }
     moves.sort_by(|a, b| a.id.as_bytes().cmp(b.id.as_bytes()));
-    let top10 = if total == 0.0 { 0.0 } else { revenues.iter().take(10).fold(0.0, |a, b| a + b) / total };
+    let top10 =
+        if total == 0.0 { 0.0 } else { revenues.iter().take(10).fold(0.0, |a, b| a + b) / total };
     let managers_over = managers.iter().filter(|m| m.status == "over").count();
 
     let mut portfolio_alerts = Vec::new();
@@ -1308,26 +1537,48 @@ pub fn evaluate_portfolio<'a, 'p>(accounts: Vec<Result<Account<'a>, HwError>>, p
         let mut m = String::from("the top 10 accounts hold ");
         push_rhai_float(&mut m, (top10 * 1000.0).round() / 10.0);
         m.push_str("% of revenue (KAM trigger: more than 30%)");
-        portfolio_alerts.push(AlertOut { id: "revenue_concentration", severity: "medium", message: m });
+        portfolio_alerts.push(AlertOut {
+            id: "revenue_concentration",
+            severity: "medium",
+            message: m,
+        });
     }
     if managers_over > 0 {
-        portfolio_alerts.push(AlertOut { id: "kam_overloaded", severity: "high", message: format!("{managers_over} key account manager(s) above 25 strategic/key accounts") });
+        portfolio_alerts.push(AlertOut {
+            id: "kam_overloaded",
+            severity: "high",
+            message: format!(
+                "{managers_over} key account manager(s) above 25 strategic/key accounts"
+            ),
+        });
     }
     if n > 0 && rhai_gt(total, 250000.0 * n as f64) {
         let mut m = String::from("average revenue per account is above $250K (");
         push_rhai_float(&mut m, (total / n as f64).round());
         m.push(')');
-        portfolio_alerts.push(AlertOut { id: "enterprise_deal_size", severity: "info", message: m });
+        portfolio_alerts.push(AlertOut {
+            id: "enterprise_deal_size",
+            severity: "info",
+            message: m,
+        });
     }
 
-    let mut finished: Vec<Option<Decision<'a, 'p>>> = scored.into_iter().map(|s| Some(finish(s, pol))).collect();
+    let mut finished: Vec<Option<Decision<'a, 'p>>> =
+        scored.into_iter().map(|s| Some(finish(s, pol))).collect();
     let outcomes: Vec<Outcome<'a, 'p>> = slots
         .into_iter()
         .enumerate()
         .map(|(i, slot)| match slot {
             Ok(k) => match finished[k].take() {
                 Some(d) => Outcome::Decision(Box::new(d)),
-                None => Outcome::error(HwError { id: None, code: "internal", message: "missing outcome".into(), field: None, rule: None, record: Some(i + 1) }),
+                None => Outcome::error(HwError {
+                    id: None,
+                    code: "internal",
+                    message: "missing outcome".into(),
+                    field: None,
+                    rule: None,
+                    record: Some(i + 1),
+                }),
             },
             Err(e) => Outcome::error(with_record(e, i)),
         })

@@ -39,7 +39,15 @@ pub enum Kind {
     DanglingSymlink,
 }
 
-pub const ALL: [Kind; 7] = [Kind::Good, Kind::Syntax, Kind::TestsFail, Kind::HalfWritten, Kind::Emptied, Kind::SwappedForFile, Kind::DanglingSymlink];
+pub const ALL: [Kind; 7] = [
+    Kind::Good,
+    Kind::Syntax,
+    Kind::TestsFail,
+    Kind::HalfWritten,
+    Kind::Emptied,
+    Kind::SwappedForFile,
+    Kind::DanglingSymlink,
+];
 
 impl Kind {
     pub fn name(self) -> &'static str {
@@ -146,7 +154,11 @@ impl Editor {
         Outcome { kind, reloads, ok, detail, took: t.elapsed() }
     }
 
-    fn edit(&mut self, kind: Kind, get: &mut dyn FnMut() -> Option<Value>) -> Result<(String, u32), String> {
+    fn edit(
+        &mut self,
+        kind: Kind,
+        get: &mut dyn FnMut() -> Option<Value>,
+    ) -> Result<(String, u32), String> {
         let n = self.n;
         let io = |e: std::io::Error| format!("edit failed: {e}");
         match kind {
@@ -159,14 +171,26 @@ impl Editor {
             Kind::Syntax | Kind::TestsFail => {
                 let mut bad = self.current.clone();
                 if kind == Kind::TestsFail {
-                    let toml = text(&bad, "policy.toml").replacen("min_score = 8.0", "min_score = 9.9", 1);
+                    let toml =
+                        text(&bad, "policy.toml").replacen("min_score = 8.0", "min_score = 9.9", 1);
                     bad.insert("policy.toml".into(), format!("{toml}\n# drill {n}\n").into_bytes());
                 } else if n.is_multiple_of(2) {
-                    let toml = text(&bad, "policy.toml").replacen("[[tiers]]", &format!("# drill {n}\n[[tiers]"), 1);
+                    let toml = text(&bad, "policy.toml").replacen(
+                        "[[tiers]]",
+                        &format!("# drill {n}\n[[tiers]"),
+                        1,
+                    );
                     bad.insert("policy.toml".into(), toml.into_bytes());
                 } else {
-                    let script = bad.keys().find(|k| k.ends_with(".rhai")).cloned().unwrap_or_else(|| "scripts/drill.rhai".into());
-                    let body = format!("{}\n// drill {n}\nfn drill_broken(a) {{ let x = ; }}\n", text(&bad, &script));
+                    let script = bad
+                        .keys()
+                        .find(|k| k.ends_with(".rhai"))
+                        .cloned()
+                        .unwrap_or_else(|| "scripts/drill.rhai".into());
+                    let body = format!(
+                        "{}\n// drill {n}\nfn drill_broken(a) {{ let x = ; }}\n",
+                        text(&bad, &script)
+                    );
                     bad.insert(script, body.into_bytes());
                 }
                 self.write_all(&bad).map_err(io)?;
@@ -212,7 +236,8 @@ impl Editor {
                     }
                     _ => {
                         fs::rename(&self.dir, &aside).map_err(io)?;
-                        std::os::unix::fs::symlink(self.stash.join("nothing-here"), &self.dir).map_err(io)?;
+                        std::os::unix::fs::symlink(self.stash.join("nothing-here"), &self.dir)
+                            .map_err(io)?;
                     }
                 }
                 let place = self.wait_rejected(kind, None, get)?;
@@ -298,7 +323,12 @@ impl Editor {
         Ok(())
     }
 
-    fn wait(&self, what: &str, get: &mut dyn FnMut() -> Option<Value>, ok: &mut dyn FnMut(&Value) -> bool) -> Result<Value, String> {
+    fn wait(
+        &self,
+        what: &str,
+        get: &mut dyn FnMut() -> Option<Value>,
+        ok: &mut dyn FnMut(&Value) -> bool,
+    ) -> Result<Value, String> {
         let t = Instant::now();
         let mut last = Value::Null;
         loop {
@@ -309,7 +339,11 @@ impl Editor {
                 last = v;
             }
             if t.elapsed() > self.timeout {
-                return Err(format!("{what}: not seen within {:?}; last answer: {}", self.timeout, short(&last)));
+                return Err(format!(
+                    "{what}: not seen within {:?}; last answer: {}",
+                    self.timeout,
+                    short(&last)
+                ));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -317,20 +351,32 @@ impl Editor {
 
     fn wait_good(&self, get: &mut dyn FnMut() -> Option<Value>) -> Result<(), String> {
         let want = self.current_hash.clone();
-        self.wait(&format!("serving {}", &want[..12]), get, &mut |v| v["hash"] == want.as_str() && v["last_error"].is_null() && v["status"] == "active")
-            .map(|_| ())
+        self.wait(&format!("serving {}", &want[..12]), get, &mut |v| {
+            v["hash"] == want.as_str() && v["last_error"].is_null() && v["status"] == "active"
+        })
+        .map(|_| ())
     }
 
     /// Waits for the rejection (`bad`: the rejected files' hash, when they can be read);
     /// checks the last good version still serves; returns the reported place.
-    fn wait_rejected(&self, kind: Kind, bad: Option<String>, get: &mut dyn FnMut() -> Option<Value>) -> Result<String, String> {
+    fn wait_rejected(
+        &self,
+        kind: Kind,
+        bad: Option<String>,
+        get: &mut dyn FnMut() -> Option<Value>,
+    ) -> Result<String, String> {
         let code = kind.code().unwrap_or("");
         let v = self.wait(&format!("{} rejected", kind.name()), get, &mut |v| {
             let e = &v["last_error"];
             e["code"] == code && bad.as_deref().is_none_or(|h| e["hash"] == h)
         })?;
         if v["hash"] != self.current_hash.as_str() || v["status"] != "active" {
-            return Err(format!("{}: the last good version {} is not serving: {}", kind.name(), &self.current_hash[..12], short(&v)));
+            return Err(format!(
+                "{}: the last good version {} is not serving: {}",
+                kind.name(),
+                &self.current_hash[..12],
+                short(&v)
+            ));
         }
         let e = &v["last_error"];
         let place = |p: &Value| -> Option<String> {
@@ -338,11 +384,19 @@ impl Editor {
             Some(format!("{file}:{}:{}", p["line"], p["column"]))
         };
         let found = match kind {
-            Kind::TestsFail => e["failed_cases"].get(0).and_then(|c| place(&c["place"]).map(|p| format!("{p} ({})", c["name"].as_str().unwrap_or("")))),
-            Kind::Syntax | Kind::HalfWritten => e["diagnostics"].get(0).and_then(|d| place(&d["place"]).filter(|_| d["place"]["line"].as_u64().unwrap_or(0) > 0)),
+            Kind::TestsFail => e["failed_cases"].get(0).and_then(|c| {
+                place(&c["place"]).map(|p| format!("{p} ({})", c["name"].as_str().unwrap_or("")))
+            }),
+            Kind::Syntax | Kind::HalfWritten => e["diagnostics"].get(0).and_then(|d| {
+                place(&d["place"]).filter(|_| d["place"]["line"].as_u64().unwrap_or(0) > 0)
+            }),
             // A read error names the path it could not read.
             _ => {
-                let name = self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = self
+                    .dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 e["message"].as_str().filter(|m| m.contains(&name)).map(|m| m.to_string())
             }
         };
@@ -354,7 +408,8 @@ impl Editor {
 /// the first part is never valid TOML; which string depends on `n`.
 fn cut_inside_string(toml: &[u8], n: usize) -> usize {
     let text = String::from_utf8_lossy(toml);
-    let starts: Vec<usize> = text.match_indices("label = \"").map(|(i, m)| i + m.len() + 3).collect();
+    let starts: Vec<usize> =
+        text.match_indices("label = \"").map(|(i, m)| i + m.len() + 3).collect();
     if starts.is_empty() {
         return toml.len() / 2;
     }

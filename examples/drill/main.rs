@@ -105,7 +105,9 @@ fn parse_args() -> Args {
     let addr = url.trim_start_matches("http://").trim_end_matches('/').to_string();
     let kinds = m
         .get("kinds")
-        .map(|k| k.split(',').map(|s| edits::Kind::parse(s.trim()).unwrap_or_else(|| usage())).collect())
+        .map(|k| {
+            k.split(',').map(|s| edits::Kind::parse(s.trim()).unwrap_or_else(|| usage())).collect()
+        })
         .unwrap_or_else(|| edits::ALL.to_vec());
     let faults = m
         .get("faults")
@@ -178,8 +180,18 @@ impl Conn {
 
     /// Sends one request and reads its answer. `Err((e, got_any))`: `got_any` says whether a
     /// byte of the answer arrived (a keep-alive connection closed before that may be retried).
-    async fn send(&mut self, method: &str, path: &str, host: &str, extra: &str, body: &[u8]) -> Result<Reply, (Box<dyn Error + Send + Sync>, bool)> {
-        let head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n", body.len());
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        host: &str,
+        extra: &str,
+        body: &[u8],
+    ) -> Result<Reply, (Box<dyn Error + Send + Sync>, bool)> {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n",
+            body.len()
+        );
         let mut req = Vec::with_capacity(head.len() + body.len());
         req.extend_from_slice(head.as_bytes());
         req.extend_from_slice(body);
@@ -196,8 +208,15 @@ impl Conn {
         };
         let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
         let mut lines = head.split("\r\n");
-        let status: u16 = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).ok_or_else(|| (format!("bad status line: {head}").into(), true))?;
-        let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| (format!("bad status line: {head}").into(), true))?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
         let mut reply = Reply { status, headers, body: Vec::new(), close: false };
         reply.close = reply.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let mut rest = self.buf.split_off(end + 4);
@@ -211,7 +230,10 @@ impl Conn {
                 rest.extend_from_slice(&chunk[..got]);
             }
             reply.body = rest;
-        } else if reply.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        } else if reply
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
             self.buf = rest;
             loop {
                 let line_end = loop {
@@ -222,8 +244,15 @@ impl Conn {
                         return Err(("connection closed mid-chunk".into(), true));
                     }
                 };
-                let size = usize::from_str_radix(String::from_utf8_lossy(&self.buf[..line_end]).split(';').next().unwrap_or("").trim(), 16)
-                    .map_err(|e| (format!("bad chunk size: {e}").into(), true))?;
+                let size = usize::from_str_radix(
+                    String::from_utf8_lossy(&self.buf[..line_end])
+                        .split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim(),
+                    16,
+                )
+                .map_err(|e| (format!("bad chunk size: {e}").into(), true))?;
                 while self.buf.len() < line_end + 2 + size + 2 {
                     if self.fill().await.map_err(|e| (e, true))? == 0 {
                         return Err(("connection closed mid-chunk".into(), true));
@@ -294,7 +323,9 @@ async fn once(addr: &str, method: &str, path: &str, body: &[u8], timeout: Durati
         let mut c = Conn::open(addr).await?;
         c.send(method, path, addr, "Connection: close\r\n", body).await.map_err(|(e, _)| e)
     };
-    tokio::time::timeout(timeout, fut).await.map_err(|_| format!("{method} {path}: no answer within {timeout:?}"))?
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| format!("{method} {path}: no answer within {timeout:?}"))?
 }
 
 /// The same, blocking (the edit thread).
@@ -419,7 +450,11 @@ async fn one(sh: Arc<Shared>, at: Instant, body: Arc<Vec<u8>>, batch: usize) {
                 }
                 Check::Status => {
                     s.non_2xx += 1;
-                    let msg = format!("HTTP {}: {}", reply.status, String::from_utf8_lossy(&reply.body[..reply.body.len().min(200)]));
+                    let msg = format!(
+                        "HTTP {}: {}",
+                        reply.status,
+                        String::from_utf8_lossy(&reply.body[..reply.body.len().min(200)])
+                    );
                     *f.errors.entry(msg).or_default() += 1;
                 }
                 Check::NoHash(why) => {
@@ -428,7 +463,9 @@ async fn one(sh: Arc<Shared>, at: Instant, body: Arc<Vec<u8>>, batch: usize) {
                 }
                 Check::Mixed(hashes) => {
                     s.mixed += 1;
-                    *f.errors.entry(format!("mixed hashes in one answer: {hashes}")).or_default() += 1;
+                    *f.errors
+                        .entry(format!("mixed hashes in one answer: {hashes}"))
+                        .or_default() += 1;
                 }
             }
         }
@@ -455,14 +492,22 @@ fn check_answer(reply: &Reply, batch: usize) -> Check {
         return Check::NoHash("answer names no policy hash".into());
     };
     if reply.header("x-policy-hash") != Some(top.as_str()) {
-        return Check::Mixed(format!("x-policy-hash {:?} vs body {top}", reply.header("x-policy-hash")));
+        return Check::Mixed(format!(
+            "x-policy-hash {:?} vs body {top}",
+            reply.header("x-policy-hash")
+        ));
     }
     if a.accounts.len() != batch {
         return Check::NoHash(format!("{} accounts answered for {batch}", a.accounts.len()));
     }
     // Accounts answered with an error (the book holds a few bad snapshots) name no policy.
-    if let Some(other) = a.accounts.iter().filter_map(|d| d.policy.as_ref()).find(|p| p.hash != top) {
-        return Check::Mixed(format!("{} and {}", &top[..12], &other.hash[..other.hash.len().min(12)]));
+    if let Some(other) = a.accounts.iter().filter_map(|d| d.policy.as_ref()).find(|p| p.hash != top)
+    {
+        return Check::Mixed(format!(
+            "{} and {}",
+            &top[..12],
+            &other.hash[..other.hash.len().min(12)]
+        ));
     }
     Check::Ok(top[..12].to_string())
 }
@@ -480,7 +525,12 @@ async fn exchange(sh: &Shared, body: &[u8]) -> Res<(Reply, bool)> {
         Ok(r) => (r, false),
         Err((_, false)) if reused => {
             c = Conn::open(&sh.args.addr).await?;
-            (c.send("POST", "/v1/evaluate", &sh.args.addr, "", body).await.map_err(|(e, _)| e)?, true)
+            (
+                c.send("POST", "/v1/evaluate", &sh.args.addr, "", body)
+                    .await
+                    .map_err(|(e, _)| e)?,
+                true,
+            )
         }
         Err((e, _)) => return Err(e),
     };
@@ -522,12 +572,19 @@ fn body(policy: Option<&str>, lines: &[&str]) -> Vec<u8> {
 /// Microseconds some task has waited for a CPU since boot (Linux PSI), if available.
 fn cpu_stall_us() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
-    s.lines().find(|l| l.starts_with("some"))?.split_whitespace().find_map(|f| f.strip_prefix("total="))?.parse().ok()
+    s.lines()
+        .find(|l| l.starts_with("some"))?
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
 }
 
 fn rss_kb(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -545,7 +602,9 @@ struct Sample {
 }
 
 fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' '))).and_then(|v| v.trim().parse().ok())
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 async fn sample(sh: &Shared) -> Option<Sample> {
@@ -561,16 +620,23 @@ async fn sample(sh: &Shared) -> Option<Sample> {
         queued: metric(&text, "tierwise_cache_queued_writes").unwrap_or(0.0) as u64,
         hits: metric(&text, "tierwise_cache_lookups_total{result=\"hit\"}").unwrap_or(0.0) as u64,
         breaker_state: metric(&text, "tierwise_cache_breaker_state").unwrap_or(-1.0) as i64,
-        dropped: metric(&text, "tierwise_cache_writes_total{result=\"dropped\"}").unwrap_or(0.0) as u64,
+        dropped: metric(&text, "tierwise_cache_writes_total{result=\"dropped\"}").unwrap_or(0.0)
+            as u64,
     })
 }
 
 fn signal(pid: u32, sig: &str) -> bool {
-    std::process::Command::new("kill").args([sig, &pid.to_string()]).status().is_ok_and(|s| s.success())
+    std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn redis_pings(port: u16) -> bool {
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)) else {
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(
+        &([127, 0, 0, 1], port).into(),
+        Duration::from_millis(200),
+    ) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
@@ -585,8 +651,13 @@ struct Fault {
     at: f64,
 }
 
-async fn run_faults(sh: Arc<Shared>, restarted: Arc<Mutex<Option<std::process::Child>>>) -> Vec<Fault> {
-    let (Some(mut pid), Some(port)) = (sh.args.redis_pid, sh.args.redis_port) else { return vec![] };
+async fn run_faults(
+    sh: Arc<Shared>,
+    restarted: Arc<Mutex<Option<std::process::Child>>>,
+) -> Vec<Fault> {
+    let (Some(mut pid), Some(port)) = (sh.args.redis_pid, sh.args.redis_port) else {
+        return vec![];
+    };
     // Restarted on the same port and in the same folder, without persistence (as the scripts
     // start it). Not from /proc/PID/cmdline: redis-server rewrites its own process title.
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
@@ -600,11 +671,24 @@ async fn run_faults(sh: Arc<Shared>, restarted: Arc<Mutex<Option<std::process::C
             "cont" => signal(pid, "-CONT"),
             "restart" => {
                 let mut cmd = std::process::Command::new("redis-server");
-                cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning"]);
+                cmd.args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--loglevel",
+                    "warning",
+                ]);
                 if let Some(d) = &cwd {
                     cmd.arg("--dir").arg(d);
                 }
-                cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+                cmd.stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null());
                 if let Some(d) = &cwd {
                     cmd.current_dir(d);
                 }
@@ -636,7 +720,11 @@ async fn run_faults(sh: Arc<Shared>, restarted: Arc<Mutex<Option<std::process::C
 // ---------------------------------------------------------------------------------------
 // Hostile dry runs.
 
-async fn dry_runs(sh: Arc<Shared>, lines: Arc<Vec<String>>, end: Instant) -> Vec<(u16, String, f64)> {
+async fn dry_runs(
+    sh: Arc<Shared>,
+    lines: Arc<Vec<String>>,
+    end: Instant,
+) -> Vec<(u16, String, f64)> {
     let mut out = Vec::new();
     let every = Duration::from_secs_f64(sh.args.dry_run_every);
     let Some(dir) = sh.args.edit_dir.clone() else { return out };
@@ -645,19 +733,39 @@ async fn dry_runs(sh: Arc<Shared>, lines: Arc<Vec<String>>, end: Instant) -> Vec
         tokio::time::sleep_until(next.into()).await;
         next += every;
         // The folder as it is now, plus a criterion that never ends.
-        let Ok(mut files) = tierwise::policy::read_dir(std::path::Path::new(&dir)) else { continue };
-        let toml = String::from_utf8_lossy(files.get("policy.toml").map_or(&[][..], |v| v)).into_owned();
-        let toml = toml.replacen("[[tiers]]", "[[score.criteria]]\nid = \"spin\"\nweight = 1.0\nscript = \"spin\"\n\n[[tiers]]", 1);
+        let Ok(mut files) = tierwise::policy::read_dir(std::path::Path::new(&dir)) else {
+            continue;
+        };
+        let toml =
+            String::from_utf8_lossy(files.get("policy.toml").map_or(&[][..], |v| v)).into_owned();
+        let toml = toml.replacen(
+            "[[tiers]]",
+            "[[score.criteria]]\nid = \"spin\"\nweight = 1.0\nscript = \"spin\"\n\n[[tiers]]",
+            1,
+        );
         files.insert("policy.toml".into(), toml.into_bytes());
         files.insert("scripts/spin.rhai".into(), b"fn spin(a) { loop { } }\n".to_vec());
-        let files: BTreeMap<String, String> = files.into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned())).collect();
-        let accounts: Vec<Value> = lines.iter().take(sh.args.dry_run_accounts).filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let files: BTreeMap<String, String> =
+            files.into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned())).collect();
+        let accounts: Vec<Value> = lines
+            .iter()
+            .take(sh.args.dry_run_accounts)
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
         let body = json!({ "accounts": accounts, "candidate": { "files": files } }).to_string();
         let t = Instant::now();
-        let r = once(&sh.args.addr, "POST", "/v1/dry-run", body.as_bytes(), Duration::from_secs(60)).await;
+        let r =
+            once(&sh.args.addr, "POST", "/v1/dry-run", body.as_bytes(), Duration::from_secs(60))
+                .await;
         let took = t.elapsed().as_secs_f64() * 1000.0;
         let (status, code) = match r {
-            Ok(r) => (r.status, serde_json::from_slice::<Value>(&r.body).ok().and_then(|v| v["code"].as_str().map(String::from)).unwrap_or_default()),
+            Ok(r) => (
+                r.status,
+                serde_json::from_slice::<Value>(&r.body)
+                    .ok()
+                    .and_then(|v| v["code"].as_str().map(String::from))
+                    .unwrap_or_default(),
+            ),
             Err(e) => (0, e.to_string()),
         };
         sh.event(format!("hostile dry run: HTTP {status} {code} in {took:.0} ms"));
@@ -671,8 +779,10 @@ async fn dry_runs(sh: Arc<Shared>, lines: Arc<Vec<String>>, end: Instant) -> Vec
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Res<()> {
     let args = parse_args();
-    let text = std::fs::read_to_string(&args.accounts).map_err(|e| format!("{}: {e}", args.accounts))?;
-    let lines: Arc<Vec<String>> = Arc::new(text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect());
+    let text =
+        std::fs::read_to_string(&args.accounts).map_err(|e| format!("{}: {e}", args.accounts))?;
+    let lines: Arc<Vec<String>> =
+        Arc::new(text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect());
     if lines.is_empty() {
         return Err(format!("{}: no accounts", args.accounts).into());
     }
@@ -697,8 +807,13 @@ async fn main() -> Res<()> {
         let (sh, stop, edits_done) = (sh.clone(), stop.clone(), edits_done.clone());
         std::thread::spawn(move || -> EditResult {
             let stash = sh.args.stash.clone().ok_or("--edit-dir needs --stash")?;
-            let mut ed = edits::Editor::new(std::path::Path::new(&dir), std::path::Path::new(&stash)).map_err(|e| format!("{dir}: {e}"))?;
-            let name = std::path::Path::new(&dir).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let mut ed =
+                edits::Editor::new(std::path::Path::new(&dir), std::path::Path::new(&stash))
+                    .map_err(|e| format!("{dir}: {e}"))?;
+            let name = std::path::Path::new(&dir)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let addr = sh.args.addr.clone();
             let mut get = move || once_blocking(&addr, &format!("/v1/policies/{name}"));
             let mut out = Vec::new();
@@ -728,7 +843,8 @@ async fn main() -> Res<()> {
     });
     let restarted = Arc::new(Mutex::new(None));
     let faults = tokio::spawn(run_faults(sh.clone(), restarted.clone()));
-    let dry = (args.dry_run_every > 0.0).then(|| tokio::spawn(dry_runs(sh.clone(), lines.clone(), end)));
+    let dry =
+        (args.dry_run_every > 0.0).then(|| tokio::spawn(dry_runs(sh.clone(), lines.clone(), end)));
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let monitor = (args.redis_pid.is_some()).then(|| {
         let (sh, samples, stop) = (sh.clone(), samples.clone(), stop.clone());
@@ -764,7 +880,8 @@ async fn main() -> Res<()> {
             let mut sec = 0usize;
             let mut stall = cpu_stall_us();
             while !stop.load(Relaxed) {
-                tokio::time::sleep_until((sh.start + Duration::from_secs(sec as u64 + 1)).into()).await;
+                tokio::time::sleep_until((sh.start + Duration::from_secs(sec as u64 + 1)).into())
+                    .await;
                 let rss = sh.args.server_pid.and_then(rss_kb);
                 let now = cpu_stall_us();
                 let pressure = stall.zip(now).map(|(a, b)| b.saturating_sub(a) as f64 / 1e6);
@@ -789,7 +906,9 @@ async fn main() -> Res<()> {
                     rss.map(|r| format!("  rss {:.1} MiB", r as f64 / 1024.0)).unwrap_or_default(),
                     sh.in_flight.load(Relaxed),
                     s.client_lag_ms,
-                    pressure.map(|p| format!("  cpu pressure {:.0}%", p * 100.0)).unwrap_or_default()
+                    pressure
+                        .map(|p| format!("  cpu pressure {:.0}%", p * 100.0))
+                        .unwrap_or_default()
                 );
                 drop(f);
                 eprintln!("{line}");
@@ -805,7 +924,12 @@ async fn main() -> Res<()> {
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         let at = start + Duration::from_secs_f64(i as f64 * interval);
-        if at >= end || edits_done.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|d| d.elapsed() > Duration::from_secs(2)) {
+        if at >= end
+            || edits_done
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|d| d.elapsed() > Duration::from_secs(2))
+        {
             break;
         }
         if at > Instant::now() {
@@ -823,7 +947,10 @@ async fn main() -> Res<()> {
         while tasks.try_join_next().is_some() {}
     }
     // Answers still due get their timeout.
-    let drain = tokio::time::timeout(args.timeout + Duration::from_secs(1), async { while tasks.join_next().await.is_some() {} }).await;
+    let drain = tokio::time::timeout(args.timeout + Duration::from_secs(1), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     if drain.is_err() {
         tasks.abort_all();
     }
@@ -835,7 +962,8 @@ async fn main() -> Res<()> {
     };
     // The edits stop with the load (the one in progress finishes).
     stop.store(true, Relaxed);
-    let edit_result = editor.map(|h| h.join().unwrap_or_else(|_| Err("edit thread panicked".into())));
+    let edit_result =
+        editor.map(|h| h.join().unwrap_or_else(|_| Err("edit thread panicked".into())));
     if let Some(m) = monitor {
         let _ = m.await;
     }
@@ -848,7 +976,15 @@ async fn main() -> Res<()> {
         let _ = child.wait();
     }
 
-    report(&sh, load_end, edit_result, &fault_list, &samples.lock().unwrap_or_else(|p| p.into_inner()), final_sample, &dry_list)
+    report(
+        &sh,
+        load_end,
+        edit_result,
+        &fault_list,
+        &samples.lock().unwrap_or_else(|p| p.into_inner()),
+        final_sample,
+        &dry_list,
+    )
 }
 
 #[allow(clippy::too_many_lines)]
@@ -869,7 +1005,8 @@ fn report(
     let mut all: Vec<u32> = f.seconds.iter().flat_map(|s| s.lat_us.iter().copied()).collect();
     all.sort_unstable();
     let sum = |g: fn(&Second) -> u64| f.seconds.iter().map(g).sum::<u64>();
-    let (failed, non_2xx, mixed, no_hash) = (sum(|s| s.failed), sum(|s| s.non_2xx), sum(|s| s.mixed), sum(|s| s.no_hash));
+    let (failed, non_2xx, mixed, no_hash) =
+        (sum(|s| s.failed), sum(|s| s.non_2xx), sum(|s| s.mixed), sum(|s| s.no_hash));
     let answered = all.len() as u64;
 
     // Windows (minutes by default).
@@ -882,7 +1019,8 @@ fn report(
         let fails: u64 = chunk.iter().map(|s| s.failed + s.non_2xx + s.mixed + s.no_hash).sum();
         let lag = chunk.iter().map(|s| s.client_lag_ms).fold(0.0, f64::max);
         let pressures: Vec<f64> = chunk.iter().filter_map(|s| s.cpu_pressure).collect();
-        let pressure = (!pressures.is_empty()).then(|| pressures.iter().sum::<f64>() / pressures.len() as f64);
+        let pressure =
+            (!pressures.is_empty()).then(|| pressures.iter().sum::<f64>() / pressures.len() as f64);
         println!(
             "window {k} ({}-{} s): {} answers ({:.0}/s), {fails} bad, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms{}; client lag max {lag:.0} ms{}",
             k * w,
@@ -893,7 +1031,9 @@ fn report(
             pct(&lat, 0.99),
             pct(&lat, 1.0),
             rss.map(|r| format!(", rss {:.1} MiB", r as f64 / 1024.0)).unwrap_or_default(),
-            pressure.map(|p| format!(", machine cpu pressure {:.0}%", p * 100.0)).unwrap_or_default()
+            pressure
+                .map(|p| format!(", machine cpu pressure {:.0}%", p * 100.0))
+                .unwrap_or_default()
         );
         windows.push(json!({ "from_s": k * w, "answers": lat.len(), "bad": fails, "p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99), "max_ms": pct(&lat, 1.0), "rss_kb": rss,
             "client_lag_max_ms": lag, "cpu_pressure": pressure }));
@@ -906,7 +1046,10 @@ fn report(
     check(format!("every answer names a policy hash: {no_hash} without"), no_hash == 0);
     check(format!("no answer mixes two hashes: {mixed} mixed"), mixed == 0);
     let achieved = answered as f64 / load_end.max(0.001);
-    println!("rate asked {:.0}/s, answered {:.0}/s over {load_end:.1} s ({} sent, {} retried on a new connection)", a.rate, achieved, f.sent, f.retried);
+    println!(
+        "rate asked {:.0}/s, answered {:.0}/s over {load_end:.1} s ({} sent, {} retried on a new connection)",
+        a.rate, achieved, f.sent, f.retried
+    );
     let mut summary = json!({
         "rate": a.rate, "duration_s": a.duration, "sent": f.sent, "answered": answered, "answered_per_s": achieved,
         "failed": failed, "non_2xx": non_2xx, "mixed_hash": mixed, "no_hash": no_hash, "retried": f.retried,
@@ -918,8 +1061,10 @@ fn report(
         match r {
             Err(e) => check(format!("policy edits ran: {e}"), false),
             Ok((outcomes, good)) => {
-                let short: std::collections::BTreeSet<String> = good.iter().map(|h| h[..12].to_string()).collect();
-                let unknown: Vec<&String> = f.hashes.keys().filter(|h| !short.contains(*h)).collect();
+                let short: std::collections::BTreeSet<String> =
+                    good.iter().map(|h| h[..12].to_string()).collect();
+                let unknown: Vec<&String> =
+                    f.hashes.keys().filter(|h| !short.contains(*h)).collect();
                 let reloads: u32 = outcomes.iter().map(|o| o.reloads).sum();
                 let bad: Vec<&edits::Outcome> = outcomes.iter().filter(|o| !o.ok).collect();
                 let mut by_kind: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
@@ -929,29 +1074,51 @@ fn report(
                     e.1 += u32::from(o.ok);
                 }
                 println!("edits by kind (made, ok): {by_kind:?}");
-                for (k, o) in outcomes.iter().filter(|o| o.ok && !o.detail.is_empty()).fold(BTreeMap::new(), |mut m, o| {
-                    m.entry(o.kind.name()).or_insert(o);
-                    m
-                }) {
+                for (k, o) in outcomes.iter().filter(|o| o.ok && !o.detail.is_empty()).fold(
+                    BTreeMap::new(),
+                    |mut m, o| {
+                        m.entry(o.kind.name()).or_insert(o);
+                        m
+                    },
+                ) {
                     println!("  {k:<8} reported at {}", o.detail);
                 }
-                let mut took: Vec<f64> = outcomes.iter().map(|o| o.took.as_secs_f64() * 1000.0).collect();
+                let mut took: Vec<f64> =
+                    outcomes.iter().map(|o| o.took.as_secs_f64() * 1000.0).collect();
                 took.sort_by(f64::total_cmp);
                 // A reload drill must reach the reloads it asked for within the load's time.
                 let enough = a.pass.as_deref() != Some("reload") || reloads >= a.reloads;
                 check(
-                    format!("{reloads} reloads (asked {}) from {} edits, every one seen as expected: {} not", a.reloads, outcomes.len(), bad.len()),
+                    format!(
+                        "{reloads} reloads (asked {}) from {} edits, every one seen as expected: {} not",
+                        a.reloads,
+                        outcomes.len(),
+                        bad.len()
+                    ),
                     bad.is_empty() && reloads > 0 && enough,
                 );
                 for o in bad.iter().take(5) {
                     println!("  edit {} failed: {}", o.kind.name(), o.detail);
                 }
                 check(
-                    format!("every answer names a last-good hash ({} hashes seen, {} good versions): {} unknown {:?}", f.hashes.len(), good.len(), unknown.len(), unknown),
+                    format!(
+                        "every answer names a last-good hash ({} hashes seen, {} good versions): {} unknown {:?}",
+                        f.hashes.len(),
+                        good.len(),
+                        unknown.len(),
+                        unknown
+                    ),
                     unknown.is_empty(),
                 );
-                let places = outcomes.iter().filter(|o| o.ok && o.kind != edits::Kind::Good).count();
-                check(format!("each failure reported with its place: {places} of {} bad edits", outcomes.iter().filter(|o| o.kind != edits::Kind::Good).count()), bad.is_empty());
+                let places =
+                    outcomes.iter().filter(|o| o.ok && o.kind != edits::Kind::Good).count();
+                check(
+                    format!(
+                        "each failure reported with its place: {places} of {} bad edits",
+                        outcomes.iter().filter(|o| o.kind != edits::Kind::Good).count()
+                    ),
+                    bad.is_empty(),
+                );
                 summary["edits"] = json!({ "edits": outcomes.len(), "reloads": reloads, "not_ok": bad.len(), "by_kind": by_kind,
                     "good_versions": good.len(), "unknown_hashes": unknown, "edit_ms_p50": took.get(took.len() / 2), "edit_ms_max": took.last(),
                     "failures": bad.iter().map(|o| format!("{}: {}", o.kind.name(), o.detail)).collect::<Vec<_>>() });
@@ -964,37 +1131,87 @@ fn report(
         // turned away (503), never answered 200 nor a 500.
         let refused = dry.iter().filter(|(s, _, _)| matches!(s, 422 | 503)).count();
         let worst = dry.iter().map(|d| d.2).fold(0.0, f64::max);
-        check(format!("hostile dry runs refused: {refused} of {} (slowest {worst:.0} ms)", dry.len()), refused == dry.len());
-        summary["dry_runs"] = json!(dry.iter().map(|(s, c, t)| json!({ "status": s, "code": c, "ms": t })).collect::<Vec<_>>());
+        check(
+            format!("hostile dry runs refused: {refused} of {} (slowest {worst:.0} ms)", dry.len()),
+            refused == dry.len(),
+        );
+        summary["dry_runs"] = json!(
+            dry.iter()
+                .map(|(s, c, t)| json!({ "status": s, "code": c, "ms": t }))
+                .collect::<Vec<_>>()
+        );
     }
 
     if !faults.is_empty() {
         let deadline = a.deadline_ms + 10.0;
-        check(format!("p99 {:.2} ms <= cache deadline + 10 ms ({deadline:.0} ms)", pct(&all, 0.99)), pct(&all, 0.99) <= deadline);
+        check(
+            format!("p99 {:.2} ms <= cache deadline + 10 ms ({deadline:.0} ms)", pct(&all, 0.99)),
+            pct(&all, 0.99) <= deadline,
+        );
         // Per outage (kill→restart, stop→cont): degraded seen while down, recovered after.
         let mut outages = Vec::new();
         for pair in faults.windows(2) {
             let (down, up) = (&pair[0], &pair[1]);
-            if !matches!((down.what.as_str(), up.what.as_str()), ("kill", "restart") | ("stop", "cont")) {
+            if !matches!(
+                (down.what.as_str(), up.what.as_str()),
+                ("kill", "restart") | ("stop", "cont")
+            ) {
                 continue;
             }
-            let during: Vec<&Sample> = samples.iter().filter(|s| s.t > down.at && s.t <= up.at).collect();
+            let during: Vec<&Sample> =
+                samples.iter().filter(|s| s.t > down.at && s.t <= up.at).collect();
             let degraded = during.iter().find(|s| s.cache == "degraded").map(|s| s.t - down.at);
             let opened = during.iter().any(|s| s.breaker == "open" || s.breaker_state == 1);
             let hits_at_up = samples.iter().rev().find(|s| s.t <= up.at).map_or(0, |s| s.hits);
-            let back = samples.iter().find(|s| s.t > up.at && s.cache == "ok" && s.breaker == "closed" && s.hits > hits_at_up).map(|s| s.t - up.at);
-            let mut lat: Vec<u32> = f.seconds.iter().enumerate().filter(|(i, _)| (*i as f64) >= down.at && (*i as f64) < up.at + 2.0).flat_map(|(_, s)| s.lat_us.iter().copied()).collect();
+            let back = samples
+                .iter()
+                .find(|s| {
+                    s.t > up.at && s.cache == "ok" && s.breaker == "closed" && s.hits > hits_at_up
+                })
+                .map(|s| s.t - up.at);
+            let mut lat: Vec<u32> = f
+                .seconds
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| (*i as f64) >= down.at && (*i as f64) < up.at + 2.0)
+                .flat_map(|(_, s)| s.lat_us.iter().copied())
+                .collect();
             lat.sort_unstable();
             let name = format!("{}→{}", down.what, up.what);
-            check(format!("{name}: breaker open and /readyz degraded ({})", degraded.map_or("never".into(), |d| format!("after {:.2} s", d))), opened && degraded.is_some());
-            check(format!("{name}: cache used again <= 10 s after Redis returned ({})", back.map_or("never".into(), |b| format!("{b:.2} s"))), back.is_some_and(|b| b <= 10.0));
-            println!("  {name}: p99 {:.2} ms, max {:.2} ms over the outage and 2 s after", pct(&lat, 0.99), pct(&lat, 1.0));
+            check(
+                format!(
+                    "{name}: breaker open and /readyz degraded ({})",
+                    degraded.map_or("never".into(), |d| format!("after {:.2} s", d))
+                ),
+                opened && degraded.is_some(),
+            );
+            check(
+                format!(
+                    "{name}: cache used again <= 10 s after Redis returned ({})",
+                    back.map_or("never".into(), |b| format!("{b:.2} s"))
+                ),
+                back.is_some_and(|b| b <= 10.0),
+            );
+            println!(
+                "  {name}: p99 {:.2} ms, max {:.2} ms over the outage and 2 s after",
+                pct(&lat, 0.99),
+                pct(&lat, 1.0)
+            );
             outages.push(json!({ "fault": name, "degraded_after_s": degraded, "breaker_open_seen": opened, "recovered_after_s": back, "p99_ms": pct(&lat, 0.99), "max_ms": pct(&lat, 1.0) }));
         }
         let max_q = samples.iter().map(|s| s.queued).max().unwrap_or(0);
-        check(format!("write queue bounded: at most {max_q} batches queued (capacity {})", a.queue_max), max_q <= a.queue_max);
+        check(
+            format!(
+                "write queue bounded: at most {max_q} batches queued (capacity {})",
+                a.queue_max
+            ),
+            max_q <= a.queue_max,
+        );
         if let Some(s) = &final_sample {
-            check(format!("after the drill: /readyz cache {} breaker {}", s.cache, s.breaker), s.cache == "ok" && s.breaker == "closed");
+            check(
+                format!("after the drill: /readyz cache {} breaker {}", s.cache, s.breaker),
+                s.cache == "ok" && s.breaker == "closed",
+            );
         }
         summary["redis"] = json!({ "outages": outages, "max_queued": max_q, "dropped_writes": samples.last().map(|s| s.dropped), "samples": samples.len(),
             "faults": faults.iter().map(|x| json!({ "what": x.what, "at_s": x.at })).collect::<Vec<_>>() });
@@ -1004,13 +1221,20 @@ fn report(
         let n = f.seconds.len();
         let w = a.window as usize;
         let lat_of = |r: std::ops::Range<usize>| {
-            let mut l: Vec<u32> = f.seconds[r].iter().flat_map(|s| s.lat_us.iter().copied()).collect();
+            let mut l: Vec<u32> =
+                f.seconds[r].iter().flat_map(|s| s.lat_us.iter().copied()).collect();
             l.sort_unstable();
             pct(&l, 0.99)
         };
         if n >= 2 * w {
             let (first, last) = (lat_of(0..w), lat_of(n - w..n));
-            check(format!("last window p99 {last:.2} ms <= 1.2 x first window p99 {first:.2} ms ({:.2} x)", last / first.max(0.001)), last <= 1.2 * first);
+            check(
+                format!(
+                    "last window p99 {last:.2} ms <= 1.2 x first window p99 {first:.2} ms ({:.2} x)",
+                    last / first.max(0.001)
+                ),
+                last <= 1.2 * first,
+            );
         } else {
             check(format!("run of {n} s too short for two {w} s windows"), false);
         }
@@ -1018,7 +1242,12 @@ fn report(
         let fin = f.seconds.iter().rev().find_map(|s| s.rss_kb);
         match (warm, fin) {
             (Some(w0), Some(w1)) => check(
-                format!("final RSS {:.1} MiB <= post-warm-up RSS {:.1} MiB + 10% ({:+.1}%)", w1 as f64 / 1024.0, w0 as f64 / 1024.0, 100.0 * (w1 as f64 / w0 as f64 - 1.0)),
+                format!(
+                    "final RSS {:.1} MiB <= post-warm-up RSS {:.1} MiB + 10% ({:+.1}%)",
+                    w1 as f64 / 1024.0,
+                    w0 as f64 / 1024.0,
+                    100.0 * (w1 as f64 / w0 as f64 - 1.0)
+                ),
                 w1 as f64 <= w0 as f64 * 1.10,
             ),
             _ => check("RSS sampled (--server-pid)".into(), false),
@@ -1031,9 +1260,16 @@ fn report(
     for (what, ok) in &checks {
         println!("{} {what}", if *ok { "PASS" } else { "FAIL" });
     }
-    println!("p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms over {answered} answers", pct(&all, 0.5), pct(&all, 0.99), pct(&all, 0.999), pct(&all, 1.0));
+    println!(
+        "p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms over {answered} answers",
+        pct(&all, 0.5),
+        pct(&all, 0.99),
+        pct(&all, 0.999),
+        pct(&all, 1.0)
+    );
     summary["pass"] = json!(ok);
-    summary["checks"] = json!(checks.iter().map(|(w, ok)| json!({ "check": w, "pass": ok })).collect::<Vec<_>>());
+    summary["checks"] =
+        json!(checks.iter().map(|(w, ok)| json!({ "check": w, "pass": ok })).collect::<Vec<_>>());
     let text = serde_json::to_string_pretty(&summary)?;
     if let Some(path) = &a.json {
         std::fs::write(path, &text)?;

@@ -75,7 +75,9 @@ impl CacheConfig {
         self.write_timeout + self.allowance(keys)
     }
     fn allowance(&self, keys: usize) -> Duration {
-        self.timeout_per_key.saturating_mul(u32::try_from(keys).unwrap_or(u32::MAX)).min(MAX_PER_KEY_ALLOWANCE)
+        self.timeout_per_key
+            .saturating_mul(u32::try_from(keys).unwrap_or(u32::MAX))
+            .min(MAX_PER_KEY_ALLOWANCE)
     }
 }
 

@@ -86,8 +86,12 @@ impl CostGate {
             k if k == SAMPLE_EVERY / 2 => return false,
             _ => {}
         }
-        let (eval, fixed, per_key) = (load(&self.eval_ns), load(&self.read_fixed_ns), load(&self.read_key_ns));
-        if eval == 0.0 || (fixed == 0.0 && per_key == 0.0) || self.hit_ratio_known.load(Relaxed) == 0 {
+        let (eval, fixed, per_key) =
+            (load(&self.eval_ns), load(&self.read_fixed_ns), load(&self.read_key_ns));
+        if eval == 0.0
+            || (fixed == 0.0 && per_key == 0.0)
+            || self.hit_ratio_known.load(Relaxed) == 0
+        {
             return true;
         }
         // A term not measured yet counts as 0: only small reads seen, the per-key part is in
@@ -127,7 +131,12 @@ impl CostGate {
     /// The estimates, for `/metrics` or a debug endpoint: (eval ns per account, read fixed
     /// ns, read ns per key, hit ratio).
     pub fn estimates(&self) -> (f64, f64, f64, f64) {
-        (load(&self.eval_ns), load(&self.read_fixed_ns), load(&self.read_key_ns), load(&self.hit_ratio))
+        (
+            load(&self.eval_ns),
+            load(&self.read_fixed_ns),
+            load(&self.read_key_ns),
+            load(&self.hit_ratio),
+        )
     }
 }
 
@@ -149,13 +158,17 @@ struct Doorkeeper {
 
 impl Doorkeeper {
     fn new() -> Self {
-        Doorkeeper { words: (0..DOOR_BITS / 64).map(|_| AtomicU64::new(0)).collect(), marked: AtomicU64::new(0) }
+        Doorkeeper {
+            words: (0..DOOR_BITS / 64).map(|_| AtomicU64::new(0)).collect(),
+            marked: AtomicU64::new(0),
+        }
     }
 
     fn seen_before(&self, d: &Digest) -> bool {
         let bit = |i: usize| {
             let b = &d.0[i..i + 8];
-            (u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as usize) % DOOR_BITS
+            (u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as usize)
+                % DOOR_BITS
         };
         let mut seen = true;
         for b in [bit(0), bit(8)] {
@@ -186,7 +199,11 @@ mod tests {
     fn reads_until_it_knows_then_only_when_it_pays() {
         let g = CostGate::new();
         assert!(g.should_read(1) && g.should_read(1), "nothing measured yet: read");
-        assert_eq!(decisions(&g, 1, 30), 29, "except the one request in 32 that measures evaluation");
+        assert_eq!(
+            decisions(&g, 1, 30),
+            29,
+            "except the one request in 32 that measures evaluation"
+        );
         // A cheap policy (7 µs an account), a 60 µs round trip, 1 µs a key, every key a hit.
         g.record_eval(100, Duration::from_micros(700));
         g.record_read(1, 1, Duration::from_micros(60));

@@ -46,7 +46,13 @@ fn weigh(k: &Key, v: &Stored) -> u32 {
 
 impl MemoryCache {
     pub fn new(cfg: &CacheConfig) -> Self {
-        let build = |max: u64| moka::sync::Cache::builder().max_capacity(max).weigher(weigh).support_invalidation_closures().build();
+        let build = |max: u64| {
+            moka::sync::Cache::builder()
+                .max_capacity(max)
+                .weigher(weigh)
+                .support_invalidation_closures()
+                .build()
+        };
         MemoryCache {
             entries: build(cfg.memory_max_bytes),
             versions: Mutex::new(HashMap::new()),
@@ -78,14 +84,25 @@ impl MemoryCache {
                 }
             }
         };
-        let prefixes: [String; 2] = ["acct", "book"].map(|kind| format!("{}{kind}:{name}:{old}:", super::KEY_PREFIX));
+        let prefixes: [String; 2] =
+            ["acct", "book"].map(|kind| format!("{}{kind}:{name}:{old}:", super::KEY_PREFIX));
         // Only fails when invalidation closures are off, and they are on (see `new`).
-        let _ = self.entries.invalidate_entries_if(move |k: &Key, _| prefixes.iter().any(|p| k.as_str().starts_with(p.as_str())));
+        let _ = self.entries.invalidate_entries_if(move |k: &Key, _| {
+            prefixes.iter().any(|p| k.as_str().starts_with(p.as_str()))
+        });
     }
 
     fn lookup(&self, key: &Key) -> Option<Bytes> {
-        let latest = key.as_str().as_bytes().get(super::KEY_PREFIX.len()..).is_some_and(|r| r.starts_with(b"latest:"));
-        let (found, ttl) = if latest { (self.latest.get(key), self.latest_ttl) } else { (self.entries.get(key), self.ttl) };
+        let latest = key
+            .as_str()
+            .as_bytes()
+            .get(super::KEY_PREFIX.len()..)
+            .is_some_and(|r| r.starts_with(b"latest:"));
+        let (found, ttl) = if latest {
+            (self.latest.get(key), self.latest_ttl)
+        } else {
+            (self.entries.get(key), self.ttl)
+        };
         found.filter(|s| s.at.elapsed() < ttl).map(|s| s.value)
     }
 }
@@ -134,7 +151,11 @@ impl Latest {
     /// wrote.
     fn put(&self, k: Key, v: Stored, refresh: Duration) -> bool {
         let mut sh = self.shard(&k);
-        if sh.map.get(&k).is_some_and(|old| old.value == v.value && v.at.duration_since(old.at) < refresh) {
+        if sh
+            .map
+            .get(&k)
+            .is_some_and(|old| old.value == v.value && v.at.duration_since(old.at) < refresh)
+        {
             return false;
         }
         let w = u64::from(weigh(&k, &v));
@@ -228,7 +249,11 @@ mod tests {
     #[tokio::test]
     async fn a_new_version_of_a_policy_drops_the_older_versions_entries() {
         let c = MemoryCache::new(&CacheConfig::default());
-        let (v1, v2, other) = (PolicyId::new("enterprise", "h1"), PolicyId::new("enterprise", "h2"), PolicyId::new("mid-market", "m1"));
+        let (v1, v2, other) = (
+            PolicyId::new("enterprise", "h1"),
+            PolicyId::new("enterprise", "h2"),
+            PolicyId::new("mid-market", "m1"),
+        );
         let d = Digest([3; 32]);
         let put = |p: &PolicyId| {
             let mut b = WriteBatch::new();
@@ -240,8 +265,19 @@ mod tests {
         put(&other);
         put(&v2);
         c.entries.run_pending_tasks();
-        let got = c.get_many(&[v1.account_key(&d), v1.book_key(&d), v2.account_key(&d), v2.book_key(&d), other.account_key(&d)]).await;
-        assert_eq!(got.iter().map(Option::is_some).collect::<Vec<_>>(), [false, false, true, true, true]);
+        let got = c
+            .get_many(&[
+                v1.account_key(&d),
+                v1.book_key(&d),
+                v2.account_key(&d),
+                v2.book_key(&d),
+                other.account_key(&d),
+            ])
+            .await;
+        assert_eq!(
+            got.iter().map(Option::is_some).collect::<Vec<_>>(),
+            [false, false, true, true, true]
+        );
         assert_eq!(version_of(&v2.account_key(&d)), Some(("enterprise", "h2")));
         assert_eq!(version_of(&v2.latest_key("a")), None);
     }
@@ -264,7 +300,11 @@ mod tests {
 
     #[tokio::test]
     async fn ttl_and_size_bounds() {
-        let cfg = CacheConfig { ttl: Duration::from_millis(100), max_value_bytes: 10, ..CacheConfig::default() };
+        let cfg = CacheConfig {
+            ttl: Duration::from_millis(100),
+            max_value_bytes: 10,
+            ..CacheConfig::default()
+        };
         let c = MemoryCache::new(&cfg);
         let p = PolicyId::new("p", "h");
         let mut b = WriteBatch::new();

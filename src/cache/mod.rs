@@ -164,7 +164,11 @@ fn write_snapshot<W: Write>(w: &mut W, s: &Snapshot) -> io::Result<()> {
     write_object(w, &s.fields)?;
     w.write_all(b",\"id\":")?;
     write_str(w, &s.id)?;
-    for (key, v) in [(&b",\"manager\":"[..], &s.manager), (b",\"name\":", &s.name), (b",\"tier_since\":", &s.tier_since)] {
+    for (key, v) in [
+        (&b",\"manager\":"[..], &s.manager),
+        (b",\"name\":", &s.name),
+        (b",\"tier_since\":", &s.tier_since),
+    ] {
         if let Some(v) = v {
             w.write_all(key)?;
             write_str(w, v)?;
@@ -177,7 +181,9 @@ fn write_snapshot<W: Write>(w: &mut W, s: &Snapshot) -> io::Result<()> {
 pub fn canonical_json<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
     let mut out = Vec::new();
     // Writing to a Vec cannot fail, and a Snapshot always serializes.
-    let _ = serde_json::to_value(v).map_err(io::Error::other).and_then(|v| write_canonical(&mut out, &v));
+    let _ = serde_json::to_value(v)
+        .map_err(io::Error::other)
+        .and_then(|v| write_canonical(&mut out, &v));
     out
 }
 
@@ -270,7 +276,9 @@ impl PolicyId {
     }
 
     fn key(&self, kind: &str, digest: &Digest) -> Key {
-        let mut s = String::with_capacity(KEY_PREFIX.len() + kind.len() + self.name.len() + self.hash.len() + 68);
+        let mut s = String::with_capacity(
+            KEY_PREFIX.len() + kind.len() + self.name.len() + self.hash.len() + 68,
+        );
         s.push_str(KEY_PREFIX);
         s.push_str(kind);
         s.push(':');
@@ -514,7 +522,9 @@ mod tests {
     #[test]
     fn digest_ignores_key_order_and_whitespace() {
         let a = snap(r#"{"id":"a","as_of":"2026-11-01","fields":{"x":1,"y":{"b":2,"a":[1,2]}}}"#);
-        let b = snap(r#"{ "fields": {"y": {"a": [1, 2], "b": 2}, "x": 1}, "as_of": "2026-11-01", "id": "a" }"#);
+        let b = snap(
+            r#"{ "fields": {"y": {"a": [1, 2], "b": 2}, "x": 1}, "as_of": "2026-11-01", "id": "a" }"#,
+        );
         assert_eq!(snapshot_digest(&a), snapshot_digest(&b));
         assert_eq!(
             String::from_utf8(canonical_json(&a)).unwrap(),
@@ -533,13 +543,19 @@ mod tests {
             current_tier: Some("key".to_string()),
             tier_since: Some("2025-01-01".to_string()),
             as_of: "2026-11-01".to_string(),
-            fields: serde_json::from_str(r#"{"z":1,"a":[{"y":2,"b":null}],"m":"\u0007","n":1.5e300}"#).unwrap(),
+            fields: serde_json::from_str(
+                r#"{"z":1,"a":[{"y":2,"b":null}],"m":"\u0007","n":1.5e300}"#,
+            )
+            .unwrap(),
         };
         let bare = snap(r#"{"id":"x","as_of":"2026-11-01"}"#);
         for s in [full, bare] {
             let mut fast = Vec::new();
             write_snapshot(&mut fast, &s).unwrap();
-            assert_eq!(String::from_utf8(fast).unwrap(), String::from_utf8(canonical_json(&s)).unwrap());
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                String::from_utf8(canonical_json(&s)).unwrap()
+            );
         }
     }
 
@@ -559,7 +575,10 @@ mod tests {
             assert_ne!(snapshot_digest(&base), snapshot_digest(&snap(o)), "{o}");
         }
         // Known answer: the digest is part of the shared key layout, it must not drift.
-        assert_eq!(snapshot_digest(&base).hex(), hex(&Sha256::digest(br#"{"as_of":"2026-11-01","fields":{"x":1},"id":"a"}"#)));
+        assert_eq!(
+            snapshot_digest(&base).hex(),
+            hex(&Sha256::digest(br#"{"as_of":"2026-11-01","fields":{"x":1},"id":"a"}"#))
+        );
     }
 
     #[test]
@@ -578,8 +597,14 @@ mod tests {
     fn keys_are_namespaced_and_unambiguous() {
         let p = PolicyId::new("enterprise", "ab12");
         let d = Digest([0; 32]);
-        assert_eq!(p.account_key(&d).as_str(), format!("tierwise:v1:acct:enterprise:ab12:{}", "0".repeat(64)));
-        assert_eq!(p.book_key(&d).as_str(), format!("tierwise:v1:book:enterprise:ab12:{}", "0".repeat(64)));
+        assert_eq!(
+            p.account_key(&d).as_str(),
+            format!("tierwise:v1:acct:enterprise:ab12:{}", "0".repeat(64))
+        );
+        assert_eq!(
+            p.book_key(&d).as_str(),
+            format!("tierwise:v1:book:enterprise:ab12:{}", "0".repeat(64))
+        );
         assert_eq!(p.latest_key("acme:001").as_str(), "tierwise:v1:latest:enterprise:acme%3A001");
         assert_ne!(latest_key("a:b", "c"), latest_key("a", "b:c"));
         assert_eq!(latest_key("a%3Ab", "c").as_str(), "tierwise:v1:latest:a%253Ab:c");

@@ -119,7 +119,8 @@ impl AccountPlan {
         found: Vec<Option<Bytes>>,
         evaluate: impl FnOnce(&[Record]) -> Vec<Outcome>,
     ) -> Result<(CachedAnswer, WriteBatch), serde_json::Error> {
-        let found = if found.len() == self.keys.len() { found } else { vec![None; self.keys.len()] };
+        let found =
+            if found.len() == self.keys.len() { found } else { vec![None; self.keys.len()] };
         let mut found = found.into_iter();
         let mut cached: Vec<Option<Bytes>> = Vec::with_capacity(records.len());
         let mut misses: Vec<usize> = Vec::new();
@@ -136,7 +137,8 @@ impl AccountPlan {
         } else if misses.len() == records.len() {
             evaluate(records) // all misses: no copy of the snapshots
         } else {
-            let subset: Vec<Record> = misses.iter().filter_map(|&i| records.get(i).cloned()).collect();
+            let subset: Vec<Record> =
+                misses.iter().filter_map(|&i| records.get(i).cloned()).collect();
             evaluate(&subset)
         };
         let mut fresh: Vec<(usize, Outcome)> = Vec::with_capacity(misses.len());
@@ -297,7 +299,11 @@ mod tests {
             written.push((w.entries.len(), w.latest.len(), a.hits));
             cache.put_many(w);
         }
-        assert_eq!(written, vec![(0, 2, 0), (2, 2, 0), (0, 2, 2)], "(entries, latest, hits) per round");
+        assert_eq!(
+            written,
+            vec![(0, 2, 0), (2, 2, 0), (0, 2, 2)],
+            "(entries, latest, hits) per round"
+        );
     }
 
     #[test]
@@ -306,8 +312,14 @@ mod tests {
         let recs = records(BOOK);
         let pid = PolicyId::new("enterprise", p.hash.as_str());
         let plan = AccountPlan::new(&pid, &recs);
-        assert_eq!(plan.keys().len(), 3, "a, b (valid JSON, an error once evaluated: looked up, never stored) and c");
-        let (a, _) = plan.finish(&recs, vec![Some(Bytes::from_static(b"x"))], |m| crate::engine::evaluate(&p, m)).unwrap();
+        assert_eq!(
+            plan.keys().len(),
+            3,
+            "a, b (valid JSON, an error once evaluated: looked up, never stored) and c"
+        );
+        let (a, _) = plan
+            .finish(&recs, vec![Some(Bytes::from_static(b"x"))], |m| crate::engine::evaluate(&p, m))
+            .unwrap();
         assert_eq!(a.hits, 0);
     }
 }

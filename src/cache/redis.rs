@@ -21,12 +21,15 @@
 //! of round trips.
 
 use super::{Cache, CacheConfig, CacheError, CacheStats, Counters, Key, VALUE_PREFIX, WriteBatch};
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::RedisResult;
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::future::Future;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use std::sync::atomic::{
+    AtomicU8, AtomicU32, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
+    Ordering::Release,
+};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -66,7 +69,10 @@ impl RedisCache {
     /// tokio runtime (it spawns the writer and the first probe).
     pub fn connect(url: &str, cfg: &CacheConfig) -> Result<Self, CacheError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| CacheError::NoRuntime)?;
-        let bad = |e: ::redis::RedisError| CacheError::BadUrl { url: redact(url), message: e.to_string() };
+        let bad = |e: ::redis::RedisError| CacheError::BadUrl {
+            url: redact(url),
+            message: e.to_string(),
+        };
         let client = ::redis::Client::open(url).map_err(bad)?;
         // Short reconnect backoff: the breaker's probe, not a waiting request, is what
         // notices Redis is back, and it should find a fresh connection attempt under way.
@@ -123,7 +129,11 @@ impl Shared {
     }
 
     /// Runs one Redis call under `deadline`, counting its failure for the breaker.
-    async fn call<T>(&self, deadline: Duration, fut: impl Future<Output = RedisResult<T>>) -> Option<T> {
+    async fn call<T>(
+        &self,
+        deadline: Duration,
+        fut: impl Future<Output = RedisResult<T>>,
+    ) -> Option<T> {
         match tokio::time::timeout(deadline, fut).await {
             Ok(Ok(v)) => {
                 self.breaker.success();
@@ -200,19 +210,25 @@ fn decode(v: Option<Vec<u8>>) -> Option<Bytes> {
 async fn probe(shared: Arc<Shared>) {
     let mut conn = shared.conn.clone();
     let deadline = shared.cfg.probe_timeout;
-    let ok = match tokio::time::timeout(deadline, ::redis::cmd("PING").query_async::<String>(&mut conn)).await {
-        Ok(Ok(_)) => true,
-        Ok(Err(e)) => {
-            Counters::add(&shared.counters.errors, 1);
-            shared.note(format!("redis error: {e}"));
-            false
-        }
-        Err(_) => {
-            Counters::add(&shared.counters.timeouts, 1);
-            shared.note(format!("redis gave no answer to a probe within {} ms", deadline.as_millis()));
-            false
-        }
-    };
+    let ok =
+        match tokio::time::timeout(deadline, ::redis::cmd("PING").query_async::<String>(&mut conn))
+            .await
+        {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                Counters::add(&shared.counters.errors, 1);
+                shared.note(format!("redis error: {e}"));
+                false
+            }
+            Err(_) => {
+                Counters::add(&shared.counters.timeouts, 1);
+                shared.note(format!(
+                    "redis gave no answer to a probe within {} ms",
+                    deadline.as_millis()
+                ));
+                false
+            }
+        };
     shared.breaker.probe_result(ok);
 }
 
@@ -258,7 +274,8 @@ impl Cache for RedisCache {
             cmd.arg(k.as_str());
         }
         let mut conn = s.conn.clone();
-        let got: Option<Vec<Option<Vec<u8>>>> = s.call(s.cfg.read_deadline(n), cmd.query_async(&mut conn)).await;
+        let got: Option<Vec<Option<Vec<u8>>>> =
+            s.call(s.cfg.read_deadline(n), cmd.query_async(&mut conn)).await;
         match got {
             Some(values) if values.len() == n => {
                 let found: Vec<Option<Bytes>> = values.into_iter().map(decode).collect();
@@ -277,7 +294,9 @@ impl Cache for RedisCache {
         let mut dropped = before - batch.len();
         if !batch.is_empty() {
             let n = batch.len();
-            if self.shared.breaker.state() != BreakerState::Closed || self.tx.try_send(Job::Write(batch)).is_err() {
+            if self.shared.breaker.state() != BreakerState::Closed
+                || self.tx.try_send(Job::Write(batch)).is_err()
+            {
                 dropped += n;
             }
         }
@@ -317,7 +336,11 @@ impl Cache for RedisCache {
             return None;
         }
         let last = self.shared.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        Some(format!("redis cache breaker {}: {}", state.as_str(), last.unwrap_or_else(|| "no answer".to_string())))
+        Some(format!(
+            "redis cache breaker {}: {}",
+            state.as_str(),
+            last.unwrap_or_else(|| "no answer".to_string())
+        ))
     }
 }
 

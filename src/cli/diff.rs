@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tierwise::engine;
-use tierwise::policy::{self, overrides, Files, Policy};
+use tierwise::policy::{self, Files, Policy, overrides};
 use tierwise::script::Limits;
 use tierwise::snapshot::{self, Format, Record};
 use tierwise::whatif::{self, render};
@@ -25,10 +25,12 @@ pub enum DiffFormat {
 }
 
 #[derive(clap::Args)]
-#[command(after_help = "Exit codes: 0 the diff was computed; 1 with --fail-on-moves when an account changes tier (or is \
+#[command(
+    after_help = "Exit codes: 0 the diff was computed; 1 with --fail-on-moves when an account changes tier (or is \
 decided under one policy only), or when the candidate policy does not load; 2 usage or unreadable input.\n\n\
 Examples:\n  tierwise diff --baseline policies/enterprise --set tiers.key.min_score=7.0 --accounts book.jsonl\n  \
-tierwise diff --baseline main/policies/enterprise --candidate policies/enterprise --accounts book.csv --format markdown")]
+tierwise diff --baseline main/policies/enterprise --candidate policies/enterprise --accounts book.csv --format markdown"
+)]
 pub struct DiffArgs {
     /// The policy in force.
     #[arg(long)]
@@ -107,22 +109,34 @@ fn candidate(args: &DiffArgs, limits: &Limits) -> Result<Policy, ExitCode> {
         eprint!("{}", super::render(&report));
         let n = report.errors().count();
         let with = if args.set.is_empty() { String::new() } else { " (with the overrides)".into() };
-        eprintln!("error: candidate policy `{}`{with} has {n} problem{}", report.policy, if n == 1 { "" } else { "s" });
+        eprintln!(
+            "error: candidate policy `{}`{with} has {n} problem{}",
+            report.policy,
+            if n == 1 { "" } else { "s" }
+        );
         ExitCode::from(1)
     })
 }
 
 fn read_text(args: &DiffArgs) -> Result<(String, Format), ExitCode> {
-    let format = args.input_format.or_else(|| Format::from_path(&args.accounts)).or((args.accounts == "-").then_some(Format::Jsonl));
+    let format = args
+        .input_format
+        .or_else(|| Format::from_path(&args.accounts))
+        .or((args.accounts == "-").then_some(Format::Jsonl));
     let Some(format) = format else {
-        eprintln!("error: cannot tell the format of `{}`: use .json, .jsonl, .ndjson or .csv, or --input-format", args.accounts);
+        eprintln!(
+            "error: cannot tell the format of `{}`: use .json, .jsonl, .ndjson or .csv, or --input-format",
+            args.accounts
+        );
         return Err(ExitCode::from(2));
     };
     let mut text = String::new();
     let read = if args.accounts == "-" {
         std::io::stdin().read_to_string(&mut text).map(|_| ())
     } else {
-        std::fs::File::open(&args.accounts).and_then(|mut f| f.read_to_string(&mut text)).map(|_| ())
+        std::fs::File::open(&args.accounts)
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .map(|_| ())
     };
     if let Err(e) = read {
         eprintln!("error: cannot read `{}`: {e}", args.accounts);
@@ -131,7 +145,12 @@ fn read_text(args: &DiffArgs) -> Result<(String, Format), ExitCode> {
     Ok((text, format))
 }
 
-fn records(args: &DiffArgs, text: &str, format: Format, p: &Policy) -> Result<Vec<Record>, ExitCode> {
+fn records(
+    args: &DiffArgs,
+    text: &str,
+    format: Format,
+    p: &Policy,
+) -> Result<Vec<Record>, ExitCode> {
     snapshot::read(text, format, p).map_err(|e| {
         eprintln!("error: `{}`: {e}", args.accounts);
         ExitCode::from(2)
@@ -155,27 +174,39 @@ fn run_inner(args: &DiffArgs, limits: &Limits) -> Result<ExitCode, ExitCode> {
     let before = records(args, &text, format, &baseline)?;
     // CSV cells are typed by the policy's `[inputs]`, which the candidate may change; JSON
     // does not depend on the policy, so it is read once.
-    let after = if format == Format::Csv { Some(records(args, &text, format, &candidate)?) } else { None };
+    let after =
+        if format == Format::Csv { Some(records(args, &text, format, &candidate)?) } else { None };
     drop(text);
     // Both evaluations at once: each has sequential steps (caps, capacity, portfolio alerts)
     // that the other's parallel ones can fill.
-    let (rb, ra) = rayon::join(|| engine::evaluate_portfolio(&baseline, &before), || engine::evaluate_portfolio(&candidate, after.as_deref().unwrap_or(&before)));
+    let (rb, ra) = rayon::join(
+        || engine::evaluate_portfolio(&baseline, &before),
+        || engine::evaluate_portfolio(&candidate, after.as_deref().unwrap_or(&before)),
+    );
     let diff = whatif::compare(&rb, &ra);
     // Errors are part of the book, not of the change: say how many, as `eval` does.
     for (which, r) in [("baseline", &rb), ("candidate", &ra)] {
         if r.summary.error_count > 0 {
-            eprintln!("note: {} account(s) answered with an error under the {which}", r.summary.error_count);
+            eprintln!(
+                "note: {} account(s) answered with an error under the {which}",
+                r.summary.error_count
+            );
         }
     }
     // The process ends right after: freeing 2 × 100k decisions one by one costs time for
     // nothing (as in `eval`).
     std::mem::forget((rb, ra, before, after));
 
-    let ctx = render::Context { overrides: args.set.iter().map(|s| s.trim().to_string()).collect(), candidate_dir: args.candidate.as_ref().map(|d| d.display().to_string()) };
+    let ctx = render::Context {
+        overrides: args.set.iter().map(|s| s.trim().to_string()).collect(),
+        candidate_dir: args.candidate.as_ref().map(|d| d.display().to_string()),
+    };
     let out = match args.format {
         DiffFormat::Table => render::table(&diff, &ctx, args.top),
         DiffFormat::Markdown => render::markdown(&diff, &ctx, args.top),
-        DiffFormat::Json => serde_json::to_string_pretty(&diff).map(|s| s + "\n").unwrap_or_default(),
+        DiffFormat::Json => {
+            serde_json::to_string_pretty(&diff).map(|s| s + "\n").unwrap_or_default()
+        }
     };
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = stdout.write_all(out.as_bytes()).and_then(|_| stdout.flush())
@@ -185,7 +216,11 @@ fn run_inner(args: &DiffArgs, limits: &Limits) -> Result<ExitCode, ExitCode> {
         return Err(ExitCode::from(2));
     }
     if args.fail_on_moves && diff.has_moves() {
-        eprintln!("{} account(s) change tier, {} newly fail (--fail-on-moves)", diff.accounts.iter().filter(|a| a.from != a.to).count(), diff.newly_failing.len());
+        eprintln!(
+            "{} account(s) change tier, {} newly fail (--fail-on-moves)",
+            diff.accounts.iter().filter(|a| a.from != a.to).count(),
+            diff.newly_failing.len()
+        );
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)

@@ -42,16 +42,24 @@ const PROGRESS_MIN: usize = 20_000;
 
 pub fn run(args: &EvalArgs, limits: &Limits) -> ExitCode {
     let Some(policy) = super::load(&args.policy, limits) else { return ExitCode::from(1) };
-    let format = args.input_format.or_else(|| Format::from_path(&args.accounts)).or((args.accounts == "-").then_some(Format::Jsonl));
+    let format = args
+        .input_format
+        .or_else(|| Format::from_path(&args.accounts))
+        .or((args.accounts == "-").then_some(Format::Jsonl));
     let Some(format) = format else {
-        eprintln!("error: cannot tell the format of `{}`: use .json, .jsonl, .ndjson or .csv, or --input-format", args.accounts);
+        eprintln!(
+            "error: cannot tell the format of `{}`: use .json, .jsonl, .ndjson or .csv, or --input-format",
+            args.accounts
+        );
         return ExitCode::from(2);
     };
     let mut text = String::new();
     let read = if args.accounts == "-" {
         std::io::stdin().read_to_string(&mut text).map(|_| ())
     } else {
-        std::fs::File::open(&args.accounts).and_then(|mut f| f.read_to_string(&mut text)).map(|_| ())
+        std::fs::File::open(&args.accounts)
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .map(|_| ())
     };
     if let Err(e) = read {
         eprintln!("error: cannot read `{}`: {e}", args.accounts);
@@ -69,7 +77,10 @@ pub fn run(args: &EvalArgs, limits: &Limits) -> ExitCode {
 
     let bar = (super::stderr_is_terminal() && records.len() > PROGRESS_MIN).then(|| {
         let bar = ProgressBar::new(records.len() as u64);
-        bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} accounts ({eta})").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} accounts ({eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
         bar.set_message("evaluating");
         bar
     });
@@ -108,10 +119,11 @@ pub fn run(args: &EvalArgs, limits: &Limits) -> ExitCode {
         (errors, written)
     };
     if let Err(e) = written.and_then(|_| out.flush())
-        && e.kind() != std::io::ErrorKind::BrokenPipe {
-            eprintln!("error: cannot write the output: {e}");
-            return ExitCode::from(2);
-        }
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: cannot write the output: {e}");
+        return ExitCode::from(2);
+    }
     std::mem::forget(records);
     if errors > 0 {
         eprintln!("{errors} account(s) answered with an error");
@@ -132,7 +144,11 @@ fn note_undeclared(policy: &Policy, records: &[Record]) {
     }
     if !extra.is_empty() {
         let list: Vec<_> = extra.into_iter().collect();
-        eprintln!("note: fields not declared in policy `{}` are ignored: {}", policy.name, list.join(", "));
+        eprintln!(
+            "note: fields not declared in policy `{}` are ignored: {}",
+            policy.name,
+            list.join(", ")
+        );
     }
 }
 
@@ -152,14 +168,20 @@ fn encode_parts(outcomes: &[Outcome]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn write_outcomes(out: &mut impl Write, outcomes: &[Outcome], format: OutFormat) -> std::io::Result<()> {
+fn write_outcomes(
+    out: &mut impl Write,
+    outcomes: &[Outcome],
+    format: OutFormat,
+) -> std::io::Result<()> {
     match format {
         OutFormat::Jsonl => encode_parts(outcomes).iter().try_for_each(|p| out.write_all(p)),
         OutFormat::Json => {
             let parts = encode_parts(outcomes);
             out.write_all(b"[")?;
             let mut first = true;
-            for line in parts.iter().flat_map(|p| p.split(|&b| b == b'\n')).filter(|l| !l.is_empty()) {
+            for line in
+                parts.iter().flat_map(|p| p.split(|&b| b == b'\n')).filter(|l| !l.is_empty())
+            {
                 if !first {
                     out.write_all(b",\n")?;
                 }
@@ -173,7 +195,11 @@ fn write_outcomes(out: &mut impl Write, outcomes: &[Outcome], format: OutFormat)
     }
 }
 
-fn write_portfolio(out: &mut impl Write, r: &PortfolioResult, format: OutFormat) -> std::io::Result<()> {
+fn write_portfolio(
+    out: &mut impl Write,
+    r: &PortfolioResult,
+    format: OutFormat,
+) -> std::io::Result<()> {
     match format {
         OutFormat::Json => {
             serde_json::to_writer(&mut *out, r).map_err(std::io::Error::other)?;
@@ -186,22 +212,47 @@ fn write_portfolio(out: &mut impl Write, r: &PortfolioResult, format: OutFormat)
                 policy: &'a tierwise::engine::PolicyRef,
                 summary: &'a tierwise::engine::Summary,
             }
-            serde_json::to_writer(&mut *out, &Tail { policy: &r.policy, summary: &r.summary }).map_err(std::io::Error::other)?;
+            serde_json::to_writer(&mut *out, &Tail { policy: &r.policy, summary: &r.summary })
+                .map_err(std::io::Error::other)?;
             out.write_all(b"\n")
         }
         OutFormat::Csv => write_csv(out, &r.accounts),
         OutFormat::Table => {
             write_table(out, &r.accounts)?;
             let s = &r.summary;
-            writeln!(out, "\npolicy {} {} ({} accounts decided, {} errors)", r.policy.name, &r.policy.hash[..12.min(r.policy.hash.len())], s.account_count, s.error_count)?;
+            writeln!(
+                out,
+                "\npolicy {} {} ({} accounts decided, {} errors)",
+                r.policy.name,
+                &r.policy.hash[..12.min(r.policy.hash.len())],
+                s.account_count,
+                s.error_count
+            )?;
             writeln!(out, "{:<14} {:>8} {:>7} {:>16}", "tier", "accounts", "share", "revenue")?;
             for t in &s.tiers {
-                writeln!(out, "{:<14} {:>8} {:>6.1}% {:>16.0}", t.id, t.count, t.share * 100.0, t.revenue)?;
+                writeln!(
+                    out,
+                    "{:<14} {:>8} {:>6.1}% {:>16.0}",
+                    t.id,
+                    t.count,
+                    t.share * 100.0,
+                    t.revenue
+                )?;
             }
             let c = &s.changes;
-            writeln!(out, "changes: {} promote, {} demote, {} hold, {} none, {} new", c.promote, c.demote, c.hold, c.none, c.new)?;
+            writeln!(
+                out,
+                "changes: {} promote, {} demote, {} hold, {} none, {} new",
+                c.promote, c.demote, c.hold, c.none, c.new
+            )?;
             for m in s.managers.iter().filter(|m| m.status != tierwise::engine::Load::Ok) {
-                writeln!(out, "manager {:<20} {:>4} accounts  {}", m.manager, m.count, m.status.as_str())?;
+                writeln!(
+                    out,
+                    "manager {:<20} {:>4} accounts  {}",
+                    m.manager,
+                    m.count,
+                    m.status.as_str()
+                )?;
             }
             for a in &s.portfolio_alerts {
                 writeln!(out, "portfolio alert [{:?}] {}: {}", a.severity, a.id, a.message)?;
@@ -212,15 +263,38 @@ fn write_portfolio(out: &mut impl Write, r: &PortfolioResult, format: OutFormat)
 }
 
 fn write_table(out: &mut impl Write, outcomes: &[Outcome]) -> std::io::Result<()> {
-    writeln!(out, "{:<20} {:>6}  {:<12} {:<12} {:<8} alerts / error", "account", "score", "tier", "was", "change")?;
+    writeln!(
+        out,
+        "{:<20} {:>6}  {:<12} {:<12} {:<8} alerts / error",
+        "account", "score", "tier", "was", "change"
+    )?;
     for o in outcomes {
         match o {
             Outcome::Decision(d) => {
                 let alerts: Vec<&str> = d.alerts.iter().map(|a| &*a.id).collect();
-                writeln!(out, "{:<20} {:>6.2}  {:<12} {:<12} {:<8} {}", d.id, d.score, d.tier, d.previous_tier.as_deref().unwrap_or("-"), d.change.as_str(), alerts.join(","))?;
+                writeln!(
+                    out,
+                    "{:<20} {:>6.2}  {:<12} {:<12} {:<8} {}",
+                    d.id,
+                    d.score,
+                    d.tier,
+                    d.previous_tier.as_deref().unwrap_or("-"),
+                    d.change.as_str(),
+                    alerts.join(",")
+                )?;
             }
             Outcome::Error { id, error } => {
-                writeln!(out, "{:<20} {:>6}  {:<12} {:<12} {:<8} error {}: {}", id.as_deref().unwrap_or("?"), "-", "-", "-", "-", error.code, error.message)?;
+                writeln!(
+                    out,
+                    "{:<20} {:>6}  {:<12} {:<12} {:<8} error {}: {}",
+                    id.as_deref().unwrap_or("?"),
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    error.code,
+                    error.message
+                )?;
             }
         }
     }
@@ -230,15 +304,48 @@ fn write_table(out: &mut impl Write, outcomes: &[Outcome]) -> std::io::Result<()
 fn write_csv(out: &mut impl Write, outcomes: &[Outcome]) -> std::io::Result<()> {
     let mut w = csv::Writer::from_writer(out);
     let io = |e: csv::Error| std::io::Error::other(e);
-    w.write_record(["id", "score", "qualified_tier", "previous_tier", "tier", "change", "alerts", "error_code", "error"]).map_err(io)?;
+    w.write_record([
+        "id",
+        "score",
+        "qualified_tier",
+        "previous_tier",
+        "tier",
+        "change",
+        "alerts",
+        "error_code",
+        "error",
+    ])
+    .map_err(io)?;
     for o in outcomes {
         match o {
             Outcome::Decision(d) => {
                 let alerts: Vec<&str> = d.alerts.iter().map(|a| &*a.id).collect();
-                w.write_record([d.id.as_str(), &d.score.to_string(), &d.qualified_tier, d.previous_tier.as_deref().unwrap_or(""), &d.tier, d.change.as_str(), &alerts.join(";"), "", ""]).map_err(io)?;
+                w.write_record([
+                    d.id.as_str(),
+                    &d.score.to_string(),
+                    &d.qualified_tier,
+                    d.previous_tier.as_deref().unwrap_or(""),
+                    &d.tier,
+                    d.change.as_str(),
+                    &alerts.join(";"),
+                    "",
+                    "",
+                ])
+                .map_err(io)?;
             }
             Outcome::Error { id, error } => {
-                w.write_record([id.as_deref().unwrap_or(""), "", "", "", "", "", "", error.code, &error.message]).map_err(io)?;
+                w.write_record([
+                    id.as_deref().unwrap_or(""),
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    error.code,
+                    &error.message,
+                ])
+                .map_err(io)?;
             }
         }
     }

@@ -118,7 +118,10 @@ pub fn stderr_is_terminal() -> bool {
 pub fn policy_dirs(dir: &std::path::Path) -> Result<Vec<PathBuf>, ExitCode> {
     match tierwise::policy::policy_dirs(dir) {
         Ok(d) if d.is_empty() => {
-            eprintln!("error: no policy in `{}` (a policy is a folder with a policy.toml)", dir.display());
+            eprintln!(
+                "error: no policy in `{}` (a policy is a folder with a policy.toml)",
+                dir.display()
+            );
             Err(ExitCode::from(2))
         }
         Ok(d) => Ok(d),
@@ -140,7 +143,11 @@ pub fn load(dir: &std::path::Path, limits: &Limits) -> Option<tierwise::policy::
         Err(tierwise::policy::LoadError::Invalid(report)) => {
             eprint!("{}", render(&report));
             let n = report.errors().count();
-            eprintln!("error: policy `{}` has {n} problem{}", report.policy, if n == 1 { "" } else { "s" });
+            eprintln!(
+                "error: policy `{}` has {n} problem{}",
+                report.policy,
+                if n == 1 { "" } else { "s" }
+            );
             None
         }
     }
@@ -148,9 +155,5 @@ pub fn load(dir: &std::path::Path, limits: &Limits) -> Option<tierwise::policy::
 
 /// Graphical (miette) at a terminal, one line per problem otherwise (logs, CI, tests).
 pub fn render(report: &tierwise::policy::Report) -> String {
-    if stderr_is_terminal() {
-        report.render(true)
-    } else {
-        format!("{report}\n")
-    }
+    if stderr_is_terminal() { report.render(true) } else { format!("{report}\n") }
 }

@@ -9,7 +9,8 @@ pub fn run(out: &Path, reference: &Path, check: bool) -> ExitCode {
         eprintln!("error: cannot create `{}`: {e}", out.display());
         return ExitCode::from(2);
     }
-    let mut files: Vec<(std::path::PathBuf, String)> = tierwise::schema::all().into_iter().map(|(name, text)| (out.join(name), text)).collect();
+    let mut files: Vec<(std::path::PathBuf, String)> =
+        tierwise::schema::all().into_iter().map(|(name, text)| (out.join(name), text)).collect();
     files.push((reference.to_path_buf(), tierwise::schema::policy_reference()));
     for (path, text) in files {
         if check {

@@ -96,10 +96,14 @@ pub fn run(args: &ServeArgs, limits: &Limits) -> ExitCode {
 
 async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
     if !args.policies.is_dir() {
-        eprintln!("error: `{}` is not a folder of policies (use --policies or TIERWISE_POLICIES)", args.policies.display());
+        eprintln!(
+            "error: `{}` is not a folder of policies (use --policies or TIERWISE_POLICIES)",
+            args.policies.display()
+        );
         return ExitCode::from(2);
     }
-    let service = Arc::new(Service::new(&args.policies, limits.clone(), args.default_policy.clone()));
+    let service =
+        Arc::new(Service::new(&args.policies, limits.clone(), args.default_policy.clone()));
     let outcomes = {
         let svc = service.clone();
         tokio::task::spawn_blocking(move || svc.reload()).await.unwrap_or_default()
@@ -113,7 +117,11 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
     let _watcher = if args.no_watch {
         None
     } else {
-        match tierwise::watch::spawn(service.clone(), Duration::from_millis(args.reload_debounce_ms), http::log_reload) {
+        match tierwise::watch::spawn(
+            service.clone(),
+            Duration::from_millis(args.reload_debounce_ms),
+            http::log_reload,
+        ) {
             Ok(w) => Some(w),
             Err(e) => {
                 eprintln!("error: cannot watch `{}`: {e}", args.policies.display());
@@ -192,14 +200,20 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
             let _ = tokio::time::timeout(Duration::from_secs(1), cache.flush()).await;
             // Evaluations cut short still hold a sender until they end: the grace period
             // is already spent, so wait less for them.
-            let wait = if stopped == Stopped::Drained { Duration::from_secs(2) } else { Duration::from_millis(300) };
+            let wait = if stopped == Stopped::Drained {
+                Duration::from_secs(2)
+            } else {
+                Duration::from_millis(300)
+            };
             if !log_closer.wait(wait) {
                 eprintln!("tierwise: the decision log's last lines may be missing");
             }
             eprintln!("tierwise: stopped");
         }
         Stopped::Abandoned { connections } => {
-            eprintln!("tierwise: grace period over; stopping with {connections} connections still open");
+            eprintln!(
+                "tierwise: grace period over; stopping with {connections} connections still open"
+            );
         }
     }
     ExitCode::SUCCESS

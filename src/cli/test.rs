@@ -34,7 +34,13 @@ pub fn run(dir: &Path, limits: &Limits, coverage: bool) -> ExitCode {
         if !failures.is_empty() {
             println!("\nfailures:");
             for r in failures {
-                println!("\n---- {} ({}/{}:{}) ----", r.name, d.display(), r.place.file, r.place.line);
+                println!(
+                    "\n---- {} ({}/{}:{}) ----",
+                    r.name,
+                    d.display(),
+                    r.place.file,
+                    r.place.line
+                );
                 for f in &r.failures {
                     println!("  {f}");
                 }

@@ -120,10 +120,7 @@ pub struct Decision {
 #[serde(untagged)]
 pub enum Outcome {
     Decision(Box<Decision>),
-    Error {
-        id: Option<String>,
-        error: AccountError,
-    },
+    Error { id: Option<String>, error: AccountError },
 }
 
 impl Outcome {

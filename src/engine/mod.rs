@@ -25,7 +25,15 @@ use std::sync::Arc;
 const PARALLEL_MIN: usize = 256;
 
 pub fn policy_ref(p: &Policy) -> Arc<PolicyRef> {
-    p.pref.get_or_init(|| Arc::new(PolicyRef { name: p.name.clone(), version: p.version.clone(), hash: p.hash.clone() })).clone()
+    p.pref
+        .get_or_init(|| {
+            Arc::new(PolicyRef {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                hash: p.hash.clone(),
+            })
+        })
+        .clone()
 }
 
 /// An account after scoring and movement: what the portfolio steps work on.
@@ -97,7 +105,9 @@ pub(crate) fn script_failure(id: &str, e: &ScriptError, rule: &str, at: &Place) 
         script::note_limit_hit(id);
     }
     let place = match (&e.source, e.position) {
-        (Some(src), Some((line, col))) => Place { file: src.clone(), line, column: col, rule: Some(rule.to_string()) },
+        (Some(src), Some((line, col))) => {
+            Place { file: src.clone(), line, column: col, rule: Some(rule.to_string()) }
+        }
         (None, Some((line, col))) => Place {
             file: at.file.clone(),
             line: at.line + line.saturating_sub(1),
@@ -132,7 +142,14 @@ impl<'p> Ctx<'p> {
         let v = self.run(id, expr)?;
         v.as_bool().map_err(|t| {
             let rule = expr.place.rule.clone().unwrap_or_default();
-            let mut e = AccountError::new(Some(id), "script_error", format!("condition `{}` gave {t} `{v}`, not true or false (in `{rule}`)", expr.source));
+            let mut e = AccountError::new(
+                Some(id),
+                "script_error",
+                format!(
+                    "condition `{}` gave {t} `{v}`, not true or false (in `{rule}`)",
+                    expr.source
+                ),
+            );
             e.rule = Some(rule);
             e.place = Some(expr.place.clone());
             e
@@ -157,13 +174,21 @@ impl<'p> Ctx<'p> {
 
     fn number(&self, id: &str, rule: &str, v: Dynamic, place: &Place) -> Result<f64, AccountError> {
         let Some(x) = as_number(&v) else {
-            let mut e = AccountError::new(Some(id), "bad_score", format!("criterion gave {} `{v}`, not a number (in `{rule}`)", v.type_name()));
+            let mut e = AccountError::new(
+                Some(id),
+                "bad_score",
+                format!("criterion gave {} `{v}`, not a number (in `{rule}`)", v.type_name()),
+            );
             e.rule = Some(rule.to_string());
             e.place = Some(place.clone());
             return Err(e);
         };
         if x.is_nan() {
-            let mut e = AccountError::new(Some(id), "bad_score", format!("criterion gave NaN (in `{rule}`)"));
+            let mut e = AccountError::new(
+                Some(id),
+                "bad_score",
+                format!("criterion gave NaN (in `{rule}`)"),
+            );
             e.rule = Some(rule.to_string());
             e.place = Some(place.clone());
             return Err(e);
@@ -194,7 +219,15 @@ impl<'p> Ctx<'p> {
             None => None,
             Some(t) => Some(p.tier_index(t).ok_or_else(|| {
                 let known: Vec<&str> = p.tiers.iter().map(|t| t.id.as_str()).collect();
-                let mut e = AccountError::new(Some(&id), "unknown_tier", format!("`current_tier` is `{t}`, which policy `{}` does not have (tiers: {})", p.name, known.join(", ")));
+                let mut e = AccountError::new(
+                    Some(&id),
+                    "unknown_tier",
+                    format!(
+                        "`current_tier` is `{t}`, which policy `{}` does not have (tiers: {})",
+                        p.name,
+                        known.join(", ")
+                    ),
+                );
                 e.field = Some("current_tier".into());
                 e
             })?),
@@ -220,13 +253,19 @@ impl<'p> Ctx<'p> {
                     let rule = place.rule.as_deref().unwrap_or("");
                     let v = match native.as_ref().and_then(script::eval_native) {
                         Some(v) => Ok(v),
-                        None => script::call(&p.engine, &p.lib, function, AccountView(account.values.clone())).map_err(|e| {
-                        // An error raised in the function itself carries no source: it is
-                        // in the file that defines the function.
-                        let mut err = ScriptError::from_rhai(&e, &p.limits);
-                        err.source.get_or_insert_with(|| file.clone());
-                        script_failure(&id, &err, rule, place)
-                    }),
+                        None => script::call(
+                            &p.engine,
+                            &p.lib,
+                            function,
+                            AccountView(account.values.clone()),
+                        )
+                        .map_err(|e| {
+                            // An error raised in the function itself carries no source: it is
+                            // in the file that defines the function.
+                            let mut err = ScriptError::from_rhai(&e, &p.limits);
+                            err.source.get_or_insert_with(|| file.clone());
+                            script_failure(&id, &err, rule, place)
+                        }),
                     }?;
                     self.number(&id, rule, v, place)?
                 }
@@ -271,7 +310,15 @@ impl<'p> Ctx<'p> {
         for &t in &failed_when {
             let tier = &p.tiers[t];
             let cond = tier.when.as_ref().map_or("", |w| w.source.as_str());
-            s.reasons.push(Reason { code: "condition", message: format!("score {} reaches {}'s {} but its condition `{cond}` does not hold", Num(score), tier.id, Num(tier.min_score)) });
+            s.reasons.push(Reason {
+                code: "condition",
+                message: format!(
+                    "score {} reaches {}'s {} but its condition `{cond}` does not hold",
+                    Num(score),
+                    tier.id,
+                    Num(tier.min_score)
+                ),
+            });
         }
         s.reasons.push(Reason {
             code: "qualifies",
@@ -293,7 +340,10 @@ impl<'p> Ctx<'p> {
         let Some(cur) = s.current else {
             s.tier = s.qualified;
             s.change = Change::New;
-            s.reasons.push(Reason { code: "new", message: format!("no current tier: starts in {}", p.tiers[s.qualified].id) });
+            s.reasons.push(Reason {
+                code: "new",
+                message: format!("no current tier: starts in {}", p.tiers[s.qualified].id),
+            });
             return Ok(());
         };
         let max_steps = m.max_steps.map(|x| x as usize);
@@ -309,13 +359,31 @@ impl<'p> Ctx<'p> {
                 };
                 s.tier = target;
                 s.change = Change::Promote;
-                let margin = if m.promote_margin > 0.0 { format!(" + promote margin {}", Num(m.promote_margin)) } else { String::new() };
+                let margin = if m.promote_margin > 0.0 {
+                    format!(" + promote margin {}", Num(m.promote_margin))
+                } else {
+                    String::new()
+                };
                 s.reasons.push(Reason {
                     code: "promote",
-                    message: format!("promoted from {} to {}: score {} ≥ {}'s {}{margin}", p.tiers[cur].id, p.tiers[target].id, Num(score), tier.id, Num(tier.min_score)),
+                    message: format!(
+                        "promoted from {} to {}: score {} ≥ {}'s {}{margin}",
+                        p.tiers[cur].id,
+                        p.tiers[target].id,
+                        Num(score),
+                        tier.id,
+                        Num(tier.min_score)
+                    ),
                 });
                 if target != t {
-                    s.reasons.push(Reason { code: "max_steps", message: format!("qualifies for {} but moves at most {} tier(s) at a time", tier.id, max_steps.unwrap_or(0)) });
+                    s.reasons.push(Reason {
+                        code: "max_steps",
+                        message: format!(
+                            "qualifies for {} but moves at most {} tier(s) at a time",
+                            tier.id,
+                            max_steps.unwrap_or(0)
+                        ),
+                    });
                 }
                 return Ok(());
             }
@@ -348,11 +416,24 @@ impl<'p> Ctx<'p> {
             };
             if !tenure_ok {
                 let days = s.account.tier_since.map_or(0, |since| s.account.as_of - since);
-                return self.hold(s, cur, "tenure", format!("in {} for {days} days, fewer than the {} days before a demotion: stays {}", ct.id, m.min_tenure_days, ct.id));
+                return self.hold(
+                    s,
+                    cur,
+                    "tenure",
+                    format!(
+                        "in {} for {days} days, fewer than the {} days before a demotion: stays {}",
+                        ct.id, m.min_tenure_days, ct.id
+                    ),
+                );
             }
             for h in &m.holds {
                 if self.condition(&s.account.id, &h.when)? {
-                    return self.hold(s, cur, "hold", format!("hold `{}`: {}: stays {}", h.id, h.reason, ct.id));
+                    return self.hold(
+                        s,
+                        cur,
+                        "hold",
+                        format!("hold `{}`: {}: stays {}", h.id, h.reason, ct.id),
+                    );
                 }
             }
             let target = match max_steps {
@@ -363,16 +444,37 @@ impl<'p> Ctx<'p> {
             s.change = Change::Demote;
             let why = if below {
                 if m.demote_margin > 0.0 {
-                    format!("score {} < {} ({}'s {} - demote margin {})", Num(score), Num(ct.min_score - m.demote_margin), ct.id, Num(ct.min_score), Num(m.demote_margin))
+                    format!(
+                        "score {} < {} ({}'s {} - demote margin {})",
+                        Num(score),
+                        Num(ct.min_score - m.demote_margin),
+                        ct.id,
+                        Num(ct.min_score),
+                        Num(m.demote_margin)
+                    )
                 } else {
                     format!("score {} < {}'s {}", Num(score), ct.id, Num(ct.min_score))
                 }
             } else {
-                format!("{}'s condition `{}` no longer holds", ct.id, ct.when.as_ref().map_or("", |w| w.source.as_str()))
+                format!(
+                    "{}'s condition `{}` no longer holds",
+                    ct.id,
+                    ct.when.as_ref().map_or("", |w| w.source.as_str())
+                )
             };
-            s.reasons.push(Reason { code: "demote", message: format!("demoted from {} to {}: {why}", ct.id, p.tiers[target].id) });
+            s.reasons.push(Reason {
+                code: "demote",
+                message: format!("demoted from {} to {}: {why}", ct.id, p.tiers[target].id),
+            });
             if target != s.qualified {
-                s.reasons.push(Reason { code: "max_steps", message: format!("qualifies for {} but moves at most {} tier(s) at a time", p.tiers[s.qualified].id, max_steps.unwrap_or(0)) });
+                s.reasons.push(Reason {
+                    code: "max_steps",
+                    message: format!(
+                        "qualifies for {} but moves at most {} tier(s) at a time",
+                        p.tiers[s.qualified].id,
+                        max_steps.unwrap_or(0)
+                    ),
+                });
             }
             return Ok(());
         }
@@ -383,7 +485,13 @@ impl<'p> Ctx<'p> {
         Ok(())
     }
 
-    fn hold(&self, s: &mut Scored, cur: usize, code: &'static str, message: String) -> Result<(), AccountError> {
+    fn hold(
+        &self,
+        s: &mut Scored,
+        cur: usize,
+        code: &'static str,
+        message: String,
+    ) -> Result<(), AccountError> {
         s.tier = cur;
         s.change = Change::Hold;
         s.held = true;
@@ -400,7 +508,11 @@ impl<'p> Ctx<'p> {
         let mut alerts = Vec::new();
         for a in p.alerts.iter().filter(|a| a.applies[s.tier]) {
             if self.condition(&s.account.id, &a.when)? {
-                alerts.push(AlertOut { id: a.key.clone(), severity: a.severity, message: self.render(&s.account.id, &a.message)? });
+                alerts.push(AlertOut {
+                    id: a.key.clone(),
+                    severity: a.severity,
+                    message: self.render(&s.account.id, &a.message)?,
+                });
             }
         }
         let next_tier = if s.tier > 0 {
@@ -410,11 +522,22 @@ impl<'p> Ctx<'p> {
             // Lazy like everything else: known only if the score reached that tier's
             // min_score and its condition was evaluated for the decision.
             let when_holds = if t.when.is_some() { s.when[up] } else { None };
-            Some(NextTier { tier: t.key.clone(), needs, gap: (needs - s.score).max(0.0), when: t.when_src.clone(), when_holds })
+            Some(NextTier {
+                tier: t.key.clone(),
+                needs,
+                gap: (needs - s.score).max(0.0),
+                when: t.when_src.clone(),
+                when_holds,
+            })
         } else {
             None
         };
-        let scores = p.criteria.iter().zip(&s.scores).map(|(c, &sc)| CriterionScore { id: c.key.clone(), score: sc, weight: c.weight }).collect();
+        let scores = p
+            .criteria
+            .iter()
+            .zip(&s.scores)
+            .map(|(c, &sc)| CriterionScore { id: c.key.clone(), score: sc, weight: c.weight })
+            .collect();
         let a = &mut s.account;
         Ok(Decision {
             id: std::mem::take(&mut a.id),
@@ -445,10 +568,13 @@ pub(crate) fn duplicates(records: &[Record]) -> Vec<bool> {
         *counts.entry(id).or_default() += 1;
     }
     let twice = |id: Option<&str>| id.is_some_and(|id| counts.get(id).copied().unwrap_or(0) > 1);
-    records.iter().map(|r| match r {
-        Ok(s) => twice(Some(&s.id)),
-        Err(e) => twice(e.id.as_deref()),
-    }).collect()
+    records
+        .iter()
+        .map(|r| match r {
+            Ok(s) => twice(Some(&s.id)),
+            Err(e) => twice(e.id.as_deref()),
+        })
+        .collect()
 }
 
 /// An account not evaluated because the work's [`script::Budget`] was spent before its turn:
@@ -458,17 +584,29 @@ pub(crate) fn budget_spent(id: &str) -> AccountError {
 }
 
 pub(crate) fn duplicate_error(id: &str) -> AccountError {
-    let mut e = AccountError::new(Some(id), "duplicate_id", format!("id `{id}` appears more than once in the input; every copy is refused"));
+    let mut e = AccountError::new(
+        Some(id),
+        "duplicate_id",
+        format!("id `{id}` appears more than once in the input; every copy is refused"),
+    );
     e.field = Some("id".into());
     e
 }
 
 /// Runs `f` over the records, on every core when there are many, keeping input order. The
 /// caller's [`script::Budget`] goes with the work to every thread.
-pub(crate) fn map_records<T: Send>(records: &[Record], f: impl Fn(usize, &Record) -> T + Sync + Send) -> Vec<T> {
+pub(crate) fn map_records<T: Send>(
+    records: &[Record],
+    f: impl Fn(usize, &Record) -> T + Sync + Send,
+) -> Vec<T> {
     if records.len() >= PARALLEL_MIN {
         let budget = script::budget();
-        records.par_iter().enumerate().with_min_len(64).map(|(i, r)| script::with_budget(budget.clone(), || f(i, r))).collect()
+        records
+            .par_iter()
+            .enumerate()
+            .with_min_len(64)
+            .map(|(i, r)| script::with_budget(budget.clone(), || f(i, r)))
+            .collect()
     } else {
         records.iter().enumerate().map(|(i, r)| f(i, r)).collect()
     }
@@ -486,7 +624,9 @@ pub fn evaluate(policy: &Policy, records: &[Record]) -> Vec<Outcome> {
             Err(e) => Err(e.clone()),
             Ok(s) if dup.get(i).copied().unwrap_or(false) => Err(duplicate_error(&s.id)),
             Ok(s) if script::budget_spent() => Err(budget_spent(&s.id)),
-            Ok(s) => snapshot::validate(policy, s).and_then(|a| ctx.score_and_move(a)).and_then(|sc| ctx.finish(sc, &pref)),
+            Ok(s) => snapshot::validate(policy, s)
+                .and_then(|a| ctx.score_and_move(a))
+                .and_then(|sc| ctx.finish(sc, &pref)),
         };
         match result {
             Ok(d) => Outcome::Decision(Box::new(d)),
@@ -502,5 +642,7 @@ pub fn evaluate(policy: &Policy, records: &[Record]) -> Vec<Outcome> {
 
 /// One account on its own.
 pub fn evaluate_one(policy: &Policy, snapshot: &Snapshot) -> Outcome {
-    evaluate(policy, &[Ok(snapshot.clone())]).pop().unwrap_or_else(|| Outcome::error(AccountError::new(Some(&snapshot.id), "internal", "no outcome")))
+    evaluate(policy, &[Ok(snapshot.clone())]).pop().unwrap_or_else(|| {
+        Outcome::error(AccountError::new(Some(&snapshot.id), "internal", "no outcome"))
+    })
 }

@@ -47,7 +47,12 @@ fn apply_caps(p: &Policy, scored: &mut [Scored], from: usize, n: usize) {
             s.tier = t + 1;
             s.reasons.push(Reason {
                 code: "cap",
-                message: format!("{} keeps at most {lim} accounts ({what}); ranked {} by score, moves to {}", tier.id, pos + 1, p.tiers[t + 1].id),
+                message: format!(
+                    "{} keeps at most {lim} accounts ({what}); ranked {} by score, moves to {}",
+                    tier.id,
+                    pos + 1,
+                    p.tiers[t + 1].id
+                ),
             });
         }
     }
@@ -98,7 +103,13 @@ fn place_accounts(p: &Policy, scored: &mut [Scored]) -> Book {
             (_, Some(hi)) if count > hi => Load::Over,
             _ => Load::Ok,
         };
-        let mut load = ManagerLoad { manager: m.to_string(), count, status, reassign: Vec::new(), demoted: Vec::new() };
+        let mut load = ManagerLoad {
+            manager: m.to_string(),
+            count,
+            status,
+            reassign: Vec::new(),
+            demoted: Vec::new(),
+        };
         if let Some(hi) = cap.max
             && count > hi
         {
@@ -187,17 +198,25 @@ pub fn evaluate_portfolio(policy: &Policy, records: &[Record]) -> PortfolioResul
 
     let finished: Vec<Result<Decision, AccountError>> = if scored.len() >= 256 {
         let budget = crate::script::budget();
-        scored.into_par_iter().with_min_len(64).map(|s| crate::script::with_budget(budget.clone(), || ctx.finish(s, &pref))).collect()
+        scored
+            .into_par_iter()
+            .with_min_len(64)
+            .map(|s| crate::script::with_budget(budget.clone(), || ctx.finish(s, &pref)))
+            .collect()
     } else {
         scored.into_iter().map(|s| ctx.finish(s, &pref)).collect()
     };
-    let mut finished: Vec<Option<Result<Decision, AccountError>>> = finished.into_iter().map(Some).collect();
+    let mut finished: Vec<Option<Result<Decision, AccountError>>> =
+        finished.into_iter().map(Some).collect();
     let accounts: Vec<Outcome> = slots
         .into_iter()
         .enumerate()
         .map(|(i, slot)| {
             let r = match slot {
-                Ok(k) => finished.get_mut(k).and_then(Option::take).unwrap_or_else(|| Err(AccountError::new(None, "internal", "missing outcome"))),
+                Ok(k) => finished
+                    .get_mut(k)
+                    .and_then(Option::take)
+                    .unwrap_or_else(|| Err(AccountError::new(None, "internal", "missing outcome"))),
                 Err(e) => Err(e),
             };
             match r {
@@ -221,7 +240,17 @@ fn revenue_value(policy: &Policy, s: &Scored) -> f64 {
 }
 
 fn summarize(policy: &Policy, accounts: &[Outcome], revenue: &[f64], book: Book) -> Summary {
-    let mut tiers: Vec<TierSummary> = policy.tiers.iter().map(|t| TierSummary { id: t.id.clone(), label: t.label.clone(), count: 0, share: 0.0, revenue: 0.0 }).collect();
+    let mut tiers: Vec<TierSummary> = policy
+        .tiers
+        .iter()
+        .map(|t| TierSummary {
+            id: t.id.clone(),
+            label: t.label.clone(),
+            count: 0,
+            share: 0.0,
+            revenue: 0.0,
+        })
+        .collect();
     let mut changes = ChangeCounts::default();
     let mut revenues = Vec::new();
     let mut moves = Vec::new();
@@ -250,7 +279,12 @@ fn summarize(policy: &Policy, accounts: &[Outcome], revenue: &[f64], book: Book)
         if let Some(prev) = &d.previous_tier
             && **prev != *d.tier
         {
-            moves.push(Move { id: d.id.clone(), from: prev.clone(), to: d.tier.to_string(), change: d.change });
+            moves.push(Move {
+                id: d.id.clone(),
+                from: prev.clone(),
+                to: d.tier.to_string(),
+                change: d.change,
+            });
         }
     }
     let n = revenues.len();
@@ -297,9 +331,13 @@ fn portfolio_alerts(policy: &Policy, agg: Arc<Aggregates>) -> (Vec<AlertOut>, Ve
     let mut out = Vec::new();
     let mut errs = Vec::new();
     for a in &policy.portfolio_alerts {
-        let r = ctx.condition("", &a.when).and_then(|fired| if fired { ctx.render("", &a.message).map(Some) } else { Ok(None) });
+        let r = ctx
+            .condition("", &a.when)
+            .and_then(|fired| if fired { ctx.render("", &a.message).map(Some) } else { Ok(None) });
         match r {
-            Ok(Some(message)) => out.push(AlertOut { id: a.id.as_str().into(), severity: a.severity, message }),
+            Ok(Some(message)) => {
+                out.push(AlertOut { id: a.id.as_str().into(), severity: a.severity, message })
+            }
             Ok(None) => {}
             Err(mut e) => {
                 e.id = None;

@@ -48,26 +48,42 @@ pub fn run_case(policy: &Policy, case: &TestCase) -> CaseResult {
             None => failures.push("no outcome".into()),
             Some(Outcome::Error { error, .. }) => match &e.error {
                 Some(code) if code == error.code => {}
-                Some(code) => failures.push(format!("expected error `{code}`, got error `{}`: {}", error.code, error.message)),
-                None => failures.push(format!("expected a decision, got error `{}`: {}", error.code, error.message)),
+                Some(code) => failures.push(format!(
+                    "expected error `{code}`, got error `{}`: {}",
+                    error.code, error.message
+                )),
+                None => failures.push(format!(
+                    "expected a decision, got error `{}`: {}",
+                    error.code, error.message
+                )),
             },
             Some(Outcome::Decision(d)) => {
                 if let Some(code) = &e.error {
-                    failures.push(format!("expected error `{code}`, got a decision (tier `{}`)", d.tier));
+                    failures.push(format!(
+                        "expected error `{code}`, got a decision (tier `{}`)",
+                        d.tier
+                    ));
                 }
                 check_decision(e, d, &mut failures);
             }
         }
     } else {
         if let Some(code) = &e.error
-            && !outcomes.iter().any(|o| matches!(o, Outcome::Error { error, .. } if error.code == code))
+            && !outcomes
+                .iter()
+                .any(|o| matches!(o, Outcome::Error { error, .. } if error.code == code))
         {
             failures.push(format!("expected some account to fail with `{code}`"));
         }
         if e.error.is_none() {
             for o in &outcomes {
                 if let Outcome::Error { id, error } = o {
-                    failures.push(format!("account `{}` failed: `{}`: {}", id.as_deref().unwrap_or("?"), error.code, error.message));
+                    failures.push(format!(
+                        "account `{}` failed: `{}`: {}",
+                        id.as_deref().unwrap_or("?"),
+                        error.code,
+                        error.message
+                    ));
                 }
             }
         }
@@ -81,8 +97,12 @@ pub fn run_case(policy: &Policy, case: &TestCase) -> CaseResult {
         for (id, want) in tiers {
             match outcomes.iter().find(|o| o.id() == Some(id.as_str())) {
                 Some(Outcome::Decision(d)) if *d.tier == **want => {}
-                Some(Outcome::Decision(d)) => failures.push(format!("account `{id}`: expected tier `{want}`, got `{}`", d.tier)),
-                Some(Outcome::Error { error, .. }) => failures.push(format!("account `{id}`: expected tier `{want}`, got error `{}`", error.code)),
+                Some(Outcome::Decision(d)) => failures
+                    .push(format!("account `{id}`: expected tier `{want}`, got `{}`", d.tier)),
+                Some(Outcome::Error { error, .. }) => failures.push(format!(
+                    "account `{id}`: expected tier `{want}`, got error `{}`",
+                    error.code
+                )),
                 None => failures.push(format!("account `{id}` is not in the case")),
             }
         }
@@ -98,13 +118,17 @@ pub fn run_case(policy: &Policy, case: &TestCase) -> CaseResult {
         }
     }
     if let Some(want) = &e.portfolio_alerts {
-        let got: Vec<String> = summary.as_ref().map(|s| s.portfolio_alerts.iter().map(|a| a.id.to_string()).collect()).unwrap_or_default();
+        let got: Vec<String> = summary
+            .as_ref()
+            .map(|s| s.portfolio_alerts.iter().map(|a| a.id.to_string()).collect())
+            .unwrap_or_default();
         if !same_set(want, &got) {
             failures.push(format!("expected portfolio alerts {want:?}, got {got:?}"));
         }
         if let Some(s) = &summary {
             for pe in &s.portfolio_errors {
-                failures.push(format!("portfolio alert `{}` failed: {}", pe.alert, pe.error.message));
+                failures
+                    .push(format!("portfolio alert `{}` failed: {}", pe.alert, pe.error.message));
             }
         }
     }
@@ -190,7 +214,9 @@ impl Reach {
 impl Coverage {
     /// Every rule of every kind is reached.
     pub fn complete(&self) -> bool {
-        [&self.tiers, &self.criteria, &self.holds, &self.alerts, &self.portfolio_alerts].iter().all(|list| list.iter().all(Reach::reached))
+        [&self.tiers, &self.criteria, &self.holds, &self.alerts, &self.portfolio_alerts]
+            .iter()
+            .all(|list| list.iter().all(Reach::reached))
     }
 }
 
@@ -206,7 +232,8 @@ pub fn coverage(policy: &Policy) -> Coverage {
         portfolio_alerts: policy.portfolio_alerts.iter().map(|a| reach(&a.id)).collect(),
     };
     // The engine names an applied hold in its reason: "hold `<id>`: ...".
-    let hold_prefix: Vec<String> = policy.movement.holds.iter().map(|h| format!("hold `{}`", h.id)).collect();
+    let hold_prefix: Vec<String> =
+        policy.movement.holds.iter().map(|h| format!("hold `{}`", h.id)).collect();
     for case in &policy.cases {
         let records: Vec<Record> = case.accounts.iter().cloned().map(Ok).collect();
         let outcomes = if case.portfolio {
@@ -231,7 +258,8 @@ pub fn coverage(policy: &Policy) -> Coverage {
                 c.range = Some((lo.min(s.score), hi.max(s.score)));
             }
             for r in d.reasons.iter().filter(|r| r.code == "hold") {
-                if let Some(k) = hold_prefix.iter().position(|p| r.message.starts_with(p.as_str())) {
+                if let Some(k) = hold_prefix.iter().position(|p| r.message.starts_with(p.as_str()))
+                {
                     cov.holds[k].hits += 1;
                 }
             }

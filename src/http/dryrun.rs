@@ -18,19 +18,19 @@
 use super::handlers::{account_list, lookup_error, parse_capped, read_accounts};
 use super::{ApiError, AppState, DryRunPriority, JsonBody};
 use crate::decision_log;
-use crate::engine::{self, PolicyRef};
 use crate::engine::testrun;
-use crate::policy::{self, overrides, Diagnostic, Files};
+use crate::engine::{self, PolicyRef};
+use crate::policy::{self, Diagnostic, Files, overrides};
+use crate::script;
 use crate::service::FailedCase;
-use crate::whatif::{self, render, PolicyDiff};
+use crate::whatif::{self, PolicyDiff, render};
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
-use crate::script;
+use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
@@ -153,7 +153,11 @@ pub struct TestCases {
     pub failed: Vec<FailedCase>,
 }
 
-pub async fn dry_run(State(app): State<AppState>, RawQuery(query): RawQuery, body: JsonBody) -> Result<Response, ApiError> {
+pub async fn dry_run(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
     let start = Instant::now();
     tokio::task::spawn_blocking(move || {
         // Held by the work itself: a request that timed out still counts until its work ends.
@@ -176,8 +180,11 @@ pub async fn dry_run(State(app): State<AppState>, RawQuery(query): RawQuery, bod
 /// (its p99 rose 6-8x on 2 cores); at nice 19 still 2.4x; with `SCHED_IDLE`, 1.0x. `None` (no
 /// pool could be started) runs the dry run on the blocking thread and the global pool.
 fn pool(priority: DryRunPriority) -> Option<&'static rayon::ThreadPool> {
-    use thread_priority::{NormalThreadSchedulePolicy as Normal, ThreadPriority, ThreadSchedulePolicy as Policy};
-    static POOLS: [std::sync::OnceLock<Option<rayon::ThreadPool>>; 3] = [const { std::sync::OnceLock::new() }; 3];
+    use thread_priority::{
+        NormalThreadSchedulePolicy as Normal, ThreadPriority, ThreadSchedulePolicy as Policy,
+    };
+    static POOLS: [std::sync::OnceLock<Option<rayon::ThreadPool>>; 3] =
+        [const { std::sync::OnceLock::new() }; 3];
     let slot = match priority {
         DryRunPriority::Idle => 0,
         DryRunPriority::Low => 1,
@@ -191,8 +198,14 @@ fn pool(priority: DryRunPriority) -> Option<&'static rayon::ThreadPool> {
                     // Lowering one's own priority needs no privilege; if it fails, the pool
                     // still works, at the normal priority.
                     let _ = match priority {
-                        DryRunPriority::Idle => thread_priority::set_thread_priority_and_policy(thread_priority::thread_native_id(), ThreadPriority::Min, Policy::Normal(Normal::Idle)),
-                        DryRunPriority::Low => thread_priority::set_current_thread_priority(ThreadPriority::Min),
+                        DryRunPriority::Idle => thread_priority::set_thread_priority_and_policy(
+                            thread_priority::thread_native_id(),
+                            ThreadPriority::Min,
+                            Policy::Normal(Normal::Idle),
+                        ),
+                        DryRunPriority::Low => {
+                            thread_priority::set_current_thread_priority(ThreadPriority::Min)
+                        }
                         DryRunPriority::Normal => Ok(()),
                     };
                 })
@@ -212,8 +225,17 @@ fn query_options(query: Option<&str>) -> Result<(Option<DiffFormat>, Option<u32>
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
-            "format" => format = Some(DiffFormat::parse(v).ok_or_else(|| bad_request(format!("unknown format `{v}`: use `json`, `markdown` or `table`")))?),
-            "top" => top = Some(v.parse().map_err(|_| bad_request(format!("`top` must be a whole number, got `{v}`")))?),
+            "format" => {
+                format = Some(DiffFormat::parse(v).ok_or_else(|| {
+                    bad_request(format!("unknown format `{v}`: use `json`, `markdown` or `table`"))
+                })?)
+            }
+            "top" => {
+                top =
+                    Some(v.parse().map_err(|_| {
+                        bad_request(format!("`top` must be a whole number, got `{v}`"))
+                    })?)
+            }
             _ => {}
         }
     }
@@ -235,17 +257,30 @@ fn path_problem(path: &str) -> Option<&'static str> {
         return None;
     }
     let Some((dir, name)) = path.split_once('/') else {
-        return Some("not part of a policy: only `policy.toml`, `scripts/NAME.rhai` and `tests/NAME.toml`");
+        return Some(
+            "not part of a policy: only `policy.toml`, `scripts/NAME.rhai` and `tests/NAME.toml`",
+        );
     };
     let ext = match dir {
         "scripts" => ".rhai",
         "tests" => ".toml",
-        _ => return Some("not part of a policy: only `policy.toml`, `scripts/NAME.rhai` and `tests/NAME.toml`"),
+        _ => {
+            return Some(
+                "not part of a policy: only `policy.toml`, `scripts/NAME.rhai` and `tests/NAME.toml`",
+            );
+        }
     };
     let Some(stem) = name.strip_suffix(ext) else {
-        return Some(if dir == "scripts" { "a script file must be `scripts/NAME.rhai`" } else { "a test file must be `tests/NAME.toml`" });
+        return Some(if dir == "scripts" {
+            "a script file must be `scripts/NAME.rhai`"
+        } else {
+            "a test file must be `tests/NAME.toml`"
+        });
     };
-    if stem.is_empty() || stem.starts_with('.') || !stem.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+    if stem.is_empty()
+        || stem.starts_with('.')
+        || !stem.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
         return Some("a file name is letters, digits, `_`, `-` and `.`, not starting with `.`");
     }
     None
@@ -263,14 +298,22 @@ fn candidate_files(c: &CandidateFolder) -> Result<Files, ApiError> {
         return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "candidate_too_large", format!("the candidate folder holds {what}"))
             .details(json!({ "files": c.files.len(), "max_files": MAX_CANDIDATE_FILES, "bytes": bytes, "max_bytes": MAX_CANDIDATE_BYTES })));
     }
-    let bad: Vec<Value> = c.files.keys().filter_map(|p| path_problem(p).map(|why| json!({ "path": p, "problem": why }))).collect();
+    let bad: Vec<Value> = c
+        .files
+        .keys()
+        .filter_map(|p| path_problem(p).map(|why| json!({ "path": p, "problem": why })))
+        .collect();
     if !bad.is_empty() {
         let first = c.files.keys().find(|p| path_problem(p).is_some()).cloned().unwrap_or_default();
         let n = bad.len();
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_candidate_path",
-            format!("{n} candidate file name{} refused, first `{first}`: {}", if n == 1 { " is" } else { "s are" }, bad[0]["problem"].as_str().unwrap_or_default()),
+            format!(
+                "{n} candidate file name{} refused, first `{first}`: {}",
+                if n == 1 { " is" } else { "s are" },
+                bad[0]["problem"].as_str().unwrap_or_default()
+            ),
         )
         .details(json!({ "files": bad })));
     }
@@ -294,7 +337,8 @@ fn override_error(errors: Vec<overrides::OverrideError>) -> ApiError {
             None => json!({ "path": e.path, "message": e.message }),
         })
         .collect();
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_override", message).details(json!({ "overrides": list }))
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_override", message)
+        .details(json!({ "overrides": list }))
 }
 
 /// Account error codes that mean the sandbox stopped a candidate's script.
@@ -309,8 +353,17 @@ fn candidate_unsafe(tripped: &[&whatif::FailureDelta]) -> ApiError {
     // first hit (never evaluated) only say so, so they come last.
     let (hit, stopped): (Vec<&whatif::FailureDelta>, Vec<&whatif::FailureDelta>) =
         tripped.iter().copied().partition(|f| f.error.message != script::BUDGET_SPENT_MESSAGE);
-    let first = hit.first().or(stopped.first()).map(|f| format!("; first: `{}`: {}", f.id.as_deref().unwrap_or("?"), f.error.message)).unwrap_or_default();
-    let examples: Vec<Value> = hit.iter().chain(&stopped).take(5).map(|f| json!({ "id": f.id, "record": f.record, "error": f.error })).collect();
+    let first = hit
+        .first()
+        .or(stopped.first())
+        .map(|f| format!("; first: `{}`: {}", f.id.as_deref().unwrap_or("?"), f.error.message))
+        .unwrap_or_default();
+    let examples: Vec<Value> = hit
+        .iter()
+        .chain(&stopped)
+        .take(5)
+        .map(|f| json!({ "id": f.id, "record": f.record, "error": f.error }))
+        .collect();
     ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "candidate_sandbox_limit",
@@ -321,27 +374,43 @@ fn candidate_unsafe(tripped: &[&whatif::FailureDelta]) -> ApiError {
 
 fn candidate_invalid(report: policy::Report, with_overrides: bool) -> ApiError {
     let n = report.errors().count();
-    let first = report.errors().next().map(|d| format!("; first: {}", d.to_string().lines().next().unwrap_or(""))).unwrap_or_default();
+    let first = report
+        .errors()
+        .next()
+        .map(|d| format!("; first: {}", d.to_string().lines().next().unwrap_or("")))
+        .unwrap_or_default();
     let with = if with_overrides { " (with the overrides)" } else { "" };
     ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "candidate_invalid",
-        format!("the candidate policy{with} has {n} problem{}{first}", if n == 1 { "" } else { "s" }),
+        format!(
+            "the candidate policy{with} has {n} problem{}{first}",
+            if n == 1 { "" } else { "s" }
+        ),
     )
     .details(json!({ "policy": report.policy, "diagnostics": report.diagnostics }))
 }
 
 /// Parse, check, compile, evaluate both, compare, log, render. Blocking.
-fn run(app: &AppState, body: &[u8], query: Option<&str>, start: Instant) -> Result<Response, ApiError> {
+fn run(
+    app: &AppState,
+    body: &[u8],
+    query: Option<&str>,
+    start: Instant,
+) -> Result<Response, ApiError> {
     let (q_format, q_top) = query_options(query)?;
     let req: DryRunRequest<'_> = parse_capped(body, app.service.limits().max_accounts)?;
     let format = match (q_format, req.format) {
-        (Some(a), Some(b)) if a != b => return Err(bad_request("`format` in the query and in the body differ")),
+        (Some(a), Some(b)) if a != b => {
+            return Err(bad_request("`format` in the query and in the body differ"));
+        }
         (a, b) => a.or(b).unwrap_or(DiffFormat::Json),
     };
     let top = q_top.or(req.top).map_or(DEFAULT_TOP, |t| t as usize);
     if req.candidate.is_none() && req.overrides.is_none() {
-        return Err(bad_request("nothing to compare: send `candidate` (a policy folder's files), `overrides`, or both"));
+        return Err(bad_request(
+            "nothing to compare: send `candidate` (a policy folder's files), `overrides`, or both",
+        ));
     }
     // The candidate's own limits come before any lookup or parsing of its content.
     let sent = req.candidate.as_ref().map(candidate_files).transpose()?;
@@ -362,8 +431,12 @@ fn run(app: &AppState, body: &[u8], query: Option<&str>, start: Instant) -> Resu
     }
     // The service's sandbox, plus a budget for the whole candidate: past the request timeout
     // (the client has its 503 by then) every evaluation left stops at once.
-    let limits = crate::script::Limits { until: start.checked_add(app.config.request_timeout), ..app.service.limits().clone() };
-    let candidate = policy::load_files(&baseline.policy.name, &files, &limits).map_err(|r| candidate_invalid(r, !applied.is_empty()))?;
+    let limits = crate::script::Limits {
+        until: start.checked_add(app.config.request_timeout),
+        ..app.service.limits().clone()
+    };
+    let candidate = policy::load_files(&baseline.policy.name, &files, &limits)
+        .map_err(|r| candidate_invalid(r, !applied.is_empty()))?;
     drop(files);
 
     let records = read_accounts(&req.accounts);
@@ -372,28 +445,41 @@ fn run(app: &AppState, body: &[u8], query: Option<&str>, start: Instant) -> Resu
     // on an account the baseline decides: such a candidate is refused whatever the other
     // accounts give, and a hostile one costs one account's limit, not the book's.
     let until = start.checked_add(app.config.request_timeout);
-    let before = script::with_budget(Some(script::Budget::new(until)), || engine::evaluate_portfolio(&baseline.policy, &records));
+    let before = script::with_budget(Some(script::Budget::new(until)), || {
+        engine::evaluate_portfolio(&baseline.policy, &records)
+    });
     let already: HashSet<String> = before
         .accounts
         .iter()
         .filter_map(|o| match o {
-            engine::Outcome::Error { id: Some(id), error } if SANDBOX_CODES.contains(&error.code) => Some(id.clone()),
+            engine::Outcome::Error { id: Some(id), error }
+                if SANDBOX_CODES.contains(&error.code) =>
+            {
+                Some(id.clone())
+            }
             _ => None,
         })
         .collect();
-    let after = script::with_budget(Some(script::Budget::tripping(until, already)), || engine::evaluate_portfolio(&candidate, &records));
+    let after = script::with_budget(Some(script::Budget::tripping(until, already)), || {
+        engine::evaluate_portfolio(&candidate, &records)
+    });
     let diff = whatif::compare(&before, &after);
     drop((before, after, records));
     // A candidate that runs into the sandbox on live data (an endless loop, runaway recursion,
     // a string or map without bound) could never go live: refuse it, with its places.
-    let tripped: Vec<&whatif::FailureDelta> = diff.newly_failing.iter().filter(|f| SANDBOX_CODES.contains(&f.error.code)).collect();
+    let tripped: Vec<&whatif::FailureDelta> =
+        diff.newly_failing.iter().filter(|f| SANDBOX_CODES.contains(&f.error.code)).collect();
     if !tripped.is_empty() {
         return Err(candidate_unsafe(&tripped));
     }
 
     let cases = testrun::run_cases(&candidate);
     let total = cases.len();
-    let failed: Vec<FailedCase> = cases.into_iter().filter(|r| !r.passed()).map(|r| FailedCase { name: r.name, place: r.place, failures: r.failures }).collect();
+    let failed: Vec<FailedCase> = cases
+        .into_iter()
+        .filter(|r| !r.passed())
+        .map(|r| FailedCase { name: r.name, place: r.place, failures: r.failures })
+        .collect();
     let test_cases = TestCases { total, passed: total - failed.len(), failed };
 
     let decision_id = uuid::Uuid::now_v7().to_string();
@@ -420,33 +506,71 @@ fn run(app: &AppState, body: &[u8], query: Option<&str>, start: Instant) -> Resu
                 decision_id: &decision_id,
                 dry_run: true,
                 baseline: &baseline.pref,
-                candidate: CandidateInfo { policy: &diff.candidate, source, overrides: &applied, warnings: &candidate.warnings, test_cases },
+                candidate: CandidateInfo {
+                    policy: &diff.candidate,
+                    source,
+                    overrides: &applied,
+                    warnings: &candidate.warnings,
+                    test_cases,
+                },
                 diff: &diff,
             };
-            (serde_json::to_vec(&out).map_err(|e| ApiError::internal("serialize", e))?, "application/json")
+            (
+                serde_json::to_vec(&out).map_err(|e| ApiError::internal("serialize", e))?,
+                "application/json",
+            )
         }
         DiffFormat::Markdown | DiffFormat::Table => {
             let ctx = render::Context {
                 overrides: applied.clone(),
-                candidate_dir: req.candidate.is_some().then(|| format!("candidate {}", candidate.short_hash())),
+                candidate_dir: req
+                    .candidate
+                    .is_some()
+                    .then(|| format!("candidate {}", candidate.short_hash())),
             };
-            let mut text = if format == DiffFormat::Markdown { render::markdown(&diff, &ctx, top) } else { render::table(&diff, &ctx, top) };
+            let mut text = if format == DiffFormat::Markdown {
+                render::markdown(&diff, &ctx, top)
+            } else {
+                render::table(&diff, &ctx, top)
+            };
             if !test_cases.failed.is_empty() {
-                let mut names: Vec<String> = test_cases.failed.iter().take(5).map(|c| format!("`{}` ({}:{})", c.name, c.place.file, c.place.line)).collect();
+                let mut names: Vec<String> = test_cases
+                    .failed
+                    .iter()
+                    .take(5)
+                    .map(|c| format!("`{}` ({}:{})", c.name, c.place.file, c.place.line))
+                    .collect();
                 if test_cases.failed.len() > names.len() {
                     names.push(format!("and {} more", test_cases.failed.len() - names.len()));
                 }
-                let what = format!("{} of the candidate's {} test cases fail, so it would not go live: {}", test_cases.failed.len(), test_cases.total, names.join(", "));
-                text.push_str(&if format == DiffFormat::Markdown { format!("\n**{what}.**\n") } else { format!("\n{}\n", what.replace('`', "")) });
+                let what = format!(
+                    "{} of the candidate's {} test cases fail, so it would not go live: {}",
+                    test_cases.failed.len(),
+                    test_cases.total,
+                    names.join(", ")
+                );
+                text.push_str(&if format == DiffFormat::Markdown {
+                    format!("\n**{what}.**\n")
+                } else {
+                    format!("\n{}\n", what.replace('`', ""))
+                });
             }
-            let ct = if format == DiffFormat::Markdown { "text/markdown; charset=utf-8" } else { "text/plain; charset=utf-8" };
+            let ct = if format == DiffFormat::Markdown {
+                "text/markdown; charset=utf-8"
+            } else {
+                "text/plain; charset=utf-8"
+            };
             (text.into_bytes(), ct)
         }
     };
     let mut res = (StatusCode::OK, bytes).into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    for (name, value) in [("x-decision-id", &decision_id), ("x-policy-hash", &baseline.policy.hash), ("x-candidate-hash", &candidate.hash)] {
+    for (name, value) in [
+        ("x-decision-id", &decision_id),
+        ("x-policy-hash", &baseline.policy.hash),
+        ("x-candidate-hash", &candidate.hash),
+    ] {
         if let Ok(v) = HeaderValue::from_str(value) {
             h.insert(name, v);
         }

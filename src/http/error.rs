@@ -4,7 +4,7 @@
 //! input in backticks, says what to do), `details` carries the place or the list when there
 //! is one. Internal failures are logged and answered without their text.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -41,7 +41,12 @@ pub struct ErrorCode(pub &'static str);
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, body: ErrorBody { code, message: message.into(), details: None }, retry_after: None, challenge: None }
+        ApiError {
+            status,
+            body: ErrorBody { code, message: message.into(), details: None },
+            retry_after: None,
+            challenge: None,
+        }
     }
 
     pub fn details(mut self, details: Value) -> Self {
@@ -66,24 +71,45 @@ impl ApiError {
     /// A failure of ours: logged in full, answered without its text.
     pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
         eprintln!("tierwise: internal error: {context}: {err}");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it has been logged")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; it has been logged",
+        )
     }
 
     pub fn not_found(path: &str) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route `{path}`; see /openapi.json"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no route `{path}`; see /openapi.json"),
+        )
     }
 
     pub fn method_not_allowed(method: &str, path: &str) -> Self {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("`{method}` is not allowed on `{path}`; see /openapi.json"))
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("`{method}` is not allowed on `{path}`; see /openapi.json"),
+        )
     }
 
     pub fn payload_too_large(limit: usize) -> Self {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the request body is larger than the limit of {limit} bytes"))
-            .details(serde_json::json!({ "limit_bytes": limit }))
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
+        .details(serde_json::json!({ "limit_bytes": limit }))
     }
 
     pub fn overloaded() -> Self {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in progress; retry shortly").retry_after(1)
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many requests in progress; retry shortly",
+        )
+        .retry_after(1)
     }
 
     pub fn body_timeout(after: std::time::Duration) -> Self {
@@ -92,21 +118,38 @@ impl ApiError {
     }
 
     pub fn shutting_down() -> Self {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down; retry on another replica").retry_after(1)
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down; retry on another replica",
+        )
+        .retry_after(1)
     }
 
     pub fn timeout(after: std::time::Duration) -> Self {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", format!("the request took longer than {} ms", after.as_millis())).retry_after(1)
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!("the request took longer than {} ms", after.as_millis()),
+        )
+        .retry_after(1)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let bytes = serde_json::to_vec(&self.body).unwrap_or_else(|_| br#"{"code":"internal","message":"internal error"}"#.to_vec());
-        let mut res = (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response();
+        let bytes = serde_json::to_vec(&self.body)
+            .unwrap_or_else(|_| br#"{"code":"internal","message":"internal error"}"#.to_vec());
+        let mut res = (
+            self.status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            bytes,
+        )
+            .into_response();
         // Every 503 says when to come back: /openapi.json promises the header, and a client
         // (or load balancer) that honours it backs off instead of hammering.
-        let retry_after = self.retry_after.or((self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(1));
+        let retry_after =
+            self.retry_after.or((self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(1));
         if let Some(s) = retry_after {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }

@@ -1,7 +1,7 @@
 //! Handlers: parse, call the service, render. Evaluation answers are serialized once, into
 //! the response bytes, straight from the engine's outcomes.
 
-use super::{parse, ApiError, AppState, Deadline, JsonBody, PathParam};
+use super::{ApiError, AppState, Deadline, JsonBody, PathParam, parse};
 use crate::cache::{self, AccountPlan, Key, WriteBatch};
 use crate::decision_log;
 use crate::engine::{Outcome, PolicyRef, Summary};
@@ -10,7 +10,7 @@ use crate::service::{self, Entry, Loaded, Lookup, ReloadError, ReloadOutcome};
 use crate::snapshot::{self, Record};
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -65,7 +65,10 @@ thread_local! {
 /// [`parse`] a body with an `accounts` list of at most `cap` elements: more is 413
 /// `too_many_accounts`, found while parsing, so a body of a million tiny elements costs no
 /// more than `cap` of them.
-pub(super) fn parse_capped<'a, T: Deserialize<'a>>(body: &'a [u8], cap: usize) -> Result<T, ApiError> {
+pub(super) fn parse_capped<'a, T: Deserialize<'a>>(
+    body: &'a [u8],
+    cap: usize,
+) -> Result<T, ApiError> {
     ACCOUNT_CAP.set(cap);
     OVER_CAP.set(false);
     let parsed = parse(body);
@@ -83,14 +86,19 @@ pub(super) fn parse_capped<'a, T: Deserialize<'a>>(body: &'a [u8], cap: usize) -
 
 /// Splits the array into its elements' text in the one pass over the body; each element is
 /// parsed on its own afterwards, so one bad account does not fail the request.
-pub(super) fn account_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<&'de RawValue>, D::Error> {
+pub(super) fn account_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<&'de RawValue>, D::Error> {
     struct Elements;
     impl<'de> serde::de::Visitor<'de> for Elements {
         type Value = Vec<&'de RawValue>;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("`accounts` to be an array of account snapshots")
         }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
             let cap = ACCOUNT_CAP.get();
             let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(cap));
             while let Some(raw) = seq.next_element::<&'de RawValue>()? {
@@ -140,15 +148,28 @@ impl Level {
     }
 }
 
-pub async fn evaluate(State(app): State<AppState>, deadline: Deadline, body: JsonBody) -> Result<Response, ApiError> {
+pub async fn evaluate(
+    State(app): State<AppState>,
+    deadline: Deadline,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
     run_evaluation(app, body.0, Level::Account, deadline).await
 }
 
-pub async fn portfolio(State(app): State<AppState>, deadline: Deadline, body: JsonBody) -> Result<Response, ApiError> {
+pub async fn portfolio(
+    State(app): State<AppState>,
+    deadline: Deadline,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
     run_evaluation(app, body.0, Level::Portfolio, deadline).await
 }
 
-async fn run_evaluation(app: AppState, body: Bytes, level: Level, deadline: Deadline) -> Result<Response, ApiError> {
+async fn run_evaluation(
+    app: AppState,
+    body: Bytes,
+    level: Level,
+    deadline: Deadline,
+) -> Result<Response, ApiError> {
     let start = Instant::now();
     // Every evaluation of this request stops at the request timeout, on whichever thread.
     let budget = crate::script::Budget::new(Some(deadline.0));
@@ -158,7 +179,9 @@ async fn run_evaluation(app: AppState, body: Bytes, level: Level, deadline: Dead
         prepare(&app, &body, level)?
     } else {
         let app2 = app.clone();
-        tokio::task::spawn_blocking(move || prepare(&app2, &body, level)).await.map_err(|e| ApiError::internal("evaluation task", e))??
+        tokio::task::spawn_blocking(move || prepare(&app2, &body, level))
+            .await
+            .map_err(|e| ApiError::internal("evaluation task", e))??
     };
     // The one cache read of the request (one MGET / GET), bounded by the cache's deadline.
     let Prepared { loaded, records, step } = prep;
@@ -185,9 +208,11 @@ async fn run_evaluation(app: AppState, body: Bytes, level: Level, deadline: Dead
         decide(&app, &loaded, records, found, level, start, &budget)?
     } else {
         let app2 = app.clone();
-        tokio::task::spawn_blocking(move || decide(&app2, &loaded, records, found, level, start, &budget))
-            .await
-            .map_err(|e| ApiError::internal("evaluation task", e))??
+        tokio::task::spawn_blocking(move || {
+            decide(&app2, &loaded, records, found, level, start, &budget)
+        })
+        .await
+        .map_err(|e| ApiError::internal("evaluation task", e))??
     };
     if let Some(writes) = done.writes
         && !writes.is_empty()
@@ -256,7 +281,9 @@ fn prepare(app: &AppState, body: &[u8], level: Level) -> Result<Prepared, ApiErr
                 }
                 CacheStep::Accounts { plan, read }
             }
-            Level::Portfolio => CacheStep::Book(loaded.cache_id.book_key(&cache::book_digest(&records))),
+            Level::Portfolio => {
+                CacheStep::Book(loaded.cache_id.book_key(&cache::book_digest(&records)))
+            }
         }
     };
     Ok(Prepared { loaded, records, step })
@@ -276,11 +303,29 @@ struct Done {
 const MAX_CACHED_BOOK: usize = 8 << 20;
 
 /// Decide what the cache did not answer (under the request's `budget`), serialize, log.
-fn decide(app: &AppState, loaded: &Arc<Loaded>, records: Vec<Record>, found: Found, level: Level, start: Instant, budget: &Arc<crate::script::Budget>) -> Result<Done, ApiError> {
-    crate::script::with_budget(Some(budget.clone()), || decide_within(app, loaded, records, found, level, start, budget))
+fn decide(
+    app: &AppState,
+    loaded: &Arc<Loaded>,
+    records: Vec<Record>,
+    found: Found,
+    level: Level,
+    start: Instant,
+    budget: &Arc<crate::script::Budget>,
+) -> Result<Done, ApiError> {
+    crate::script::with_budget(Some(budget.clone()), || {
+        decide_within(app, loaded, records, found, level, start, budget)
+    })
 }
 
-fn decide_within(app: &AppState, loaded: &Arc<Loaded>, records: Vec<Record>, found: Found, level: Level, start: Instant, budget: &crate::script::Budget) -> Result<Done, ApiError> {
+fn decide_within(
+    app: &AppState,
+    loaded: &Arc<Loaded>,
+    records: Vec<Record>,
+    found: Found,
+    level: Level,
+    start: Instant,
+    budget: &crate::script::Budget,
+) -> Result<Done, ApiError> {
     let decision_id = uuid::Uuid::now_v7().to_string();
     let m = match level {
         Level::Account => &app.metrics.account,
@@ -320,7 +365,13 @@ fn decide_within(app: &AppState, loaded: &Arc<Loaded>, records: Vec<Record>, fou
                         *f = true;
                     }
                 }
-                cached = answer.accounts.iter().enumerate().filter(|(i, _)| !fresh.get(*i).copied().unwrap_or(true)).map(|(i, b)| (i, b.clone())).collect();
+                cached = answer
+                    .accounts
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !fresh.get(*i).copied().unwrap_or(true))
+                    .map(|(i, b)| (i, b.clone()))
+                    .collect();
             }
             (answer.fresh.into_iter().map(|(_, o)| o).collect::<Vec<Outcome>>(), None)
         }
@@ -426,7 +477,9 @@ pub async fn latest_decision(
     PathParam(id): PathParam,
     query: Result<axum::extract::Query<LatestQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let q = query.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.body_text()))?;
+    let q = query.map_err(|e| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.body_text())
+    })?;
     let loaded = app.service.policy(q.policy.as_deref()).map_err(lookup_error)?;
     let name = &*loaded.cache_id.name;
     let active = &*loaded.cache_id.hash;
@@ -463,7 +516,12 @@ pub async fn latest_decision(
     buf.extend_from_slice(b",\"decision\":");
     buf.extend_from_slice(&bytes);
     buf.push(b'}');
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], buf).into_response())
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        buf,
+    )
+        .into_response())
 }
 
 /// Accounts per parallel parsing chunk.
@@ -477,9 +535,12 @@ pub(super) fn read_accounts(items: &[&RawValue]) -> Vec<Record> {
     let one = |i: usize, raw: &RawValue| -> Record {
         serde_json::from_str::<snapshot::Snapshot>(raw.get()).or_else(|_| {
             // The rare path: let the snapshot reader explain, then give the position.
-            let mut r = snapshot::read_json(&format!("[{}]", raw.get())).ok().and_then(|mut v| v.pop()).unwrap_or_else(|| {
-                Err(crate::snapshot::AccountError::new(None, "bad_record", "not a snapshot"))
-            });
+            let mut r = snapshot::read_json(&format!("[{}]", raw.get()))
+                .ok()
+                .and_then(|mut v| v.pop())
+                .unwrap_or_else(|| {
+                    Err(crate::snapshot::AccountError::new(None, "bad_record", "not a snapshot"))
+                });
             if let Err(e) = &mut r {
                 e.record = Some(i + 1);
             }
@@ -533,25 +594,37 @@ fn write_outcomes(buf: &mut Vec<u8>, outcomes: &[Outcome]) -> Result<(), ApiErro
 pub(super) fn lookup_error(e: Lookup) -> ApiError {
     match e {
         Lookup::Unknown { name, known } => {
-            let close = known.iter().filter(|k| strsim::jaro_winkler(k, &name) > 0.8).max_by(|a, b| {
-                strsim::jaro_winkler(a, &name).total_cmp(&strsim::jaro_winkler(b, &name))
-            });
+            let close =
+                known.iter().filter(|k| strsim::jaro_winkler(k, &name) > 0.8).max_by(|a, b| {
+                    strsim::jaro_winkler(a, &name).total_cmp(&strsim::jaro_winkler(b, &name))
+                });
             let hint = match close {
                 Some(k) => format!("; did you mean `{k}`?"),
-                None => format!("; served: {}", known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")),
+                None => format!(
+                    "; served: {}",
+                    known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                ),
             };
-            ApiError::new(StatusCode::NOT_FOUND, "unknown_policy", format!("no policy `{name}`{hint}"))
-                .details(serde_json::json!({ "policy": name, "known": known }))
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_policy",
+                format!("no policy `{name}`{hint}"),
+            )
+            .details(serde_json::json!({ "policy": name, "known": known }))
         }
         Lookup::NotLoaded { name } => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "policy_unavailable",
-            format!("policy `{name}` has no version that passed its checks; see /v1/policies/{name}"),
+            format!(
+                "policy `{name}` has no version that passed its checks; see /v1/policies/{name}"
+            ),
         )
         .details(serde_json::json!({ "policy": name })),
-        Lookup::NoDefault => {
-            ApiError::new(StatusCode::BAD_REQUEST, "no_default_policy", "no default policy is loaded; name one in `policy`")
-        }
+        Lookup::NoDefault => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "no_default_policy",
+            "no default policy is loaded; name one in `policy`",
+        ),
     }
 }
 
@@ -670,7 +743,10 @@ fn info(name: &str, e: &Entry, default: Option<&str>) -> PolicyInfo {
 
 fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
     match serde_json::to_vec(v) {
-        Ok(b) => (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], b).into_response(),
+        Ok(b) => {
+            (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], b)
+                .into_response()
+        }
         Err(e) => ApiError::internal("serialize", e).into_response(),
     }
 }
@@ -688,7 +764,10 @@ pub async fn policy(State(app): State<AppState>, PathParam(name): PathParam) -> 
     let reg = app.service.registry();
     match reg.entries.get(&name) {
         Some(e) => json(StatusCode::OK, &info(&name, e, reg.default.as_deref())),
-        None => lookup_error(Lookup::Unknown { name, known: reg.entries.keys().cloned().collect() }).into_response(),
+        None => {
+            lookup_error(Lookup::Unknown { name, known: reg.entries.keys().cloned().collect() })
+                .into_response()
+        }
     }
 }
 
@@ -701,7 +780,9 @@ pub struct ReloadResponse {
 pub async fn reload(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
     let svc = app.service.clone();
-    let outcomes = tokio::task::spawn_blocking(move || svc.reload()).await.map_err(|e| ApiError::internal("reload task", e))?;
+    let outcomes = tokio::task::spawn_blocking(move || svc.reload())
+        .await
+        .map_err(|e| ApiError::internal("reload task", e))?;
     log_reload(&outcomes);
     Ok(json(StatusCode::OK, &ReloadResponse { outcomes }))
 }
@@ -710,8 +791,19 @@ pub async fn reload(State(app): State<AppState>, headers: HeaderMap) -> Result<R
 pub fn log_reload(outcomes: &[ReloadOutcome]) {
     for o in outcomes {
         match &o.error {
-            Some(e) => eprintln!("tierwise: policy `{}` {}: {} (still serving: {})", o.policy, o.result, e.message, o.hash.as_deref().map_or("none", |h| h.get(..12).unwrap_or(h))),
-            None => eprintln!("tierwise: policy `{}` {} {}", o.policy, o.result, o.hash.as_deref().map_or("", |h| h.get(..12).unwrap_or(h))),
+            Some(e) => eprintln!(
+                "tierwise: policy `{}` {}: {} (still serving: {})",
+                o.policy,
+                o.result,
+                e.message,
+                o.hash.as_deref().map_or("none", |h| h.get(..12).unwrap_or(h))
+            ),
+            None => eprintln!(
+                "tierwise: policy `{}` {} {}",
+                o.policy,
+                o.result,
+                o.hash.as_deref().map_or("", |h| h.get(..12).unwrap_or(h))
+            ),
         }
     }
 }
@@ -724,10 +816,19 @@ fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
     let Some(want) = &app.admin_digest else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "admin routes are disabled: set TIERWISE_ADMIN_TOKEN to enable them"));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "admin routes are disabled: set TIERWISE_ADMIN_TOKEN to enable them",
+        ));
     };
     let Some(given) = bearer(headers) else {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "send the admin token as `Authorization: Bearer <token>`").challenge("Bearer"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send the admin token as `Authorization: Bearer <token>`",
+        )
+        .challenge("Bearer"));
     };
     let got: [u8; 32] = Sha256::digest(given.as_bytes()).into();
     if bool::from(got.ct_eq(want)) {
@@ -747,20 +848,30 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 pub async fn schema(State(app): State<AppState>, PathParam(name): PathParam) -> Response {
     // `policy`, `policy.json` or `policy.schema.json`, exactly as /openapi.json's pattern says.
-    let key = name.strip_suffix(".schema.json").or_else(|| name.strip_suffix(".json")).unwrap_or(&name);
+    let key =
+        name.strip_suffix(".schema.json").or_else(|| name.strip_suffix(".json")).unwrap_or(&name);
     match app.schemas.iter().find(|(n, _)| *n == key) {
-        Some((_, text)) => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/schema+json"))], text.clone()).into_response(),
+        Some((_, text)) => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/schema+json"))],
+            text.clone(),
+        )
+            .into_response(),
         None => {
             let known: Vec<&str> = app.schemas.iter().map(|(n, _)| *n).collect();
-            ApiError::new(StatusCode::NOT_FOUND, "unknown_schema", format!("no schema `{name}`; known: {}", known.join(", ")))
-                .details(serde_json::json!({ "known": known }))
-                .into_response()
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_schema",
+                format!("no schema `{name}`; known: {}", known.join(", ")),
+            )
+            .details(serde_json::json!({ "known": known }))
+            .into_response()
         }
     }
 }
 
 pub async fn openapi(State(app): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], app.openapi.clone()).into_response()
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], app.openapi.clone())
+        .into_response()
 }
 
 /// `GET /healthz` and `GET /readyz` answers.
@@ -798,12 +909,17 @@ pub struct CacheHealth {
 }
 
 pub async fn healthz() -> Response {
-    json(StatusCode::OK, &Health { status: "ok", default_policy: None, hash: None, cache: None, details: None })
+    json(
+        StatusCode::OK,
+        &Health { status: "ok", default_policy: None, hash: None, cache: None, details: None },
+    )
 }
 
 pub async fn readyz(State(app): State<AppState>) -> Response {
     if app.draining.load(std::sync::atomic::Ordering::Relaxed) {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "shutting down").retry_after(1).into_response();
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "shutting down")
+            .retry_after(1)
+            .into_response();
     }
     match app.service.ready() {
         Ok(name) => {
@@ -814,16 +930,39 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
             let stats = app.cache.stats();
             let reason = app.cache.degraded();
             let cache = Some(if reason.is_some() { "degraded" } else { "ok" });
-            let details = Some(HealthDetails { cache: CacheHealth { backend: stats.backend, breaker: stats.breaker.as_str(), reason } });
-            json(StatusCode::OK, &Health { status: "ready", default_policy: Some(name), hash, cache, details })
+            let details = Some(HealthDetails {
+                cache: CacheHealth {
+                    backend: stats.backend,
+                    breaker: stats.breaker.as_str(),
+                    reason,
+                },
+            });
+            json(
+                StatusCode::OK,
+                &Health { status: "ready", default_policy: Some(name), hash, cache, details },
+            )
         }
-        Err(why) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why).retry_after(1).into_response(),
+        Err(why) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why)
+            .retry_after(1)
+            .into_response(),
     }
 }
 
 pub async fn metrics(State(app): State<AppState>) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
     app.metrics.observe_log(app.log.stats());
-    let text = app.metrics.render(&app.service, &app.cache.stats(), app.cache_gated.load(Relaxed), app.cache_unavailable.load(Relaxed));
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"))], text).into_response()
+    let text = app.metrics.render(
+        &app.service,
+        &app.cache.stats(),
+        app.cache_gated.load(Relaxed),
+        app.cache_unavailable.load(Relaxed),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
 }

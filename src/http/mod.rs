@@ -14,21 +14,21 @@ mod handlers;
 pub mod openapi;
 pub mod server;
 
-pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use dryrun::{MAX_CANDIDATE_BYTES, MAX_CANDIDATE_FILES};
+pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use handlers::log_reload;
 
 use crate::cache::Cache;
 use crate::decision_log::DecisionLog;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::service::Service;
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -67,7 +67,14 @@ pub enum DryRunPriority {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { body_limit: 8 * 1024 * 1024, request_timeout: Duration::from_secs(30), max_concurrent: 256, admin_token: None, cache_always: false, dry_run_priority: DryRunPriority::default() }
+        Config {
+            body_limit: 8 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            max_concurrent: 256,
+            admin_token: None,
+            cache_always: false,
+            dry_run_priority: DryRunPriority::default(),
+        }
     }
 }
 
@@ -100,14 +107,27 @@ pub struct App {
 impl App {
     /// An app with the embedded in-memory cache on its defaults.
     pub fn new(service: Arc<Service>, config: Config, log: DecisionLog) -> Arc<Self> {
-        let cache: Arc<dyn Cache> = Arc::new(crate::cache::memory::MemoryCache::new(&crate::cache::CacheConfig::default()));
+        let cache: Arc<dyn Cache> =
+            Arc::new(crate::cache::memory::MemoryCache::new(&crate::cache::CacheConfig::default()));
         Self::with_cache(service, config, log, cache)
     }
 
-    pub fn with_cache(service: Arc<Service>, config: Config, log: DecisionLog, cache: Arc<dyn Cache>) -> Arc<Self> {
+    pub fn with_cache(
+        service: Arc<Service>,
+        config: Config,
+        log: DecisionLog,
+        cache: Arc<dyn Cache>,
+    ) -> Arc<Self> {
         use sha2::{Digest, Sha256};
-        let admin_digest = config.admin_token.as_deref().filter(|t| !t.is_empty()).map(|t| Sha256::digest(t.as_bytes()).into());
-        let schemas = crate::schema::all().into_iter().map(|(file, text)| (file.trim_end_matches(".schema.json"), Bytes::from(text))).collect();
+        let admin_digest = config
+            .admin_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(|t| Sha256::digest(t.as_bytes()).into());
+        let schemas = crate::schema::all()
+            .into_iter()
+            .map(|(file, text)| (file.trim_end_matches(".schema.json"), Bytes::from(text)))
+            .collect();
         Arc::new(App {
             limiter: Semaphore::new(config.max_concurrent.max(1)),
             dry_runs: Semaphore::new(DRY_RUNS_AT_ONCE),
@@ -168,7 +188,9 @@ pub fn app(state: AppState) -> Router {
         api.merge(ops)
             // An unknown path; a known path with the wrong method gets the next one.
             .fallback(|uri: axum::http::Uri| async move { ApiError::not_found(uri.path()) })
-            .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move { ApiError::method_not_allowed(method.as_str(), uri.path()) }),
+            .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move {
+                ApiError::method_not_allowed(method.as_str(), uri.path())
+            }),
         state,
     )
 }
@@ -191,22 +213,27 @@ pub fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
 /// closure reaches the handler as a `JoinError`, which handlers answer as `internal` too.
 /// Needs `panic = "unwind"` (the default; Cargo.toml's release profile must not abort).
 async fn catch_panic(req: Request, next: Next) -> Response {
-    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::panic::{AssertUnwindSafe, catch_unwind};
     use std::task::Poll;
     let mut fut = Box::pin(next.run(req));
     // Unwind safety: after a panic the future is dropped, never polled again, and the
     // handlers share nothing a half-done request could leave inconsistent but the
     // `Mutex`es, which recover from poisoning where they are locked.
-    let answered = std::future::poll_fn(|cx| match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
-        Ok(Poll::Ready(res)) => Poll::Ready(Ok(res)),
-        Ok(Poll::Pending) => Poll::Pending,
-        Err(payload) => Poll::Ready(Err(payload)),
-    })
-    .await;
+    let answered =
+        std::future::poll_fn(|cx| match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(Poll::Ready(res)) => Poll::Ready(Ok(res)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(payload)),
+        })
+        .await;
     match answered {
         Ok(res) => res,
         Err(payload) => {
-            let what = payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str)).unwrap_or("a panic");
+            let what = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("a panic");
             ApiError::internal("panic while answering", what).into_response()
         }
     }
@@ -215,7 +242,11 @@ async fn catch_panic(req: Request, next: Next) -> Response {
 /// Counts every answer by route, method and status, its latency, and errors by code.
 async fn record_metrics(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let route = req.extensions().get::<MatchedPath>().and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied()).unwrap_or("unmatched");
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied())
+        .unwrap_or("unmatched");
     let method = static_method(req.method());
     let m = &app.metrics;
     m.in_flight.inc();
@@ -245,7 +276,11 @@ fn static_method(m: &Method) -> &'static str {
 /// Refuses a declared body over the limit before reading it (every route); bodies without
 /// a length are cut off while read ([`DefaultBodyLimit`] and [`JsonBody`]).
 async fn body_limit(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > app.config.body_limit as u64) {
         return ApiError::payload_too_large(app.config.body_limit).into_response();
     }
@@ -261,9 +296,13 @@ pub struct Deadline(pub Instant);
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Deadline {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
         // Outside the timeout layer (never on /v1/*): no deadline of its own, a far one.
-        let far = Instant::now().checked_add(Duration::from_secs(3600)).unwrap_or_else(Instant::now);
+        let far =
+            Instant::now().checked_add(Duration::from_secs(3600)).unwrap_or_else(Instant::now);
         Ok(parts.extensions.get::<Deadline>().copied().unwrap_or(Deadline(far)))
     }
 }
@@ -292,9 +331,12 @@ impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let ct =
+            req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        if !(essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))) {
+        if !(essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json")))
+        {
             let got = if ct.is_empty() { "none".to_string() } else { format!("`{ct}`") };
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -311,7 +353,11 @@ impl FromRequest<AppState> for JsonBody {
 /// into one buffer (axum's `Bytes` extractor) held twice the body at its peak.
 async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     use axum::body::HttpBody;
-    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::payload_too_large(limit));
     }
@@ -320,10 +366,16 @@ async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     let mut whole: Option<Bytes> = None;
     let mut buf: Vec<u8> = Vec::new();
     let mut total = 0usize;
-    while let Some(frame) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+    while let Some(frame) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+    {
         let frame = frame.map_err(|e| match server::body_timeout_of(&e) {
             Some(after) => ApiError::body_timeout(after),
-            None => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("cannot read the request body: {e}")),
+            None => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("cannot read the request body: {e}"),
+            ),
         })?;
         let Ok(data) = frame.into_data() else { continue };
         total += data.len();
@@ -337,7 +389,11 @@ async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
         if total > buf.capacity() {
             // Past 1 MiB, straight to the limit: pages are only resident once written, and
             // doubling left every smaller buffer behind in the allocator (3x the body).
-            let target = if total > 1 << 20 { limit } else { buf.capacity().saturating_mul(2).clamp(total, limit) };
+            let target = if total > 1 << 20 {
+                limit
+            } else {
+                buf.capacity().saturating_mul(2).clamp(total, limit)
+            };
             buf.reserve_exact(target.max(declared.unwrap_or(0).min(limit)) - buf.len());
         }
         if let Some(first) = whole.take() {
@@ -355,10 +411,17 @@ pub struct PathParam(pub String);
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
         match axum::extract::Path::<String>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(PathParam(v)),
-            Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("the path cannot be read: {}", e.body_text()))),
+            Err(e) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("the path cannot be read: {}", e.body_text()),
+            )),
         }
     }
 }
@@ -372,8 +435,15 @@ pub fn parse<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiErr
         // serde_json appends " at line L column C"; the place is in `details`.
         let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m).to_string();
         match e.classify() {
-            serde_json::error::Category::Data => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", msg).details(at),
-            _ => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {msg}")).details(at),
+            serde_json::error::Category::Data => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", msg).details(at)
+            }
+            _ => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not valid JSON: {msg}"),
+            )
+            .details(at),
         }
     })
 }

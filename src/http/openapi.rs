@@ -2,12 +2,15 @@
 //! handlers serialize and parse (schemars, OpenAPI 3.0 settings), so they cannot drift.
 //! Only the list of operations is written here; a test checks it against the router.
 
-use super::dryrun::{DryRunRequest, DryRunResponse};
-use super::handlers::{EvaluateRequest, EvaluateResponse, Health, LatestDecision, PolicyInfo, PolicyList, PortfolioResponse, ReloadResponse};
 use super::ErrorBody;
-use schemars::generate::SchemaSettings;
+use super::dryrun::{DryRunRequest, DryRunResponse};
+use super::handlers::{
+    EvaluateRequest, EvaluateResponse, Health, LatestDecision, PolicyInfo, PolicyList,
+    PortfolioResponse, ReloadResponse,
+};
 use schemars::Schema;
-use serde_json::{json, Map, Value};
+use schemars::generate::SchemaSettings;
+use serde_json::{Map, Value, json};
 
 /// One operation of the API.
 struct Op {
@@ -66,21 +69,31 @@ pub fn document() -> Value {
     let e = |status: u16, what: &'static str| (status, what, Some(err.clone()), JSON);
     // Only where the handler has a path to `ApiError::internal` (a panicked task, a failed
     // serialization): the static answers (schemas, this document, metrics) have none.
-    let internal = || e(500, "a failure of the service (`internal`; logged, answered without its text)");
+    let internal =
+        || e(500, "a failure of the service (`internal`; logged, answered without its text)");
     // What the layers and extractors send, beside each handler's own answers.
     let common = |kind: Kind| {
-        let mut v = vec![e(413, "body over the size limit (`payload_too_large`; every route, by `Content-Length`)")];
+        let mut v = vec![e(
+            413,
+            "body over the size limit (`payload_too_large`; every route, by `Content-Length`)",
+        )];
         if kind != Kind::Ops {
             v.push(e(503, "too many requests in progress (`overloaded`), the request timed out (`timeout`), or the server is stopping (`shutting_down`); see `Retry-After`"));
         }
         if kind == Kind::V1Post {
-            v.push(e(408, "the request body was not received within the body-read timeout (`body_timeout`)"));
+            v.push(e(
+                408,
+                "the request body was not received within the body-read timeout (`body_timeout`)",
+            ));
         }
         v
     };
     let eval_errors = || {
         let mut v = vec![
-            e(400, "malformed JSON (`malformed_json`), an unreadable body, or no default policy (`no_default_policy`)"),
+            e(
+                400,
+                "malformed JSON (`malformed_json`), an unreadable body, or no default policy (`no_default_policy`)",
+            ),
             e(404, "unknown policy (`unknown_policy`)"),
             e(415, "not `Content-Type: application/json`"),
             e(422, "JSON of the wrong shape (`invalid_request`)"),
@@ -89,12 +102,16 @@ pub fn document() -> Value {
         v.extend(common(Kind::V1Post));
         v
     };
-    let path_400 = || e(400, "a path segment that is not UTF-8 once percent-decoded (`invalid_request`)");
+    let path_400 =
+        || e(400, "a path segment that is not UTF-8 once percent-decoded (`invalid_request`)");
     let with = |mut v: Vec<(u16, &'static str, Option<Schema>, &'static str)>, kind: Kind| {
         v.extend(common(kind));
         v
     };
-    let schema_names: Vec<String> = crate::schema::all().into_iter().map(|(f, _)| f.trim_end_matches(".schema.json").to_string()).collect();
+    let schema_names: Vec<String> = crate::schema::all()
+        .into_iter()
+        .map(|(f, _)| f.trim_end_matches(".schema.json").to_string())
+        .collect();
     let ops = vec![
         Op {
             method: "post",
@@ -102,7 +119,16 @@ pub fn document() -> Value {
             id: "evaluate",
             summary: "Decide accounts one by one (score, qualified tier, movement, account alerts)",
             request: Some(de.subschema_for::<EvaluateRequest<'static>>()),
-            responses: [vec![(200, "one outcome per account, in input order", Some(g.subschema_for::<EvaluateResponse<'static>>()), JSON)], eval_errors()].concat(),
+            responses: [
+                vec![(
+                    200,
+                    "one outcome per account, in input order",
+                    Some(g.subschema_for::<EvaluateResponse<'static>>()),
+                    JSON,
+                )],
+                eval_errors(),
+            ]
+            .concat(),
             ok_headers: EVAL_HEADERS,
             query: vec![],
             admin: false,
@@ -113,7 +139,16 @@ pub fn document() -> Value {
             id: "portfolio",
             summary: "Decide a whole book: caps, manager capacity, portfolio alerts, summary",
             request: Some(de.subschema_for::<EvaluateRequest<'static>>()),
-            responses: [vec![(200, "the book's summary and one outcome per account", Some(g.subschema_for::<PortfolioResponse<'static>>()), JSON)], eval_errors()].concat(),
+            responses: [
+                vec![(
+                    200,
+                    "the book's summary and one outcome per account",
+                    Some(g.subschema_for::<PortfolioResponse<'static>>()),
+                    JSON,
+                )],
+                eval_errors(),
+            ]
+            .concat(),
             ok_headers: EVAL_HEADERS,
             query: vec![],
             admin: false,
@@ -126,21 +161,45 @@ pub fn document() -> Value {
             request: Some(de.subschema_for::<DryRunRequest<'static>>()),
             responses: with(
                 vec![
-                    (200, "the difference (format json)", Some(g.subschema_for::<DryRunResponse<'static>>()), JSON),
+                    (
+                        200,
+                        "the difference (format json)",
+                        Some(g.subschema_for::<DryRunResponse<'static>>()),
+                        JSON,
+                    ),
                     (200, "a pull-request comment (format markdown)", None, "text/markdown"),
                     (200, "a terminal summary (format table)", None, "text/plain"),
-                    e(400, "malformed JSON, a refused candidate file name (`bad_candidate_path`), or no default policy"),
+                    e(
+                        400,
+                        "malformed JSON, a refused candidate file name (`bad_candidate_path`), or no default policy",
+                    ),
                     e(404, "unknown baseline policy"),
-                    e(413, "body over the size limit, or a candidate over 64 files or 1 MiB (`candidate_too_large`)"),
+                    e(
+                        413,
+                        "body over the size limit, or a candidate over 64 files or 1 MiB (`candidate_too_large`)",
+                    ),
                     e(415, "not `Content-Type: application/json`"),
-                    e(422, "JSON of the wrong shape or nothing to compare (`invalid_request`), an override that names nothing (`invalid_override`), a candidate that does not compile (`candidate_invalid`, every diagnostic in `details`), a candidate that trips the sandbox on live accounts (`candidate_sandbox_limit`)"),
+                    e(
+                        422,
+                        "JSON of the wrong shape or nothing to compare (`invalid_request`), an override that names nothing (`invalid_override`), a candidate that does not compile (`candidate_invalid`, every diagnostic in `details`), a candidate that trips the sandbox on live accounts (`candidate_sandbox_limit`)",
+                    ),
                     internal(),
-                    e(503, "two dry runs already in progress (`overloaded`), or the baseline has no version that passed its checks (`policy_unavailable`)"),
+                    e(
+                        503,
+                        "two dry runs already in progress (`overloaded`), or the baseline has no version that passed its checks (`policy_unavailable`)",
+                    ),
                 ],
                 Kind::V1Post,
             ),
             ok_headers: DRY_RUN_HEADERS,
-            query: vec![("format", "`json` (default), `markdown` (or `md`) or `table` (or `text`); the body's `format` does the same", &["json", "markdown", "table", "md", "text"]), ("top", "accounts listed by markdown and table (default 20)", &[])],
+            query: vec![
+                (
+                    "format",
+                    "`json` (default), `markdown` (or `md`) or `table` (or `text`); the body's `format` does the same",
+                    &["json", "markdown", "table", "md", "text"],
+                ),
+                ("top", "accounts listed by markdown and table (default 20)", &[]),
+            ],
             admin: false,
         },
         Op {
@@ -153,7 +212,10 @@ pub fn document() -> Value {
                 vec![
                     (200, "the latest decision", Some(g.subschema_for::<LatestDecision>()), JSON),
                     path_400(),
-                    e(404, "unknown policy, or no decision stored for the account (`unknown_account`)"),
+                    e(
+                        404,
+                        "unknown policy, or no decision stored for the account (`unknown_account`)",
+                    ),
                     e(422, "a malformed query (`invalid_request`)"),
                     internal(),
                     e(503, "the cache is unavailable (`cache_unavailable`)"),
@@ -170,7 +232,13 @@ pub fn document() -> Value {
             id: "listPolicies",
             summary: "The policies served: version, hash, loaded at, files, inputs, tiers, last reload error",
             request: None,
-            responses: with(vec![(200, "every policy folder", Some(g.subschema_for::<PolicyList>()), JSON), internal()], Kind::V1Get),
+            responses: with(
+                vec![
+                    (200, "every policy folder", Some(g.subschema_for::<PolicyList>()), JSON),
+                    internal(),
+                ],
+                Kind::V1Get,
+            ),
             ok_headers: &[],
             query: vec![],
             admin: false,
@@ -181,7 +249,15 @@ pub fn document() -> Value {
             id: "getPolicy",
             summary: "One policy",
             request: None,
-            responses: with(vec![(200, "the policy", Some(g.subschema_for::<PolicyInfo>()), JSON), path_400(), e(404, "unknown policy"), internal()], Kind::V1Get),
+            responses: with(
+                vec![
+                    (200, "the policy", Some(g.subschema_for::<PolicyInfo>()), JSON),
+                    path_400(),
+                    e(404, "unknown policy"),
+                    internal(),
+                ],
+                Kind::V1Get,
+            ),
             ok_headers: &[],
             query: vec![],
             admin: false,
@@ -212,7 +288,14 @@ pub fn document() -> Value {
             id: "getSchema",
             summary: "A JSON schema: policy, tests, snapshot, decision, portfolio, diff (also as `NAME.json` and `NAME.schema.json`)",
             request: None,
-            responses: with(vec![(200, "the JSON schema", None, "application/schema+json"), path_400(), e(404, "unknown schema")], Kind::V1Get),
+            responses: with(
+                vec![
+                    (200, "the JSON schema", None, "application/schema+json"),
+                    path_400(),
+                    e(404, "unknown schema"),
+                ],
+                Kind::V1Get,
+            ),
             ok_headers: &[],
             query: vec![],
             admin: false,
@@ -234,7 +317,10 @@ pub fn document() -> Value {
             id: "healthz",
             summary: "Liveness: the process answers",
             request: None,
-            responses: with(vec![(200, "alive", Some(g.subschema_for::<Health>()), JSON), internal()], Kind::Ops),
+            responses: with(
+                vec![(200, "alive", Some(g.subschema_for::<Health>()), JSON), internal()],
+                Kind::Ops,
+            ),
             ok_headers: &[],
             query: vec![],
             admin: false,
@@ -245,7 +331,14 @@ pub fn document() -> Value {
             id: "readyz",
             summary: "Readiness: the default policy is serving",
             request: None,
-            responses: with(vec![(200, "ready", Some(g.subschema_for::<Health>()), JSON), internal(), e(503, "not ready (`not_ready`): no default policy serving, or shutting down")], Kind::Ops),
+            responses: with(
+                vec![
+                    (200, "ready", Some(g.subschema_for::<Health>()), JSON),
+                    internal(),
+                    e(503, "not ready (`not_ready`): no default policy serving, or shutting down"),
+                ],
+                Kind::Ops,
+            ),
             ok_headers: &[],
             query: vec![],
             admin: false,
@@ -256,7 +349,10 @@ pub fn document() -> Value {
             id: "metrics",
             summary: "Prometheus metrics (OpenMetrics text)",
             request: None,
-            responses: with(vec![(200, "metrics", None, "application/openmetrics-text")], Kind::Ops),
+            responses: with(
+                vec![(200, "metrics", None, "application/openmetrics-text")],
+                Kind::Ops,
+            ),
             ok_headers: &[],
             query: vec![],
             admin: false,
@@ -275,18 +371,25 @@ pub fn document() -> Value {
                 // The same status in another content type: one response, both media types.
                 Some(r) if r["content"].get(ct).is_none() => {
                     r["content"][ct] = media;
-                    if let Some(d) = r["description"].as_str().map(|d| format!("{d}; {description}")) {
+                    if let Some(d) =
+                        r["description"].as_str().map(|d| format!("{d}; {description}"))
+                    {
                         r["description"] = json!(d);
                     }
                 }
                 // The same error status again (a layer's, after the handler's): one description.
                 Some(r) => {
-                    if let Some(d) = r["description"].as_str().map(|d| format!("{d}; or {description}")) {
+                    if let Some(d) =
+                        r["description"].as_str().map(|d| format!("{d}; or {description}"))
+                    {
                         r["description"] = json!(d);
                     }
                 }
                 None => {
-                    responses.insert(status.to_string(), json!({ "description": description, "content": { ct: media } }));
+                    responses.insert(
+                        status.to_string(),
+                        json!({ "description": description, "content": { ct: media } }),
+                    );
                 }
             }
         }
@@ -295,11 +398,19 @@ pub fn document() -> Value {
         for (status, r) in responses.iter_mut() {
             match status.as_str() {
                 "200" if !op.ok_headers.is_empty() => {
-                    let h: Map<String, Value> = op.ok_headers.iter().map(|(n, d)| (n.to_string(), header(d, string.clone()))).collect();
+                    let h: Map<String, Value> = op
+                        .ok_headers
+                        .iter()
+                        .map(|(n, d)| (n.to_string(), header(d, string.clone())))
+                        .collect();
                     r["headers"] = Value::Object(h);
                 }
-                "401" => r["headers"] = json!({ "WWW-Authenticate": header("`Bearer`", string.clone()) }),
-                "503" => r["headers"] = json!({ "Retry-After": header("seconds to wait before trying again", json!({ "type": "integer", "minimum": 0 })) }),
+                "401" => {
+                    r["headers"] = json!({ "WWW-Authenticate": header("`Bearer`", string.clone()) })
+                }
+                "503" => {
+                    r["headers"] = json!({ "Retry-After": header("seconds to wait before trying again", json!({ "type": "integer", "minimum": 0 })) })
+                }
                 _ => {}
             }
         }
@@ -336,7 +447,11 @@ pub fn document() -> Value {
             params.push(json!({ "name": "policy", "in": "query", "required": false, "description": "the policy's name (default: the default policy)", "schema": { "type": "string" } }));
         }
         for (name, description, values) in &op.query {
-            let schema = if values.is_empty() { json!({ "type": "integer", "minimum": 0, "maximum": u32::MAX }) } else { json!({ "type": "string", "enum": values }) };
+            let schema = if values.is_empty() {
+                json!({ "type": "integer", "minimum": 0, "maximum": u32::MAX })
+            } else {
+                json!({ "type": "string", "enum": values })
+            };
             params.push(json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema }));
         }
         if !params.is_empty() {
@@ -377,7 +492,9 @@ fn example(op: &str) -> Option<Value> {
     });
     match op {
         "evaluate" | "portfolio" => Some(json!({ "accounts": [account] })),
-        "dryRun" => Some(json!({ "overrides": { "tiers.key.min_score": 7.0 }, "accounts": [account] })),
+        "dryRun" => {
+            Some(json!({ "overrides": { "tiers.key.min_score": 7.0 }, "accounts": [account] }))
+        }
         _ => None,
     }
 }
@@ -450,10 +567,16 @@ mod tests {
                 }
                 for (status, r) in responses {
                     if status.starts_with('4') || status.starts_with('5') {
-                        assert_eq!(r["content"][JSON]["schema"]["$ref"], "#/components/schemas/ErrorBody", "{method} {path} {status}");
+                        assert_eq!(
+                            r["content"][JSON]["schema"]["$ref"], "#/components/schemas/ErrorBody",
+                            "{method} {path} {status}"
+                        );
                     }
                     if status == "503" {
-                        assert_eq!(r["headers"]["Retry-After"]["required"], true, "{method} {path}");
+                        assert_eq!(
+                            r["headers"]["Retry-After"]["required"], true,
+                            "{method} {path}"
+                        );
                     }
                 }
             }

@@ -21,12 +21,12 @@
 //!   process past `grace + ANSWER_MARGIN`.
 
 use crate::http::ApiError;
+use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
 use http_body::{Body as _, Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{Semaphore, watch};
 
 /// Connection-level settings (the CLI fills them from flags and `TIERWISE_*`).
 #[derive(Debug, Clone)]
@@ -90,7 +90,13 @@ const FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: applicat
 
 /// Serves `app` on `listener` until `signal` resolves, then shuts down as the module says.
 /// `overloaded` counts the requests refused for want of body buffer (the metrics' counter).
-pub async fn serve<F>(listener: TcpListener, app: Router, cfg: &ServerConfig, overloaded: prometheus_client::metrics::counter::Counter, signal: F) -> Stopped
+pub async fn serve<F>(
+    listener: TcpListener,
+    app: Router,
+    cfg: &ServerConfig,
+    overloaded: prometheus_client::metrics::counter::Counter,
+    signal: F,
+) -> Stopped
 where
     F: Future<Output = ()>,
 {
@@ -102,7 +108,8 @@ where
         buffer: Arc::new(Semaphore::new(cfg.body_buffer_bytes.clamp(1, Semaphore::MAX_PERMITS))),
         overloaded,
     };
-    let svc = TowerToHyperService::new(app.layer(middleware::from_fn_with_state(guard, guard_request)));
+    let svc =
+        TowerToHyperService::new(app.layer(middleware::from_fn_with_state(guard, guard_request)));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(cfg.header_read_timeout).keep_alive(true);
     let graceful = GracefulShutdown::new();
@@ -154,7 +161,9 @@ where
     if tokio::time::timeout(cfg.grace, &mut done).await.is_ok() {
         return Stopped::Drained;
     }
-    eprintln!("tierwise: grace period over; answering requests still in flight 503 ({open} connections were open at the signal)");
+    eprintln!(
+        "tierwise: grace period over; answering requests still in flight 503 ({open} connections were open at the signal)"
+    );
     let _ = cut_tx.send(true);
     if tokio::time::timeout(ANSWER_MARGIN, &mut done).await.is_ok() {
         return Stopped::CutShort;
@@ -195,7 +204,11 @@ async fn guard_request(State(g): State<Guard>, req: Request, next: Next) -> Resp
 }
 
 async fn read_ahead_then_run(g: &Guard, req: Request, next: Next) -> Response {
-    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if req.body().is_end_stream() || declared.is_some_and(|n| n > g.body_limit as u64) {
         return next.run(req).await;
     }
@@ -204,7 +217,8 @@ async fn read_ahead_then_run(g: &Guard, req: Request, next: Next) -> Response {
     let mut sleep = std::pin::pin!(sleep);
     // One buffer, sized by the declared length: the router's extractor then takes it as it
     // is, so a body is held once, not as chunks plus their copy (twice the body in RSS).
-    let mut buf: Vec<u8> = Vec::with_capacity(declared.map_or(0, |n| (n as usize).min(g.body_limit + 1)));
+    let mut buf: Vec<u8> =
+        Vec::with_capacity(declared.map_or(0, |n| (n as usize).min(g.body_limit + 1)));
     let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
     let mut total = 0usize;
     let mut failed: Option<axum::Error> = None;
@@ -225,7 +239,10 @@ async fn read_ahead_then_run(g: &Guard, req: Request, next: Next) -> Response {
             }
             Some(Ok(frame)) => {
                 let Ok(data) = frame.into_data() else { continue };
-                let Ok(permit) = u32::try_from(data.len()).map_err(drop).and_then(|n| g.buffer.clone().try_acquire_many_owned(n).map_err(drop)) else {
+                let Ok(permit) = u32::try_from(data.len())
+                    .map_err(drop)
+                    .and_then(|n| g.buffer.clone().try_acquire_many_owned(n).map_err(drop))
+                else {
                     g.overloaded.inc();
                     return ApiError::overloaded().into_response();
                 };
@@ -241,14 +258,26 @@ async fn read_ahead_then_run(g: &Guard, req: Request, next: Next) -> Response {
                     // Without a declared length: past 64 KiB, straight to the limit (pages are
                     // only resident once written; doubling would copy the body at each step and
                     // leave each smaller buffer behind in the allocator).
-                    let target = if total > 64 << 10 { g.body_limit + 1 } else { buf.capacity().saturating_mul(2) };
+                    let target = if total > 64 << 10 {
+                        g.body_limit + 1
+                    } else {
+                        buf.capacity().saturating_mul(2)
+                    };
                     buf.reserve_exact(target.max(total) - buf.len());
                 }
                 buf.extend_from_slice(&data);
             }
         }
     }
-    let res = next.run(Request::from_parts(parts, Body::new(ReadAhead { chunks: if buf.is_empty() { Default::default() } else { [Bytes::from(buf)].into() }, failed }))).await;
+    let res = next
+        .run(Request::from_parts(
+            parts,
+            Body::new(ReadAhead {
+                chunks: if buf.is_empty() { Default::default() } else { [Bytes::from(buf)].into() },
+                failed,
+            }),
+        ))
+        .await;
     drop(held);
     res
 }
@@ -287,7 +316,10 @@ impl http_body::Body for ReadAhead {
     type Data = Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         if let Some(c) = self.chunks.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(c))));
         }
@@ -315,7 +347,8 @@ mod tests {
     fn the_canned_answer_declares_its_length() {
         let text = std::str::from_utf8(FULL).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let declared: usize = head.lines().find_map(|l| l.strip_prefix("content-length: ")).unwrap().parse().unwrap();
+        let declared: usize =
+            head.lines().find_map(|l| l.strip_prefix("content-length: ")).unwrap().parse().unwrap();
         assert_eq!(declared, body.len());
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["code"], "overloaded");

@@ -5,11 +5,11 @@
 //! every section and compile every expression, collecting diagnostics as it goes. Only a
 //! policy without errors is returned; warnings travel with it.
 
-use super::diag::{did_you_mean, Diagnostics, Level, Place};
+use super::diag::{Diagnostics, Level, Place, did_you_mean};
 use super::raw::*;
-use indexmap::IndexMap;
 use super::*;
-use crate::script::{self, native, Limits, Var};
+use crate::script::{self, Limits, Var, native};
+use indexmap::IndexMap;
 use rhai::{Dynamic, ParseError, Scope};
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -33,21 +33,38 @@ pub(crate) fn compile(name: &str, files: &Files, limits: &Limits) -> Result<Poli
                 d.sources.insert(path.clone(), Arc::from(text));
             }
             Err(_) if path == POLICY_FILE || path.ends_with(".rhai") || path.ends_with(".toml") => {
-                d.at(Level::Error, "not_utf8", path, None, None, format!("`{path}` is not UTF-8 text"), None);
+                d.at(
+                    Level::Error,
+                    "not_utf8",
+                    path,
+                    None,
+                    None,
+                    format!("`{path}` is not UTF-8 text"),
+                    None,
+                );
             }
             Err(_) => {}
         }
     }
     let Some(text) = d.sources.get(POLICY_FILE).cloned() else {
         if !d.has_errors() {
-            d.at(Level::Error, "no_policy", POLICY_FILE, None, None, "the folder has no `policy.toml`", None);
+            d.at(
+                Level::Error,
+                "no_policy",
+                POLICY_FILE,
+                None,
+                None,
+                "the folder has no `policy.toml`",
+                None,
+            );
         }
         return Err(Report::from_diagnostics(name, d));
     };
     let Some(raw) = parse_toml::<RawPolicy>(&mut d, POLICY_FILE, &text) else {
         return Err(Report::from_diagnostics(name, d));
     };
-    let mut c = Compiler { d, limits, text: text.clone(), vars: HashMap::new(), fn_files: HashMap::new() };
+    let mut c =
+        Compiler { d, limits, text: text.clone(), vars: HashMap::new(), fn_files: HashMap::new() };
     let policy = c.policy(name, files, raw);
     match policy {
         Some(p) if !c.d.has_errors() => Ok(p),
@@ -56,7 +73,11 @@ pub(crate) fn compile(name: &str, files: &Files, limits: &Limits) -> Result<Poli
 }
 
 /// Parses one TOML file into `T`, reporting syntax errors, type errors and unknown keys.
-fn parse_toml<T: serde::de::DeserializeOwned + schemars::JsonSchema>(d: &mut Diagnostics, file: &str, text: &str) -> Option<T> {
+fn parse_toml<T: serde::de::DeserializeOwned + schemars::JsonSchema>(
+    d: &mut Diagnostics,
+    file: &str,
+    text: &str,
+) -> Option<T> {
     let de = match toml::de::Deserializer::parse(text) {
         Ok(de) => de,
         Err(e) => {
@@ -81,10 +102,19 @@ fn parse_toml<T: serde::de::DeserializeOwned + schemars::JsonSchema>(d: &mut Dia
             let span = doc.as_ref().and_then(|doc| key_span(doc.get_ref(), &path));
             let known = known_keys(schema.as_value(), parent);
             let help = did_you_mean(key, known.iter().map(String::as_str)).or_else(|| {
-                (!known.is_empty()).then(|| format!("expected one of {}", known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")))
+                (!known.is_empty()).then(|| {
+                    format!(
+                        "expected one of {}",
+                        known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                    )
+                })
             });
             let at = display_path(parent);
-            let msg = if at.is_empty() { format!("unknown key `{key}`") } else { format!("unknown key `{key}` in `{at}`") };
+            let msg = if at.is_empty() {
+                format!("unknown key `{key}`")
+            } else {
+                format!("unknown key `{key}` in `{at}`")
+            };
             d.at(Level::Error, "unknown_key", file, span, None, msg, help);
         }
     }
@@ -114,7 +144,9 @@ fn segments(p: &serde_ignored::Path) -> Vec<Seg> {
                 }
                 cur = parent;
             }
-            serde_ignored::Path::Some { parent } | serde_ignored::Path::NewtypeStruct { parent } | serde_ignored::Path::NewtypeVariant { parent } => cur = parent,
+            serde_ignored::Path::Some { parent }
+            | serde_ignored::Path::NewtypeStruct { parent }
+            | serde_ignored::Path::NewtypeVariant { parent } => cur = parent,
         }
     }
     out.reverse();
@@ -160,7 +192,10 @@ fn value_span(v: &toml::de::DeValue, path: &[Seg]) -> Option<Range<usize>> {
 
 /// The keys the schema allows at `path`, for "did you mean".
 pub(crate) fn known_keys(root: &serde_json::Value, path: &[Seg]) -> Vec<String> {
-    fn resolve<'a>(root: &'a serde_json::Value, mut s: &'a serde_json::Value) -> &'a serde_json::Value {
+    fn resolve<'a>(
+        root: &'a serde_json::Value,
+        mut s: &'a serde_json::Value,
+    ) -> &'a serde_json::Value {
         for _ in 0..8 {
             if let Some(r) = s.get("$ref").and_then(|r| r.as_str()) {
                 let name = r.rsplit('/').next().unwrap_or_default();
@@ -168,7 +203,9 @@ pub(crate) fn known_keys(root: &serde_json::Value, path: &[Seg]) -> Vec<String> 
                     Some(def) => s = def,
                     None => break,
                 }
-            } else if let Some(alts) = s.get("anyOf").or_else(|| s.get("oneOf")).and_then(|a| a.as_array()) {
+            } else if let Some(alts) =
+                s.get("anyOf").or_else(|| s.get("oneOf")).and_then(|a| a.as_array())
+            {
                 match alts.iter().find(|a| a.get("type").and_then(|t| t.as_str()) != Some("null")) {
                     Some(a) => s = a,
                     None => break,
@@ -182,7 +219,9 @@ pub(crate) fn known_keys(root: &serde_json::Value, path: &[Seg]) -> Vec<String> 
     let mut s = resolve(root, root);
     for seg in path {
         let next = match seg {
-            Seg::Key(k) => s.get("properties").and_then(|p| p.get(k)).or_else(|| s.get("additionalProperties")),
+            Seg::Key(k) => {
+                s.get("properties").and_then(|p| p.get(k)).or_else(|| s.get("additionalProperties"))
+            }
             Seg::Index(_) => s.get("items"),
         };
         match next {
@@ -190,7 +229,10 @@ pub(crate) fn known_keys(root: &serde_json::Value, path: &[Seg]) -> Vec<String> 
             None => return Vec::new(),
         }
     }
-    s.get("properties").and_then(|p| p.as_object()).map(|o| o.keys().cloned().collect()).unwrap_or_default()
+    s.get("properties")
+        .and_then(|p| p.as_object())
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
 }
 
 fn lower(s: &str) -> String {
@@ -268,11 +310,24 @@ struct Compiler<'a> {
 }
 
 impl Compiler<'_> {
-    fn err(&mut self, code: &'static str, span: Option<Range<usize>>, rule: Option<&str>, msg: impl Into<String>, help: Option<String>) {
+    fn err(
+        &mut self,
+        code: &'static str,
+        span: Option<Range<usize>>,
+        rule: Option<&str>,
+        msg: impl Into<String>,
+        help: Option<String>,
+    ) {
         self.d.at(Level::Error, code, POLICY_FILE, span, rule, msg, help);
     }
 
-    fn warn(&mut self, code: &'static str, span: Option<Range<usize>>, rule: Option<&str>, msg: impl Into<String>) {
+    fn warn(
+        &mut self,
+        code: &'static str,
+        span: Option<Range<usize>>,
+        rule: Option<&str>,
+        msg: impl Into<String>,
+    ) {
         self.d.at(Level::Warning, code, POLICY_FILE, span, rule, msg, None);
     }
 
@@ -283,7 +338,8 @@ impl Compiler<'_> {
 
     fn policy(&mut self, name: &str, files: &Files, raw: RawPolicy) -> Option<Policy> {
         let inputs = self.inputs(&raw.inputs);
-        let input_slots: HashMap<String, usize> = inputs.iter().enumerate().map(|(i, inp)| (inp.name.clone(), i)).collect();
+        let input_slots: HashMap<String, usize> =
+            inputs.iter().enumerate().map(|(i, inp)| (inp.name.clone(), i)).collect();
         self.vars = input_slots.iter().map(|(n, &i)| (n.clone(), Var::Input(i))).collect();
         self.vars.insert("score".into(), Var::Score);
         self.vars.insert("tier".into(), Var::Tier);
@@ -291,19 +347,36 @@ impl Compiler<'_> {
             self.vars.insert(n.into(), v);
         }
 
-        let scripts: BTreeMap<String, String> = files.keys().filter_map(|p| {
+        let scripts: BTreeMap<String, String> = files
+            .keys()
+            .filter_map(|p| {
                 let stem = p.strip_prefix("scripts/")?.strip_suffix(".rhai")?;
-                (!stem.contains('/')).then(|| Some((stem.to_string(), self.d.sources.get(p)?.to_string())))?
+                (!stem.contains('/'))
+                    .then(|| Some((stem.to_string(), self.d.sources.get(p)?.to_string())))?
             })
             .collect();
-        let engine = script::build_engine(self.limits, self.vars.clone(), input_slots.clone(), Arc::new(scripts.clone()));
+        let engine = script::build_engine(
+            self.limits,
+            self.vars.clone(),
+            input_slots.clone(),
+            Arc::new(scripts.clone()),
+        );
         let lib = self.scripts(&engine, &scripts);
 
         let scale = match &raw.score.scale {
             None => (1.0, 10.0),
             Some(s) => {
                 if !(s.min.is_finite() && s.max.is_finite() && s.min < s.max) {
-                    self.err("bad_scale", Some(s.span.clone()), Some("score.scale"), format!("the scale needs finite `min` < `max`, got {} and {}", s.min, s.max), None);
+                    self.err(
+                        "bad_scale",
+                        Some(s.span.clone()),
+                        Some("score.scale"),
+                        format!(
+                            "the scale needs finite `min` < `max`, got {} and {}",
+                            s.min, s.max
+                        ),
+                        None,
+                    );
                 }
                 (s.min, s.max)
             }
@@ -367,7 +440,9 @@ impl Compiler<'_> {
             for c in &mut criteria {
                 match &mut c.scoring {
                     Scoring::Expr(e) => fill(e),
-                    Scoring::Script { function, native, .. } => *native = b.call_with_account(function, &nlib),
+                    Scoring::Script { function, native, .. } => {
+                        *native = b.call_with_account(function, &nlib)
+                    }
                     Scoring::Steps { .. } => {}
                 }
             }
@@ -414,15 +489,36 @@ impl Compiler<'_> {
 
     /// Warnings that need the compiled rules (see [`super::lint`]); only for a policy
     /// without errors, whose rules are all there.
-    fn lint(&mut self, raw: &RawPolicy, inputs: &[Input], tiers: &[Tier], movement: &Movement, capacity: Option<&Capacity>, engine: &Engine) {
+    fn lint(
+        &mut self,
+        raw: &RawPolicy,
+        inputs: &[Input],
+        tiers: &[Tier],
+        movement: &Movement,
+        capacity: Option<&Capacity>,
+        engine: &Engine,
+    ) {
         let mut findings = super::lint::tiers(tiers, &raw.tiers, inputs, engine, self.limits);
-        let holds: Vec<_> = movement.holds.iter().zip(&raw.movement.holds).map(|(h, r)| (h.id.clone(), &h.when, Some(r.when.span.clone()))).collect();
+        let holds: Vec<_> = movement
+            .holds
+            .iter()
+            .zip(&raw.movement.holds)
+            .map(|(h, r)| (h.id.clone(), &h.when, Some(r.when.span.clone())))
+            .collect();
         findings.extend(super::lint::holds(&holds, inputs, engine, self.limits));
         if let (Some(rc), Some(c)) = (&raw.capacity, capacity) {
             findings.extend(super::lint::capacity(rc, c, tiers));
         }
         for f in findings {
-            self.d.at(Level::Warning, f.code, POLICY_FILE, f.span, Some(&f.rule), f.message, f.help);
+            self.d.at(
+                Level::Warning,
+                f.code,
+                POLICY_FILE,
+                f.span,
+                Some(&f.rule),
+                f.message,
+                f.help,
+            );
         }
     }
 
@@ -434,43 +530,106 @@ impl Compiler<'_> {
             if !is_identifier(name) {
                 self.err("bad_input_name", span.clone(), Some(&rule), format!("input name `{name}` is not usable in expressions (letters, digits and `_`, not starting with a digit)"), None);
             }
-            if matches!(name.as_ref(), "score" | "tier" | "account") || AGGREGATE_VARS.iter().any(|(n, _)| *n == name.as_ref() as &str) {
-                self.err("reserved_name", span.clone(), Some(&rule), format!("input name `{name}` is reserved"), None);
+            if matches!(name.as_ref(), "score" | "tier" | "account")
+                || AGGREGATE_VARS.iter().any(|(n, _)| *n == name.as_ref() as &str)
+            {
+                self.err(
+                    "reserved_name",
+                    span.clone(),
+                    Some(&rule),
+                    format!("input name `{name}` is reserved"),
+                    None,
+                );
             }
             let ty = inp.ty.value;
             let numeric = matches!(ty, InputType::Number | InputType::Integer);
             for (b, which) in [(&inp.min, "min"), (&inp.max, "max")] {
                 if let Some(b) = b {
                     if !numeric {
-                        self.err("bad_bound", Some(b.span.clone()), Some(&rule), format!("`{which}` applies to number and integer inputs, not `{}`", ty.as_str()), None);
+                        self.err(
+                            "bad_bound",
+                            Some(b.span.clone()),
+                            Some(&rule),
+                            format!(
+                                "`{which}` applies to number and integer inputs, not `{}`",
+                                ty.as_str()
+                            ),
+                            None,
+                        );
                     } else if !b.value.is_finite() {
-                        self.err("bad_bound", Some(b.span.clone()), Some(&rule), format!("`{which}` must be finite"), None);
+                        self.err(
+                            "bad_bound",
+                            Some(b.span.clone()),
+                            Some(&rule),
+                            format!("`{which}` must be finite"),
+                            None,
+                        );
                     }
                 }
             }
             if let (Some(lo), Some(hi)) = (&inp.min, &inp.max)
                 && lo.value > hi.value
             {
-                self.err("bad_bound", Some(lo.span.clone()), Some(&rule), format!("`min` {} is above `max` {}", lo.value, hi.value), None);
+                self.err(
+                    "bad_bound",
+                    Some(lo.span.clone()),
+                    Some(&rule),
+                    format!("`min` {} is above `max` {}", lo.value, hi.value),
+                    None,
+                );
             }
             if let Some(one_of) = &inp.one_of {
                 if one_of.is_empty() {
-                    self.err("bad_one_of", Some(one_of.span.clone()), Some(&rule), "`one_of` is empty: no value could pass", None);
+                    self.err(
+                        "bad_one_of",
+                        Some(one_of.span.clone()),
+                        Some(&rule),
+                        "`one_of` is empty: no value could pass",
+                        None,
+                    );
                 }
                 for v in one_of.iter() {
                     if !scalar_fits(v, ty) {
-                        self.err("bad_one_of", Some(one_of.span.clone()), Some(&rule), format!("`one_of` value {} is not a {}", scalar_text(v), ty.as_str()), None);
+                        self.err(
+                            "bad_one_of",
+                            Some(one_of.span.clone()),
+                            Some(&rule),
+                            format!("`one_of` value {} is not a {}", scalar_text(v), ty.as_str()),
+                            None,
+                        );
                     }
                 }
             }
             if let Some(def) = &inp.default {
                 if !scalar_fits(&def.value, ty) {
-                    self.err("bad_default", Some(def.span.clone()), Some(&rule), format!("`default` {} is not a {}", scalar_text(&def.value), ty.as_str()), None);
-                } else if let Some(why) = check_scalar(&def.value, inp.min.as_ref().map(|m| m.value), inp.max.as_ref().map(|m| m.value), inp.one_of.as_ref().map(|o| o.value.as_slice())) {
-                    self.err("bad_default", Some(def.span.clone()), Some(&rule), format!("`default` {why}"), None);
+                    self.err(
+                        "bad_default",
+                        Some(def.span.clone()),
+                        Some(&rule),
+                        format!("`default` {} is not a {}", scalar_text(&def.value), ty.as_str()),
+                        None,
+                    );
+                } else if let Some(why) = check_scalar(
+                    &def.value,
+                    inp.min.as_ref().map(|m| m.value),
+                    inp.max.as_ref().map(|m| m.value),
+                    inp.one_of.as_ref().map(|o| o.value.as_slice()),
+                ) {
+                    self.err(
+                        "bad_default",
+                        Some(def.span.clone()),
+                        Some(&rule),
+                        format!("`default` {why}"),
+                        None,
+                    );
                 }
                 if inp.optional {
-                    self.warn("optional_with_default", Some(def.span.clone()), Some(&rule), "`optional` has no effect on an input with a `default`");
+                    self.warn(
+                        "optional_with_default",
+                        Some(def.span.clone()),
+                        Some(&rule),
+                        "`optional` has no effect on an input with a `default`",
+                    );
                 }
             }
             out.push(Input {
@@ -498,8 +657,12 @@ impl Compiler<'_> {
                     let pos = e.position();
                     let span = self.script_span(&file, pos.line(), pos.position());
                     let (code, msg) = match *e {
-                        rhai::EvalAltResult::ErrorParsing(ref p, _) => ("rhai_syntax", lower(&p.to_string())),
-                        rhai::EvalAltResult::ErrorModuleNotFound(ref m, _) => ("bad_import", m.clone()),
+                        rhai::EvalAltResult::ErrorParsing(ref p, _) => {
+                            ("rhai_syntax", lower(&p.to_string()))
+                        }
+                        rhai::EvalAltResult::ErrorModuleNotFound(ref m, _) => {
+                            ("bad_import", m.clone())
+                        }
                         ref other => ("bad_import", lower(&other.to_string())),
                     };
                     // rhai resolves imports without a position: find the path in the source.
@@ -518,13 +681,33 @@ impl Compiler<'_> {
             let top = format!("{:?}", ast.clone_statements_only());
             if top.contains("Import(") {
                 let at = src.find("import");
-                self.d.at(Level::Error, "bad_import", &file, at.map(|a| a..a + 6), None, "an `import` at the top of a script file is never run", Some("put the `import` inside the function that uses it".into()));
+                self.d.at(
+                    Level::Error,
+                    "bad_import",
+                    &file,
+                    at.map(|a| a..a + 6),
+                    None,
+                    "an `import` at the top of a script file is never run",
+                    Some("put the `import` inside the function that uses it".into()),
+                );
             }
             for f in ast.iter_functions() {
                 let key = (f.name.to_string(), f.params.len());
                 if let Some(other) = seen.get(&key) {
                     let at = find_fn(src, f.name);
-                    self.d.at(Level::Error, "duplicate_function", &file, at, Some(f.name), format!("function `{}` with {} parameter(s) is also defined in `{other}`", f.name, f.params.len()), None);
+                    self.d.at(
+                        Level::Error,
+                        "duplicate_function",
+                        &file,
+                        at,
+                        Some(f.name),
+                        format!(
+                            "function `{}` with {} parameter(s) is also defined in `{other}`",
+                            f.name,
+                            f.params.len()
+                        ),
+                        None,
+                    );
                 } else {
                     seen.insert(key, file.clone());
                 }
@@ -539,17 +722,32 @@ impl Compiler<'_> {
         lib
     }
 
-    fn script_span(&self, file: &str, line: Option<usize>, col: Option<usize>) -> Option<Range<usize>> {
+    fn script_span(
+        &self,
+        file: &str,
+        line: Option<usize>,
+        col: Option<usize>,
+    ) -> Option<Range<usize>> {
         let text = self.d.sources.get(file)?;
         let line = line?;
-        let start = text.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum::<usize>();
+        let start =
+            text.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum::<usize>();
         let col = col.unwrap_or(1).saturating_sub(1);
-        let off = text.get(start..).map_or(start, |rest| start + rest.char_indices().nth(col).map_or(0, |(i, _)| i));
+        let off = text
+            .get(start..)
+            .map_or(start, |rest| start + rest.char_indices().nth(col).map_or(0, |(i, _)| i));
         Some(off..off + 1)
     }
 
     /// Compiles an expression of `policy.toml` with strict variables for its kind.
-    fn expr(&mut self, engine: &Engine, lib: &AST, kind: ExprKind, src: &Loc<String>, rule: &str) -> Option<Expr> {
+    fn expr(
+        &mut self,
+        engine: &Engine,
+        lib: &AST,
+        kind: ExprKind,
+        src: &Loc<String>,
+        rule: &str,
+    ) -> Option<Expr> {
         let mut scope = Scope::new();
         let mut allowed: Vec<&str> = Vec::new();
         for (name, var) in &self.vars {
@@ -557,7 +755,13 @@ impl Compiler<'_> {
                 (kind, var),
                 (ExprKind::Account, Var::Input(_))
                     | (ExprKind::Alert, Var::Input(_) | Var::Score | Var::Tier)
-                    | (ExprKind::Portfolio, Var::AccountCount | Var::TotalRevenue | Var::ManagersOver | Var::ManagersUnder)
+                    | (
+                        ExprKind::Portfolio,
+                        Var::AccountCount
+                            | Var::TotalRevenue
+                            | Var::ManagersOver
+                            | Var::ManagersUnder
+                    )
             );
             if ok {
                 allowed.push(name);
@@ -570,10 +774,20 @@ impl Compiler<'_> {
         match engine.compile_expression_with_scope(&scope, &src.value) {
             Ok(ast) => {
                 let ast = if lib.iter_functions().next().is_some() { lib.merge(&ast) } else { ast };
-                Some(Expr { source: src.value.clone(), place: self.place(&src.span, rule), ast, native: None })
+                Some(Expr {
+                    source: src.value.clone(),
+                    place: self.place(&src.span, rule),
+                    ast,
+                    native: None,
+                })
             }
             Err(ParseError(kind_err, pos)) => {
-                let off = offset_in_string(&self.text, &src.span, pos.line().unwrap_or(1), pos.position().unwrap_or(1));
+                let off = offset_in_string(
+                    &self.text,
+                    &src.span,
+                    pos.line().unwrap_or(1),
+                    pos.position().unwrap_or(1),
+                );
                 let (code, msg, help) = match &*kind_err {
                     rhai::ParseErrorType::VariableUndefined(v) => {
                         let help = did_you_mean(v, allowed.iter().copied()).or_else(|| {
@@ -588,14 +802,25 @@ impl Compiler<'_> {
                     }
                     other => ("rhai_syntax", lower(&other.to_string()), None),
                 };
-                let msg = if code == "unknown_variable" && matches!(kind, ExprKind::Portfolio) { msg.replace("is not a declared input", "is not a portfolio aggregate") } else { msg };
+                let msg = if code == "unknown_variable" && matches!(kind, ExprKind::Portfolio) {
+                    msg.replace("is not a declared input", "is not a portfolio aggregate")
+                } else {
+                    msg
+                };
                 self.err(code, Some(off..off + 1), Some(rule), msg, help);
                 None
             }
         }
     }
 
-    fn template(&mut self, engine: &Engine, lib: &AST, kind: ExprKind, src: &Loc<String>, rule: &str) -> Option<Template> {
+    fn template(
+        &mut self,
+        engine: &Engine,
+        lib: &AST,
+        kind: ExprKind,
+        src: &Loc<String>,
+        rule: &str,
+    ) -> Option<Template> {
         let mut parts = Vec::new();
         let mut text = String::new();
         let s = src.value.as_str();
@@ -641,27 +866,58 @@ impl Compiler<'_> {
         ok.then(|| Template { source: src.value.clone(), parts })
     }
 
-    fn criteria(&mut self, score: &Loc<RawScore>, inputs: &[Input], engine: &Engine, lib: &AST) -> Vec<Criterion> {
+    fn criteria(
+        &mut self,
+        score: &Loc<RawScore>,
+        inputs: &[Input],
+        engine: &Engine,
+        lib: &AST,
+    ) -> Vec<Criterion> {
         let mut out = Vec::new();
         if score.criteria.is_empty() {
-            self.err("no_criteria", Some(score.span.clone()), Some("score"), "the policy has no `[[score.criteria]]`", None);
+            self.err(
+                "no_criteria",
+                Some(score.span.clone()),
+                Some("score"),
+                "the policy has no `[[score.criteria]]`",
+                None,
+            );
         }
         let mut ids = HashSet::new();
         let mut any_positive = false;
         for c in &score.criteria {
             let rule = format!("score.criteria.{}", c.id.value);
             if !ids.insert(c.id.value.clone()) {
-                self.err("duplicate_id", Some(c.id.span.clone()), Some(&rule), format!("criterion id `{}` is used twice", c.id.value), None);
+                self.err(
+                    "duplicate_id",
+                    Some(c.id.span.clone()),
+                    Some(&rule),
+                    format!("criterion id `{}` is used twice", c.id.value),
+                    None,
+                );
             }
             let w = c.weight.value;
             if !w.is_finite() || w < 0.0 {
-                self.err("bad_weight", Some(c.weight.span.clone()), Some(&rule), format!("weight must be a finite number ≥ 0, got {w}"), None);
+                self.err(
+                    "bad_weight",
+                    Some(c.weight.span.clone()),
+                    Some(&rule),
+                    format!("weight must be a finite number ≥ 0, got {w}"),
+                    None,
+                );
             } else if w == 0.0 {
-                self.warn("zero_weight", Some(c.weight.span.clone()), Some(&rule), format!("criterion `{}` has weight 0 and never changes a score", c.id.value));
+                self.warn(
+                    "zero_weight",
+                    Some(c.weight.span.clone()),
+                    Some(&rule),
+                    format!("criterion `{}` has weight 0 and never changes a score", c.id.value),
+                );
             } else {
                 any_positive = true;
             }
-            let kinds = usize::from(c.steps.is_some()) + usize::from(c.expr.is_some()) + usize::from(c.script.is_some());
+            let kinds = usize::from(c.steps.is_some())
+                + usize::from(c.expr.is_some())
+                + usize::from(c.script.is_some());
             if kinds != 1 {
                 self.err("bad_criterion", Some(c.span.clone()), Some(&rule), format!("criterion `{}` needs exactly one of `steps`, `expr`, `script` (found {kinds})", c.id.value), None);
                 continue;
@@ -670,14 +926,36 @@ impl Compiler<'_> {
                 let input = inputs.iter().position(|i| i.name == steps.input.value);
                 let input = match input {
                     None => {
-                        let help = did_you_mean(&steps.input.value, inputs.iter().map(|i| i.name.as_str()));
-                        self.err("unknown_input", Some(steps.input.span.clone()), Some(&rule), format!("`steps.input` names `{}`, which is not a declared input", steps.input.value), help);
+                        let help = did_you_mean(
+                            &steps.input.value,
+                            inputs.iter().map(|i| i.name.as_str()),
+                        );
+                        self.err(
+                            "unknown_input",
+                            Some(steps.input.span.clone()),
+                            Some(&rule),
+                            format!(
+                                "`steps.input` names `{}`, which is not a declared input",
+                                steps.input.value
+                            ),
+                            help,
+                        );
                         None
                     }
                     Some(i) => {
                         let inp = &inputs[i];
                         if !matches!(inp.ty, InputType::Number | InputType::Integer) {
-                            self.err("bad_steps", Some(steps.input.span.clone()), Some(&rule), format!("`steps` needs a number or integer input; `{}` is a {}", inp.name, inp.ty.as_str()), None);
+                            self.err(
+                                "bad_steps",
+                                Some(steps.input.span.clone()),
+                                Some(&rule),
+                                format!(
+                                    "`steps` needs a number or integer input; `{}` is a {}",
+                                    inp.name,
+                                    inp.ty.as_str()
+                                ),
+                                None,
+                            );
                         } else if inp.optional && inp.default.is_none() {
                             self.err("bad_steps", Some(steps.input.span.clone()), Some(&rule), format!("`steps` reads `{}`, which is optional without a `default`", inp.name), Some("give the input a `default`, or score it with `expr` and handle `()`".into()));
                         }
@@ -686,48 +964,122 @@ impl Compiler<'_> {
                 };
                 let at = &steps.at;
                 if at.is_empty() {
-                    self.err("bad_steps", Some(at.span.clone()), Some(&rule), "`at` needs at least one cut point", None);
+                    self.err(
+                        "bad_steps",
+                        Some(at.span.clone()),
+                        Some(&rule),
+                        "`at` needs at least one cut point",
+                        None,
+                    );
                 }
                 if at.iter().any(|v| !v.is_finite()) {
-                    self.err("bad_steps", Some(at.span.clone()), Some(&rule), "`at` cut points must be finite numbers", None);
+                    self.err(
+                        "bad_steps",
+                        Some(at.span.clone()),
+                        Some(&rule),
+                        "`at` cut points must be finite numbers",
+                        None,
+                    );
                 }
                 if let Some(k) = at.windows(2).position(|w| w[0] >= w[1]) {
-                    self.err("not_ascending", Some(at.span.clone()), Some(&rule), format!("`at` must be strictly ascending, but {} is followed by {}", at[k], at[k + 1]), None);
+                    self.err(
+                        "not_ascending",
+                        Some(at.span.clone()),
+                        Some(&rule),
+                        format!(
+                            "`at` must be strictly ascending, but {} is followed by {}",
+                            at[k],
+                            at[k + 1]
+                        ),
+                        None,
+                    );
                 }
                 input.map(|input| Scoring::Steps { input, at: at.value.clone() })
             } else if let Some(expr) = &c.expr {
                 self.expr(engine, lib, ExprKind::Account, expr, &rule).map(Scoring::Expr)
             } else if let Some(f) = &c.script {
-                let found: Vec<usize> = lib.iter_functions().filter(|m| m.name == f.value.as_str()).map(|m| m.params.len()).collect();
+                let found: Vec<usize> = lib
+                    .iter_functions()
+                    .filter(|m| m.name == f.value.as_str())
+                    .map(|m| m.params.len())
+                    .collect();
                 if found.is_empty() {
                     let names: Vec<&str> = lib.iter_functions().map(|m| m.name).collect();
-                    let help = did_you_mean(&f.value, names.iter().copied()).or_else(|| Some("define it in a file of `scripts/`: `fn name(account) { ... }`".into()));
-                    self.err("unknown_function", Some(f.span.clone()), Some(&rule), format!("`script` names `{}`, which no file of `scripts/` defines", f.value), help);
+                    let help = did_you_mean(&f.value, names.iter().copied()).or_else(|| {
+                        Some("define it in a file of `scripts/`: `fn name(account) { ... }`".into())
+                    });
+                    self.err(
+                        "unknown_function",
+                        Some(f.span.clone()),
+                        Some(&rule),
+                        format!(
+                            "`script` names `{}`, which no file of `scripts/` defines",
+                            f.value
+                        ),
+                        help,
+                    );
                     None
                 } else if !found.contains(&1) {
-                    self.err("bad_function", Some(f.span.clone()), Some(&rule), format!("script function `{}` must take one argument, the account", f.value), None);
+                    self.err(
+                        "bad_function",
+                        Some(f.span.clone()),
+                        Some(&rule),
+                        format!(
+                            "script function `{}` must take one argument, the account",
+                            f.value
+                        ),
+                        None,
+                    );
                     None
                 } else {
                     let file = self.fn_files.get(&f.value).cloned().unwrap_or_default();
-                    Some(Scoring::Script { function: f.value.clone(), file, place: self.place(&f.span, &rule), native: None })
+                    Some(Scoring::Script {
+                        function: f.value.clone(),
+                        file,
+                        place: self.place(&f.span, &rule),
+                        native: None,
+                    })
                 }
             } else {
                 None
             };
             if let Some(scoring) = scoring {
-                out.push(Criterion { id: c.id.value.clone(), key: c.id.value.as_str().into(), weight: w, scoring });
+                out.push(Criterion {
+                    id: c.id.value.clone(),
+                    key: c.id.value.as_str().into(),
+                    weight: w,
+                    scoring,
+                });
             }
         }
         if !score.criteria.is_empty() && !any_positive {
-            self.err("bad_weight", Some(score.span.clone()), Some("score"), "at least one criterion needs a weight above 0", None);
+            self.err(
+                "bad_weight",
+                Some(score.span.clone()),
+                Some("score"),
+                "at least one criterion needs a weight above 0",
+                None,
+            );
         }
         out
     }
 
-    fn tiers(&mut self, raw: &Loc<Vec<Loc<RawTier>>>, scale: (f64, f64), engine: &Engine, lib: &AST) -> Vec<Tier> {
+    fn tiers(
+        &mut self,
+        raw: &Loc<Vec<Loc<RawTier>>>,
+        scale: (f64, f64),
+        engine: &Engine,
+        lib: &AST,
+    ) -> Vec<Tier> {
         let mut out = Vec::new();
         if raw.is_empty() {
-            self.err("no_tiers", Some(raw.span.clone()), Some("tiers"), "the policy has no `[[tiers]]`", None);
+            self.err(
+                "no_tiers",
+                Some(raw.span.clone()),
+                Some("tiers"),
+                "the policy has no `[[tiers]]`",
+                None,
+            );
             return out;
         }
         let mut ids = HashSet::new();
@@ -736,33 +1088,82 @@ impl Compiler<'_> {
         for (i, t) in raw.iter().enumerate() {
             let rule = format!("tiers.{}", t.id.value);
             if !ids.insert(t.id.value.clone()) {
-                self.err("duplicate_id", Some(t.id.span.clone()), Some(&rule), format!("tier id `{}` is used twice", t.id.value), None);
+                self.err(
+                    "duplicate_id",
+                    Some(t.id.span.clone()),
+                    Some(&rule),
+                    format!("tier id `{}` is used twice", t.id.value),
+                    None,
+                );
             }
             let min_score = t.min_score.as_ref().map_or(0.0, |m| m.value);
             if let Some(m) = &t.min_score {
                 if !m.value.is_finite() {
-                    self.err("bad_min_score", Some(m.span.clone()), Some(&rule), "`min_score` must be a finite number", None);
+                    self.err(
+                        "bad_min_score",
+                        Some(m.span.clone()),
+                        Some(&rule),
+                        "`min_score` must be a finite number",
+                        None,
+                    );
                 } else if m.value > scale.1 && i != last {
-                    self.warn("unreachable_tier", Some(m.span.clone()), Some(&rule), format!("tier `{}` needs {} but scores end at {}", t.id.value, m.value, scale.1));
+                    self.warn(
+                        "unreachable_tier",
+                        Some(m.span.clone()),
+                        Some(&rule),
+                        format!(
+                            "tier `{}` needs {} but scores end at {}",
+                            t.id.value, m.value, scale.1
+                        ),
+                    );
                 }
             }
             if let Some(p) = prev_min
                 && i != last
                 && min_score > p
             {
-                self.warn("thresholds_not_descending", t.min_score.as_ref().map(|m| m.span.clone()), Some(&rule), format!("tier `{}` needs {min_score}, more than the better tier above it ({p})", t.id.value));
+                self.warn(
+                    "thresholds_not_descending",
+                    t.min_score.as_ref().map(|m| m.span.clone()),
+                    Some(&rule),
+                    format!(
+                        "tier `{}` needs {min_score}, more than the better tier above it ({p})",
+                        t.id.value
+                    ),
+                );
             }
             prev_min = Some(min_score);
             if let Some(s) = &t.max_share
                 && !(s.value.is_finite() && s.value >= 0.0 && s.value <= 1.0)
             {
-                self.err("bad_cap", Some(s.span.clone()), Some(&rule), format!("`max_share` is a fraction between 0 and 1 (0.10 for 10%), got {}", s.value), None);
+                self.err(
+                    "bad_cap",
+                    Some(s.span.clone()),
+                    Some(&rule),
+                    format!(
+                        "`max_share` is a fraction between 0 and 1 (0.10 for 10%), got {}",
+                        s.value
+                    ),
+                    None,
+                );
             }
             if i == last {
                 if let Some(w) = &t.when {
-                    self.err("catch_all", Some(w.span.clone()), Some(&rule), format!("the last tier `{}` is the catch-all and cannot have a `when`", t.id.value), Some("add a tier below it without conditions".into()));
+                    self.err(
+                        "catch_all",
+                        Some(w.span.clone()),
+                        Some(&rule),
+                        format!(
+                            "the last tier `{}` is the catch-all and cannot have a `when`",
+                            t.id.value
+                        ),
+                        Some("add a tier below it without conditions".into()),
+                    );
                 }
-                for (cap, span) in [("max_share", t.max_share.as_ref().map(|s| s.span.clone())), ("max_count", t.max_count.as_ref().map(|s| s.span.clone()))] {
+                for (cap, span) in [
+                    ("max_share", t.max_share.as_ref().map(|s| s.span.clone())),
+                    ("max_count", t.max_count.as_ref().map(|s| s.span.clone())),
+                ] {
                     if let Some(span) = span {
                         self.err("catch_all", Some(span), Some(&rule), format!("the last tier `{}` is the catch-all and cannot have `{cap}`: accounts over it would have nowhere to go", t.id.value), None);
                     }
@@ -788,22 +1189,42 @@ impl Compiler<'_> {
     }
 
     fn movement(&mut self, m: &RawMovement, engine: &Engine, lib: &AST) -> Movement {
-        for (v, name) in [(&m.promote_margin, "promote_margin"), (&m.demote_margin, "demote_margin")] {
+        for (v, name) in
+            [(&m.promote_margin, "promote_margin"), (&m.demote_margin, "demote_margin")]
+        {
             if let Some(v) = v
                 && !(v.value.is_finite() && v.value >= 0.0)
             {
-                self.err("bad_margin", Some(v.span.clone()), Some("movement"), format!("`{name}` must be a finite number ≥ 0, got {}", v.value), None);
+                self.err(
+                    "bad_margin",
+                    Some(v.span.clone()),
+                    Some("movement"),
+                    format!("`{name}` must be a finite number ≥ 0, got {}", v.value),
+                    None,
+                );
             }
         }
         if let Some(t) = &m.min_tenure_days
             && t.value < 0
         {
-            self.err("bad_tenure", Some(t.span.clone()), Some("movement"), format!("`min_tenure_days` must be ≥ 0, got {}", t.value), None);
+            self.err(
+                "bad_tenure",
+                Some(t.span.clone()),
+                Some("movement"),
+                format!("`min_tenure_days` must be ≥ 0, got {}", t.value),
+                None,
+            );
         }
         if let Some(s) = &m.max_steps
             && s.value == 0
         {
-            self.err("bad_max_steps", Some(s.span.clone()), Some("movement"), "`max_steps` must be at least 1 (leave it out for no limit)", None);
+            self.err(
+                "bad_max_steps",
+                Some(s.span.clone()),
+                Some("movement"),
+                "`max_steps` must be at least 1 (leave it out for no limit)",
+                None,
+            );
         }
         let mut holds = Vec::new();
         for (i, h) in m.holds.iter().enumerate() {
@@ -822,11 +1243,24 @@ impl Compiler<'_> {
         }
     }
 
-    fn tier_ref(&mut self, tiers: &[Tier], id: &str, span: &Range<usize>, rule: &str, field: &str) -> Option<usize> {
+    fn tier_ref(
+        &mut self,
+        tiers: &[Tier],
+        id: &str,
+        span: &Range<usize>,
+        rule: &str,
+        field: &str,
+    ) -> Option<usize> {
         let found = tiers.iter().position(|t| t.id == id);
         if found.is_none() {
             let help = did_you_mean(id, tiers.iter().map(|t| t.id.as_str()));
-            self.err("unknown_tier", Some(span.clone()), Some(rule), format!("`{field}` names tier `{id}`, which the policy does not have"), help);
+            self.err(
+                "unknown_tier",
+                Some(span.clone()),
+                Some(rule),
+                format!("`{field}` names tier `{id}`, which the policy does not have"),
+                help,
+            );
         }
         found
     }
@@ -834,7 +1268,13 @@ impl Compiler<'_> {
     fn capacity(&mut self, c: &Loc<RawCapacity>, tiers: &[Tier]) -> Option<Capacity> {
         let rule = "capacity";
         if c.tiers.is_empty() {
-            self.err("bad_capacity", Some(c.tiers.span.clone()), Some(rule), "`capacity.tiers` is empty: name the tiers that count toward a manager's book", None);
+            self.err(
+                "bad_capacity",
+                Some(c.tiers.span.clone()),
+                Some(rule),
+                "`capacity.tiers` is empty: name the tiers that count toward a manager's book",
+                None,
+            );
         }
         let mut in_book = vec![false; tiers.len()];
         for id in c.tiers.iter() {
@@ -846,18 +1286,30 @@ impl Compiler<'_> {
         if let (Some(lo), Some(hi), Some(p)) = (min, max, &c.per_manager)
             && lo > hi
         {
-            self.err("bad_capacity", Some(p.span.clone()), Some(rule), format!("`per_manager.min` {lo} is above `per_manager.max` {hi}"), None);
+            self.err(
+                "bad_capacity",
+                Some(p.span.clone()),
+                Some(rule),
+                format!("`per_manager.min` {lo} is above `per_manager.max` {hi}"),
+                None,
+            );
         }
         let lowest = in_book.iter().rposition(|&b| b);
         let outside = lowest.map(|l| l + 1).filter(|&o| o < tiers.len());
         if lowest.is_some() && outside.is_none() {
             self.err("bad_capacity", Some(c.tiers.span.clone()), Some(rule), "no tier lies below every capacity tier: accounts moved out of the capacity tiers would have nowhere to go", None);
         }
-        if let (Some(total), Some(share_limit)) = (c.total_max.as_ref(), c.per_manager.as_ref().and_then(|p| p.max))
+        if let (Some(total), Some(share_limit)) =
+            (c.total_max.as_ref(), c.per_manager.as_ref().and_then(|p| p.max))
             && total.value == 0
             && share_limit > 0
         {
-            self.warn("bad_capacity", Some(total.span.clone()), Some(rule), "`total_max = 0` leaves no account in the capacity tiers");
+            self.warn(
+                "bad_capacity",
+                Some(total.span.clone()),
+                Some(rule),
+                "`total_max = 0` leaves no account in the capacity tiers",
+            );
         }
         Some(Capacity {
             in_book,
@@ -869,24 +1321,43 @@ impl Compiler<'_> {
         })
     }
 
-    fn alerts(&mut self, raw: &[Loc<RawAlert>], tiers: &[Tier], engine: &Engine, lib: &AST) -> Vec<Alert> {
+    fn alerts(
+        &mut self,
+        raw: &[Loc<RawAlert>],
+        tiers: &[Tier],
+        engine: &Engine,
+        lib: &AST,
+    ) -> Vec<Alert> {
         let mut out = Vec::new();
         let mut ids = HashSet::new();
         for a in raw {
             let rule = format!("alerts.{}", a.id.value);
             if !ids.insert(a.id.value.clone()) {
-                self.err("duplicate_id", Some(a.id.span.clone()), Some(&rule), format!("alert id `{}` is used twice", a.id.value), None);
+                self.err(
+                    "duplicate_id",
+                    Some(a.id.span.clone()),
+                    Some(&rule),
+                    format!("alert id `{}` is used twice", a.id.value),
+                    None,
+                );
             }
             let applies = match &a.tiers {
                 None => vec![true; tiers.len()],
                 Some(list) if list.is_empty() => {
-                    self.err("bad_alert_tiers", Some(list.span.clone()), Some(&rule), "`tiers = []` would never apply; leave `tiers` out to apply to every tier", None);
+                    self.err(
+                        "bad_alert_tiers",
+                        Some(list.span.clone()),
+                        Some(&rule),
+                        "`tiers = []` would never apply; leave `tiers` out to apply to every tier",
+                        None,
+                    );
                     vec![false; tiers.len()]
                 }
                 Some(list) => {
                     let mut applies = vec![false; tiers.len()];
                     for id in list.iter() {
-                        if let Some(i) = self.tier_ref(tiers, id, &list.span, &rule, "alerts.tiers") {
+                        if let Some(i) = self.tier_ref(tiers, id, &list.span, &rule, "alerts.tiers")
+                        {
                             applies[i] = true;
                         }
                     }
@@ -896,24 +1367,47 @@ impl Compiler<'_> {
             let when = self.expr(engine, lib, ExprKind::Alert, &a.when, &rule);
             let message = self.template(engine, lib, ExprKind::Alert, &a.message, &rule);
             if let (Some(when), Some(message)) = (when, message) {
-                out.push(Alert { id: a.id.value.clone(), key: a.id.value.as_str().into(), severity: a.severity, applies, when, message });
+                out.push(Alert {
+                    id: a.id.value.clone(),
+                    key: a.id.value.as_str().into(),
+                    severity: a.severity,
+                    applies,
+                    when,
+                    message,
+                });
             }
         }
         out
     }
 
-    fn portfolio_alerts(&mut self, raw: &[Loc<RawPortfolioAlert>], engine: &Engine, lib: &AST) -> Vec<PortfolioAlert> {
+    fn portfolio_alerts(
+        &mut self,
+        raw: &[Loc<RawPortfolioAlert>],
+        engine: &Engine,
+        lib: &AST,
+    ) -> Vec<PortfolioAlert> {
         let mut out = Vec::new();
         let mut ids = HashSet::new();
         for a in raw {
             let rule = format!("portfolio.alerts.{}", a.id.value);
             if !ids.insert(a.id.value.clone()) {
-                self.err("duplicate_id", Some(a.id.span.clone()), Some(&rule), format!("portfolio alert id `{}` is used twice", a.id.value), None);
+                self.err(
+                    "duplicate_id",
+                    Some(a.id.span.clone()),
+                    Some(&rule),
+                    format!("portfolio alert id `{}` is used twice", a.id.value),
+                    None,
+                );
             }
             let when = self.expr(engine, lib, ExprKind::Portfolio, &a.when, &rule);
             let message = self.template(engine, lib, ExprKind::Portfolio, &a.message, &rule);
             if let (Some(when), Some(message)) = (when, message) {
-                out.push(PortfolioAlert { id: a.id.value.clone(), severity: a.severity, when, message });
+                out.push(PortfolioAlert {
+                    id: a.id.value.clone(),
+                    severity: a.severity,
+                    when,
+                    message,
+                });
             }
         }
         out
@@ -927,13 +1421,30 @@ impl Compiler<'_> {
             let lines = diag::LineIndex::new(&text);
             for case in raw.case {
                 let (line, column) = lines.line_col(case.span.start);
-                let place = Place { file: path.clone(), line, column, rule: Some(case.name.clone()) };
-                let bad = |d: &mut Diagnostics, msg: String| d.at(Level::Error, "bad_case", path, Some(case.span.clone()), Some(&case.name), msg, None);
+                let place =
+                    Place { file: path.clone(), line, column, rule: Some(case.name.clone()) };
+                let bad = |d: &mut Diagnostics, msg: String| {
+                    d.at(
+                        Level::Error,
+                        "bad_case",
+                        path,
+                        Some(case.span.clone()),
+                        Some(&case.name),
+                        msg,
+                        None,
+                    )
+                };
                 let (values, portfolio) = match (&case.account, &case.accounts) {
                     (Some(a), None) => (vec![a.clone()], false),
                     (None, Some(list)) => (list.clone(), true),
                     _ => {
-                        bad(&mut self.d, format!("case `{}` needs exactly one of `account` and `accounts`", case.name));
+                        bad(
+                            &mut self.d,
+                            format!(
+                                "case `{}` needs exactly one of `account` and `accounts`",
+                                case.name
+                            ),
+                        );
                         continue;
                     }
                 };
@@ -941,18 +1452,32 @@ impl Compiler<'_> {
                 for v in values {
                     match serde_json::from_value::<crate::snapshot::Snapshot>(toml_to_json(v)) {
                         Ok(s) => accounts.push(s),
-                        Err(e) => bad(&mut self.d, format!("case `{}`: bad account: {e}", case.name)),
+                        Err(e) => {
+                            bad(&mut self.d, format!("case `{}`: bad account: {e}", case.name))
+                        }
                     }
                 }
                 let e = &case.expect;
-                let mut tier_names: Vec<&String> = e.tier.iter().chain(e.qualified_tier.iter()).collect();
+                let mut tier_names: Vec<&String> =
+                    e.tier.iter().chain(e.qualified_tier.iter()).collect();
                 if let Some(t) = &e.tiers {
                     tier_names.extend(t.values());
                 }
                 for t in tier_names {
                     if !tiers.iter().any(|x| &x.id == t) {
                         let help = did_you_mean(t, tiers.iter().map(|t| t.id.as_str()));
-                        self.d.at(Level::Error, "unknown_tier", path, Some(case.span.clone()), Some(&case.name), format!("case `{}` expects tier `{t}`, which the policy does not have", case.name), help);
+                        self.d.at(
+                            Level::Error,
+                            "unknown_tier",
+                            path,
+                            Some(case.span.clone()),
+                            Some(&case.name),
+                            format!(
+                                "case `{}` expects tier `{t}`, which the policy does not have",
+                                case.name
+                            ),
+                            help,
+                        );
                     }
                 }
                 if let Some(c) = &e.change
@@ -960,7 +1485,13 @@ impl Compiler<'_> {
                 {
                     self.d.at(Level::Error, "bad_case", path, Some(case.span.clone()), Some(&case.name), format!("case `{}` expects change `{c}`; changes are `promote`, `demote`, `hold`, `none`, `new`", case.name), None);
                 }
-                out.push(TestCase { name: case.name.clone(), place, accounts, portfolio, expect: case.expect.clone() });
+                out.push(TestCase {
+                    name: case.name.clone(),
+                    place,
+                    accounts,
+                    portfolio,
+                    expect: case.expect.clone(),
+                });
             }
         }
         out
@@ -1013,7 +1544,8 @@ fn matching_brace(s: &str, open: usize) -> Option<usize> {
 
 fn is_identifier(s: &str) -> bool {
     let mut c = s.chars();
-    matches!(c.next(), Some(f) if f.is_ascii_alphabetic() || f == '_') && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+    matches!(c.next(), Some(f) if f.is_ascii_alphabetic() || f == '_')
+        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
 }
 
 fn scalar_fits(v: &Scalar, ty: InputType) -> bool {
@@ -1038,7 +1570,12 @@ pub(crate) fn scalar_text(v: &Scalar) -> String {
 }
 
 /// Why a value breaks an input's `min`/`max`/`one_of`, if it does.
-pub(crate) fn check_scalar(v: &Scalar, min: Option<f64>, max: Option<f64>, one_of: Option<&[Scalar]>) -> Option<String> {
+pub(crate) fn check_scalar(
+    v: &Scalar,
+    min: Option<f64>,
+    max: Option<f64>,
+    one_of: Option<&[Scalar]>,
+) -> Option<String> {
     let num = match v {
         Scalar::Integer(i) => Some(*i as f64),
         Scalar::Number(f) => Some(*f),
@@ -1064,7 +1601,11 @@ pub(crate) fn check_scalar(v: &Scalar, min: Option<f64>, max: Option<f64>, one_o
             },
         };
         if !list.iter().any(|x| same(x, v)) {
-            return Some(format!("{} is not one of {}", scalar_text(v), list.iter().map(scalar_text).collect::<Vec<_>>().join(", ")));
+            return Some(format!(
+                "{} is not one of {}",
+                scalar_text(v),
+                list.iter().map(scalar_text).collect::<Vec<_>>().join(", ")
+            ));
         }
     }
     None
@@ -1089,7 +1630,9 @@ pub(crate) fn toml_to_json(v: toml::Value) -> serde_json::Value {
         toml::Value::Boolean(b) => J::Bool(b),
         toml::Value::Datetime(d) => J::String(d.to_string()),
         toml::Value::Array(a) => J::Array(a.into_iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => J::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect()),
+        toml::Value::Table(t) => {
+            J::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+        }
     }
 }
 
@@ -1111,7 +1654,9 @@ fn domains(inputs: &[Input]) -> HashMap<usize, Vec<native::V>> {
                 (InputType::Number, Scalar::Number(x)) => Some(native::V::Float(*x)),
                 (InputType::Number, Scalar::Integer(n)) => Some(native::V::Float(*n as f64)),
                 (InputType::Integer, Scalar::Integer(n)) => Some(native::V::Int(*n)),
-                (InputType::String | InputType::Date, Scalar::String(s)) => Some(native::V::Str(s.as_str().into())),
+                (InputType::String | InputType::Date, Scalar::String(s)) => {
+                    Some(native::V::Str(s.as_str().into()))
+                }
                 (InputType::Bool, Scalar::Bool(b)) => Some(native::V::Bool(*b)),
                 _ => None,
             })

@@ -153,8 +153,12 @@ pub struct Report {
 impl Report {
     pub fn from_diagnostics(policy: &str, mut d: Diagnostics) -> Self {
         d.items.sort_by(|a, b| {
-            (a.level != Level::Error, &a.place.file, a.place.line, a.place.column)
-                .cmp(&(b.level != Level::Error, &b.place.file, b.place.line, b.place.column))
+            (a.level != Level::Error, &a.place.file, a.place.line, a.place.column).cmp(&(
+                b.level != Level::Error,
+                &b.place.file,
+                b.place.line,
+                b.place.column,
+            ))
         });
         Report { policy: policy.to_string(), diagnostics: d.items, sources: d.sources }
     }
@@ -166,7 +170,8 @@ impl Report {
     /// Renders each diagnostic with its source line underlined (miette's graphical
     /// handler; `color` for terminals).
     pub fn render(&self, color: bool) -> String {
-        let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
+        let theme =
+            if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
         let handler = GraphicalReportHandler::new_themed(theme).with_width(100);
         let mut out = String::new();
         for d in &self.diagnostics {
@@ -248,7 +253,10 @@ impl miette::Diagnostic for Shown<'_> {
 }
 
 /// "did you mean `x`?" for the closest candidate, when one is close enough.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))

@@ -96,18 +96,32 @@ fn domain(inp: &Input) -> Option<Vec<Dynamic>> {
 /// The inputs an expression's source names (an over-approximation: a name inside a string
 /// literal counts too, which only makes the check give up more often).
 fn inputs_read(source: &str, inputs: &[Input]) -> BTreeSet<usize> {
-    let words: BTreeSet<&str> = source.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| !w.is_empty()).collect();
-    inputs.iter().enumerate().filter(|(_, i)| words.contains(i.name.as_str())).map(|(k, _)| k).collect()
+    let words: BTreeSet<&str> = source
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    inputs
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| words.contains(i.name.as_str()))
+        .map(|(k, _)| k)
+        .collect()
 }
 
 /// `Some(false)` when the condition is false for every combination of the values of the
 /// inputs it reads; `None` when that cannot be decided cheaply (or some combination errs).
-pub(crate) fn ever_holds(expr: &Expr, inputs: &[Input], engine: &Engine, limits: &Limits) -> Option<bool> {
+pub(crate) fn ever_holds(
+    expr: &Expr,
+    inputs: &[Input],
+    engine: &Engine,
+    limits: &Limits,
+) -> Option<bool> {
     if calls_a_function(&expr.source) {
         return None;
     }
     let read: Vec<usize> = inputs_read(&expr.source, inputs).into_iter().collect();
-    let domains: Vec<Vec<Dynamic>> = read.iter().map(|&i| domain(&inputs[i])).collect::<Option<_>>()?;
+    let domains: Vec<Vec<Dynamic>> =
+        read.iter().map(|&i| domain(&inputs[i])).collect::<Option<_>>()?;
     let total = domains.iter().try_fold(1usize, |acc, d| acc.checked_mul(d.len().max(1)))?;
     if total > MAX_COMBINATIONS {
         return None;
@@ -133,7 +147,13 @@ pub(crate) fn ever_holds(expr: &Expr, inputs: &[Input], engine: &Engine, limits:
 
 /// Tier conditions that hold for no account, tiers no score qualifies for, caps that keep
 /// nobody.
-pub(crate) fn tiers(tiers: &[Tier], raw: &[Loc<RawTier>], inputs: &[Input], engine: &Engine, limits: &Limits) -> Vec<Finding> {
+pub(crate) fn tiers(
+    tiers: &[Tier],
+    raw: &[Loc<RawTier>],
+    inputs: &[Input],
+    engine: &Engine,
+    limits: &Limits,
+) -> Vec<Finding> {
     let mut out = Vec::new();
     let last = tiers.len().saturating_sub(1);
     for (i, (t, r)) in tiers.iter().zip(raw).enumerate() {
@@ -151,7 +171,12 @@ pub(crate) fn tiers(tiers: &[Tier], raw: &[Loc<RawTier>], inputs: &[Input], engi
         }
         if i < last {
             // A better tier without a condition that needs no more takes every account first.
-            if let Some((j, above)) = tiers[..i].iter().enumerate().find(|(_, a)| a.when.is_none() && a.min_score <= t.min_score && a.max_share.is_none() && a.max_count.is_none()) {
+            if let Some((j, above)) = tiers[..i].iter().enumerate().find(|(_, a)| {
+                a.when.is_none()
+                    && a.min_score <= t.min_score
+                    && a.max_share.is_none()
+                    && a.max_count.is_none()
+            }) {
                 out.push(Finding {
                     code: "unreachable_tier",
                     span: r.min_score.as_ref().map(|m| m.span.clone()).or_else(|| Some(r.id.span.clone())),
@@ -161,11 +186,24 @@ pub(crate) fn tiers(tiers: &[Tier], raw: &[Loc<RawTier>], inputs: &[Input], engi
                 });
             }
             for (cap, zero, span) in [
-                ("max_share", t.max_share == Some(0.0), r.max_share.as_ref().map(|s| s.span.clone())),
+                (
+                    "max_share",
+                    t.max_share == Some(0.0),
+                    r.max_share.as_ref().map(|s| s.span.clone()),
+                ),
                 ("max_count", t.max_count == Some(0), r.max_count.as_ref().map(|s| s.span.clone())),
             ] {
                 if zero {
-                    out.push(Finding { code: "unreachable_tier", span, rule: rule.clone(), message: format!("`{cap} = 0`: tier `{}` keeps no account in a portfolio", t.id), help: None });
+                    out.push(Finding {
+                        code: "unreachable_tier",
+                        span,
+                        rule: rule.clone(),
+                        message: format!(
+                            "`{cap} = 0`: tier `{}` keeps no account in a portfolio",
+                            t.id
+                        ),
+                        help: None,
+                    });
                 }
             }
         }
@@ -174,7 +212,12 @@ pub(crate) fn tiers(tiers: &[Tier], raw: &[Loc<RawTier>], inputs: &[Input], engi
 }
 
 /// Holds whose condition is never true: they never keep an account.
-pub(crate) fn holds(holds: &[(String, &Expr, Option<Range<usize>>)], inputs: &[Input], engine: &Engine, limits: &Limits) -> Vec<Finding> {
+pub(crate) fn holds(
+    holds: &[(String, &Expr, Option<Range<usize>>)],
+    inputs: &[Input],
+    engine: &Engine,
+    limits: &Limits,
+) -> Vec<Finding> {
     holds
         .iter()
         .filter(|(_, w, _)| ever_holds(w, inputs, engine, limits) == Some(false))
@@ -194,7 +237,8 @@ pub(crate) fn capacity(raw: &Loc<RawCapacity>, cap: &Capacity, tiers: &[Tier]) -
     let Some(min) = cap.min.filter(|&m| m > 0) else { return out };
     let span = raw.per_manager.as_ref().map(|p| p.span.clone());
     // The most accounts the capacity tiers can hold together, when some rule says.
-    let counts: Option<u64> = tiers.iter().zip(&cap.in_book).filter(|(_, b)| **b).map(|(t, _)| t.max_count).sum();
+    let counts: Option<u64> =
+        tiers.iter().zip(&cap.in_book).filter(|(_, b)| **b).map(|(t, _)| t.max_count).sum();
     let mut bounds: Vec<(u64, String)> = Vec::new();
     if let Some(total) = cap.total_max {
         bounds.push((total, format!("`total_max` is {total}")));

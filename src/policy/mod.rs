@@ -15,7 +15,7 @@ pub use diag::{Diagnostic, Level, Place, Report};
 pub use raw::{InputType, Overflow, Scalar, Severity};
 
 use crate::script::Limits;
-use rhai::{Engine, ImmutableString, AST};
+use rhai::{AST, Engine, ImmutableString};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -63,7 +63,10 @@ pub struct Input {
 #[derive(Debug)]
 pub enum Scoring {
     /// Index of the input and the ascending cut points.
-    Steps { input: usize, at: Vec<f64> },
+    Steps {
+        input: usize,
+        at: Vec<f64>,
+    },
     Expr(Expr),
     /// A function of `scripts/*.rhai` taking the account; `file` defines it.
     Script {
@@ -191,7 +194,10 @@ pub struct Policy {
 
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Policy").field("name", &self.name).field("hash", &self.hash).finish_non_exhaustive()
+        f.debug_struct("Policy")
+            .field("name", &self.name)
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
     }
 }
 
@@ -206,13 +212,17 @@ impl Policy {
     /// reports: a policy that falls back to rhai is slower, never different.
     pub fn native_coverage(&self) -> Vec<(String, String, bool)> {
         let mut out = Vec::new();
-        let entry = |e: &Expr| (e.place.rule.clone().unwrap_or_default(), e.source.clone(), e.native.is_some());
+        let entry = |e: &Expr| {
+            (e.place.rule.clone().unwrap_or_default(), e.source.clone(), e.native.is_some())
+        };
         for c in &self.criteria {
             match &c.scoring {
                 Scoring::Expr(e) => out.push(entry(e)),
-                Scoring::Script { function, place, native, .. } => {
-                    out.push((place.rule.clone().unwrap_or_default(), format!("{function}(account)"), native.is_some()))
-                }
+                Scoring::Script { function, place, native, .. } => out.push((
+                    place.rule.clone().unwrap_or_default(),
+                    format!("{function}(account)"),
+                    native.is_some(),
+                )),
                 Scoring::Steps { .. } => {}
             }
         }
@@ -303,11 +313,18 @@ pub fn read_dir(dir: &Path) -> Result<Files, ReadError> {
             } else if ft.is_file() {
                 let meta = entry.metadata().map_err(io)?;
                 if meta.len() > MAX_FILE_BYTES {
-                    return Err(ReadError::TooLarge { path: path.display().to_string(), limit: MAX_FILE_BYTES });
+                    return Err(ReadError::TooLarge {
+                        path: path.display().to_string(),
+                        limit: MAX_FILE_BYTES,
+                    });
                 }
-                let bytes = std::fs::read(&path).map_err(|e| ReadError::Io { path: path.display().to_string(), source: e })?;
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| ReadError::Io { path: path.display().to_string(), source: e })?;
                 let rel = path.strip_prefix(root).unwrap_or(&path);
-                let rel: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+                let rel: Vec<String> = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
                 files.insert(rel.join("/"), bytes);
             }
         }

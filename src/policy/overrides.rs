@@ -16,9 +16,9 @@
 //! TOML (`demote`) is taken as a string. The override API takes values as TOML or JSON
 //! ([`value_from_json`]) so the HTTP dry run can send `{"tiers.key.min_score": 7.0}`.
 
-use super::compile::{known_keys, Seg};
-use super::diag::did_you_mean;
 use super::Files;
+use super::compile::{Seg, known_keys};
+use super::diag::did_you_mean;
 use std::fmt;
 use toml_edit::{DocumentMut, Item, Value};
 
@@ -63,7 +63,11 @@ pub fn parse_set(arg: &str) -> Result<Override, OverrideError> {
         c == '=' && depth == 0
     });
     let Some((path, value)) = eq.map(|(i, _)| (&arg[..i], &arg[i + 1..])) else {
-        return Err(OverrideError::new(arg, "expected PATH=VALUE", Some("e.g. `--set tiers.key.min_score=7.0`".into())));
+        return Err(OverrideError::new(
+            arg,
+            "expected PATH=VALUE",
+            Some("e.g. `--set tiers.key.min_score=7.0`".into()),
+        ));
     };
     let path = path.trim();
     if path.is_empty() {
@@ -110,7 +114,9 @@ pub fn value_from_json(v: &serde_json::Value) -> Result<Value, String> {
 
 /// Overrides sent as JSON (`{"tiers.key.min_score": 7.0, "capacity.per_manager.max": 20}`),
 /// in key order; every bad value is reported.
-pub fn from_json_map(map: &serde_json::Map<String, serde_json::Value>) -> Result<Vec<Override>, Vec<OverrideError>> {
+pub fn from_json_map(
+    map: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<Override>, Vec<OverrideError>> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for (path, v) in map {
@@ -125,7 +131,10 @@ pub fn from_json_map(map: &serde_json::Map<String, serde_json::Value>) -> Result
 /// Applies the overrides to the files' `policy.toml`; the other files are unchanged. Every
 /// override is tried, so all the bad ones are reported at once.
 pub fn apply_files(files: &Files, overrides: &[Override]) -> Result<Files, Vec<OverrideError>> {
-    let text = files.get("policy.toml").map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+    let text = files
+        .get("policy.toml")
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default();
     let edited = apply(&text, overrides)?;
     let mut out = files.clone();
     out.insert("policy.toml".into(), edited.into_bytes());
@@ -134,7 +143,13 @@ pub fn apply_files(files: &Files, overrides: &[Override]) -> Result<Files, Vec<O
 
 /// Applies the overrides to the text of a `policy.toml`.
 pub fn apply(text: &str, overrides: &[Override]) -> Result<String, Vec<OverrideError>> {
-    let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| vec![OverrideError::new("policy.toml", format!("the baseline's policy.toml is not valid TOML: {}", e.message()), None)])?;
+    let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+        vec![OverrideError::new(
+            "policy.toml",
+            format!("the baseline's policy.toml is not valid TOML: {}", e.message()),
+            None,
+        )]
+    })?;
     let schema = schemars::schema_for!(super::raw::RawPolicy);
     let mut errors = Vec::new();
     for o in overrides {
@@ -179,8 +194,13 @@ fn parse_path(path: &str) -> Result<Vec<Step>, String> {
                 }
                 let inner = inner.trim();
                 steps.push(match inner.split_once('=') {
-                    Some((k, v)) => Step::Where(k.trim().to_string(), v.trim().trim_matches(|c| c == '"' || c == '\'').to_string()),
-                    None => Step::Index(inner.parse().map_err(|_| format!("`[{inner}]` is neither a position nor `field=value`"))?),
+                    Some((k, v)) => Step::Where(
+                        k.trim().to_string(),
+                        v.trim().trim_matches(|c| c == '"' || c == '\'').to_string(),
+                    ),
+                    None => Step::Index(inner.parse().map_err(|_| {
+                        format!("`[{inner}]` is neither a position nor `field=value`")
+                    })?),
                 });
                 after_dot = false;
             }
@@ -229,8 +249,13 @@ fn describe(shown: &str) -> String {
     if shown.is_empty() { "the top level".into() } else { format!("`{shown}`") }
 }
 
-fn apply_one(doc: &mut DocumentMut, o: &Override, schema: &serde_json::Value) -> Result<(), OverrideError> {
-    let steps = parse_path(&o.path).map_err(|why| OverrideError::new(&o.path, format!("bad path: {why}"), None))?;
+fn apply_one(
+    doc: &mut DocumentMut,
+    o: &Override,
+    schema: &serde_json::Value,
+) -> Result<(), OverrideError> {
+    let steps = parse_path(&o.path)
+        .map_err(|why| OverrideError::new(&o.path, format!("bad path: {why}"), None))?;
     let err = |msg: String, help: Option<String>| OverrideError::new(&o.path, msg, help);
     let mut node = Node::Item(doc.as_item_mut());
     // The path so far, as written (`tiers.key`) and as the schema sees it (`tiers[0]`).
@@ -254,14 +279,26 @@ fn apply_one(doc: &mut DocumentMut, o: &Override, schema: &serde_json::Value) ->
         };
         node = match step {
             Step::Key(key) => {
-                let inline = matches!(node, Node::Value(Value::InlineTable(_)) | Node::Item(Item::Value(Value::InlineTable(_))));
+                let inline = matches!(
+                    node,
+                    Node::Value(Value::InlineTable(_))
+                        | Node::Item(Item::Value(Value::InlineTable(_)))
+                );
                 let table = match node {
                     Node::Item(i) => i.as_table_like_mut(),
-                    Node::Value(v) => v.as_inline_table_mut().map(|t| t as &mut dyn toml_edit::TableLike),
+                    Node::Value(v) => {
+                        v.as_inline_table_mut().map(|t| t as &mut dyn toml_edit::TableLike)
+                    }
                     Node::Table(t) => Some(t as &mut dyn toml_edit::TableLike),
                 };
                 let Some(table) = table else {
-                    return Err(err(format!("{} is a value, not a table: it has no key `{key}`", describe(&shown)), None));
+                    return Err(err(
+                        format!(
+                            "{} is a value, not a table: it has no key `{key}`",
+                            describe(&shown)
+                        ),
+                        None,
+                    ));
                 };
                 let exists = table.contains_key(&key);
                 seg_path.push(Seg::Key(key.clone()));
@@ -277,7 +314,17 @@ fn apply_one(doc: &mut DocumentMut, o: &Override, schema: &serde_json::Value) ->
                     let mut names: Vec<&str> = existing.iter().map(String::as_str).collect();
                     names.extend(allowed.iter().map(String::as_str));
                     let help = did_you_mean(&key, names.iter().copied()).or_else(|| {
-                        (!existing.is_empty()).then(|| format!("{} has {}", describe(&shown), existing.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")))
+                        (!existing.is_empty()).then(|| {
+                            format!(
+                                "{} has {}",
+                                describe(&shown),
+                                existing
+                                    .iter()
+                                    .map(|k| format!("`{k}`"))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        })
                     });
                     return Err(err(format!("no key `{key}` in {}", describe(&shown)), help));
                 }
@@ -287,11 +334,16 @@ fn apply_one(doc: &mut DocumentMut, o: &Override, schema: &serde_json::Value) ->
                 shown.push_str(&key);
                 match table.get_mut(&key) {
                     Some(i) => Node::Item(i),
-                    None => return Err(err(format!("no key `{key}` in {}", describe(&shown)), None)),
+                    None => {
+                        return Err(err(format!("no key `{key}` in {}", describe(&shown)), None));
+                    }
                 }
             }
             Step::Index(_) | Step::Where(_, _) if !is_array => {
-                return Err(err(format!("{} is not an array: nothing to select", describe(&shown)), None));
+                return Err(err(
+                    format!("{} is not an array: nothing to select", describe(&shown)),
+                    None,
+                ));
             }
             step => {
                 let (field, wanted, index) = match &step {
@@ -303,26 +355,54 @@ fn apply_one(doc: &mut DocumentMut, o: &Override, schema: &serde_json::Value) ->
                 let label = |t: &dyn toml_edit::TableLike| -> Option<String> {
                     let f = field.as_deref()?;
                     let item = t.get(f)?;
-                    Some(item.as_str().map(str::to_string).unwrap_or_else(|| item.to_string().trim().to_string()))
+                    Some(
+                        item.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| item.to_string().trim().to_string()),
+                    )
                 };
                 let (labels, len) = match &node {
-                    Node::Item(Item::ArrayOfTables(a)) => (a.iter().map(|t| label(t)).collect::<Vec<_>>(), a.len()),
-                    Node::Item(Item::Value(Value::Array(a))) | Node::Value(Value::Array(a)) => {
-                        (a.iter().map(|v| v.as_inline_table().and_then(|t| label(t))).collect(), a.len())
+                    Node::Item(Item::ArrayOfTables(a)) => {
+                        (a.iter().map(|t| label(t)).collect::<Vec<_>>(), a.len())
                     }
+                    Node::Item(Item::Value(Value::Array(a))) | Node::Value(Value::Array(a)) => (
+                        a.iter().map(|v| v.as_inline_table().and_then(|t| label(t))).collect(),
+                        a.len(),
+                    ),
                     _ => (Vec::new(), 0),
                 };
                 let pos = match index {
                     Some(n) if n < len => n,
-                    Some(n) => return Err(err(format!("{} has {len} element(s); there is no [{n}]", describe(&shown)), None)),
-                    None => match labels.iter().position(|l| l.as_deref() == Some(wanted.as_str())) {
+                    Some(n) => {
+                        return Err(err(
+                            format!("{} has {len} element(s); there is no [{n}]", describe(&shown)),
+                            None,
+                        ));
+                    }
+                    None => match labels.iter().position(|l| l.as_deref() == Some(wanted.as_str()))
+                    {
                         Some(p) => p,
                         None => {
                             let f = field.clone().unwrap_or_default();
-                            let names: Vec<&str> = labels.iter().flatten().map(String::as_str).collect();
-                            let help = did_you_mean(&wanted, names.iter().copied())
-                                .or_else(|| (!names.is_empty()).then(|| format!("{} {f}s: {}", describe(&shown), names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))));
-                            return Err(err(format!("no element of {} has {f} `{wanted}`", describe(&shown)), help));
+                            let names: Vec<&str> =
+                                labels.iter().flatten().map(String::as_str).collect();
+                            let help = did_you_mean(&wanted, names.iter().copied()).or_else(|| {
+                                (!names.is_empty()).then(|| {
+                                    format!(
+                                        "{} {f}s: {}",
+                                        describe(&shown),
+                                        names
+                                            .iter()
+                                            .map(|n| format!("`{n}`"))
+                                            .collect::<Vec<_>>()
+                                            .join(", ")
+                                    )
+                                })
+                            });
+                            return Err(err(
+                                format!("no element of {} has {f} `{wanted}`", describe(&shown)),
+                                help,
+                            ));
                         }
                     },
                 };
@@ -336,10 +416,12 @@ fn apply_one(doc: &mut DocumentMut, o: &Override, schema: &serde_json::Value) ->
                         Some(t) => Node::Table(t),
                         None => return Err(err("no such element".into(), None)),
                     },
-                    Node::Item(Item::Value(Value::Array(a))) | Node::Value(Value::Array(a)) => match a.get_mut(pos) {
-                        Some(v) => Node::Value(v),
-                        None => return Err(err("no such element".into(), None)),
-                    },
+                    Node::Item(Item::Value(Value::Array(a))) | Node::Value(Value::Array(a)) => {
+                        match a.get_mut(pos) {
+                            Some(v) => Node::Value(v),
+                            None => return Err(err("no such element".into(), None)),
+                        }
+                    }
                     _ => return Err(err("not an array".into(), None)),
                 }
             }
@@ -352,7 +434,9 @@ fn apply_one(doc: &mut DocumentMut, o: &Override, schema: &serde_json::Value) ->
             Ok(())
         }
         Node::Item(Item::None) => Err(err("names nothing".into(), None)),
-        Node::Item(_) | Node::Table(_) => Err(err(format!("{} is a table: set one of its keys", describe(&shown)), None)),
+        Node::Item(_) | Node::Table(_) => {
+            Err(err(format!("{} is a table: set one of its keys", describe(&shown)), None))
+        }
     }
 }
 
@@ -362,7 +446,11 @@ fn replace(old: &mut Value, new: &Value) {
     let decor = old.decor().clone();
     let mut v = match (&*old, new) {
         (Value::Float(_), Value::Integer(i)) => Value::from(*i.value() as f64),
-        (Value::Integer(_), Value::Float(f)) if f.value().fract() == 0.0 && f.value().abs() < 9.0e15 => Value::from(*f.value() as i64),
+        (Value::Integer(_), Value::Float(f))
+            if f.value().fract() == 0.0 && f.value().abs() < 9.0e15 =>
+        {
+            Value::from(*f.value() as i64)
+        }
         _ => new.clone(),
     };
     *v.decor_mut() = decor;

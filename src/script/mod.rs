@@ -19,7 +19,10 @@ use rhai::packages::{
     BasicArrayPackage, BasicMapPackage, BasicMathPackage, CorePackage, LogicPackage,
     MoreStringPackage, Package,
 };
-use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Module, OptimizationLevel, Position, Scope, Shared, AST};
+use rhai::{
+    AST, Dynamic, Engine, EvalAltResult, ImmutableString, Module, OptimizationLevel, Position,
+    Scope, Shared,
+};
 
 type SharedModule = Shared<Module>;
 use std::cell::RefCell;
@@ -86,7 +89,10 @@ impl Budget {
     }
 
     /// A budget that also stops at the first sandbox limit tripped by an account not in `except`.
-    pub fn tripping(until: Option<Instant>, except: std::collections::HashSet<String>) -> Arc<Self> {
+    pub fn tripping(
+        until: Option<Instant>,
+        except: std::collections::HashSet<String>,
+    ) -> Arc<Self> {
         Arc::new(Budget { until, stopped: false.into(), trip: Some(except), tripped: false.into() })
     }
 
@@ -95,7 +101,8 @@ impl Budget {
     }
 
     pub fn spent(&self) -> bool {
-        self.stopped.load(std::sync::atomic::Ordering::Relaxed) || self.until.is_some_and(|u| Instant::now() >= u)
+        self.stopped.load(std::sync::atomic::Ordering::Relaxed)
+            || self.until.is_some_and(|u| Instant::now() >= u)
     }
 
     /// Whether a sandbox limit stopped the work early (see [`Budget::tripping`]).
@@ -294,24 +301,38 @@ pub struct ScriptError {
 impl ScriptError {
     pub fn from_rhai(err: &EvalAltResult, limits: &Limits) -> Self {
         let pos = err.position();
-        let position = (!pos.is_none()).then(|| (pos.line().unwrap_or(0) as u32, pos.position().unwrap_or(0) as u32));
+        let position = (!pos.is_none())
+            .then(|| (pos.line().unwrap_or(0) as u32, pos.position().unwrap_or(0) as u32));
         let (code, message) = match innermost(err) {
-            EvalAltResult::ErrorTerminated(why, _) if why.clone().try_cast::<ImmutableString>().is_some_and(|w| w == BUDGET_SPENT) => {
+            EvalAltResult::ErrorTerminated(why, _)
+                if why.clone().try_cast::<ImmutableString>().is_some_and(|w| w == BUDGET_SPENT) =>
+            {
                 ("time_limit", BUDGET_SPENT_MESSAGE.to_string())
             }
             EvalAltResult::ErrorTerminated(..) => (
                 "time_limit",
-                format!("stopped after {} ms: the per-account time limit", limits.time_per_account.as_millis()),
+                format!(
+                    "stopped after {} ms: the per-account time limit",
+                    limits.time_per_account.as_millis()
+                ),
             ),
             EvalAltResult::ErrorTooManyOperations(..) => (
                 "operation_limit",
-                format!("stopped after {} operations: the per-evaluation operation limit", limits.max_operations),
+                format!(
+                    "stopped after {} operations: the per-evaluation operation limit",
+                    limits.max_operations
+                ),
             ),
             EvalAltResult::ErrorStackOverflow(..) => (
                 "call_depth",
-                format!("calls nested deeper than {}: the call depth limit", limits.max_call_levels),
+                format!(
+                    "calls nested deeper than {}: the call depth limit",
+                    limits.max_call_levels
+                ),
             ),
-            EvalAltResult::ErrorDataTooLarge(what, ..) => ("size_limit", format!("{} exceeds its size limit", what.to_lowercase())),
+            EvalAltResult::ErrorDataTooLarge(what, ..) => {
+                ("size_limit", format!("{} exceeds its size limit", what.to_lowercase()))
+            }
             other => ("script_error", lower_first(&other.to_string())),
         };
         ScriptError { code, message, position, source: source_of(err) }
@@ -321,7 +342,8 @@ impl ScriptError {
 /// rhai wraps errors raised inside functions; the cause is the interesting part.
 fn innermost(err: &EvalAltResult) -> &EvalAltResult {
     match err {
-        EvalAltResult::ErrorInFunctionCall(_, _, inner, _) | EvalAltResult::ErrorInModule(_, inner, _) => innermost(inner),
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
+        | EvalAltResult::ErrorInModule(_, inner, _) => innermost(inner),
         other => other,
     }
 }
@@ -362,20 +384,33 @@ pub fn check_import_path(path: &str) -> Result<String, String> {
     let name = path.strip_prefix("scripts/").unwrap_or(path);
     let name = name.strip_suffix(".rhai").unwrap_or(name);
     if path.starts_with('/') || path.starts_with('\\') || path.contains(':') {
-        return Err(format!("import of `{path}`: an absolute path is not allowed; imports come from the policy's `scripts/` only"));
+        return Err(format!(
+            "import of `{path}`: an absolute path is not allowed; imports come from the policy's `scripts/` only"
+        ));
     }
     if path.split(['/', '\\']).any(|p| p == "..") {
-        return Err(format!("import of `{path}`: `..` is not allowed; imports come from the policy's `scripts/` only"));
+        return Err(format!(
+            "import of `{path}`: `..` is not allowed; imports come from the policy's `scripts/` only"
+        ));
     }
     if name.is_empty() || name.contains(['/', '\\']) {
-        return Err(format!("import of `{path}`: name a file of `scripts/` by its name, e.g. `import \"helpers\" as h`"));
+        return Err(format!(
+            "import of `{path}`: name a file of `scripts/` by its name, e.g. `import \"helpers\" as h`"
+        ));
     }
     Ok(name.to_string())
 }
 
 impl rhai::ModuleResolver for PolicyResolver {
-    fn resolve(&self, engine: &Engine, _source: Option<&str>, path: &str, pos: Position) -> Result<SharedModule, Box<EvalAltResult>> {
-        let name = check_import_path(path).map_err(|m| Box::new(EvalAltResult::ErrorModuleNotFound(m, pos)))?;
+    fn resolve(
+        &self,
+        engine: &Engine,
+        _source: Option<&str>,
+        path: &str,
+        pos: Position,
+    ) -> Result<SharedModule, Box<EvalAltResult>> {
+        let name = check_import_path(path)
+            .map_err(|m| Box::new(EvalAltResult::ErrorModuleNotFound(m, pos)))?;
         if let Ok(cache) = self.cache.lock()
             && let Some(m) = cache.get(&name)
         {
@@ -384,7 +419,10 @@ impl rhai::ModuleResolver for PolicyResolver {
         let Some(src) = self.scripts.get(&name) else {
             let known: Vec<&str> = self.scripts.keys().map(String::as_str).collect();
             return Err(Box::new(EvalAltResult::ErrorModuleNotFound(
-                format!("import of `{path}`: no `scripts/{name}.rhai` (scripts: {})", known.join(", ")),
+                format!(
+                    "import of `{path}`: no `scripts/{name}.rhai` (scripts: {})",
+                    known.join(", ")
+                ),
                 pos,
             )));
         };
@@ -394,11 +432,16 @@ impl rhai::ModuleResolver for PolicyResolver {
             *d
         });
         let result = if depth > 8 {
-            Err(Box::new(EvalAltResult::ErrorModuleNotFound(format!("import of `{path}`: imports nested deeper than 8 (a cycle?)"), pos)))
+            Err(Box::new(EvalAltResult::ErrorModuleNotFound(
+                format!("import of `{path}`: imports nested deeper than 8 (a cycle?)"),
+                pos,
+            )))
         } else {
             engine
                 .compile(src)
-                .map_err(|e| Box::new(EvalAltResult::ErrorInModule(path.to_string(), e.into(), pos)))
+                .map_err(|e| {
+                    Box::new(EvalAltResult::ErrorInModule(path.to_string(), e.into(), pos))
+                })
                 .and_then(|mut ast| {
                     ast.set_source(format!("scripts/{name}.rhai"));
                     Module::eval_ast_as_new(Scope::new(), &ast, engine).map(Into::into)
@@ -432,7 +475,8 @@ fn runtime_err(msg: impl Into<String>) -> Box<EvalAltResult> {
 }
 
 fn day_of(d: &str) -> Result<i64, Box<EvalAltResult>> {
-    crate::date::parse_days(d).ok_or_else(|| runtime_err(format!("`{d}` is not a date (YYYY-MM-DD)")))
+    crate::date::parse_days(d)
+        .ok_or_else(|| runtime_err(format!("`{d}` is not a date (YYYY-MM-DD)")))
 }
 
 fn with_agg<T>(f: impl FnOnce(&Aggregates) -> T) -> Result<T, Box<EvalAltResult>> {
@@ -445,7 +489,12 @@ fn with_agg<T>(f: impl FnOnce(&Aggregates) -> T) -> Result<T, Box<EvalAltResult>
 /// Builds a policy's engine. `vars` names every free variable any of its expressions may read
 /// (expressions are compiled with strict variables against the subset each kind may see);
 /// `inputs` maps input names to their slot for `account.NAME` in scripts.
-pub fn build_engine(limits: &Limits, vars: HashMap<String, Var>, inputs: HashMap<String, usize>, scripts: Arc<BTreeMap<String, String>>) -> Engine {
+pub fn build_engine(
+    limits: &Limits,
+    vars: HashMap<String, Var>,
+    inputs: HashMap<String, usize>,
+    scripts: Arc<BTreeMap<String, String>>,
+) -> Engine {
     let mut e = Engine::new_raw();
     for p in packages() {
         e.register_global_module(p.clone());
@@ -496,17 +545,29 @@ pub fn build_engine(limits: &Limits, vars: HashMap<String, Var>, inputs: HashMap
         if index != 0 {
             return Ok(None);
         }
-        let Some(var) = var_list.iter().find(|(n, _)| n.len() == name.len() && n == name).map(|(_, v)| v) else { return Ok(None) };
+        let Some(var) =
+            var_list.iter().find(|(n, _)| n.len() == name.len() && n == name).map(|(_, v)| v)
+        else {
+            return Ok(None);
+        };
         CTX.with(|c| {
             let c = c.borrow();
             let v = match *var {
                 Var::Input(i) => c.values.get(i).cloned().unwrap_or(Dynamic::UNIT),
                 Var::Score => Dynamic::from_float(c.score),
                 Var::Tier => Dynamic::from(c.tier.clone()),
-                Var::AccountCount => Dynamic::from_int(c.agg.as_ref().map_or(0, |a| a.account_count)),
-                Var::TotalRevenue => Dynamic::from_float(c.agg.as_ref().map_or(0.0, |a| a.total_revenue)),
-                Var::ManagersOver => Dynamic::from_int(c.agg.as_ref().map_or(0, |a| a.managers_over)),
-                Var::ManagersUnder => Dynamic::from_int(c.agg.as_ref().map_or(0, |a| a.managers_under)),
+                Var::AccountCount => {
+                    Dynamic::from_int(c.agg.as_ref().map_or(0, |a| a.account_count))
+                }
+                Var::TotalRevenue => {
+                    Dynamic::from_float(c.agg.as_ref().map_or(0.0, |a| a.total_revenue))
+                }
+                Var::ManagersOver => {
+                    Dynamic::from_int(c.agg.as_ref().map_or(0, |a| a.managers_over))
+                }
+                Var::ManagersUnder => {
+                    Dynamic::from_int(c.agg.as_ref().map_or(0, |a| a.managers_under))
+                }
             };
             Ok(Some(v))
         })
@@ -516,14 +577,18 @@ pub fn build_engine(limits: &Limits, vars: HashMap<String, Var>, inputs: HashMap
     // One getter per declared input: without it every `account.x` first misses a getter and
     // rhai builds an error message before falling back to the indexer (~25 % of a script call).
     for (name, &i) in &inputs {
-        e.register_get(name.as_str(), move |a: &mut AccountView| a.0.get(i).cloned().unwrap_or(Dynamic::UNIT));
+        e.register_get(name.as_str(), move |a: &mut AccountView| {
+            a.0.get(i).cloned().unwrap_or(Dynamic::UNIT)
+        });
     }
-    e.register_indexer_get(move |a: &mut AccountView, prop: &str| -> Result<Dynamic, Box<EvalAltResult>> {
-        match inputs.get(prop) {
-            Some(&i) => Ok(a.0.get(i).cloned().unwrap_or(Dynamic::UNIT)),
-            None => Err(runtime_err(format!("`account.{prop}` is not a declared input"))),
-        }
-    });
+    e.register_indexer_get(
+        move |a: &mut AccountView, prop: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+            match inputs.get(prop) {
+                Some(&i) => Ok(a.0.get(i).cloned().unwrap_or(Dynamic::UNIT)),
+                None => Err(runtime_err(format!("`account.{prop}` is not a declared input"))),
+            }
+        },
+    );
 
     e.register_fn("days_since", |d: &str| -> Result<i64, Box<EvalAltResult>> {
         let day = day_of(d)?;
@@ -537,7 +602,13 @@ pub fn build_engine(limits: &Limits, vars: HashMap<String, Var>, inputs: HashMap
     e.register_fn("tier_count", |id: &str| with_agg(|a| a.tiers.get(id).map_or(0, |t| t.0)));
     e.register_fn("tier_revenue", |id: &str| with_agg(|a| a.tiers.get(id).map_or(0.0, |t| t.1)));
     e.register_fn("tier_share", |id: &str| {
-        with_agg(|a| if a.account_count == 0 { 0.0 } else { a.tiers.get(id).map_or(0.0, |t| t.0 as f64 / a.account_count as f64) })
+        with_agg(|a| {
+            if a.account_count == 0 {
+                0.0
+            } else {
+                a.tiers.get(id).map_or(0.0, |t| t.0 as f64 / a.account_count as f64)
+            }
+        })
     });
     e
 }
@@ -559,7 +630,12 @@ pub fn eval(engine: &Engine, ast: &AST) -> Result<Dynamic, Box<EvalAltResult>> {
 }
 
 /// Calls a script function with the account as its one argument.
-pub fn call(engine: &Engine, lib: &AST, name: &str, account: AccountView) -> Result<Dynamic, Box<EvalAltResult>> {
+pub fn call(
+    engine: &Engine,
+    lib: &AST,
+    name: &str,
+    account: AccountView,
+) -> Result<Dynamic, Box<EvalAltResult>> {
     arm_deadline();
     let opts = rhai::CallFnOptions::new().eval_ast(false).rewind_scope(true);
     engine.call_fn_with_options::<Dynamic>(opts, &mut Scope::new(), lib, name, (account,))

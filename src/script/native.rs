@@ -18,7 +18,7 @@
 //! test (tests/native.rs) compares both paths over the shipped policies and random inputs.
 
 use super::Var;
-use rhai::{ASTNode, Dynamic, Engine, Expr as RExpr, ImmutableString, Stmt as RStmt, AST};
+use rhai::{AST, ASTNode, Dynamic, Engine, Expr as RExpr, ImmutableString, Stmt as RStmt};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -237,8 +237,11 @@ impl<'a> Builder<'a> {
     /// Translates all script functions (those that fit the subset).
     pub fn lib(&self) -> Lib {
         let mut lib = Lib::default();
-        let metas: Vec<(String, usize, bool)> =
-            self.lib_ast.iter_functions().map(|m| (m.name.to_string(), m.params.len(), m.this_type.is_some())).collect();
+        let metas: Vec<(String, usize, bool)> = self
+            .lib_ast
+            .iter_functions()
+            .map(|m| (m.name.to_string(), m.params.len(), m.this_type.is_some()))
+            .collect();
         for (name, arity, is_method) in metas {
             let idx = lib.funcs.len();
             lib.index.insert((name.clone(), arity), idx);
@@ -248,7 +251,12 @@ impl<'a> Builder<'a> {
     }
 
     fn func(&self, name: &str, arity: usize, lib: &Lib) -> Option<Func> {
-        let def = self.lib_ast.shared_lib().iter_script_fn_info().find(|f| f.2 == name && f.3 == arity).map(|f| f.4.clone())?;
+        let def = self
+            .lib_ast
+            .shared_lib()
+            .iter_script_fn_info()
+            .find(|f| f.2 == name && f.3 == arity)
+            .map(|f| f.4.clone())?;
         let params: Vec<ImmutableString> = def.params.iter().cloned().collect();
         // An AST holding only this function: its walk visits the body's top-level statements
         // with a path of length 1.
@@ -280,7 +288,12 @@ impl<'a> Builder<'a> {
         if scope.nodes.saturating_mul(OPS_PER_NODE) >= self.max_operations {
             return None;
         }
-        Some(Code { root, slots: scope.slots, lib: lib.clone(), max_string_size: self.max_string_size })
+        Some(Code {
+            root,
+            slots: scope.slots,
+            lib: lib.clone(),
+            max_string_size: self.max_string_size,
+        })
     }
 
     /// A call of script function `name` with the account as its argument (a `script` criterion).
@@ -290,7 +303,12 @@ impl<'a> Builder<'a> {
         if self.max_call_levels < 2 {
             return None;
         }
-        Some(Code { root: Node::User(idx, vec![Node::Const(V::Account)]), slots: 0, lib: lib.clone(), max_string_size: self.max_string_size })
+        Some(Code {
+            root: Node::User(idx, vec![Node::Const(V::Account)]),
+            slots: 0,
+            lib: lib.clone(),
+            max_string_size: self.max_string_size,
+        })
     }
 
     fn block(&self, stmts: &[RStmt], scope: &mut Scope, lib: &Lib) -> Tr<Block> {
@@ -314,9 +332,15 @@ impl<'a> Builder<'a> {
                     let other = self.block_node(fc.branch.statements(), scope, lib)?;
                     out.push(Stmt::Expr(Node::If(Box::new(cond), Box::new(then), Box::new(other))));
                 }
-                RStmt::Block(b) => out.push(Stmt::Expr(self.block_node(b.statements(), scope, lib)?)),
-                RStmt::Switch(x, pos) => out.push(Stmt::Expr(self.switch(&x.0, &x.1, *pos, scope, lib)?)),
-                RStmt::Return(Some(e), flags, _) if !flags.contains(rhai::ASTFlags::BREAK) && scope.in_fn => {
+                RStmt::Block(b) => {
+                    out.push(Stmt::Expr(self.block_node(b.statements(), scope, lib)?))
+                }
+                RStmt::Switch(x, pos) => {
+                    out.push(Stmt::Expr(self.switch(&x.0, &x.1, *pos, scope, lib)?))
+                }
+                RStmt::Return(Some(e), flags, _)
+                    if !flags.contains(rhai::ASTFlags::BREAK) && scope.in_fn =>
+                {
                     out.push(Stmt::Return(self.expr(e, scope, lib)?))
                 }
                 _ => return Err("statement kind not translated"),
@@ -340,14 +364,23 @@ impl<'a> Builder<'a> {
         })
     }
 
-    fn switch(&self, on: &RExpr, cases: &rhai::SwitchCasesCollection, pos: rhai::Position, scope: &mut Scope, lib: &Lib) -> Tr<Node> {
+    fn switch(
+        &self,
+        on: &RExpr,
+        cases: &rhai::SwitchCasesCollection,
+        pos: rhai::Position,
+        scope: &mut Scope,
+        lib: &Lib,
+    ) -> Tr<Node> {
         let subject = self.expr(on, scope, lib)?;
         let slot = match &subject {
             Node::Input(slot, _) | Node::Prop(_, slot, _) => *slot,
             _ => return Err("switch subject is not a one_of input"),
         };
         let domain = self.domains.get(&slot).ok_or("not translated")?;
-        if !cases.ranges.is_empty() || cases.expressions.iter().any(|b| !matches!(b.lhs, RExpr::BoolConstant(true, _))) {
+        if !cases.ranges.is_empty()
+            || cases.expressions.iter().any(|b| !matches!(b.lhs, RExpr::BoolConstant(true, _)))
+        {
             return Err("switch with conditions or ranges");
         }
         let mut arms = Vec::with_capacity(cases.expressions.len());
@@ -372,7 +405,10 @@ impl<'a> Builder<'a> {
             let ast = AST::new([stmt], rhai::Module::new());
             let arm = match self.engine.eval_ast::<Dynamic>(&ast) {
                 Ok(d) if d.is_unit() => None,
-                Ok(d) => Some(usize::try_from(d.as_int().map_err(|_| "switch probe value")?).map_err(|_| "switch probe value")?),
+                Ok(d) => Some(
+                    usize::try_from(d.as_int().map_err(|_| "switch probe value")?)
+                        .map_err(|_| "switch probe value")?,
+                ),
                 Err(_) => return Err("switch probe failed"),
             };
             if arm.is_some_and(|a| a >= arms.len()) {
@@ -391,7 +427,9 @@ impl<'a> Builder<'a> {
             RExpr::FloatConstant(x, _) => Node::Const(V::Float(**x)),
             RExpr::StringConstant(s, _) => Node::Const(V::Str(s.clone())),
             RExpr::Unit(_) => Node::Const(V::Unit),
-            RExpr::DynamicConstant(d, _) => Node::Const(V::from_dynamic(d).ok_or("not translated")?),
+            RExpr::DynamicConstant(d, _) => {
+                Node::Const(V::from_dynamic(d).ok_or("not translated")?)
+            }
             RExpr::Variable(x, _, _) => {
                 let (_, name, ns, _) = &**x;
                 if !ns.is_empty() {
@@ -403,7 +441,9 @@ impl<'a> Builder<'a> {
                     return Err("global variable inside a function");
                 } else {
                     match self.vars.get(name.as_str()) {
-                        Some(Var::Input(i)) => Node::Input(*i, *self.kinds.get(*i).ok_or("input kind")?),
+                        Some(Var::Input(i)) => {
+                            Node::Input(*i, *self.kinds.get(*i).ok_or("input kind")?)
+                        }
                         Some(v @ (Var::Score | Var::Tier)) => Node::Var(*v),
                         _ => return Err("variable not translated"),
                     }
@@ -425,15 +465,29 @@ impl<'a> Builder<'a> {
                     _ => return Err("dot form not translated"),
                 }
             }
-            RExpr::And(xs, _) => Node::And(xs.iter().map(|x| self.expr(x, scope, lib)).collect::<Tr<_>>()?),
-            RExpr::Or(xs, _) => Node::Or(xs.iter().map(|x| self.expr(x, scope, lib)).collect::<Tr<_>>()?),
-            RExpr::Coalesce(xs, _) => Node::Coalesce(xs.iter().map(|x| self.expr(x, scope, lib)).collect::<Tr<_>>()?),
-            RExpr::InterpolatedString(xs, _) => Node::Interp(xs.iter().map(|x| self.expr(x, scope, lib)).collect::<Tr<_>>()?),
+            RExpr::And(xs, _) => {
+                Node::And(xs.iter().map(|x| self.expr(x, scope, lib)).collect::<Tr<_>>()?)
+            }
+            RExpr::Or(xs, _) => {
+                Node::Or(xs.iter().map(|x| self.expr(x, scope, lib)).collect::<Tr<_>>()?)
+            }
+            RExpr::Coalesce(xs, _) => {
+                Node::Coalesce(xs.iter().map(|x| self.expr(x, scope, lib)).collect::<Tr<_>>()?)
+            }
+            RExpr::InterpolatedString(xs, _) => {
+                Node::Interp(xs.iter().map(|x| self.expr(x, scope, lib)).collect::<Tr<_>>()?)
+            }
             _ => return Err("expression kind not translated"),
         })
     }
 
-    fn call(&self, f: &rhai::FnCallExpr, object: Option<Node>, scope: &mut Scope, lib: &Lib) -> Tr<Node> {
+    fn call(
+        &self,
+        f: &rhai::FnCallExpr,
+        object: Option<Node>,
+        scope: &mut Scope,
+        lib: &Lib,
+    ) -> Tr<Node> {
         if !f.namespace.is_empty() || f.capture_parent_scope {
             return Err("namespaced call or closure");
         }
@@ -472,7 +526,8 @@ impl<'a> Builder<'a> {
             if method || scope.in_fn || self.max_call_levels < 2 {
                 return Err("call of a script function inside a function or as a method");
             }
-            let func = lib.funcs.get(idx).ok_or("not translated")?.as_ref().ok_or("not translated")?;
+            let func =
+                lib.funcs.get(idx).ok_or("not translated")?.as_ref().ok_or("not translated")?;
             scope.nodes += func.body.0.len() as u64 * 8;
             return Ok(Node::User(idx, args));
         }
@@ -522,7 +577,13 @@ struct Frame<'e, 'a> {
 impl Code {
     /// Evaluates natively, or says to run rhai.
     pub fn eval(&self, env: &Env<'_>) -> Result<V, Fallback> {
-        let mut f = Frame { env, locals: vec![V::Unit; self.slots], lib: &self.lib, max_string: self.max_string_size, returned: None };
+        let mut f = Frame {
+            env,
+            locals: vec![V::Unit; self.slots],
+            lib: &self.lib,
+            max_string: self.max_string_size,
+            returned: None,
+        };
         match f.eval(&self.root) {
             Ok(v) => Ok(v),
             Err(Stop::Fallback) => Err(Fallback),
@@ -572,14 +633,34 @@ fn binary(op: Bin, a: V, b: V, max_string: usize) -> Result<V, Fallback> {
                 Bin::Add => x.checked_add(y).map(Int),
                 Bin::Sub => x.checked_sub(y).map(Int),
                 Bin::Mul => x.checked_mul(y).map(Int),
-                Bin::Div => if y == 0 { None } else { x.checked_div(y).map(Int) },
-                Bin::Rem => if y == 0 { None } else { x.checked_rem(y).map(Int) },
+                Bin::Div => {
+                    if y == 0 {
+                        None
+                    } else {
+                        x.checked_div(y).map(Int)
+                    }
+                }
+                Bin::Rem => {
+                    if y == 0 {
+                        None
+                    } else {
+                        x.checked_rem(y).map(Int)
+                    }
+                }
                 _ => cmp(op, &x, &y).map(Bool),
             }
         }
         (Float(_) | Int(_), Float(_) | Int(_)) => {
-            let x = match a { Float(x) => x, Int(i) => i as f64, _ => return Err(Fallback) };
-            let y = match b { Float(y) => y, Int(i) => i as f64, _ => return Err(Fallback) };
+            let x = match a {
+                Float(x) => x,
+                Int(i) => i as f64,
+                _ => return Err(Fallback),
+            };
+            let y = match b {
+                Float(y) => y,
+                Int(i) => i as f64,
+                _ => return Err(Fallback),
+            };
             match op {
                 Bin::Add => Some(Float(x + y)),
                 Bin::Sub => Some(Float(x - y)),
@@ -733,7 +814,13 @@ impl Frame<'_, '_> {
         for (k, a) in args.iter().enumerate() {
             *locals.get_mut(k).ok_or(Fallback)? = self.eval(a)?;
         }
-        let mut inner = Frame { env: self.env, locals, lib: self.lib, max_string: self.max_string, returned: None };
+        let mut inner = Frame {
+            env: self.env,
+            locals,
+            lib: self.lib,
+            max_string: self.max_string,
+            returned: None,
+        };
         match inner.block(&func.body) {
             Ok(v) => Ok(v),
             Err(Stop::Return) => inner.returned.take().ok_or(Stop::Fallback),

@@ -19,7 +19,10 @@
 
 pub mod render;
 
-use crate::engine::{evaluate_portfolio, AlertOut, Change, Load, ManagerLoad, Outcome, PolicyRef, PortfolioResult, Reason};
+use crate::engine::{
+    AlertOut, Change, Load, ManagerLoad, Outcome, PolicyRef, PortfolioResult, Reason,
+    evaluate_portfolio,
+};
 use crate::policy::Policy;
 use crate::snapshot::{AccountError, Record};
 use schemars::JsonSchema;
@@ -220,7 +223,9 @@ impl PolicyDiff {
     /// Some account ends in another tier, or gets a decision under one policy only: what
     /// `tierwise diff --fail-on-moves` fails on.
     pub fn has_moves(&self) -> bool {
-        self.accounts.iter().any(|a| a.from != a.to) || !self.newly_failing.is_empty() || !self.newly_decided.is_empty()
+        self.accounts.iter().any(|a| a.from != a.to)
+            || !self.newly_failing.is_empty()
+            || !self.newly_decided.is_empty()
     }
 }
 
@@ -234,7 +239,12 @@ pub fn diff(baseline: &Policy, candidate: &Policy, records: &[Record]) -> Policy
 /// Evaluates under both policies with records read for each (CSV columns are typed by the
 /// policy's `[inputs]`, which a candidate may change). Both lists must hold the same records
 /// in the same order.
-pub fn diff_records(baseline: &Policy, before: &[Record], candidate: &Policy, after: &[Record]) -> PolicyDiff {
+pub fn diff_records(
+    baseline: &Policy,
+    before: &[Record],
+    candidate: &Policy,
+    after: &[Record],
+) -> PolicyDiff {
     compare(&evaluate_portfolio(baseline, before), &evaluate_portfolio(candidate, after))
 }
 
@@ -252,8 +262,10 @@ fn only_in(a: &[AlertOut], b: &[AlertOut]) -> Vec<AlertOut> {
 
 /// Compares two results of the same records (same order) under two policies.
 pub fn compare(before: &PortfolioResult, after: &PortfolioResult) -> PolicyDiff {
-    let rank_before: BTreeMap<&str, usize> = before.summary.tiers.iter().enumerate().map(|(i, t)| (t.id.as_str(), i)).collect();
-    let rank_after: BTreeMap<&str, usize> = after.summary.tiers.iter().enumerate().map(|(i, t)| (t.id.as_str(), i)).collect();
+    let rank_before: BTreeMap<&str, usize> =
+        before.summary.tiers.iter().enumerate().map(|(i, t)| (t.id.as_str(), i)).collect();
+    let rank_after: BTreeMap<&str, usize> =
+        after.summary.tiers.iter().enumerate().map(|(i, t)| (t.id.as_str(), i)).collect();
     // Rank two tier ids: by the candidate's order when it has both, else the baseline's.
     let direction = |from: &str, to: &str| -> Direction {
         if from == to {
@@ -267,7 +279,10 @@ pub fn compare(before: &PortfolioResult, after: &PortfolioResult) -> PolicyDiff 
         }
     };
 
-    let mut s = DiffSummary { accounts: before.accounts.len().max(after.accounts.len()) as u64, ..DiffSummary::default() };
+    let mut s = DiffSummary {
+        accounts: before.accounts.len().max(after.accounts.len()) as u64,
+        ..DiffSummary::default()
+    };
     let mut counts = vec![vec![0u64; after.summary.tiers.len()]; before.summary.tiers.len()];
     let mut accounts = Vec::new();
     let mut newly_failing = Vec::new();
@@ -276,7 +291,8 @@ pub fn compare(before: &PortfolioResult, after: &PortfolioResult) -> PolicyDiff 
         match (b, a) {
             (Outcome::Decision(b), Outcome::Decision(a)) => {
                 s.decided_both += 1;
-                if let (Some(&r), Some(&c)) = (rank_before.get(&*b.tier), rank_after.get(&*a.tier)) {
+                if let (Some(&r), Some(&c)) = (rank_before.get(&*b.tier), rank_after.get(&*a.tier))
+                {
                     counts[r][c] += 1;
                 }
                 if (b.score - a.score).abs() > 1e-9 {
@@ -284,7 +300,11 @@ pub fn compare(before: &PortfolioResult, after: &PortfolioResult) -> PolicyDiff 
                 }
                 let added = only_in(&a.alerts, &b.alerts);
                 let removed = only_in(&b.alerts, &a.alerts);
-                if b.tier == a.tier && b.change == a.change && added.is_empty() && removed.is_empty() {
+                if b.tier == a.tier
+                    && b.change == a.change
+                    && added.is_empty()
+                    && removed.is_empty()
+                {
                     continue;
                 }
                 let dir = direction(&b.tier, &a.tier);
@@ -313,15 +333,27 @@ pub fn compare(before: &PortfolioResult, after: &PortfolioResult) -> PolicyDiff 
                 });
             }
             (Outcome::Decision(b), Outcome::Error { id, error }) => {
-                newly_failing.push(FailureDelta { id: id.clone().or_else(|| Some(b.id.clone())), record: i + 1, error: error.clone(), tier: b.tier.to_string() });
+                newly_failing.push(FailureDelta {
+                    id: id.clone().or_else(|| Some(b.id.clone())),
+                    record: i + 1,
+                    error: error.clone(),
+                    tier: b.tier.to_string(),
+                });
             }
             (Outcome::Error { id, error }, Outcome::Decision(a)) => {
-                newly_decided.push(FailureDelta { id: id.clone().or_else(|| Some(a.id.clone())), record: i + 1, error: error.clone(), tier: a.tier.to_string() });
+                newly_decided.push(FailureDelta {
+                    id: id.clone().or_else(|| Some(a.id.clone())),
+                    record: i + 1,
+                    error: error.clone(),
+                    tier: a.tier.to_string(),
+                });
             }
             (Outcome::Error { .. }, Outcome::Error { .. }) => {}
         }
     }
-    let by_id = |x: &Option<String>, y: &Option<String>| x.as_deref().map(str::as_bytes).cmp(&y.as_deref().map(str::as_bytes));
+    let by_id = |x: &Option<String>, y: &Option<String>| {
+        x.as_deref().map(str::as_bytes).cmp(&y.as_deref().map(str::as_bytes))
+    };
     accounts.sort_by(|x, y| x.id.as_bytes().cmp(y.id.as_bytes()));
     newly_failing.sort_by(|x, y| by_id(&x.id, &y.id).then(x.record.cmp(&y.record)));
     newly_decided.sort_by(|x, y| by_id(&x.id, &y.id).then(x.record.cmp(&y.record)));
@@ -334,7 +366,13 @@ pub fn compare(before: &PortfolioResult, after: &PortfolioResult) -> PolicyDiff 
         .summary
         .tiers
         .iter()
-        .map(|t| TierDelta { id: t.id.clone(), before: t.count, after: 0, revenue_before: t.revenue, revenue_after: 0.0 })
+        .map(|t| TierDelta {
+            id: t.id.clone(),
+            before: t.count,
+            after: 0,
+            revenue_before: t.revenue,
+            revenue_after: 0.0,
+        })
         .collect();
     for t in &after.summary.tiers {
         match tiers.iter_mut().find(|d| d.id == t.id) {
@@ -342,7 +380,13 @@ pub fn compare(before: &PortfolioResult, after: &PortfolioResult) -> PolicyDiff 
                 d.after = t.count;
                 d.revenue_after = t.revenue;
             }
-            None => tiers.push(TierDelta { id: t.id.clone(), before: 0, after: t.count, revenue_before: 0.0, revenue_after: t.revenue }),
+            None => tiers.push(TierDelta {
+                id: t.id.clone(),
+                before: 0,
+                after: t.count,
+                revenue_before: 0.0,
+                revenue_after: t.revenue,
+            }),
         }
     }
 
@@ -366,8 +410,16 @@ pub fn compare(before: &PortfolioResult, after: &PortfolioResult) -> PolicyDiff 
         s.managers_no_longer_over += u64::from(over(sb) && !over(sa));
         s.managers_newly_under += u64::from(under(sa) && !under(sb));
         s.managers_no_longer_under += u64::from(under(sb) && !under(sa));
-        let overflow_after = a.map(|m| m.reassign.iter().chain(&m.demoted).cloned().collect()).unwrap_or_default();
-        managers.push(ManagerDelta { manager: name.to_string(), count_before: b.map(|m| m.count), count_after: a.map(|m| m.count), status_before: sb, status_after: sa, overflow_after });
+        let overflow_after =
+            a.map(|m| m.reassign.iter().chain(&m.demoted).cloned().collect()).unwrap_or_default();
+        managers.push(ManagerDelta {
+            manager: name.to_string(),
+            count_before: b.map(|m| m.count),
+            count_after: a.map(|m| m.count),
+            status_before: sb,
+            status_after: sa,
+            overflow_after,
+        });
     }
 
     let (pb, pa) = (&before.summary.portfolio_alerts, &after.summary.portfolio_alerts);
@@ -380,7 +432,8 @@ pub fn compare(before: &PortfolioResult, after: &PortfolioResult) -> PolicyDiff 
         }
     }
     changed.sort_by(|x, y| x.before.id.cmp(&y.before.id));
-    let portfolio_alerts = PortfolioAlertDelta { added: only_in(pa, pb), removed: only_in(pb, pa), changed };
+    let portfolio_alerts =
+        PortfolioAlertDelta { added: only_in(pa, pb), removed: only_in(pb, pa), changed };
     s.portfolio_alerts_added = portfolio_alerts.added.len() as u64;
     s.portfolio_alerts_removed = portfolio_alerts.removed.len() as u64;
 

@@ -109,32 +109,53 @@ pub fn headline(d: &PolicyDiff) -> String {
         (p, d) => parts.push(format!("promotes {}, demotes {d}", plural(p, "account", "accounts"))),
     }
     if s.moved_unranked > 0 {
-        parts.push(format!("moves {} between tiers only one policy has", plural(s.moved_unranked, "account", "accounts")));
+        parts.push(format!(
+            "moves {} between tiers only one policy has",
+            plural(s.moved_unranked, "account", "accounts")
+        ));
     }
     // Accounts that keep their tier: a different movement (`hold` instead of `demote` when a
     // cap sends them back, ...) or different alerts.
     let same: Vec<_> = d.accounts.iter().filter(|a| a.direction == Direction::Same).collect();
     let movement = same.iter().filter(|a| a.change_before != a.change_after).count() as u64;
     if movement > 0 {
-        parts.push(format!("changes the movement of {}", plural(movement, "account that keeps its tier", "accounts that keep their tier")));
+        parts.push(format!(
+            "changes the movement of {}",
+            plural(movement, "account that keeps its tier", "accounts that keep their tier")
+        ));
     }
     if s.alerts_added > 0 {
-        parts.push(format!("raises new alerts on {}", plural(s.alerts_added, "account", "accounts")));
+        parts.push(format!(
+            "raises new alerts on {}",
+            plural(s.alerts_added, "account", "accounts")
+        ));
     }
     if s.alerts_removed > 0 {
         parts.push(format!("clears alerts on {}", plural(s.alerts_removed, "account", "accounts")));
     }
     if s.managers_newly_over > 0 {
-        parts.push(format!("puts {} over capacity", plural(s.managers_newly_over, "manager", "managers")));
+        parts.push(format!(
+            "puts {} over capacity",
+            plural(s.managers_newly_over, "manager", "managers")
+        ));
     }
     if s.managers_no_longer_over > 0 {
-        parts.push(format!("brings {} back within capacity", plural(s.managers_no_longer_over, "manager", "managers")));
+        parts.push(format!(
+            "brings {} back within capacity",
+            plural(s.managers_no_longer_over, "manager", "managers")
+        ));
     }
     if s.managers_newly_under > 0 {
-        parts.push(format!("leaves {} under their minimum", plural(s.managers_newly_under, "manager", "managers")));
+        parts.push(format!(
+            "leaves {} under their minimum",
+            plural(s.managers_newly_under, "manager", "managers")
+        ));
     }
     if s.managers_no_longer_under > 0 {
-        parts.push(format!("lifts {} to their minimum", plural(s.managers_no_longer_under, "manager", "managers")));
+        parts.push(format!(
+            "lifts {} to their minimum",
+            plural(s.managers_no_longer_under, "manager", "managers")
+        ));
     }
     for a in &d.portfolio_alerts.added {
         parts.push(format!("raises portfolio alert `{}`", a.id));
@@ -143,10 +164,16 @@ pub fn headline(d: &PolicyDiff) -> String {
         parts.push(format!("clears portfolio alert `{}`", a.id));
     }
     if s.newly_failing > 0 {
-        parts.push(format!("leaves {} without a decision", plural(s.newly_failing, "account", "accounts")));
+        parts.push(format!(
+            "leaves {} without a decision",
+            plural(s.newly_failing, "account", "accounts")
+        ));
     }
     if s.newly_decided > 0 {
-        parts.push(format!("decides {} that failed before", plural(s.newly_decided, "account", "accounts")));
+        parts.push(format!(
+            "decides {} that failed before",
+            plural(s.newly_decided, "account", "accounts")
+        ));
     }
     match parts.len() {
         0 => "this change moves no account and changes no decision".into(),
@@ -161,7 +188,10 @@ fn what(ctx: &Context) -> String {
         None => "the baseline".into(),
     };
     if !ctx.overrides.is_empty() {
-        w.push_str(&format!(" with {}", plural(ctx.overrides.len() as u64, "override", "overrides")));
+        w.push_str(&format!(
+            " with {}",
+            plural(ctx.overrides.len() as u64, "override", "overrides")
+        ));
     }
     w
 }
@@ -170,7 +200,15 @@ fn what(ctx: &Context) -> String {
 pub fn table(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
     let mut o = String::new();
     let s = &d.summary;
-    let _ = writeln!(o, "what-if: {} {} → {} {} ({})", d.baseline.name, short(&d.baseline.hash), d.candidate.name, short(&d.candidate.hash), what(ctx).replace('`', ""));
+    let _ = writeln!(
+        o,
+        "what-if: {} {} → {} {} ({})",
+        d.baseline.name,
+        short(&d.baseline.hash),
+        d.candidate.name,
+        short(&d.candidate.hash),
+        what(ctx).replace('`', "")
+    );
     for ov in &ctx.overrides {
         let _ = writeln!(o, "  --set {ov}");
     }
@@ -178,16 +216,41 @@ pub fn table(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
     let _ = writeln!(
         o,
         "{} accounts, {} decided under both: {} change ({} promoted, {} demoted, {} in the same tier), {} with a new score",
-        s.accounts, s.decided_both, s.changed, s.promoted, s.demoted, s.same_tier_changed, s.scores_changed
+        s.accounts,
+        s.decided_both,
+        s.changed,
+        s.promoted,
+        s.demoted,
+        s.same_tier_changed,
+        s.scores_changed
     );
 
-    let _ = writeln!(o, "\n{:<16} {:>8} {:>8} {:>7} {:>18} {:>18}", "tier", "before", "after", "delta", "revenue before", "revenue after");
+    let _ = writeln!(
+        o,
+        "\n{:<16} {:>8} {:>8} {:>7} {:>18} {:>18}",
+        "tier", "before", "after", "delta", "revenue before", "revenue after"
+    );
     for t in &d.tiers {
-        let _ = writeln!(o, "{:<16} {:>8} {:>8} {:>7} {:>18} {:>18}", t.id, t.before, t.after, signed(t.after as i64 - t.before as i64), money(t.revenue_before), money(t.revenue_after));
+        let _ = writeln!(
+            o,
+            "{:<16} {:>8} {:>8} {:>7} {:>18} {:>18}",
+            t.id,
+            t.before,
+            t.after,
+            signed(t.after as i64 - t.before as i64),
+            money(t.revenue_before),
+            money(t.revenue_after)
+        );
     }
 
     let m = &d.transitions;
-    let width = m.to.iter().map(|t| t.len()).chain(m.from.iter().map(|t| t.len())).max().unwrap_or(8).max(8);
+    let width =
+        m.to.iter()
+            .map(|t| t.len())
+            .chain(m.from.iter().map(|t| t.len()))
+            .max()
+            .unwrap_or(8)
+            .max(8);
     let _ = writeln!(o, "\ntransitions (rows: baseline tier, columns: candidate tier)");
     let _ = write!(o, "{:<width$}", "");
     for t in &m.to {
@@ -207,8 +270,19 @@ pub fn table(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
         let _ = writeln!(o, "\nmanagers whose capacity status changes");
         for mg in &d.managers {
             let count = |c: Option<u64>| c.map_or("-".to_string(), |c| c.to_string());
-            let extra = if mg.overflow_after.is_empty() { String::new() } else { format!("  beyond max: {}", mg.overflow_after.join(", ")) };
-            let line = format!("  {:<22} {:>4} {:<5} → {:>4} {:<5}{extra}", mg.manager, count(mg.count_before), load(mg.status_before), count(mg.count_after), load(mg.status_after));
+            let extra = if mg.overflow_after.is_empty() {
+                String::new()
+            } else {
+                format!("  beyond max: {}", mg.overflow_after.join(", "))
+            };
+            let line = format!(
+                "  {:<22} {:>4} {:<5} → {:>4} {:<5}{extra}",
+                mg.manager,
+                count(mg.count_before),
+                load(mg.status_before),
+                count(mg.count_after),
+                load(mg.status_after)
+            );
             let _ = writeln!(o, "{}", line.trim_end());
         }
     }
@@ -223,24 +297,60 @@ pub fn table(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
             let _ = writeln!(o, "  - [{}] {}: {}", sev(a.severity), a.id, a.message);
         }
         for c in &pa.changed {
-            let _ = writeln!(o, "  ~ [{}] {}: {} → {}", sev(c.after.severity), c.after.id, c.before.message, c.after.message);
+            let _ = writeln!(
+                o,
+                "  ~ [{}] {}: {} → {}",
+                sev(c.after.severity),
+                c.after.id,
+                c.before.message,
+                c.after.message
+            );
         }
     }
 
     if !d.accounts.is_empty() {
         let shown = top(d, limit);
-        let _ = writeln!(o, "\naccounts that change ({} of {}; promotions, demotions, then the rest; by score under the baseline)", shown.len(), d.accounts.len());
-        let _ = writeln!(o, "{:<16} {:<15} {:<22} {:<18} alerts", "account", "score", "tier", "change");
+        let _ = writeln!(
+            o,
+            "\naccounts that change ({} of {}; promotions, demotions, then the rest; by score under the baseline)",
+            shown.len(),
+            d.accounts.len()
+        );
+        let _ =
+            writeln!(o, "{:<16} {:<15} {:<22} {:<18} alerts", "account", "score", "tier", "change");
         for a in shown {
-            let score = if (a.score_before - a.score_after).abs() > 1e-9 { format!("{} → {}", num(a.score_before), num(a.score_after)) } else { num(a.score_before) };
-            let _ = writeln!(o, "{:<16} {:<15} {:<22} {:<18} {}", a.id, score, arrow(&a.from, &a.to), arrow(a.change_before.as_str(), a.change_after.as_str()), alerts_cell(a));
+            let score = if (a.score_before - a.score_after).abs() > 1e-9 {
+                format!("{} → {}", num(a.score_before), num(a.score_after))
+            } else {
+                num(a.score_before)
+            };
+            let _ = writeln!(
+                o,
+                "{:<16} {:<15} {:<22} {:<18} {}",
+                a.id,
+                score,
+                arrow(&a.from, &a.to),
+                arrow(a.change_before.as_str(), a.change_after.as_str()),
+                alerts_cell(a)
+            );
         }
     }
-    for (title, list) in [("newly failing under the candidate", &d.newly_failing), ("decided under the candidate only", &d.newly_decided)] {
+    for (title, list) in [
+        ("newly failing under the candidate", &d.newly_failing),
+        ("decided under the candidate only", &d.newly_decided),
+    ] {
         if !list.is_empty() {
             let _ = writeln!(o, "\n{title}");
             for f in list.iter().take(limit) {
-                let _ = writeln!(o, "  {} (record {}, {} before): {}: {}", f.id.as_deref().unwrap_or("?"), f.record, f.tier, f.error.code, f.error.message);
+                let _ = writeln!(
+                    o,
+                    "  {} (record {}, {} before): {}: {}",
+                    f.id.as_deref().unwrap_or("?"),
+                    f.record,
+                    f.tier,
+                    f.error.code,
+                    f.error.message
+                );
             }
             if list.len() > limit {
                 let _ = writeln!(o, "  … and {} more", list.len() - limit);
@@ -274,21 +384,40 @@ pub fn markdown(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
     let _ = writeln!(
         o,
         "{} accounts; {} decided under both policies, of which {} change and {} get a new score. Baseline `{}`, candidate `{}`.\n",
-        s.accounts, s.decided_both, s.changed, s.scores_changed, short(&d.baseline.hash), short(&d.candidate.hash)
+        s.accounts,
+        s.decided_both,
+        s.changed,
+        s.scores_changed,
+        short(&d.baseline.hash),
+        short(&d.candidate.hash)
     );
 
     let _ = writeln!(o, "| tier | before | after | Δ | revenue before | revenue after |");
     let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|");
     for t in &d.tiers {
-        let _ = writeln!(o, "| {} | {} | {} | {} | {} | {} |", md(&t.id), t.before, t.after, signed(t.after as i64 - t.before as i64), money(t.revenue_before), money(t.revenue_after));
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} |",
+            md(&t.id),
+            t.before,
+            t.after,
+            signed(t.after as i64 - t.before as i64),
+            money(t.revenue_before),
+            money(t.revenue_after)
+        );
     }
 
     let m = &d.transitions;
     let _ = writeln!(o, "\n<details><summary>Transition matrix</summary>\n");
-    let _ = writeln!(o, "| baseline ↓ / candidate → | {} |", m.to.iter().map(|t| md(t)).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(
+        o,
+        "| baseline ↓ / candidate → | {} |",
+        m.to.iter().map(|t| md(t)).collect::<Vec<_>>().join(" | ")
+    );
     let _ = writeln!(o, "|---|{}", "--:|".repeat(m.to.len()));
     for (from, row) in m.from.iter().zip(&m.counts) {
-        let cells: Vec<String> = row.iter().map(|c| if *c == 0 { "·".into() } else { c.to_string() }).collect();
+        let cells: Vec<String> =
+            row.iter().map(|c| if *c == 0 { "·".into() } else { c.to_string() }).collect();
         let _ = writeln!(o, "| {} | {} |", md(from), cells.join(" | "));
     }
     let _ = writeln!(o, "\n</details>");
@@ -302,8 +431,16 @@ pub fn markdown(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
                 Some(c) => format!("{c} ({})", load(l)),
                 None => "-".into(),
             };
-            let beyond: Vec<String> = mg.overflow_after.iter().map(|id| format!("`{}`", md(id))).collect();
-            let _ = writeln!(o, "| `{}` | {} | {} | {} |", md(&mg.manager), side(mg.count_before, mg.status_before), side(mg.count_after, mg.status_after), beyond.join(", "));
+            let beyond: Vec<String> =
+                mg.overflow_after.iter().map(|id| format!("`{}`", md(id))).collect();
+            let _ = writeln!(
+                o,
+                "| `{}` | {} | {} | {} |",
+                md(&mg.manager),
+                side(mg.count_before, mg.status_before),
+                side(mg.count_after, mg.status_after),
+                beyond.join(", ")
+            );
         }
     }
 
@@ -317,28 +454,70 @@ pub fn markdown(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
             let _ = writeln!(o, "- ➖ `{}` ({}): {}", a.id, sev(a.severity), md(&a.message));
         }
         for c in &pa.changed {
-            let _ = writeln!(o, "- ✏️ `{}` ({}): {} → {}", c.after.id, sev(c.after.severity), md(&c.before.message), md(&c.after.message));
+            let _ = writeln!(
+                o,
+                "- ✏️ `{}` ({}): {} → {}",
+                c.after.id,
+                sev(c.after.severity),
+                md(&c.before.message),
+                md(&c.after.message)
+            );
         }
     }
 
     if !d.accounts.is_empty() {
         let shown = top(d, limit);
-        let _ = writeln!(o, "\n<details><summary>{} that change (showing {})</summary>\n", plural(d.accounts.len() as u64, "account", "accounts"), shown.len());
+        let _ = writeln!(
+            o,
+            "\n<details><summary>{} that change (showing {})</summary>\n",
+            plural(d.accounts.len() as u64, "account", "accounts"),
+            shown.len()
+        );
         let _ = writeln!(o, "| account | score | tier | change | alerts | why (candidate) |");
         let _ = writeln!(o, "|---|---|---|---|---|---|");
         for a in shown {
-            let score = if (a.score_before - a.score_after).abs() > 1e-9 { format!("{} → {}", num(a.score_before), num(a.score_after)) } else { num(a.score_before) };
+            let score = if (a.score_before - a.score_after).abs() > 1e-9 {
+                format!("{} → {}", num(a.score_before), num(a.score_after))
+            } else {
+                num(a.score_before)
+            };
             // The last reason that says more than "stays <tier>".
-            let why = a.reasons_after.iter().rev().find(|r| r.code != "stay").or(a.reasons_after.last()).map(|r| md(&r.message)).unwrap_or_default();
-            let _ = writeln!(o, "| `{}` | {} | {} | {} | {} | {} |", md(&a.id), score, arrow(&a.from, &a.to), arrow(a.change_before.as_str(), a.change_after.as_str()), alerts_cell(a), why);
+            let why = a
+                .reasons_after
+                .iter()
+                .rev()
+                .find(|r| r.code != "stay")
+                .or(a.reasons_after.last())
+                .map(|r| md(&r.message))
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "| `{}` | {} | {} | {} | {} | {} |",
+                md(&a.id),
+                score,
+                arrow(&a.from, &a.to),
+                arrow(a.change_before.as_str(), a.change_after.as_str()),
+                alerts_cell(a),
+                why
+            );
         }
         let _ = writeln!(o, "\n</details>");
     }
-    for (title, list) in [("Newly failing under the candidate", &d.newly_failing), ("Decided under the candidate only", &d.newly_decided)] {
+    for (title, list) in [
+        ("Newly failing under the candidate", &d.newly_failing),
+        ("Decided under the candidate only", &d.newly_decided),
+    ] {
         if !list.is_empty() {
             let _ = writeln!(o, "\n**{title}** ({})\n", list.len());
             for f in list.iter().take(limit) {
-                let _ = writeln!(o, "- `{}` (record {}): `{}`: {}", md(f.id.as_deref().unwrap_or("?")), f.record, f.error.code, md(&f.error.message));
+                let _ = writeln!(
+                    o,
+                    "- `{}` (record {}): `{}`: {}",
+                    md(f.id.as_deref().unwrap_or("?")),
+                    f.record,
+                    f.error.code,
+                    md(&f.error.message)
+                );
             }
         }
     }

@@ -3,7 +3,7 @@
 //! from /proc, and build hostile dry-run candidates.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -67,7 +67,13 @@ pub fn serve_with(policies: &std::path::Path, args: &[&str]) -> Live {
     if !args.contains(&"--decision-log") {
         cmd.args(["--decision-log", "off"]);
     }
-    let mut child = cmd.args(args).env_remove("TIERWISE_ADMIN_TOKEN").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .args(args)
+        .env_remove("TIERWISE_ADMIN_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let (addr, stderr) = crate::common::listening(&mut child);
     Live { child, addr, stderr }
 }
@@ -108,7 +114,12 @@ impl Conn {
     pub fn post(&mut self, path: &str, body: &[u8]) -> std::io::Result<Answer> {
         let t = Instant::now();
         let s = self.r.get_mut();
-        write!(s, "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", self.addr, body.len())?;
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        )?;
         // The server may answer (413) and stop reading before the body is all sent.
         let _ = s.write_all(body);
         let (status, body) = read_answer(&mut self.r)?;
@@ -120,7 +131,11 @@ impl Conn {
 pub fn read_answer(r: &mut BufReader<TcpStream>) -> std::io::Result<(u16, Vec<u8>)> {
     let mut line = String::new();
     r.read_line(&mut line)?;
-    let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
     let mut len = None;
     loop {
         line.clear();
@@ -165,12 +180,19 @@ pub fn get(addr: &str, path: &str) -> Answer {
 /// A counter's value in `/metrics` (0 when absent).
 pub fn metric(addr: &str, name: &str) -> f64 {
     let text = String::from_utf8(get(addr, "/metrics").body).unwrap();
-    text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{'])).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// `n` accounts of the generated enterprise book.
 pub fn book(n: usize) -> Vec<Value> {
-    crate::gen_portfolio::jsonl(n, crate::gen_portfolio::SEED).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    crate::gen_portfolio::jsonl(n, crate::gen_portfolio::SEED)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// The shipped enterprise policy's files with one more criterion, `hostile`, scored by the
@@ -184,7 +206,13 @@ pub fn candidate(script: &str) -> Value {
     let toml = files["policy.toml"].as_str().unwrap().to_string();
     let anchor = "script = \"account_health\"\n";
     assert!(toml.contains(anchor));
-    let toml = toml.replacen(anchor, &format!("{anchor}\n[[score.criteria]]\nid = \"hostile\"\nweight = 1.0\nscript = \"hostile\"\n"), 1);
+    let toml = toml.replacen(
+        anchor,
+        &format!(
+            "{anchor}\n[[score.criteria]]\nid = \"hostile\"\nweight = 1.0\nscript = \"hostile\"\n"
+        ),
+        1,
+    );
     files.insert("policy.toml".into(), json!(toml));
     files.insert("scripts/hostile.rhai".into(), json!(script));
     json!({ "files": files })
@@ -206,7 +234,11 @@ pub fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 /// Evaluate traffic from `conns` keep-alive connections until `stop` is set: latencies and
 /// the number of answers that were not 200 (or failed).
-pub fn traffic(addr: &str, conns: usize, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<(Vec<Duration>, usize)> {
+pub fn traffic(
+    addr: &str,
+    conns: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<Duration>, usize)> {
     let addr = addr.to_string();
     std::thread::spawn(move || {
         let body = serde_json::to_vec(&json!({ "accounts": book(5) })).unwrap();

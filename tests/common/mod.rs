@@ -1,5 +1,11 @@
 //! Helpers shared by the integration tests: policy folders in tempdirs, snapshots as JSON.
-#![allow(dead_code, clippy::result_large_err, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    clippy::result_large_err,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::path::{Path, PathBuf};
 use tierwise::policy::{self, LoadError, Policy, Report};
@@ -123,7 +129,8 @@ pub fn listening(child: &mut std::process::Child) -> (String, std::sync::mpsc::R
     });
     let t = std::time::Instant::now();
     loop {
-        let line = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("no `listening` line");
+        let line =
+            rx.recv_timeout(std::time::Duration::from_secs(30)).expect("no `listening` line");
         if let Some(rest) = line.split("listening on http://").nth(1) {
             return (rest.split_whitespace().next().unwrap().to_string(), rx);
         }

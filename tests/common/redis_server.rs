@@ -59,7 +59,10 @@ impl RedisServer {
 
     /// Whether the server answers `PING` within 200 ms.
     pub fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_millis(200)) else {
+        let Ok(mut s) = TcpStream::connect_timeout(
+            &([127, 0, 0, 1], self.port).into(),
+            Duration::from_millis(200),
+        ) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
@@ -76,7 +79,8 @@ impl RedisServer {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([sig, &self.pid().to_string()]).status().unwrap().success();
+        let ok =
+            Command::new("kill").args([sig, &self.pid().to_string()]).status().unwrap().success();
         assert!(ok, "kill {sig} failed");
     }
 
@@ -105,7 +109,10 @@ impl RedisServer {
 
     /// A plain connection for looking at what the cache wrote.
     pub fn client(&self) -> redis::Connection {
-        redis::Client::open(self.url()).unwrap().get_connection_with_timeout(Duration::from_secs(2)).unwrap()
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .unwrap()
     }
 
     fn stop(&mut self) {
