@@ -43,7 +43,7 @@ pub mod redis;
 
 pub use config::{CacheArgs, CacheConfig};
 pub use gate::CostGate;
-pub use plan::{AccountPlan, CachedAnswer, decision_policy_hash, portfolio_fragment};
+pub use plan::{AccountPlan, CachedAnswer, decision_policy_hash};
 
 use crate::snapshot::{Record, Snapshot};
 use async_trait::async_trait;

@@ -24,7 +24,7 @@
 //! `serde_json::to_vec(&outcome)` for every account, cached or not.
 
 use super::{CostGate, Key, PolicyId, WriteBatch, snapshot_digest};
-use crate::engine::{Outcome, PortfolioResult};
+use crate::engine::Outcome;
 use crate::snapshot::Record;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -199,21 +199,6 @@ pub fn decision_policy_hash(bytes: &[u8]) -> Option<String> {
         policy: Policy,
     }
     serde_json::from_slice::<Head>(bytes).ok().map(|h| h.policy.hash)
-}
-
-/// A portfolio answer's cached part: `"summary":{...},"accounts":[...]` (no braces, no
-/// decision id, no policy), for the service to splice into
-/// `{"decision_id":..,"policy":..,` + this + `}`. Store it under
-/// [`PolicyId::book_key`]`(&book_digest(&records))`.
-pub fn portfolio_fragment(r: &PortfolioResult) -> Result<Bytes, serde_json::Error> {
-    let mut buf = Vec::with_capacity(4096 + r.accounts.len() * 800);
-    buf.extend_from_slice(b"\"summary\":");
-    serde_json::to_writer(&mut buf, &r.summary)?;
-    buf.extend_from_slice(b",\"accounts\":");
-    serde_json::to_writer(&mut buf, &r.accounts)?;
-    // Weighed by its length in the cache: do not keep the reserve (see the portfolio handler).
-    buf.shrink_to_fit();
-    Ok(Bytes::from(buf))
 }
 
 #[cfg(test)]

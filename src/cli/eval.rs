@@ -1,14 +1,14 @@
 //! `tierwise eval`: decide the accounts of a file, at account or portfolio level.
 
 use indicatif::{ProgressBar, ProgressStyle};
-use rayon::prelude::*;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tierwise::engine::{self, Outcome, PortfolioResult};
+use tierwise::engine::{Outcome, PortfolioResult};
 use tierwise::policy::Policy;
 use tierwise::script::Limits;
+use tierwise::service::{Loaded, Pipeline, encode};
 use tierwise::snapshot::{self, Format, Record};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -36,6 +36,9 @@ pub struct EvalArgs {
     #[arg(long, value_enum)]
     input_format: Option<Format>,
 }
+
+/// Accounts decided and written at a time, at account level.
+const CHUNK: usize = 8192;
 
 /// Files with more records than this get a progress bar (at a terminal).
 const PROGRESS_MIN: usize = 20_000;
@@ -74,6 +77,8 @@ pub fn run(args: &EvalArgs, limits: &Limits) -> ExitCode {
     };
     drop(text);
     note_undeclared(&policy, &records);
+    let loaded = Loaded::new(policy, Default::default());
+    let pipeline = Pipeline::offline();
 
     let bar = (super::stderr_is_terminal() && records.len() > PROGRESS_MIN).then(|| {
         let bar = ProgressBar::new(records.len() as u64);
@@ -91,7 +96,7 @@ pub fn run(args: &EvalArgs, limits: &Limits) -> ExitCode {
             b.set_message("evaluating the portfolio");
             b.enable_steady_tick(std::time::Duration::from_millis(120));
         }
-        let result = engine::evaluate_portfolio(&policy, &records);
+        let result = pipeline.decide_portfolio(&loaded, &records);
         if let Some(b) = &bar {
             b.finish_and_clear();
         }
@@ -102,20 +107,26 @@ pub fn run(args: &EvalArgs, limits: &Limits) -> ExitCode {
         std::mem::forget(result);
         (errors, written)
     } else {
-        // In chunks, so the bar moves; each chunk still uses every core.
-        let mut outcomes = Vec::with_capacity(records.len());
-        for chunk in records.chunks(8192) {
-            outcomes.extend(engine::evaluate(&policy, chunk));
+        // In chunks, each written before the next is decided (the bar moves, memory stays
+        // flat); each chunk still uses every core.
+        let mut errors = 0;
+        let mut written = Ok(());
+        let mut stream = Stream::new(args.format);
+        for (k, chunk) in records.chunks(CHUNK).enumerate() {
+            let outcomes = pipeline.decide_accounts(&loaded, chunk, k * CHUNK);
+            errors += outcomes.iter().filter(|o| o.decision().is_none()).count() as u64;
+            written = stream.write(&mut out, &outcomes);
             if let Some(b) = &bar {
                 b.inc(chunk.len() as u64);
+            }
+            if written.is_err() {
+                break;
             }
         }
         if let Some(b) = &bar {
             b.finish_and_clear();
         }
-        let errors = outcomes.iter().filter(|o| o.decision().is_none()).count() as u64;
-        let written = write_outcomes(&mut out, &outcomes, args.format);
-        std::mem::forget(outcomes);
+        let written = written.and_then(|_| stream.end(&mut out));
         (errors, written)
     };
     if let Err(e) = written.and_then(|_| out.flush())
@@ -152,47 +163,59 @@ fn note_undeclared(policy: &Policy, records: &[Record]) {
     }
 }
 
-/// Serializes on every core, in order: JSON encoding is a large part of a big run.
-fn encode_parts(outcomes: &[Outcome]) -> Vec<Vec<u8>> {
-    outcomes
-        .par_chunks(2048)
-        .map(|chunk| {
-            let mut buf = Vec::with_capacity(chunk.len() * 600);
-            for o in chunk {
-                if serde_json::to_writer(&mut buf, o).is_ok() {
-                    buf.push(b'\n');
-                }
-            }
-            buf
-        })
-        .collect()
+/// Account-level output written chunk by chunk, in any of the formats.
+struct Stream {
+    format: OutFormat,
+    /// Nothing written yet (JSON's `[`, the table's and CSV's header come first).
+    first: bool,
 }
 
-fn write_outcomes(
-    out: &mut impl Write,
-    outcomes: &[Outcome],
-    format: OutFormat,
-) -> std::io::Result<()> {
-    match format {
-        OutFormat::Jsonl => encode_parts(outcomes).iter().try_for_each(|p| out.write_all(p)),
-        OutFormat::Json => {
-            let parts = encode_parts(outcomes);
-            out.write_all(b"[")?;
-            let mut first = true;
-            for line in
-                parts.iter().flat_map(|p| p.split(|&b| b == b'\n')).filter(|l| !l.is_empty())
-            {
-                if !first {
-                    out.write_all(b",\n")?;
-                }
-                first = false;
-                out.write_all(line)?;
-            }
-            out.write_all(b"]\n")
-        }
-        OutFormat::Table => write_table(out, outcomes),
-        OutFormat::Csv => write_csv(out, outcomes),
+impl Stream {
+    fn new(format: OutFormat) -> Self {
+        Stream { format, first: true }
     }
+
+    fn write(&mut self, out: &mut impl Write, outcomes: &[Outcome]) -> std::io::Result<()> {
+        let first = std::mem::replace(&mut self.first, false);
+        match self.format {
+            OutFormat::Jsonl => lines(outcomes)?.iter().try_for_each(|p| out.write_all(p)),
+            OutFormat::Json => {
+                let parts = lines(outcomes)?;
+                let each = parts.iter().flat_map(|p| p.split(|&b| b == b'\n'));
+                for (i, line) in each.filter(|l| !l.is_empty()).enumerate() {
+                    out.write_all(if first && i == 0 { b"[" } else { b",\n" })?;
+                    out.write_all(line)?;
+                }
+                if first && outcomes.is_empty() {
+                    self.first = true;
+                }
+                Ok(())
+            }
+            OutFormat::Table => write_table(out, outcomes, first),
+            OutFormat::Csv => write_csv(out, outcomes, first),
+        }
+    }
+
+    fn end(self, out: &mut impl Write) -> std::io::Result<()> {
+        match self.format {
+            OutFormat::Json if self.first => out.write_all(b"[]\n"),
+            OutFormat::Json => out.write_all(b"]\n"),
+            OutFormat::Table | OutFormat::Csv if self.first => {
+                // No account at all: the header alone.
+                if self.format == OutFormat::Table {
+                    write_table(out, &[], true)
+                } else {
+                    write_csv(out, &[], true)
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One JSON line per outcome, encoded on every core.
+fn lines(outcomes: &[Outcome]) -> std::io::Result<Vec<Vec<u8>>> {
+    encode::encode_lines(outcomes).map_err(std::io::Error::other)
 }
 
 fn write_portfolio(
@@ -206,7 +229,7 @@ fn write_portfolio(
             out.write_all(b"\n")
         }
         OutFormat::Jsonl => {
-            encode_parts(&r.accounts).iter().try_for_each(|p| out.write_all(p))?;
+            lines(&r.accounts)?.iter().try_for_each(|p| out.write_all(p))?;
             #[derive(serde::Serialize)]
             struct Tail<'a> {
                 policy: &'a tierwise::engine::PolicyRef,
@@ -216,9 +239,9 @@ fn write_portfolio(
                 .map_err(std::io::Error::other)?;
             out.write_all(b"\n")
         }
-        OutFormat::Csv => write_csv(out, &r.accounts),
+        OutFormat::Csv => write_csv(out, &r.accounts, true),
         OutFormat::Table => {
-            write_table(out, &r.accounts)?;
+            write_table(out, &r.accounts, true)?;
             let s = &r.summary;
             writeln!(
                 out,
@@ -262,12 +285,14 @@ fn write_portfolio(
     }
 }
 
-fn write_table(out: &mut impl Write, outcomes: &[Outcome]) -> std::io::Result<()> {
-    writeln!(
-        out,
-        "{:<20} {:>6}  {:<12} {:<12} {:<8} alerts / error",
-        "account", "score", "tier", "was", "change"
-    )?;
+fn write_table(out: &mut impl Write, outcomes: &[Outcome], header: bool) -> std::io::Result<()> {
+    if header {
+        writeln!(
+            out,
+            "{:<20} {:>6}  {:<12} {:<12} {:<8} alerts / error",
+            "account", "score", "tier", "was", "change"
+        )?;
+    }
     for o in outcomes {
         match o {
             Outcome::Decision(d) => {
@@ -301,21 +326,23 @@ fn write_table(out: &mut impl Write, outcomes: &[Outcome]) -> std::io::Result<()
     Ok(())
 }
 
-fn write_csv(out: &mut impl Write, outcomes: &[Outcome]) -> std::io::Result<()> {
+fn write_csv(out: &mut impl Write, outcomes: &[Outcome], header: bool) -> std::io::Result<()> {
     let mut w = csv::Writer::from_writer(out);
     let io = |e: csv::Error| std::io::Error::other(e);
-    w.write_record([
-        "id",
-        "score",
-        "qualified_tier",
-        "previous_tier",
-        "tier",
-        "change",
-        "alerts",
-        "error_code",
-        "error",
-    ])
-    .map_err(io)?;
+    if header {
+        w.write_record([
+            "id",
+            "score",
+            "qualified_tier",
+            "previous_tier",
+            "tier",
+            "change",
+            "alerts",
+            "error_code",
+            "error",
+        ])
+        .map_err(io)?;
+    }
     for o in outcomes {
         match o {
             Outcome::Decision(d) => {

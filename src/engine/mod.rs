@@ -15,7 +15,7 @@ pub use portfolio::evaluate_portfolio;
 
 use crate::policy::{Expr, Part, Place, Policy, Scoring, Template};
 use crate::script::{self, AccountView, ScriptError};
-use crate::snapshot::{self, Account, AccountError, Record, Snapshot};
+use crate::snapshot::{self, Account, AccountError, Record};
 use rayon::prelude::*;
 use rhai::Dynamic;
 use std::collections::HashMap;
@@ -637,12 +637,5 @@ pub fn evaluate(policy: &Policy, records: &[Record]) -> Vec<Outcome> {
                 Outcome::error(e)
             }
         }
-    })
-}
-
-/// One account on its own.
-pub fn evaluate_one(policy: &Policy, snapshot: &Snapshot) -> Outcome {
-    evaluate(policy, &[Ok(snapshot.clone())]).pop().unwrap_or_else(|| {
-        Outcome::error(AccountError::new(Some(&snapshot.id), "internal", "no outcome"))
     })
 }

@@ -2,11 +2,12 @@
 //! the response bytes, straight from the engine's outcomes.
 
 use super::{ApiError, AppState, Deadline, JsonBody, PathParam, parse};
-use crate::cache::{self, AccountPlan, Key, WriteBatch};
-use crate::decision_log;
+use crate::cache;
 use crate::engine::{Outcome, PolicyRef, Summary};
 use crate::policy::{InputType, Scalar};
-use crate::service::{self, Entry, Loaded, Lookup, ReloadError, ReloadOutcome};
+use crate::service::{
+    self, Entry, Level, Loaded, Lookup, PipelineError, ReloadError, ReloadOutcome,
+};
 use crate::snapshot::{self, Record};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -133,21 +134,6 @@ pub struct PortfolioResponse<'a> {
     pub accounts: &'a [Outcome],
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Level {
-    Account,
-    Portfolio,
-}
-
-impl Level {
-    fn as_str(self) -> &'static str {
-        match self {
-            Level::Account => "account",
-            Level::Portfolio => "portfolio",
-        }
-    }
-}
-
 pub async fn evaluate(
     State(app): State<AppState>,
     deadline: Deadline,
@@ -164,6 +150,26 @@ pub async fn portfolio(
     run_evaluation(app, body.0, Level::Portfolio, deadline).await
 }
 
+/// Why an evaluation request has no answer: its own fault (parsing, policy lookup), or the
+/// pipeline's.
+enum Failed {
+    Request(ApiError),
+    Pipeline(PipelineError),
+}
+
+impl From<ApiError> for Failed {
+    fn from(e: ApiError) -> Self {
+        Failed::Request(e)
+    }
+}
+
+impl From<PipelineError> for Failed {
+    fn from(e: PipelineError) -> Self {
+        Failed::Pipeline(e)
+    }
+}
+
+/// Parse, hand to the pipeline, count, answer with its bytes.
 async fn run_evaluation(
     app: AppState,
     body: Bytes,
@@ -174,51 +180,31 @@ async fn run_evaluation(
     // Every evaluation of this request stops at the request timeout, on whichever thread.
     let budget = crate::script::Budget::new(Some(deadline.0));
     let inline = body.len() <= INLINE_MAX_BYTES && level == Level::Account;
-    // Parse (and digest, for the cache keys) on the async thread when small, else off it.
-    let prep = if inline {
-        prepare(&app, &body, level)?
-    } else {
-        let app2 = app.clone();
-        tokio::task::spawn_blocking(move || prepare(&app2, &body, level))
-            .await
-            .map_err(|e| ApiError::internal("evaluation task", e))??
+    let app2 = app.clone();
+    let input = move || {
+        let req: EvaluateRequest<'_> = parse_capped(&body, app2.service.limits().max_accounts)?;
+        let loaded = app2.service.policy(req.policy.as_deref()).map_err(lookup_error)?;
+        Ok((loaded, read_accounts(&req.accounts)))
     };
-    // The one cache read of the request (one MGET / GET), bounded by the cache's deadline.
-    let Prepared { loaded, records, step } = prep;
-    let found = match step {
-        CacheStep::Skip => Found::Skip,
-        CacheStep::Accounts { plan, read } => {
-            let found = if read {
-                let t = Instant::now();
-                let found = app.cache.get_many(plan.keys()).await;
-                let hits = found.iter().filter(|f| f.is_some()).count();
-                loaded.gate.record_read(plan.keys().len(), hits, t.elapsed());
-                found
-            } else {
-                Vec::new() // all misses: the gate judged the read would cost more than it saves
-            };
-            Found::Accounts(plan, found)
+    let done = match app.pipeline.answer(level, budget, start, inline, input).await {
+        Ok(done) => done,
+        Err(Failed::Request(e)) => return Err(e),
+        // Past the request timeout: the client has its 503 already.
+        Err(Failed::Pipeline(PipelineError::Timeout)) => {
+            return Err(ApiError::timeout(app.config.request_timeout));
         }
-        CacheStep::Book(key) => {
-            let found = app.cache.get(&key).await;
-            Found::Book(key, found)
+        Err(Failed::Pipeline(PipelineError::Internal { what, detail })) => {
+            return Err(ApiError::internal(what, detail));
         }
     };
-    let done = if inline {
-        decide(&app, &loaded, records, found, level, start, &budget)?
-    } else {
-        let app2 = app.clone();
-        tokio::task::spawn_blocking(move || {
-            decide(&app2, &loaded, records, found, level, start, &budget)
-        })
-        .await
-        .map_err(|e| ApiError::internal("evaluation task", e))??
+    let m = match level {
+        Level::Account => &app.metrics.account,
+        Level::Portfolio => &app.metrics.portfolio,
     };
-    if let Some(writes) = done.writes
-        && !writes.is_empty()
-    {
-        app.cache.put_many(writes); // never waits
-    }
+    m.evaluations.inc();
+    m.accounts.inc_by(done.accounts as u64);
+    m.errors.inc_by(done.errors);
+    m.batch.observe(done.accounts as f64);
     let mut res = (StatusCode::OK, done.bytes).into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -230,222 +216,6 @@ async fn run_evaluation(
     }
     h.insert("x-cache-hits", HeaderValue::from(done.hits));
     Ok(res)
-}
-
-/// A parsed request: its policy version, its snapshots, and what to ask the cache.
-struct Prepared {
-    loaded: Arc<Loaded>,
-    records: Vec<Record>,
-    step: CacheStep,
-}
-
-enum CacheStep {
-    /// No cache for this request: the cache is unavailable (Redis breaker not closed).
-    Skip,
-    /// Account level: one key per cacheable account; `read`: whether the gate says to read
-    /// (without a read every account is evaluated, and the decisions are still written).
-    Accounts { plan: AccountPlan, read: bool },
-    /// Portfolio level: the key of the whole book.
-    Book(Key),
-}
-
-/// What the cache answered.
-enum Found {
-    Skip,
-    Accounts(AccountPlan, Vec<Option<bytes::Bytes>>),
-    Book(Key, Option<bytes::Bytes>),
-}
-
-fn prepare(app: &AppState, body: &[u8], level: Level) -> Result<Prepared, ApiError> {
-    use std::sync::atomic::Ordering::Relaxed;
-    let req: EvaluateRequest<'_> = parse_capped(body, app.service.limits().max_accounts)?;
-    let loaded = app.service.policy(req.policy.as_deref()).map_err(lookup_error)?;
-    let records = read_accounts(&req.accounts);
-    let step = if !app.cache.available() {
-        app.cache_unavailable.fetch_add(records.len() as u64, Relaxed);
-        CacheStep::Skip
-    } else {
-        match level {
-            Level::Account => {
-                let (plan, read) = if app.config.cache_always {
-                    let plan = AccountPlan::new(&loaded.cache_id, &records);
-                    let read = !plan.keys().is_empty();
-                    (plan, read)
-                } else {
-                    let plan = AccountPlan::gated(&loaded.cache_id, &records, &loaded.gate);
-                    let read = loaded.gate.should_read(plan.keys().len());
-                    (plan, read)
-                };
-                if !read {
-                    app.cache_gated.fetch_add(plan.keys().len() as u64, Relaxed);
-                }
-                CacheStep::Accounts { plan, read }
-            }
-            Level::Portfolio => {
-                CacheStep::Book(loaded.cache_id.book_key(&cache::book_digest(&records)))
-            }
-        }
-    };
-    Ok(Prepared { loaded, records, step })
-}
-
-/// A decided request: the answer's bytes, its ids, how many accounts came from the cache,
-/// and what to write to it.
-struct Done {
-    bytes: Vec<u8>,
-    decision_id: String,
-    hash: String,
-    hits: usize,
-    writes: Option<WriteBatch>,
-}
-
-/// Portfolio answers larger than this are not cached (a 10k-account book is ~8 MB).
-const MAX_CACHED_BOOK: usize = 8 << 20;
-
-/// Decide what the cache did not answer (under the request's `budget`), serialize, log.
-fn decide(
-    app: &AppState,
-    loaded: &Arc<Loaded>,
-    records: Vec<Record>,
-    found: Found,
-    level: Level,
-    start: Instant,
-    budget: &Arc<crate::script::Budget>,
-) -> Result<Done, ApiError> {
-    crate::script::with_budget(Some(budget.clone()), || {
-        decide_within(app, loaded, records, found, level, start, budget)
-    })
-}
-
-fn decide_within(
-    app: &AppState,
-    loaded: &Arc<Loaded>,
-    records: Vec<Record>,
-    found: Found,
-    level: Level,
-    start: Instant,
-    budget: &crate::script::Budget,
-) -> Result<Done, ApiError> {
-    let decision_id = uuid::Uuid::now_v7().to_string();
-    let m = match level {
-        Level::Account => &app.metrics.account,
-        Level::Portfolio => &app.metrics.portfolio,
-    };
-    let n = records.len();
-    let mut buf = Vec::with_capacity(256 + n * 800);
-    buf.extend_from_slice(b"{\"decision_id\":");
-    write_json(&mut buf, &decision_id)?;
-    buf.extend_from_slice(b",\"policy\":");
-    write_json(&mut buf, &*loaded.pref)?;
-    let mut hits = 0;
-    let mut writes = None;
-    let mut cached: Vec<(usize, bytes::Bytes)> = Vec::new();
-    let mut cached_book = None;
-    let (outcomes, summary) = match (level, found) {
-        (Level::Account, Found::Accounts(plan, found)) => {
-            let gate = &loaded.gate;
-            let policy = &loaded.policy;
-            let (answer, w) = plan
-                .finish(&records, found, |misses| {
-                    let t = Instant::now();
-                    let out = crate::engine::evaluate(policy, misses);
-                    gate.record_eval(misses.len(), t.elapsed());
-                    out
-                })
-                .map_err(|e| ApiError::internal("serialize", e))?;
-            buf.extend_from_slice(b",\"accounts\":");
-            answer.write_array(&mut buf);
-            buf.push(b'}');
-            hits = answer.hits;
-            writes = Some(w);
-            if app.log.enabled() && hits > 0 {
-                let mut fresh = vec![false; n];
-                for (i, _) in &answer.fresh {
-                    if let Some(f) = fresh.get_mut(*i) {
-                        *f = true;
-                    }
-                }
-                cached = answer
-                    .accounts
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| !fresh.get(*i).copied().unwrap_or(true))
-                    .map(|(i, b)| (i, b.clone()))
-                    .collect();
-            }
-            (answer.fresh.into_iter().map(|(_, o)| o).collect::<Vec<Outcome>>(), None)
-        }
-        (Level::Account, _) => {
-            let outcomes = app.service.evaluate(loaded, &records);
-            buf.extend_from_slice(b",\"accounts\":");
-            write_outcomes(&mut buf, &outcomes)?;
-            buf.push(b'}');
-            (outcomes, None)
-        }
-        (Level::Portfolio, Found::Book(_, Some(fragment))) => {
-            buf.push(b',');
-            buf.extend_from_slice(&fragment);
-            buf.push(b'}');
-            hits = n;
-            cached_book = Some(fragment);
-            (Vec::new(), None)
-        }
-        (Level::Portfolio, found) => {
-            let r = app.service.portfolio(loaded, &records);
-            // `"summary":…,"accounts":[…]`: what the cache keeps of a portfolio answer.
-            let mut fragment = Vec::with_capacity(4096 + r.accounts.len() * 800);
-            fragment.extend_from_slice(b"\"summary\":");
-            write_json(&mut fragment, &r.summary)?;
-            fragment.extend_from_slice(b",\"accounts\":");
-            write_outcomes(&mut fragment, &r.accounts)?;
-            buf.push(b',');
-            buf.extend_from_slice(&fragment);
-            buf.push(b'}');
-            if let Found::Book(key, None) = found
-                && fragment.len() <= MAX_CACHED_BOOK
-            {
-                // The cache weighs a value by its length, but a `Bytes` made from a `Vec`
-                // keeps the whole allocation: reserved at 800 bytes an account, a 20-account
-                // answer held about twice what was weighed, and under a flood of distinct
-                // books RSS grew far past the cache's bound.
-                fragment.shrink_to_fit();
-                let mut w = WriteBatch::new();
-                w.put(key, bytes::Bytes::from(fragment));
-                writes = Some(w);
-            }
-            (r.accounts, Some(r.summary))
-        }
-    };
-    if budget.spent() {
-        // Past the request timeout: the client has its 503 and these outcomes hold
-        // `time_limit` errors that no policy caused; neither logged nor counted.
-        return Err(ApiError::timeout(app.config.request_timeout));
-    }
-    let errors = outcomes.iter().filter(|o| o.decision().is_none()).count() as u64;
-    m.evaluations.inc();
-    m.accounts.inc_by(n as u64);
-    m.errors.inc_by(errors);
-    m.batch.observe(n as f64);
-    let hash = loaded.policy.hash.clone();
-    if records.len() > PARSE_CHUNK {
-        // Tens of thousands of small allocations: freed by the pool, after the answer is out.
-        rayon::spawn(move || drop(records));
-    }
-    if app.log.enabled() {
-        // The outcomes move to the log thread, which encodes the line and frees them.
-        app.log.record(decision_log::Job {
-            at: std::time::SystemTime::now(),
-            decision_id: decision_id.clone(),
-            level: level.as_str(),
-            policy: loaded.pref.clone(),
-            duration_ms: start.elapsed().as_secs_f64() * 1e3,
-            outcomes,
-            summary,
-            cached,
-            cached_book,
-        });
-    }
-    Ok(Done { bytes: buf, decision_id, hash, hits, writes })
 }
 
 /// `?policy=NAME` of `GET /v1/accounts/{id}/decision`.
@@ -556,39 +326,6 @@ pub(super) fn read_accounts(items: &[&RawValue]) -> Vec<Record> {
 
 fn write_json<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) -> Result<(), ApiError> {
     serde_json::to_writer(buf, v).map_err(|e| ApiError::internal("serialize", e))
-}
-
-/// Accounts per serialization chunk; larger answers are encoded on every core.
-const ENCODE_CHUNK: usize = 1024;
-
-/// `[outcome, ...]`, the same bytes as serde_json's, in parallel chunks for big answers.
-fn write_outcomes(buf: &mut Vec<u8>, outcomes: &[Outcome]) -> Result<(), ApiError> {
-    use rayon::prelude::*;
-    if outcomes.len() <= ENCODE_CHUNK {
-        return write_json(buf, outcomes);
-    }
-    let parts: Vec<Result<Vec<u8>, ApiError>> = outcomes
-        .par_chunks(ENCODE_CHUNK)
-        .map(|chunk| {
-            let mut part = Vec::with_capacity(chunk.len() * 800);
-            for (i, o) in chunk.iter().enumerate() {
-                if i > 0 {
-                    part.push(b',');
-                }
-                write_json(&mut part, o)?;
-            }
-            Ok(part)
-        })
-        .collect();
-    buf.push(b'[');
-    for (i, part) in parts.into_iter().enumerate() {
-        if i > 0 {
-            buf.push(b',');
-        }
-        buf.extend_from_slice(&part?);
-    }
-    buf.push(b']');
-    Ok(())
 }
 
 pub(super) fn lookup_error(e: Lookup) -> ApiError {
@@ -954,8 +691,8 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     let text = app.metrics.render(
         &app.service,
         &app.cache.stats(),
-        app.cache_gated.load(Relaxed),
-        app.cache_unavailable.load(Relaxed),
+        app.pipeline.counters().gated.load(Relaxed),
+        app.pipeline.counters().unavailable.load(Relaxed),
     );
     (
         [(

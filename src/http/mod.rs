@@ -21,7 +21,7 @@ pub use handlers::log_reload;
 use crate::cache::Cache;
 use crate::decision_log::DecisionLog;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
-use crate::service::Service;
+use crate::service::{Pipeline, Service};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
@@ -83,10 +83,8 @@ pub struct App {
     pub service: Arc<Service>,
     /// The decision cache (memory by default, Redis when configured); never a reason to fail.
     pub cache: Arc<dyn Cache>,
-    /// Accounts not looked up because the cost gate judged a read would not pay.
-    pub cache_gated: std::sync::atomic::AtomicU64,
-    /// Accounts not looked up because the cache was unavailable (Redis breaker not closed).
-    pub cache_unavailable: std::sync::atomic::AtomicU64,
+    /// The one path to decisions (the same cache and log as above).
+    pub pipeline: Pipeline,
     pub config: Config,
     pub metrics: Metrics,
     pub log: DecisionLog,
@@ -128,14 +126,14 @@ impl App {
             .into_iter()
             .map(|(file, text)| (file.trim_end_matches(".schema.json"), Bytes::from(text)))
             .collect();
+        let pipeline = Pipeline::new(cache.clone(), log.clone(), config.cache_always);
         Arc::new(App {
             limiter: Semaphore::new(config.max_concurrent.max(1)),
             dry_runs: Semaphore::new(DRY_RUNS_AT_ONCE),
             draining: std::sync::atomic::AtomicBool::new(false),
             service,
             cache,
-            cache_gated: std::sync::atomic::AtomicU64::new(0),
-            cache_unavailable: std::sync::atomic::AtomicU64::new(0),
+            pipeline,
             config,
             metrics: Metrics::new(),
             log,

@@ -236,18 +236,6 @@ pub fn diff(baseline: &Policy, candidate: &Policy, records: &[Record]) -> Policy
     compare(&before, &after)
 }
 
-/// Evaluates under both policies with records read for each (CSV columns are typed by the
-/// policy's `[inputs]`, which a candidate may change). Both lists must hold the same records
-/// in the same order.
-pub fn diff_records(
-    baseline: &Policy,
-    before: &[Record],
-    candidate: &Policy,
-    after: &[Record],
-) -> PolicyDiff {
-    compare(&evaluate_portfolio(baseline, before), &evaluate_portfolio(candidate, after))
-}
-
 fn alert_ids(alerts: &[AlertOut]) -> BTreeSet<&str> {
     alerts.iter().map(|a| &*a.id).collect()
 }

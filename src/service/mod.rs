@@ -10,16 +10,22 @@
 //! all pass does it go live. Otherwise the last good one keeps serving and the failure is
 //! kept beside it (`last_error`) for `/v1/policies`, the log and the metrics.
 //!
-//! Evaluation goes through [`Service::evaluate`] and [`Service::portfolio`]. Each policy
-//! version carries what the decision cache needs (its [`PolicyId`] for keys and its own
-//! [`CostGate`]); the cache itself is async and sits in the HTTP layer, around these calls.
-//! Nothing here knows HTTP or tokio: the watcher and the server call it.
+//! Evaluation goes through the [`Pipeline`] (`service/pipeline.rs`): one function per level,
+//! the cache plan, the decision log and the place where state and events are derived; the
+//! what-if candidate is built once, for the command line and the server alike
+//! (`service/candidate.rs`). Each policy version carries what the decision cache needs (its
+//! [`PolicyId`] for keys and its own [`CostGate`]). Nothing here knows HTTP: the watcher, the
+//! server and the command line call it.
+
+pub mod encode;
+pub mod pipeline;
+
+pub use pipeline::{Answer, CacheCounters, Level, Made, Pipeline, PipelineError};
 
 use crate::cache::{CostGate, PolicyId};
-use crate::engine::{self, Outcome, PolicyRef, PortfolioResult, testrun};
+use crate::engine::{self, PolicyRef, testrun};
 use crate::policy::{self, Diagnostic, Place, Policy};
 use crate::script::Limits;
-use crate::snapshot::Record;
 use arc_swap::ArcSwap;
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -44,6 +50,22 @@ pub struct Loaded {
     pub cache_id: PolicyId,
     /// Whether reading the cache pays for this version (its own evaluation cost).
     pub gate: CostGate,
+}
+
+impl Loaded {
+    /// A compiled policy ready to serve, with the files it was compiled from.
+    pub fn new(policy: Policy, files: policy::Files) -> Self {
+        let pref = engine::policy_ref(&policy);
+        let cache_id = PolicyId::new(policy.name.as_str(), policy.hash.as_str());
+        Loaded {
+            policy,
+            pref,
+            loaded_at: SystemTime::now(),
+            files: Arc::new(files),
+            cache_id,
+            gate: CostGate::new(),
+        }
+    }
 }
 
 /// Why a policy (or a new version of it) is not serving.
@@ -196,16 +218,6 @@ impl Service {
             // paths are nobody's business but the operator's (the start-up log has it).
             None => Err("no policy loaded from the policies folder".to_string()),
         }
-    }
-
-    /// Account level: each account on its own (the HTTP layer puts the cache around it).
-    pub fn evaluate(&self, loaded: &Loaded, records: &[Record]) -> Vec<Outcome> {
-        engine::evaluate(&loaded.policy, records)
-    }
-
-    /// Portfolio level: the whole book at once.
-    pub fn portfolio(&self, loaded: &Loaded, records: &[Record]) -> PortfolioResult {
-        engine::evaluate_portfolio(&loaded.policy, records)
     }
 
     /// Reads the policies folder again and swaps in every policy that changed and passes
@@ -369,16 +381,7 @@ impl Service {
             err.failed_cases = failed;
             return reject(prev, err);
         }
-        let pref = engine::policy_ref(&policy);
-        let cache_id = PolicyId::new(name, policy.hash.as_str());
-        let loaded = Arc::new(Loaded {
-            policy,
-            pref,
-            loaded_at: SystemTime::now(),
-            files: Arc::new(files),
-            cache_id,
-            gate: CostGate::new(),
-        });
+        let loaded = Arc::new(Loaded::new(policy, files));
         let out = ReloadOutcome {
             policy: name.to_string(),
             result: "applied",
