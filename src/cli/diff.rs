@@ -8,11 +8,12 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tierwise::engine;
 use tierwise::policy::{self, Files, Policy, overrides};
 use tierwise::script::Limits;
+use tierwise::service::Pipeline;
+use tierwise::service::candidate::{self, Candidate, CandidateError};
 use tierwise::snapshot::{self, Format, Record};
-use tierwise::whatif::{self, render};
+use tierwise::whatif::render;
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DiffFormat {
@@ -74,48 +75,46 @@ fn read_files(dir: &Path) -> Result<Files, ExitCode> {
 }
 
 /// The candidate: a folder or the baseline's files, then the overrides; compiled like any
-/// policy.
-fn candidate(args: &DiffArgs, limits: &Limits) -> Result<Policy, ExitCode> {
+/// policy, its test cases run (the service's one candidate builder, as the dry run's).
+fn candidate(args: &DiffArgs, limits: &Limits) -> Result<Candidate, ExitCode> {
     let dir = args.candidate.as_deref().unwrap_or(&args.baseline);
-    let mut files = read_files(dir)?;
-    if !args.set.is_empty() {
-        let mut list = Vec::new();
-        let mut bad = false;
-        for s in &args.set {
-            match overrides::parse_set(s) {
-                Ok(o) => list.push(o),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    bad = true;
-                }
+    let files = read_files(dir)?;
+    let mut list = Vec::new();
+    let mut bad = false;
+    for s in &args.set {
+        match overrides::parse_set(s) {
+            Ok(o) => list.push(o),
+            Err(e) => {
+                eprintln!("error: {e}");
+                bad = true;
             }
-        }
-        if !bad {
-            match overrides::apply_files(&files, &list) {
-                Ok(f) => files = f,
-                Err(errors) => {
-                    for e in errors {
-                        eprintln!("error: {e}");
-                    }
-                    bad = true;
-                }
-            }
-        }
-        if bad {
-            return Err(ExitCode::from(2));
         }
     }
-    policy::load_files(&folder_name(dir), &files, limits).map_err(|report| {
-        eprint!("{}", super::render(&report));
-        let n = report.errors().count();
-        let with = if args.set.is_empty() { String::new() } else { " (with the overrides)".into() };
-        eprintln!(
-            "error: candidate policy `{}`{with} has {n} problem{}",
-            report.policy,
-            if n == 1 { "" } else { "s" }
-        );
-        ExitCode::from(1)
-    })
+    if bad {
+        return Err(ExitCode::from(2));
+    }
+    let given = (!list.is_empty()).then_some(list.as_slice());
+    candidate::build(&folder_name(dir), files, args.candidate.is_some(), given, limits).map_err(
+        |e| match e {
+            CandidateError::Overrides(errors) => {
+                for e in errors {
+                    eprintln!("error: {e}");
+                }
+                ExitCode::from(2)
+            }
+            CandidateError::Invalid { report, with_overrides } => {
+                eprint!("{}", super::render(&report));
+                let n = report.errors().count();
+                let with = if with_overrides { " (with the overrides)" } else { "" };
+                eprintln!(
+                    "error: candidate policy `{}`{with} has {n} problem{}",
+                    report.policy,
+                    if n == 1 { "" } else { "s" }
+                );
+                ExitCode::from(1)
+            }
+        },
+    )
 }
 
 fn read_text(args: &DiffArgs) -> Result<(String, Format), ExitCode> {
@@ -169,51 +168,77 @@ fn run_inner(args: &DiffArgs, limits: &Limits) -> Result<ExitCode, ExitCode> {
         return Err(ExitCode::from(2));
     }
     let Some(baseline) = super::load(&args.baseline, limits) else { return Err(ExitCode::from(1)) };
-    let candidate = candidate(args, limits)?;
+    let cand = candidate(args, limits)?;
+    let candidate = &cand.policy;
     let (text, format) = read_text(args)?;
     let before = records(args, &text, format, &baseline)?;
     // CSV cells are typed by the policy's `[inputs]`, which the candidate may change; JSON
     // does not depend on the policy, so it is read once.
     let after =
-        if format == Format::Csv { Some(records(args, &text, format, &candidate)?) } else { None };
+        if format == Format::Csv { Some(records(args, &text, format, candidate)?) } else { None };
     drop(text);
-    // Both evaluations at once: each has sequential steps (caps, capacity, portfolio alerts)
-    // that the other's parallel ones can fill.
-    let (rb, ra) = rayon::join(
-        || engine::evaluate_portfolio(&baseline, &before),
-        || engine::evaluate_portfolio(&candidate, after.as_deref().unwrap_or(&before)),
-    );
-    let diff = whatif::compare(&rb, &ra);
+    let what_if =
+        Pipeline::offline().what_if(&baseline, candidate, &before, after.as_deref(), None);
+    let diff = what_if.diff;
     // Errors are part of the book, not of the change: say how many, as `eval` does.
-    for (which, r) in [("baseline", &rb), ("candidate", &ra)] {
-        if r.summary.error_count > 0 {
-            eprintln!(
-                "note: {} account(s) answered with an error under the {which}",
-                r.summary.error_count
-            );
+    for (which, n) in [("baseline", what_if.errors.0), ("candidate", what_if.errors.1)] {
+        if n > 0 {
+            eprintln!("note: {n} account(s) answered with an error under the {which}");
         }
     }
-    // The process ends right after: freeing 2 × 100k decisions one by one costs time for
-    // nothing (as in `eval`).
-    std::mem::forget((rb, ra, before, after));
+    // The process ends right after: freeing 100k records one by one costs time for nothing.
+    std::mem::forget((before, after));
 
     let ctx = render::Context {
         overrides: args.set.iter().map(|s| s.trim().to_string()).collect(),
         candidate_dir: args.candidate.as_ref().map(|d| d.display().to_string()),
     };
-    let out = match args.format {
+    let mut out = match args.format {
         DiffFormat::Table => render::table(&diff, &ctx, args.top),
         DiffFormat::Markdown => render::markdown(&diff, &ctx, args.top),
         DiffFormat::Json => {
             serde_json::to_string_pretty(&diff).map(|s| s + "\n").unwrap_or_default()
         }
     };
+    if args.format != DiffFormat::Json
+        && let Some(note) = cand.test_cases.note(args.format == DiffFormat::Markdown)
+    {
+        out.push_str(&note);
+    }
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = stdout.write_all(out.as_bytes()).and_then(|_| stdout.flush())
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {
         eprintln!("error: cannot write the output: {e}");
         return Err(ExitCode::from(2));
+    }
+    if !cand.test_cases.failed.is_empty() {
+        for c in &cand.test_cases.failed {
+            eprintln!("candidate test case failed: {} ({}:{})", c.name, c.place.file, c.place.line);
+            for f in &c.failures {
+                eprintln!("  {f}");
+            }
+        }
+    }
+    if !what_if.tripped.is_empty() {
+        let (hit, stopped) = candidate::tripped_in_order(&what_if.tripped);
+        eprintln!(
+            "error: the candidate policy hits a sandbox limit on {} account(s) the baseline decides",
+            what_if.tripped.len()
+        );
+        for f in &hit {
+            eprintln!(
+                "  {} (record {}): {}: {}",
+                f.id.as_deref().unwrap_or("?"),
+                f.record,
+                f.error.code,
+                f.error.message
+            );
+        }
+        if !stopped.is_empty() {
+            eprintln!("  and {} account(s) not evaluated after the first limit", stopped.len());
+        }
+        return Ok(ExitCode::from(1));
     }
     if args.fail_on_moves && diff.has_moves() {
         eprintln!(

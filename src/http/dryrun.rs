@@ -18,11 +18,9 @@
 use super::handlers::{account_list, lookup_error, parse_capped, read_accounts};
 use super::{ApiError, AppState, DryRunPriority, JsonBody};
 use crate::decision_log;
-use crate::engine::testrun;
-use crate::engine::{self, PolicyRef};
+use crate::engine::PolicyRef;
 use crate::policy::{self, Diagnostic, Files, overrides};
-use crate::script;
-use crate::service::FailedCase;
+use crate::service::candidate::{self, CandidateError, TestCases};
 use crate::whatif::{self, PolicyDiff, render};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -31,7 +29,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// Most files a candidate folder may hold.
@@ -143,14 +141,6 @@ pub struct CandidateInfo<'a> {
     /// The candidate's own test cases (`tests/*.toml`), run as a reload runs them: a
     /// candidate with a failing case would be rejected, and the live version kept.
     pub test_cases: TestCases,
-}
-
-/// The candidate's test cases: how many, and the ones that fail.
-#[derive(Serialize, JsonSchema)]
-pub struct TestCases {
-    pub total: usize,
-    pub passed: usize,
-    pub failed: Vec<FailedCase>,
 }
 
 pub async fn dry_run(
@@ -341,18 +331,14 @@ fn override_error(errors: Vec<overrides::OverrideError>) -> ApiError {
         .details(json!({ "overrides": list }))
 }
 
-/// Account error codes that mean the sandbox stopped a candidate's script.
-const SANDBOX_CODES: &[&str] = script::LIMIT_CODES;
-
-fn candidate_unsafe(tripped: &[&whatif::FailureDelta]) -> ApiError {
+fn candidate_unsafe(tripped: &[whatif::FailureDelta]) -> ApiError {
     let mut by_code: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     for f in tripped {
         *by_code.entry(f.error.code).or_default() += 1;
     }
     // The accounts that really hit a limit name it and its place; those stopped after the
     // first hit (never evaluated) only say so, so they come last.
-    let (hit, stopped): (Vec<&whatif::FailureDelta>, Vec<&whatif::FailureDelta>) =
-        tripped.iter().copied().partition(|f| f.error.message != script::BUDGET_SPENT_MESSAGE);
+    let (hit, stopped) = candidate::tripped_in_order(tripped);
     let first = hit
         .first()
         .or(stopped.first())
@@ -370,6 +356,15 @@ fn candidate_unsafe(tripped: &[&whatif::FailureDelta]) -> ApiError {
         format!("the candidate policy hits a sandbox limit on {} account(s) the baseline decides{first}", tripped.len()),
     )
     .details(json!({ "accounts": tripped.len(), "stopped_early": stopped.len(), "by_code": by_code, "examples": examples }))
+}
+
+fn candidate_error(e: CandidateError) -> ApiError {
+    match e {
+        CandidateError::Overrides(errors) => override_error(errors),
+        CandidateError::Invalid { report, with_overrides } => {
+            candidate_invalid(report, with_overrides)
+        }
+    }
 }
 
 fn candidate_invalid(report: policy::Report, with_overrides: bool) -> ApiError {
@@ -416,78 +411,31 @@ fn run(
     let sent = req.candidate.as_ref().map(candidate_files).transpose()?;
     let baseline = app.service.policy(req.baseline.as_deref()).map_err(lookup_error)?;
 
-    let mut applied: Vec<String> = Vec::new();
-    let mut files = match sent {
-        Some(f) => f,
-        None => (*baseline.files).clone(),
+    let sent_files = sent.is_some();
+    let files = sent.unwrap_or_else(|| (*baseline.files).clone());
+    let list = match &req.overrides {
+        Some(map) => Some(overrides::from_json_map(map).map_err(override_error)?),
+        None => None,
     };
-    if let Some(map) = &req.overrides {
-        let list = overrides::from_json_map(map).map_err(override_error)?;
-        // A candidate without policy.toml is reported by the compiler, not as bad overrides.
-        if files.contains_key("policy.toml") {
-            files = overrides::apply_files(&files, &list).map_err(override_error)?;
-        }
-        applied = list.iter().map(ToString::to_string).collect();
-    }
     // The service's sandbox, plus a budget for the whole candidate: past the request timeout
     // (the client has its 503 by then) every evaluation left stops at once.
-    let limits = crate::script::Limits {
-        until: start.checked_add(app.config.request_timeout),
-        ..app.service.limits().clone()
-    };
-    let candidate = policy::load_files(&baseline.policy.name, &files, &limits)
-        .map_err(|r| candidate_invalid(r, !applied.is_empty()))?;
-    drop(files);
-
-    let records = read_accounts(&req.accounts);
-    // Straight to the engine: no cache is read or written. The baseline first (trusted, and
-    // each book uses every core anyway), so the candidate can stop at its first sandbox limit
-    // on an account the baseline decides: such a candidate is refused whatever the other
-    // accounts give, and a hostile one costs one account's limit, not the book's.
     let until = start.checked_add(app.config.request_timeout);
-    let before = script::with_budget(Some(script::Budget::new(until)), || {
-        engine::evaluate_portfolio(&baseline.policy, &records)
-    });
-    let already: HashSet<String> = before
-        .accounts
-        .iter()
-        .filter_map(|o| match o {
-            engine::Outcome::Error { id: Some(id), error }
-                if SANDBOX_CODES.contains(&error.code) =>
-            {
-                Some(id.clone())
-            }
-            _ => None,
-        })
-        .collect();
-    let after = script::with_budget(Some(script::Budget::tripping(until, already)), || {
-        engine::evaluate_portfolio(&candidate, &records)
-    });
-    let diff = whatif::compare(&before, &after);
-    drop((before, after, records));
-    // A candidate that runs into the sandbox on live data (an endless loop, runaway recursion,
-    // a string or map without bound) could never go live: refuse it, with its places.
-    let tripped: Vec<&whatif::FailureDelta> =
-        diff.newly_failing.iter().filter(|f| SANDBOX_CODES.contains(&f.error.code)).collect();
-    if !tripped.is_empty() {
-        return Err(candidate_unsafe(&tripped));
+    let limits = crate::script::Limits { until, ..app.service.limits().clone() };
+    let cand = candidate::build(&baseline.policy.name, files, sent_files, list.as_deref(), &limits)
+        .map_err(candidate_error)?;
+    let records = read_accounts(&req.accounts);
+    let what_if = app.pipeline.what_if(&baseline.policy, &cand.policy, &records, None, until);
+    drop(records);
+    if !what_if.tripped.is_empty() {
+        return Err(candidate_unsafe(&what_if.tripped));
     }
-
-    let cases = testrun::run_cases(&candidate);
-    let total = cases.len();
-    let failed: Vec<FailedCase> = cases
-        .into_iter()
-        .filter(|r| !r.passed())
-        .map(|r| FailedCase { name: r.name, place: r.place, failures: r.failures })
-        .collect();
-    let test_cases = TestCases { total, passed: total - failed.len(), failed };
+    let diff = what_if.diff;
+    let applied = cand.applied;
+    let candidate = cand.policy;
+    let test_cases = cand.test_cases;
+    let source = cand.source.as_str();
 
     let decision_id = uuid::Uuid::now_v7().to_string();
-    let source = match (req.candidate.is_some(), req.overrides.is_some()) {
-        (true, true) => "files+overrides",
-        (true, false) => "files",
-        _ => "overrides",
-    };
     app.log.record_dry_run(&decision_log::DryRun {
         ts: crate::service::timestamp(std::time::SystemTime::now()),
         decision_id: &decision_id,
@@ -533,27 +481,8 @@ fn run(
             } else {
                 render::table(&diff, &ctx, top)
             };
-            if !test_cases.failed.is_empty() {
-                let mut names: Vec<String> = test_cases
-                    .failed
-                    .iter()
-                    .take(5)
-                    .map(|c| format!("`{}` ({}:{})", c.name, c.place.file, c.place.line))
-                    .collect();
-                if test_cases.failed.len() > names.len() {
-                    names.push(format!("and {} more", test_cases.failed.len() - names.len()));
-                }
-                let what = format!(
-                    "{} of the candidate's {} test cases fail, so it would not go live: {}",
-                    test_cases.failed.len(),
-                    test_cases.total,
-                    names.join(", ")
-                );
-                text.push_str(&if format == DiffFormat::Markdown {
-                    format!("\n**{what}.**\n")
-                } else {
-                    format!("\n{}\n", what.replace('`', ""))
-                });
+            if let Some(note) = test_cases.note(format == DiffFormat::Markdown) {
+                text.push_str(&note);
             }
             let ct = if format == DiffFormat::Markdown {
                 "text/markdown; charset=utf-8"

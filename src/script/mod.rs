@@ -149,6 +149,11 @@ pub fn note_limit_hit(id: &str) {
 /// The error codes of the sandbox's limits.
 pub const LIMIT_CODES: &[&str] = &["time_limit", "operation_limit", "call_depth", "size_limit"];
 
+/// Whether an account error's `code` says the sandbox stopped a script.
+pub fn is_limit_code(code: &str) -> bool {
+    LIMIT_CODES.contains(&code)
+}
+
 /// The message of an evaluation stopped because its budget was spent.
 pub const BUDGET_SPENT_MESSAGE: &str = "stopped: the time budget of the whole evaluation is spent";
 

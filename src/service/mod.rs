@@ -17,6 +17,7 @@
 //! [`PolicyId`] for keys and its own [`CostGate`]). Nothing here knows HTTP: the watcher, the
 //! server and the command line call it.
 
+pub mod candidate;
 pub mod encode;
 pub mod pipeline;
 
