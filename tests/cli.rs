@@ -414,3 +414,73 @@ fn the_committed_schemas_are_up_to_date() {
     let out = tierwise(&["schema", "--check", "--out", &dir, "--reference", &reference]);
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// `diff` builds its candidate as the dry run does: the candidate's own test cases run and
+/// their failures are reported with the diff, and an account on which the candidate hits a
+/// sandbox limit is listed, with exit code 1 (such a candidate could never go live).
+#[test]
+fn diff_reports_failing_cases_and_sandbox_tripped_accounts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cand = tmp.path().join("enterprise");
+    copy_dir(&root().join("policies/enterprise"), &cand);
+    let health = cand.join("scripts/health.rhai");
+    let script = std::fs::read_to_string(&health).unwrap().replace(
+        "fn account_health(account) {",
+        "fn account_health(account) {\n    if account.nps == 42 { return account_health(account); }",
+    );
+    std::fs::write(&health, script).unwrap();
+    std::fs::write(
+        cand.join("tests/zz_wrong.toml"),
+        "[[case]]\nname = \"a small account is strategic (wrong on purpose)\"\n\
+         account = { id = \"w1\", as_of = \"2026-11-01\", fields = { revenue_12m = 1000.0, \
+         relationship = \"tactical\" } }\nexpect = { tier = \"strategic\" }\n",
+    )
+    .unwrap();
+    let book = tmp.path().join("book.jsonl");
+    let lines: Vec<String> = generated(3)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut a)| {
+            a["id"] = json!(format!("acct-{i}"));
+            a["fields"]["nps"] = json!(if i == 1 { 42 } else { 10 });
+            a.to_string()
+        })
+        .collect();
+    std::fs::write(&book, lines.join("\n") + "\n").unwrap();
+    let (c, b) = (cand.display().to_string(), book.display().to_string());
+    let out =
+        tierwise(&["diff", "--baseline", &enterprise_dir(), "--candidate", &c, "--accounts", &b]);
+    let tmp_path = tmp.path().display().to_string();
+    let hex = regex_lite_hex();
+    let redact = |s: &[u8]| hex(&text(s).replace(&tmp_path, "[tmp]"));
+    insta::assert_snapshot!(format!(
+        "exit {}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code().unwrap_or(-1),
+        redact(&out.stdout),
+        redact(&out.stderr)
+    ));
+    assert_eq!(out.status.code(), Some(1));
+}
+
+/// Replaces runs of 12 or more hex digits (policy hashes) with `[hash]`.
+fn regex_lite_hex() -> impl Fn(&str) -> String {
+    |s: &str| {
+        let mut out = String::with_capacity(s.len());
+        let mut run = String::new();
+        for ch in s.chars().chain(std::iter::once('\n')) {
+            if ch.is_ascii_hexdigit() {
+                run.push(ch);
+                continue;
+            }
+            if run.len() >= 12 {
+                out.push_str("[hash]");
+            } else {
+                out.push_str(&run);
+            }
+            run.clear();
+            out.push(ch);
+        }
+        out.pop();
+        out
+    }
+}
