@@ -436,30 +436,43 @@ fn diff_reports_failing_cases_and_sandbox_tripped_accounts() {
          relationship = \"tactical\" } }\nexpect = { tier = \"strategic\" }\n",
     )
     .unwrap();
-    let book = tmp.path().join("book.jsonl");
-    let lines: Vec<String> = generated(3)
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut a)| {
-            a["id"] = json!(format!("acct-{i}"));
-            a["fields"]["nps"] = json!(if i == 1 { 42 } else { 10 });
-            a.to_string()
-        })
-        .collect();
-    std::fs::write(&book, lines.join("\n") + "\n").unwrap();
-    let (c, b) = (cand.display().to_string(), book.display().to_string());
-    let out =
-        tierwise(&["diff", "--baseline", &enterprise_dir(), "--candidate", &c, "--accounts", &b]);
     let tmp_path = tmp.path().display().to_string();
     let hex = regex_lite_hex();
     let redact = |s: &[u8]| hex(&text(s).replace(&tmp_path, "[tmp]"));
-    insta::assert_snapshot!(format!(
-        "exit {}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code().unwrap_or(-1),
-        redact(&out.stdout),
-        redact(&out.stderr)
-    ));
-    assert_eq!(out.status.code(), Some(1));
+    let mut report = String::new();
+    // A book the candidate decides (its failing case is reported with the diff, exit 0), then
+    // one with an account that sends the candidate's script into endless recursion (exit 1).
+    for (scenario, hostile, code) in [("failing case", false, 0), ("sandbox trip", true, 1)] {
+        let book = tmp.path().join("book.jsonl");
+        let lines: Vec<String> = generated(3)
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut a)| {
+                a["id"] = json!(format!("acct-{i}"));
+                a["fields"]["nps"] = json!(if hostile && i == 1 { 42 } else { 10 });
+                a.to_string()
+            })
+            .collect();
+        std::fs::write(&book, lines.join("\n") + "\n").unwrap();
+        let (c, b) = (cand.display().to_string(), book.display().to_string());
+        let out = tierwise(&[
+            "diff",
+            "--baseline",
+            &enterprise_dir(),
+            "--candidate",
+            &c,
+            "--accounts",
+            &b,
+        ]);
+        report.push_str(&format!(
+            "=== {scenario}: exit {}\n--- stdout\n{}--- stderr\n{}\n",
+            out.status.code().unwrap_or(-1),
+            redact(&out.stdout),
+            redact(&out.stderr)
+        ));
+        assert_eq!(out.status.code(), Some(code), "{scenario}");
+    }
+    insta::assert_snapshot!(report);
 }
 
 /// Replaces runs of 12 or more hex digits (policy hashes) with `[hash]`.

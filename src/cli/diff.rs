@@ -200,8 +200,11 @@ fn run_inner(args: &DiffArgs, limits: &Limits) -> Result<ExitCode, ExitCode> {
             serde_json::to_string_pretty(&diff).map(|s| s + "\n").unwrap_or_default()
         }
     };
+    // Not run for a candidate that trips the sandbox: each case would hit the same limit.
+    let test_cases = if what_if.tripped.is_empty() { Some(cand.test_cases()) } else { None };
     if args.format != DiffFormat::Json
-        && let Some(note) = cand.test_cases.note(args.format == DiffFormat::Markdown)
+        && let Some(note) =
+            test_cases.as_ref().and_then(|t| t.note(args.format == DiffFormat::Markdown))
     {
         out.push_str(&note);
     }
@@ -212,8 +215,8 @@ fn run_inner(args: &DiffArgs, limits: &Limits) -> Result<ExitCode, ExitCode> {
         eprintln!("error: cannot write the output: {e}");
         return Err(ExitCode::from(2));
     }
-    if !cand.test_cases.failed.is_empty() {
-        for c in &cand.test_cases.failed {
+    if let Some(t) = &test_cases {
+        for c in &t.failed {
             eprintln!("candidate test case failed: {} ({}:{})", c.name, c.place.file, c.place.line);
             for f in &c.failures {
                 eprintln!("  {f}");

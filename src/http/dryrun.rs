@@ -429,10 +429,10 @@ fn run(
     if !what_if.tripped.is_empty() {
         return Err(candidate_unsafe(&what_if.tripped));
     }
+    let test_cases = cand.test_cases();
     let diff = what_if.diff;
     let applied = cand.applied;
     let candidate = cand.policy;
-    let test_cases = cand.test_cases;
     let source = cand.source.as_str();
 
     let decision_id = uuid::Uuid::now_v7().to_string();

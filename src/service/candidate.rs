@@ -102,7 +102,14 @@ pub struct Candidate {
     pub source: Source,
     /// The overrides applied, as `path=value`, in the order given.
     pub applied: Vec<String>,
-    pub test_cases: TestCases,
+}
+
+impl Candidate {
+    /// Its own test cases, run as a reload runs them. Run after [`Pipeline::what_if`] found
+    /// no sandbox trip: a hostile candidate's cases would each run into the same limit.
+    pub fn test_cases(&self) -> TestCases {
+        TestCases::run(&self.policy)
+    }
 }
 
 /// Why there is no candidate.
@@ -116,7 +123,7 @@ pub enum CandidateError {
 
 /// Builds the candidate named `name` from `files` (a folder's, or the baseline's own) and
 /// the overrides `given` (`None`: none were), compiled under `limits`; `sent_files` says whether
-/// `files` are a candidate folder (rather than the baseline's). Runs its test cases.
+/// `files` are a candidate folder (rather than the baseline's).
 pub fn build(
     name: &str,
     mut files: Files,
@@ -138,8 +145,7 @@ pub fn build(
         (true, false) => Source::Files,
         (false, _) => Source::Overrides,
     };
-    let test_cases = TestCases::run(&policy);
-    Ok(Candidate { policy, source, applied, test_cases })
+    Ok(Candidate { policy, source, applied })
 }
 
 /// A book decided under both policies, compared.
