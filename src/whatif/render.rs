@@ -93,13 +93,14 @@ fn alerts_cell(a: &AccountDiff) -> String {
     parts.join(" ")
 }
 
-/// The reason that decided the final tier: the last one that says more than "stays <tier>"
-/// (a cap's, when one moved the account; else the movement's).
+/// The reason that decided the final tier: the last one past the score's own `qualifies`
+/// (a cap's when one moved the account, else the movement's; `stays <tier>` when nothing
+/// happened).
 fn why(reasons: &[crate::engine::Reason]) -> &str {
     reasons
         .iter()
         .rev()
-        .find(|r| r.code != "stay")
+        .find(|r| r.code != "stay" && r.code != "qualifies")
         .or(reasons.last())
         .map_or("", |r| r.message.as_str())
 }
@@ -373,11 +374,15 @@ pub fn table(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
                 alerts_cell(a)
             );
             let _ = writeln!(o, "{}", line.trim_end());
-            let (before, after) = (why(&a.reasons_before), why(&a.reasons_after));
-            if before != after {
-                let _ = writeln!(o, "    baseline:  {before}");
+            // Why, on both sides, for an account whose tier or movement differs (an alert-only
+            // change reads from its alerts cell).
+            if a.from != a.to || a.change_before != a.change_after {
+                let (before, after) = (why(&a.reasons_before), why(&a.reasons_after));
+                if before != after {
+                    let _ = writeln!(o, "    baseline:  {before}");
+                }
+                let _ = writeln!(o, "    candidate: {after}");
             }
-            let _ = writeln!(o, "    candidate: {after}");
         }
     }
     for (title, list) in [
