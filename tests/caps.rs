@@ -530,3 +530,22 @@ id = "bronze"
     insta::assert_snapshot!("diff_seats_markdown", whatif::render::markdown(&d, &ctx, 20));
     insta::assert_snapshot!("diff_seats_table", whatif::render::table(&d, &ctx, 20));
 }
+
+#[test]
+fn a_priority_with_nothing_to_order_is_a_warning() {
+    let p = load_inline(
+        &format!(
+            "{HEAD}\n[[tiers]]\nid = \"key\"\nmin_score = 7.0\ncap_priority = \"score\"\n\n[[tiers]]\nid = \"rest\"\n\n[capacity]\ntiers = [\"key\"]\npriority = \"score\"\n"
+        ),
+        &[],
+    );
+    let warnings: Vec<(&str, String)> =
+        p.warnings.iter().map(|w| (w.code, w.place.rule.clone().unwrap_or_default())).collect();
+    assert_eq!(
+        warnings,
+        vec![
+            ("priority_unused", "tiers.key".to_string()),
+            ("priority_unused", "capacity".to_string())
+        ]
+    );
+}

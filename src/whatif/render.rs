@@ -128,12 +128,12 @@ pub fn headline(d: &PolicyDiff) -> String {
     // reviewer who raised one tier's bar should read "the cap freed 31 seats", not "31 scores".
     let freed = match s.seats_freed {
         0 => String::new(),
-        n if n == s.promoted => format!(" (all into seats a cap freed)"),
+        n if n == s.promoted => " (all into seats a cap freed)".to_string(),
         n => format!(" ({n} of them into seats a cap freed)"),
     };
     let taken = match s.seats_taken {
         0 => String::new(),
-        n if n == s.demoted => format!(" (all out of seats a cap took)"),
+        n if n == s.demoted => " (all out of seats a cap took)".to_string(),
         n => format!(" ({n} of them out of seats a cap took)"),
     };
     match (s.promoted, s.demoted) {
