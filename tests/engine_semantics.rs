@@ -613,7 +613,7 @@ fn caps_use_the_smaller_of_share_and_count_and_n_counts_decided_accounts_only() 
 }
 
 #[test]
-fn held_accounts_are_ranked_in_caps_and_change_reflects_the_final_tier() {
+fn held_accounts_keep_their_seat_incumbents_go_first_and_change_reflects_the_final_tier() {
     let p = load_inline(
         &format!(
             "{HEAD}\n[[tiers]]\nid = \"gold\"\nmin_score = 8.0\nmax_count = 2\n\n[[tiers]]\nid = \"silver\"\nmin_score = 5.0\nmax_count = 2\n\n[[tiers]]\nid = \"bronze\"\n\n[movement]\ndemote_margin = 2.0\n"
@@ -623,20 +623,21 @@ fn held_accounts_are_ranked_in_caps_and_change_reflects_the_final_tier() {
     let r = book(
         &p,
         &[
-            A::new("held", 6.5).cur("gold"), // within the margin (>= 6): held in gold, lowest of gold
-            A::new("g1", 9.0).cur("gold"),   // stays
-            A::new("g2", 8.5),               // new in gold
-            A::new("s1", 7.0).cur("silver"), // silver, 2nd after `held` is capped in
-            A::new("s2", 6.0).cur("silver"), // silver, drops to bronze
-            A::new("up", 8.2).cur("silver"), // promoted to gold, then capped back to silver
+            A::new("held", 6.5).cur("gold"), // within the margin (>= 6): held in gold, fixed
+            A::new("g1", 9.0).cur("gold"),   // incumbent of gold
+            A::new("g2", 8.5),               // new in gold: an entrant
+            A::new("s1", 7.0).cur("silver"), // incumbent of silver
+            A::new("s2", 6.0).cur("silver"), // incumbent of silver, the lowest
+            A::new("up", 8.2).cur("silver"), // promoted to gold: an entrant there
         ],
     );
-    // gold holds g1 9.0, g2 8.5, up 8.2, held 6.5 -> keeps g1, g2; up and held go to silver.
-    // silver then holds s1 7.0, held 6.5, up 8.2, s2 6.0 -> keeps up, s1; held and s2 to bronze.
+    // gold seats `held` (fixed), then its incumbent g1; the entrants g2 8.5 and up 8.2 go to
+    // silver. There `up` is back in its current tier (an incumbent): up 8.2, s1 7.0 keep the
+    // seats, s2 6.0 and the entrant g2 go to bronze, whatever g2's score.
     let want = [
-        ("held", "bronze", Change::Demote),
+        ("held", "gold", Change::Hold),
         ("g1", "gold", Change::None),
-        ("g2", "gold", Change::New),
+        ("g2", "bronze", Change::New),
         ("s1", "silver", Change::None),
         ("s2", "bronze", Change::Demote),
         ("up", "silver", Change::None),
@@ -645,14 +646,16 @@ fn held_accounts_are_ranked_in_caps_and_change_reflects_the_final_tier() {
         let d = dec(&r, id);
         assert_eq!((&*d.tier, d.change), (tier, change), "{id}: {:?}", d.reasons);
     }
-    assert_eq!(codes(dec(&r, "held")), vec!["qualifies", "margin", "cap", "cap"]);
+    assert_eq!(codes(dec(&r, "held")), vec!["qualifies", "margin"]);
     assert_eq!(codes(dec(&r, "up")), vec!["qualifies", "promote", "cap"]);
+    assert_eq!(codes(dec(&r, "g2")), vec!["qualifies", "new", "cap", "cap"]);
     let c = &r.summary.changes;
-    assert_eq!((c.promote, c.demote, c.hold, c.none, c.new), (0, 2, 0, 3, 1));
+    assert_eq!((c.promote, c.demote, c.hold, c.none, c.new), (0, 1, 1, 3, 1));
+    assert!(r.summary.over_cap.is_empty());
     // Moves are sorted by id and list final tiers.
     let moves: Vec<(&str, &str, &str)> =
         r.summary.moves.iter().map(|m| (m.id.as_str(), m.from.as_str(), m.to.as_str())).collect();
-    assert_eq!(moves, vec![("held", "gold", "bronze"), ("s2", "silver", "bronze")]);
+    assert_eq!(moves, vec![("s2", "silver", "bronze")]);
     // A held account that the caps leave in place keeps `hold`.
     let r = book(&p, &[A::new("held", 6.5).cur("gold"), A::new("x", 9.0)]);
     assert_eq!(dec(&r, "held").change, Change::Hold);

@@ -177,19 +177,80 @@ fn check_book(p: &Policy, accounts: &[Value], r: &PortfolioResult) -> Result<(),
     for d in &decided {
         *count.entry(&*d.tier).or_default() += 1;
     }
-    for (t, s) in p.tiers.iter().zip(&r.summary.tiers) {
+    // Who movement held (account level), and who may not go lower than tier `lower`: caps and
+    // capacity never move those, so only they can leave a limit exceeded.
+    let alone = engine::evaluate(p, &to_records(accounts));
+    let held: HashMap<&str, bool> = alone
+        .iter()
+        .filter_map(Outcome::decision)
+        .map(|d| (d.id.as_str(), d.change == engine::Change::Hold))
+        .collect();
+    let idx = |t: &str| p.tier_index(t).unwrap();
+    let fixed = |d: &engine::Decision, lower: usize| {
+        held[d.id.as_str()]
+            || match (d.previous_tier.as_deref(), p.movement.max_steps) {
+                (Some(c), Some(k)) => lower > idx(c) + k as usize,
+                _ => false,
+            }
+    };
+    for (i, (t, s)) in p.tiers.iter().zip(&r.summary.tiers).enumerate() {
         let c = count.get(t.id.as_str()).copied().unwrap_or(0);
         prop_assert_eq!(s.count, c);
-        if let Some(lim) = limit(t.max_share, t.max_count, n) {
-            prop_assert!(c <= lim, "tier {} holds {} > {}", t.id, c, lim);
+        if let Some(lim) = limit(t.max_share, t.max_count, n)
+            && c > lim
+        {
+            for d in decided.iter().filter(|d| idx(&d.tier) == i) {
+                prop_assert!(
+                    fixed(d, i + 1),
+                    "tier {} holds {} > {} with {} unprotected",
+                    t.id,
+                    c,
+                    lim,
+                    d.id
+                );
+            }
+            prop_assert!(
+                r.summary.over_cap.iter().any(|o| o.tier == t.id && o.count == c && o.limit == lim)
+            );
         }
     }
     let Some(cap) = &p.capacity else { return Ok(()) };
     let in_book = |tier: &str| p.tier_index(tier).is_some_and(|i| cap.in_book[i]);
     if let Some(total) = cap.total_max {
         let c = decided.iter().filter(|d| in_book(&d.tier)).count() as u64;
-        prop_assert!(c <= total, "capacity tiers hold {} > total_max {}", c, total);
+        if c > total {
+            for d in decided.iter().filter(|d| in_book(&d.tier)) {
+                prop_assert!(
+                    fixed(d, cap.outside),
+                    "capacity tiers hold {} > total_max {} with {} unprotected",
+                    c,
+                    total,
+                    d.id
+                );
+            }
+        }
     }
+    // The caps' order over some accounts: protected, incumbents, entrants (`incumbents`) or
+    // protected, then all (`score`), each by score descending then id.
+    let seat_order = |list: &mut Vec<&engine::Decision>| {
+        let group = |d: &engine::Decision| {
+            if fixed(d, cap.outside) {
+                0
+            } else if cap.priority == tierwise::policy::Priority::Score
+                || d.previous_tier.as_deref() == Some(&*d.tier)
+            {
+                1
+            } else {
+                2
+            }
+        };
+        list.sort_by(|a, b| {
+            group(a)
+                .cmp(&group(b))
+                .then(b.score.total_cmp(&a.score))
+                .then(a.id.as_bytes().cmp(b.id.as_bytes()))
+        });
+    };
     // Managers: every manager of a decided account is listed once, sorted by name.
     let mut books: BTreeMap<&str, Vec<&engine::Decision>> = BTreeMap::new();
     for d in &decided {
@@ -214,14 +275,13 @@ fn check_book(p: &Policy, accounts: &[Value], r: &PortfolioResult) -> Result<(),
         let final_count = books[m.manager.as_str()].len() as u64;
         match cap.on_overflow {
             tierwise::policy::Overflow::Flag => {
-                // flag keeps the tiers: the count is the book; the lowest scores are listed.
+                // flag keeps the tiers: the count is the book; the last in the caps' order are
+                // listed.
                 prop_assert_eq!(m.count, final_count);
                 prop_assert_eq!(m.reassign.len(), over);
                 prop_assert!(m.demoted.is_empty());
                 let mut ranked = books[m.manager.as_str()].clone();
-                ranked.sort_by(|a, b| {
-                    b.score.total_cmp(&a.score).then(a.id.as_bytes().cmp(b.id.as_bytes()))
-                });
+                seat_order(&mut ranked);
                 let mut lowest: Vec<String> = ranked
                     .iter()
                     .skip(max.min(ranked.len() as u64) as usize)
@@ -231,10 +291,11 @@ fn check_book(p: &Policy, accounts: &[Value], r: &PortfolioResult) -> Result<(),
                 prop_assert_eq!(&m.reassign, &lowest);
             }
             tierwise::policy::Overflow::Demote => {
-                // demote moves them out: counted before, at most `max` after.
-                prop_assert_eq!(m.demoted.len(), over);
+                // demote moves them out (protected accounts excepted): counted before, at most
+                // `max` after unless protected accounts stay.
+                prop_assert!(m.demoted.len() <= over);
                 prop_assert!(m.reassign.is_empty());
-                prop_assert_eq!(final_count, m.count - over as u64);
+                prop_assert_eq!(final_count, m.count - m.demoted.len() as u64);
                 for id in &m.demoted {
                     let d = decided.iter().find(|d| &d.id == id).unwrap();
                     prop_assert!(!in_book(&d.tier), "{} was demoted but is in {}", id, d.tier);

@@ -6,7 +6,8 @@
 //! `account_health` script translated), the weighted mean, the qualified tier with strategic's
 //! `when`, movement (margins, tenure, holds, `max_steps`), alerts with the same texts (rhai's
 //! float formatting: `25.0`), the reasons' sentences, `next_tier`, and at portfolio level the
-//! caps by rank, `total_max`, manager capacity, aggregates and portfolio alerts. The output
+//! caps (protected accounts first, then incumbents before entrants), `total_max`, manager
+//! capacity, `over_cap`, aggregates and portfolio alerts. The output
 //! types serialize to the same JSON as the engine's, so outputs can be compared byte for byte.
 //!
 //! Nothing here uses the engine: only serde / serde_json. If policy.toml changes, this file
@@ -843,6 +844,8 @@ pub struct Scored<'a> {
     pub tier: u8,
     pub change: Change,
     pub held: bool,
+    /// What held it, for `cap_protected`: `movement held it in key (...)`.
+    pub held_by: &'static str,
     pub reasons: Vec<Reason>,
     /// Strategic's `when` (relationship interdependent or strategic).
     pub strategic_ok: bool,
@@ -956,6 +959,7 @@ pub fn score_and_move<'a>(acc: Account<'a>) -> Result<Scored<'a>, HwError> {
         tier: qualified,
         change: Change::None,
         held: false,
+        held_by: "",
         reasons,
         strategic_ok,
         // the qualified tier evaluates it once the score reaches strategic's min_score
@@ -1040,6 +1044,12 @@ fn movement(s: &mut Scored<'_>) {
             s.tier = cur as u8;
             s.change = Change::Hold;
             s.held = true;
+            s.held_by = HELD_BY[cur][match code {
+                "margin" => 0,
+                "tenure" => 1,
+                _ if message.starts_with("hold `renewal`") => 2,
+                _ => 3,
+            }];
             s.reasons.push(Reason { code, message });
         };
         if !(below || cond_fails) {
@@ -1335,6 +1345,13 @@ pub struct TierSummary {
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
+pub struct OverCap {
+    pub tier: &'static str,
+    pub limit: u64,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Move {
     pub id: String,
     pub from: String,
@@ -1358,6 +1375,7 @@ pub struct Summary {
     pub total_revenue: f64,
     pub top10_revenue_share: f64,
     pub tiers: Vec<TierSummary>,
+    pub over_cap: Vec<OverCap>,
     pub changes: ChangeCounts,
     pub managers: Vec<ManagerLoad>,
     pub portfolio_alerts: Vec<AlertOut>,
@@ -1368,22 +1386,115 @@ fn rank(a: &Scored<'_>, b: &Scored<'_>) -> std::cmp::Ordering {
     b.score.total_cmp(&a.score).then_with(|| a.acc.id.as_bytes().cmp(b.acc.id.as_bytes()))
 }
 
+/// `cap_protected`'s "what protected it", per current tier: margin, tenure, renewal, star.
+const HELD_BY: [[&str; 4]; 3] = [
+    [
+        "movement held it in strategic (within the demote margin 0.75)",
+        "movement held it in strategic (fewer than 180 days in the tier)",
+        "movement held it in strategic (hold `renewal`: renewal within 90 days: no demotion during the negotiation)",
+        "movement held it in strategic (hold `star`: potential of 5M or more (a 'star' account, 003): keep investing)",
+    ],
+    [
+        "movement held it in key (within the demote margin 0.75)",
+        "movement held it in key (fewer than 180 days in the tier)",
+        "movement held it in key (hold `renewal`: renewal within 90 days: no demotion during the negotiation)",
+        "movement held it in key (hold `star`: potential of 5M or more (a 'star' account, 003): keep investing)",
+    ],
+    ["", "", "", ""],
+];
+
+/// Seat classes: 0 fixed (may not go lower), 1 incumbent, 2 entrant (`incumbents` priority
+/// everywhere in this policy).
+fn class(s: &Scored<'_>, lower: usize) -> u8 {
+    if s.held || s.current.is_some_and(|c| lower > c as usize + MAX_STEPS) {
+        0
+    } else if s.current == Some(s.tier) {
+        1
+    } else {
+        2
+    }
+}
+
+fn order(scored: &[Scored<'_>], members: Vec<usize>, lower: usize) -> Vec<(u8, usize)> {
+    let mut o: Vec<(u8, usize)> =
+        members.into_iter().map(|i| (class(&scored[i], lower), i)).collect();
+    o.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| rank(&scored[a.1], &scored[b.1])));
+    o
+}
+
+fn accounts(n: usize) -> String {
+    if n == 1 { "1 account".into() } else { format!("{n} accounts") }
+}
+
+fn ranked(o: &[(u8, usize)], pos: usize, c: u8) -> String {
+    let fixed = o.iter().filter(|x| x.0 == 0).count();
+    let inc = o.iter().filter(|x| x.0 == 1).count();
+    let mut why = match c {
+        2 if inc == 1 => "an entrant: the 1 incumbent goes first, then by score".to_string(),
+        2 if inc > 1 => format!("an entrant: the {inc} incumbents go first, then by score"),
+        1 => "incumbents first, by score".to_string(),
+        _ => "by score".to_string(),
+    };
+    if fixed > 0 && c != 0 {
+        why.push_str(&format!(", after {} that may not go lower", accounts(fixed)));
+    }
+    if c == 0 {
+        why = "it may not go lower".into();
+    }
+    format!("ranked {pos} of {} ({why})", o.len())
+}
+
+fn limit(t: usize, n: usize) -> Option<usize> {
+    MAX_SHARE[t].map(|share| (share * n as f64 + 1e-9).floor().max(0.0) as usize)
+}
+
 fn apply_caps(scored: &mut [Scored<'_>], from: usize, n: usize) {
     for t in from..TIERS.len() - 1 {
-        let Some(share) = MAX_SHARE[t] else { continue };
-        let lim = (share * n as f64 + 1e-9).floor().max(0.0) as usize;
-        let mut members: Vec<usize> =
+        let (Some(share), Some(lim)) = (MAX_SHARE[t], limit(t, n)) else { continue };
+        let members: Vec<usize> =
             (0..scored.len()).filter(|&i| scored[i].tier as usize == t).collect();
         if members.len() <= lim {
             continue;
         }
-        members.sort_by(|&a, &b| rank(&scored[a], &scored[b]));
-        for (pos, &i) in members.iter().enumerate().skip(lim) {
+        let o = order(scored, members, t + 1);
+        for (pos, &(c, i)) in o.iter().enumerate().skip(lim) {
+            let rank = ranked(&o, pos + 1, c);
             let s = &mut scored[i];
+            if c == 0 {
+                let protection = if s.held {
+                    s.held_by.to_string()
+                } else {
+                    let cur = s.current.unwrap_or(0) as usize;
+                    format!(
+                        "max_steps {MAX_STEPS}: {} would be {} tiers below its current tier {}",
+                        TIERS[t + 1],
+                        t + 1 - cur,
+                        TIERS[cur]
+                    )
+                };
+                let message = format!(
+                    "{} keeps at most {} (max_share {} of {n} accounts); {rank}, so it stays {}: {protection}",
+                    TIERS[t],
+                    accounts(lim),
+                    num(share),
+                    TIERS[t]
+                );
+                match s.reasons.iter_mut().find(|r| r.code == "cap_protected") {
+                    Some(r) => r.message = message,
+                    None => s.reasons.push(Reason { code: "cap_protected", message }),
+                }
+                continue;
+            }
             s.tier = (t + 1) as u8;
             s.reasons.push(Reason {
                 code: "cap",
-                message: format!("{} keeps at most {lim} accounts (max_share {} of {n} accounts); ranked {} by score, moves to {}", TIERS[t], num(share), pos + 1, TIERS[t + 1]),
+                message: format!(
+                    "{} keeps at most {} (max_share {} of {n} accounts); {rank}, moves to {}",
+                    TIERS[t],
+                    accounts(lim),
+                    num(share),
+                    TIERS[t + 1]
+                ),
             });
         }
     }
@@ -1393,23 +1504,35 @@ fn in_book(t: u8) -> bool {
     t <= 1
 }
 
-/// Caps, `total_max`, manager capacity (`flag`).
-fn place_accounts(scored: &mut [Scored<'_>]) -> Vec<ManagerLoad> {
+/// Caps, `total_max`, manager capacity (`flag`), and the tiers left over their caps.
+fn place_accounts(scored: &mut [Scored<'_>]) -> (Vec<ManagerLoad>, Vec<OverCap>) {
     let n = scored.len();
     apply_caps(scored, 0, n);
-    let mut members: Vec<usize> = (0..n).filter(|&i| in_book(scored[i].tier)).collect();
+    let members: Vec<usize> = (0..n).filter(|&i| in_book(scored[i].tier)).collect();
     if members.len() > TOTAL_MAX {
-        members.sort_by(|&a, &b| rank(&scored[a], &scored[b]));
-        for (pos, &i) in members.iter().enumerate().skip(TOTAL_MAX) {
+        let o = order(scored, members, OUTSIDE as usize);
+        let mut moved = false;
+        for (pos, &(c, i)) in o.iter().enumerate().skip(TOTAL_MAX) {
+            if c == 0 {
+                continue;
+            }
+            let rank = ranked(&o, pos + 1, c);
             let s = &mut scored[i];
             let from = TIERS[s.tier as usize];
             s.tier = OUTSIDE;
             s.reasons.push(Reason {
                 code: "total_max",
-                message: format!("the capacity tiers hold at most {TOTAL_MAX} accounts together; ranked {} by score, moves from {from} to {}", pos + 1, TIERS[OUTSIDE as usize]),
+                message: format!(
+                    "the capacity tiers hold at most {} together; {rank}, moves from {from} to {}",
+                    accounts(TOTAL_MAX),
+                    TIERS[OUTSIDE as usize]
+                ),
             });
+            moved = true;
         }
-        apply_caps(scored, OUTSIDE as usize, n);
+        if moved {
+            apply_caps(scored, OUTSIDE as usize, n);
+        }
     }
     let mut books: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, s) in scored.iter().enumerate() {
@@ -1420,9 +1543,9 @@ fn place_accounts(scored: &mut [Scored<'_>]) -> Vec<ManagerLoad> {
             }
         }
     }
-    books
+    let managers = books
         .into_iter()
-        .map(|(m, mut members)| {
+        .map(|(m, members)| {
             let count = members.len() as u64;
             let status = if count < PER_MANAGER_MIN {
                 "under"
@@ -1433,16 +1556,31 @@ fn place_accounts(scored: &mut [Scored<'_>]) -> Vec<ManagerLoad> {
             };
             let mut reassign = Vec::new();
             if count > PER_MANAGER_MAX {
-                members.sort_by(|&a, &b| rank(&scored[a], &scored[b]));
-                reassign = members[PER_MANAGER_MAX as usize..]
+                let o = order(scored, members, OUTSIDE as usize);
+                reassign = o[PER_MANAGER_MAX as usize..]
                     .iter()
-                    .map(|&i| scored[i].acc.id.to_string())
+                    .map(|&(_, i)| scored[i].acc.id.to_string())
                     .collect();
                 reassign.sort();
             }
             ManagerLoad { manager: m.to_string(), count, status, reassign, demoted: Vec::new() }
         })
-        .collect()
+        .collect();
+    let mut counts = [0usize; 3];
+    for s in scored.iter() {
+        counts[s.tier as usize] += 1;
+    }
+    let over_cap = (0..TIERS.len())
+        .filter_map(|t| {
+            let lim = limit(t, n)?;
+            (counts[t] > lim).then(|| OverCap {
+                tier: TIERS[t],
+                limit: lim as u64,
+                count: counts[t] as u64,
+            })
+        })
+        .collect();
+    (managers, over_cap)
 }
 
 fn final_change(s: &Scored<'_>) -> Change {
@@ -1476,7 +1614,7 @@ pub fn evaluate_portfolio<'a, 'p>(
             Err(e) => slots.push(Err(e)),
         }
     }
-    let managers = place_accounts(&mut scored);
+    let (managers, over_cap) = place_accounts(&mut scored);
     for s in &mut scored {
         s.change = final_change(s);
     }
@@ -1590,6 +1728,7 @@ pub fn evaluate_portfolio<'a, 'p>(
         total_revenue: total,
         top10_revenue_share: top10,
         tiers,
+        over_cap,
         changes,
         managers,
         portfolio_alerts,

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tierwise::engine::{Outcome, PortfolioResult};
+use tierwise::engine::{self, Outcome, PortfolioResult};
 use tierwise::policy::Policy;
 use tierwise::script::Limits;
 use tierwise::service::{Loaded, Pipeline, encode};
@@ -17,6 +17,8 @@ pub enum OutFormat {
     Jsonl,
     Table,
     Csv,
+    /// A report for a pull request or a wiki page.
+    Markdown,
 }
 
 #[derive(clap::Args)]
@@ -193,6 +195,7 @@ impl Stream {
             }
             OutFormat::Table => write_table(out, outcomes, first),
             OutFormat::Csv => write_csv(out, outcomes, first),
+            OutFormat::Markdown => write_markdown_accounts(out, outcomes, first),
         }
     }
 
@@ -200,12 +203,12 @@ impl Stream {
         match self.format {
             OutFormat::Json if self.first => out.write_all(b"[]\n"),
             OutFormat::Json => out.write_all(b"]\n"),
-            OutFormat::Table | OutFormat::Csv if self.first => {
+            OutFormat::Table | OutFormat::Csv | OutFormat::Markdown if self.first => {
                 // No account at all: the header alone.
-                if self.format == OutFormat::Table {
-                    write_table(out, &[], true)
-                } else {
-                    write_csv(out, &[], true)
+                match self.format {
+                    OutFormat::Table => write_table(out, &[], true),
+                    OutFormat::Csv => write_csv(out, &[], true),
+                    _ => write_markdown_accounts(out, &[], true),
                 }
             }
             _ => Ok(()),
@@ -262,6 +265,13 @@ fn write_portfolio(
                     t.revenue
                 )?;
             }
+            for o in &s.over_cap {
+                writeln!(
+                    out,
+                    "over cap: {} holds {}, its limit is {} (accounts that may not go lower: see cap_protected)",
+                    o.tier, o.count, o.limit
+                )?;
+            }
             let c = &s.changes;
             writeln!(
                 out,
@@ -282,7 +292,145 @@ fn write_portfolio(
             }
             Ok(())
         }
+        OutFormat::Markdown => write_markdown_portfolio(out, r),
     }
+}
+
+/// Reasons that come from the book-wide steps (caps, `total_max`, capacity): what a reader of
+/// a portfolio needs beside the tier, since movement alone would have decided otherwise.
+const SEAT_CODES: [&str; 4] = ["cap", "cap_protected", "total_max", "capacity"];
+
+fn seat_reasons(d: &engine::Decision) -> impl Iterator<Item = &engine::Reason> {
+    d.reasons.iter().filter(|r| SEAT_CODES.contains(&r.code))
+}
+
+/// Escapes what would break a markdown table cell.
+fn md(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+fn write_markdown_accounts(
+    out: &mut impl Write,
+    outcomes: &[Outcome],
+    header: bool,
+) -> std::io::Result<()> {
+    if header {
+        writeln!(out, "| account | score | tier | was | change | alerts | why |")?;
+        writeln!(out, "|---|--:|---|---|---|---|---|")?;
+    }
+    for o in outcomes {
+        match o {
+            Outcome::Decision(d) => {
+                let alerts: Vec<String> = d.alerts.iter().map(|a| format!("`{}`", a.id)).collect();
+                // The last reason that says more than "stays <tier>".
+                let why = d
+                    .reasons
+                    .iter()
+                    .rev()
+                    .find(|r| r.code != "stay")
+                    .map(|r| format!("`{}` {}", r.code, md(&r.message)))
+                    .unwrap_or_default();
+                writeln!(
+                    out,
+                    "| `{}` | {:.2} | {} | {} | {} | {} | {} |",
+                    md(&d.id),
+                    d.score,
+                    d.tier,
+                    d.previous_tier.as_deref().map_or("-".to_string(), md),
+                    d.change.as_str(),
+                    alerts.join(" "),
+                    why
+                )?;
+            }
+            Outcome::Error { id, error } => writeln!(
+                out,
+                "| `{}` | - | - | - | - | error `{}` | {} |",
+                md(id.as_deref().unwrap_or("?")),
+                error.code,
+                md(&error.message)
+            )?,
+        }
+    }
+    Ok(())
+}
+
+fn write_markdown_portfolio(out: &mut impl Write, r: &PortfolioResult) -> std::io::Result<()> {
+    let s = &r.summary;
+    writeln!(
+        out,
+        "### Portfolio under `{}` `{}`\n\n{} accounts decided, {} errors.\n",
+        r.policy.name,
+        &r.policy.hash[..12.min(r.policy.hash.len())],
+        s.account_count,
+        s.error_count
+    )?;
+    writeln!(out, "| tier | accounts | share | revenue |")?;
+    writeln!(out, "|---|--:|--:|--:|")?;
+    for t in &s.tiers {
+        writeln!(
+            out,
+            "| {} | {} | {:.1}% | {:.0} |",
+            md(&t.id),
+            t.count,
+            t.share * 100.0,
+            t.revenue
+        )?;
+    }
+    if !s.over_cap.is_empty() {
+        writeln!(out, "\n**Over cap** (accounts that may not go lower keep their seats):\n")?;
+        for o in &s.over_cap {
+            writeln!(out, "- `{}` holds {}, its limit is {}", md(&o.tier), o.count, o.limit)?;
+        }
+    }
+    let c = &s.changes;
+    writeln!(
+        out,
+        "\nChanges: {} promote, {} demote, {} hold, {} none, {} new.",
+        c.promote, c.demote, c.hold, c.none, c.new
+    )?;
+    let managers: Vec<_> =
+        s.managers.iter().filter(|m| m.status != tierwise::engine::Load::Ok).collect();
+    if !managers.is_empty() {
+        writeln!(out, "\n| manager | accounts | load |\n|---|--:|---|")?;
+        for m in managers {
+            writeln!(out, "| `{}` | {} | {} |", md(&m.manager), m.count, m.status.as_str())?;
+        }
+    }
+    if !s.portfolio_alerts.is_empty() {
+        writeln!(out)?;
+        for a in &s.portfolio_alerts {
+            writeln!(out, "- portfolio alert `{}` ({:?}): {}", a.id, a.severity, md(&a.message))?;
+        }
+    }
+    // The accounts that caps, `total_max` or capacity moved or protected, with their reasons.
+    let seated: Vec<&engine::Decision> = r
+        .accounts
+        .iter()
+        .filter_map(Outcome::decision)
+        .filter(|d| seat_reasons(d).next().is_some())
+        .collect();
+    if !seated.is_empty() {
+        writeln!(out, "\n**Caps and capacity** ({} accounts)\n", seated.len())?;
+        writeln!(out, "| account | score | tier | was | change | reasons |")?;
+        writeln!(out, "|---|--:|---|---|---|---|")?;
+        for d in seated {
+            let why: Vec<String> =
+                seat_reasons(d).map(|r| format!("`{}` {}", r.code, md(&r.message))).collect();
+            writeln!(
+                out,
+                "| `{}` | {:.2} | {} | {} | {} | {} |",
+                md(&d.id),
+                d.score,
+                d.tier,
+                d.previous_tier.as_deref().map_or("-".to_string(), md),
+                d.change.as_str(),
+                why.join("<br>")
+            )?;
+        }
+    }
+    writeln!(out, "\n<details><summary>All accounts</summary>\n")?;
+    write_markdown_accounts(out, &r.accounts, true)?;
+    writeln!(out, "\n</details>")
 }
 
 fn write_table(out: &mut impl Write, outcomes: &[Outcome], header: bool) -> std::io::Result<()> {
@@ -307,6 +455,9 @@ fn write_table(out: &mut impl Write, outcomes: &[Outcome], header: bool) -> std:
                     d.change.as_str(),
                     alerts.join(",")
                 )?;
+                for r in seat_reasons(d) {
+                    writeln!(out, "{:<22}{}: {}", "", r.code, r.message)?;
+                }
             }
             Outcome::Error { id, error } => {
                 writeln!(

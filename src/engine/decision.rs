@@ -61,7 +61,7 @@ pub struct CriterionScore {
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct Reason {
     /// `qualifies`, `condition`, `new`, `promote`, `promote_margin`, `demote`, `margin`,
-    /// `tenure`, `hold`, `max_steps`, `stay`, `cap`, `total_max`, `capacity`.
+    /// `tenure`, `hold`, `max_steps`, `stay`, `cap`, `cap_protected`, `total_max`, `capacity`.
     pub code: &'static str,
     pub message: String,
 }
@@ -113,6 +113,12 @@ pub struct Decision {
     /// The tier just above `tier` and what it takes (absent for the best tier).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_tier: Option<NextTier>,
+    /// Where movement alone put the account, when caps, `total_max` or capacity then moved it
+    /// (portfolio level only). Not serialized: what-if reads it to tell moves that come from
+    /// scores from moves that come from seats.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub movement_tier: Option<Arc<str>>,
 }
 
 /// A decision, or why there is none. Every input account gets exactly one, in input order.
@@ -194,6 +200,17 @@ pub struct Move {
     pub change: Change,
 }
 
+/// A tier that ends with more accounts than its cap allows: the accounts past the limit may
+/// not go lower (movement held them, or `max_steps` does), and each carries `cap_protected`.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct OverCap {
+    pub tier: String,
+    /// `min(floor(max_share * N + 1e-9), max_count)`.
+    pub limit: u64,
+    /// Accounts in the tier at the end.
+    pub count: u64,
+}
+
 /// A portfolio alert that could not be evaluated.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct PortfolioError {
@@ -220,6 +237,8 @@ pub struct Summary {
     /// Share of revenue held by the 10 largest accounts.
     pub top10_revenue_share: f64,
     pub tiers: Vec<TierSummary>,
+    /// Tiers over their cap because of protected accounts, best tier first.
+    pub over_cap: Vec<OverCap>,
     pub changes: ChangeCounts,
     pub managers: Vec<ManagerLoad>,
     pub portfolio_alerts: Vec<AlertOut>,

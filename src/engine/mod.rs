@@ -46,12 +46,26 @@ pub(crate) struct Scored {
     pub current: Option<usize>,
     /// Tier after movement (then after caps and capacity, at portfolio level).
     pub tier: usize,
+    /// Tier after movement, before caps and capacity.
+    pub movement_tier: usize,
     pub change: Change,
-    /// Movement kept the account in its current tier.
-    pub held: bool,
+    /// Movement kept the account in its current tier (`hold`), and what did: caps, `total_max`
+    /// and capacity never move such an account, and name this when that leaves a tier over.
+    pub held: Option<HeldBy>,
     pub reasons: Vec<Reason>,
     /// Cached `when` results per tier (`None`: not evaluated).
     pub when: Vec<Option<bool>>,
+}
+
+/// What stopped a demotion, in the order movement checks them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeldBy {
+    /// Within `demote_margin` of the current tier's `min_score`.
+    Margin,
+    /// Fewer than `min_tenure_days` in the current tier.
+    Tenure,
+    /// `[[movement.holds]]` number `.0` (declaration order).
+    Hold(usize),
 }
 
 /// A `number` or `integer` input's value as f64 (`None` for `()` or another type).
@@ -284,8 +298,9 @@ impl<'p> Ctx<'p> {
             qualified: n - 1,
             current,
             tier: n - 1,
+            movement_tier: n - 1,
             change: Change::None,
-            held: false,
+            held: None,
             reasons: Vec::new(),
             when: vec![None; n],
         };
@@ -330,6 +345,7 @@ impl<'p> Ctx<'p> {
         });
 
         self.movement(&mut s)?;
+        s.movement_tier = s.tier;
         Ok(s)
     }
 
@@ -408,7 +424,7 @@ impl<'p> Ctx<'p> {
             let below = score < ct.min_score - m.demote_margin;
             let cond_fails = !below && !self.when(s, cur)?;
             if !(below || cond_fails) {
-                return self.hold(s, cur, "margin", format!("score {} is below {}'s {} but within the demote margin {} (demotion below {}): stays {}", Num(score), ct.id, Num(ct.min_score), Num(m.demote_margin), Num(ct.min_score - m.demote_margin), ct.id));
+                return self.hold(s, cur, HeldBy::Margin, format!("score {} is below {}'s {} but within the demote margin {} (demotion below {}): stays {}", Num(score), ct.id, Num(ct.min_score), Num(m.demote_margin), Num(ct.min_score - m.demote_margin), ct.id));
             }
             let tenure_ok = match s.account.tier_since {
                 None => true,
@@ -419,19 +435,19 @@ impl<'p> Ctx<'p> {
                 return self.hold(
                     s,
                     cur,
-                    "tenure",
+                    HeldBy::Tenure,
                     format!(
                         "in {} for {days} days, fewer than the {} days before a demotion: stays {}",
                         ct.id, m.min_tenure_days, ct.id
                     ),
                 );
             }
-            for h in &m.holds {
+            for (k, h) in m.holds.iter().enumerate() {
                 if self.condition(&s.account.id, &h.when)? {
                     return self.hold(
                         s,
                         cur,
-                        "hold",
+                        HeldBy::Hold(k),
                         format!("hold `{}`: {}: stays {}", h.id, h.reason, ct.id),
                     );
                 }
@@ -489,12 +505,17 @@ impl<'p> Ctx<'p> {
         &self,
         s: &mut Scored,
         cur: usize,
-        code: &'static str,
+        by: HeldBy,
         message: String,
     ) -> Result<(), AccountError> {
         s.tier = cur;
         s.change = Change::Hold;
-        s.held = true;
+        s.held = Some(by);
+        let code = match by {
+            HeldBy::Margin => "margin",
+            HeldBy::Tenure => "tenure",
+            HeldBy::Hold(_) => "hold",
+        };
         s.reasons.push(Reason { code, message });
         Ok(())
     }
@@ -552,6 +573,8 @@ impl<'p> Ctx<'p> {
             reasons: s.reasons,
             alerts,
             next_tier,
+            movement_tier: (s.movement_tier != s.tier)
+                .then(|| p.tiers[s.movement_tier].key.clone()),
         })
     }
 }

@@ -6,7 +6,7 @@
 //! score descending, then id ascending (UTF-8 bytes), so input order never matters.
 
 use super::*;
-use crate::policy::Overflow;
+use crate::policy::{Capacity, Overflow, Priority};
 use crate::script::Aggregates;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -24,34 +24,177 @@ fn limit(max_share: Option<f64>, max_count: Option<u64>, n: usize) -> Option<u64
     }
 }
 
-/// Applies the tier caps from tier `from` down: accounts over a tier's limit drop to the
-/// next tier (whatever its `when`) and are ranked there with its own accounts.
+/// Where an account stands when seats are short: fixed accounts are seated first (all of them),
+/// then incumbents before entrants under `incumbents`, or both together under `score`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Seat {
+    Fixed,
+    Incumbent,
+    Entrant,
+}
+
+/// Why an account may not go lower than its tier: movement held it, or `lower` (the tier a
+/// cap, `total_max` or capacity would send it to) is more than `max_steps` below its
+/// `current_tier`.
+fn fixed(p: &Policy, s: &Scored, lower: usize) -> bool {
+    s.held.is_some()
+        || match (s.current, p.movement.max_steps) {
+            (Some(c), Some(k)) => lower > c + k as usize,
+            _ => false,
+        }
+}
+
+fn seat(p: &Policy, s: &Scored, lower: usize) -> Seat {
+    if fixed(p, s, lower) {
+        Seat::Fixed
+    } else if s.current == Some(s.tier) {
+        Seat::Incumbent
+    } else {
+        Seat::Entrant
+    }
+}
+
+/// Orders `members` (indices into `scored`) for seats: fixed first, then by `priority`, each
+/// group by score descending, then id ascending. Returns each member's seat class, in order.
+fn seat_order(
+    p: &Policy,
+    scored: &[Scored],
+    members: Vec<usize>,
+    lower: usize,
+    priority: Priority,
+) -> Vec<(Seat, usize)> {
+    let mut order: Vec<(Seat, usize)> =
+        members.into_iter().map(|i| (seat(p, &scored[i], lower), i)).collect();
+    let group = |c: Seat| match (c, priority) {
+        (Seat::Fixed, _) => 0u8,
+        (Seat::Incumbent, _) | (Seat::Entrant, Priority::Score) => 1,
+        (Seat::Entrant, Priority::Incumbents) => 2,
+    };
+    order
+        .sort_by(|a, b| group(a.0).cmp(&group(b.0)).then_with(|| rank(&scored[a.1], &scored[b.1])));
+    order
+}
+
+/// `1 account`, `5 accounts`.
+fn accounts(n: u64) -> String {
+    if n == 1 { "1 account".into() } else { format!("{n} accounts") }
+}
+
+/// Who was seated before whom, counted once per ordering, for the reasons.
+#[derive(Clone, Copy)]
+struct Groups {
+    of: usize,
+    fixed: usize,
+    incumbents: usize,
+    priority: Priority,
+}
+
+impl Groups {
+    fn of(order: &[(Seat, usize)], priority: Priority) -> Self {
+        let count = |c: Seat| order.iter().filter(|(x, _)| *x == c).count();
+        Groups {
+            of: order.len(),
+            fixed: count(Seat::Fixed),
+            incumbents: count(Seat::Incumbent),
+            priority,
+        }
+    }
+
+    /// Where the account ranked and why: `ranked 12 of 15 (an entrant: 9 incumbents are seated
+    /// first, then by score)`.
+    fn ranked(&self, pos: usize, class: Seat) -> String {
+        let mut why = match (self.priority, class) {
+            (Priority::Incumbents, Seat::Entrant) if self.incumbents > 0 => match self.incumbents {
+                1 => "an entrant: the 1 incumbent goes first, then by score".to_string(),
+                k => format!("an entrant: the {k} incumbents go first, then by score"),
+            },
+            (Priority::Incumbents, Seat::Incumbent) => "incumbents first, by score".to_string(),
+            _ => "by score".to_string(),
+        };
+        if self.fixed > 0 && class != Seat::Fixed {
+            why.push_str(&format!(", after {} that may not go lower", accounts(self.fixed as u64)));
+        }
+        if class == Seat::Fixed {
+            why = "it may not go lower".into();
+        }
+        format!("ranked {pos} of {} ({why})", self.of)
+    }
+}
+
+/// What keeps a fixed account where it is, for `cap_protected`.
+fn protection(p: &Policy, s: &Scored, lower: usize) -> String {
+    let t = &p.tiers[s.tier].id;
+    match s.held {
+        Some(HeldBy::Margin) => format!(
+            "movement held it in {t} (within the demote margin {})",
+            Num(p.movement.demote_margin)
+        ),
+        Some(HeldBy::Tenure) => format!(
+            "movement held it in {t} (fewer than {} days in the tier)",
+            p.movement.min_tenure_days
+        ),
+        Some(HeldBy::Hold(k)) => match p.movement.holds.get(k) {
+            Some(h) => format!("movement held it in {t} (hold `{}`: {})", h.id, h.reason),
+            None => format!("movement held it in {t}"),
+        },
+        None => {
+            let k = p.movement.max_steps.unwrap_or(0);
+            let cur = s.current.map_or("", |c| p.tiers[c].id.as_str());
+            format!(
+                "max_steps {k}: {} would be {} tiers below its current tier {cur}",
+                p.tiers.get(lower).map_or("", |x| x.id.as_str()),
+                lower - s.current.unwrap_or(0)
+            )
+        }
+    }
+}
+
+/// Applies the tier caps from tier `from` down: the accounts without a seat drop to the next
+/// tier (whatever its `when`) and compete there with its own accounts.
 fn apply_caps(p: &Policy, scored: &mut [Scored], from: usize, n: usize) {
     let last = p.tiers.len() - 1;
     for t in from..last {
         let tier = &p.tiers[t];
         let Some(lim) = limit(tier.max_share, tier.max_count, n) else { continue };
-        let mut members: Vec<usize> = (0..scored.len()).filter(|&i| scored[i].tier == t).collect();
+        let members: Vec<usize> = (0..scored.len()).filter(|&i| scored[i].tier == t).collect();
         if members.len() as u64 <= lim {
             continue;
         }
-        members.sort_by(|&a, &b| rank(&scored[a], &scored[b]));
+        let order = seat_order(p, scored, members, t + 1, tier.cap_priority);
+        let groups = Groups::of(&order, tier.cap_priority);
         let what = match (tier.max_share, tier.max_count) {
             (Some(s), Some(c)) => format!("max_share {} of {n} accounts, max_count {c}", num(s)),
             (Some(s), None) => format!("max_share {} of {n} accounts", num(s)),
             (None, Some(c)) => format!("max_count {c}"),
             (None, None) => String::new(),
         };
-        for (pos, &i) in members.iter().enumerate().skip(lim as usize) {
+        let next = &p.tiers[t + 1].id;
+        for (pos, &(class, i)) in order.iter().enumerate().skip(lim as usize) {
             let s = &mut scored[i];
+            let rank = groups.ranked(pos + 1, class);
+            if class == Seat::Fixed {
+                // Re-applied after `total_max` or capacity moved accounts in: the account keeps
+                // one `cap_protected`, with its latest rank.
+                let message = format!(
+                    "{} keeps at most {} ({what}); {rank}, so it stays {}: {}",
+                    tier.id,
+                    accounts(lim),
+                    tier.id,
+                    protection(p, s, t + 1)
+                );
+                match s.reasons.iter_mut().find(|r| r.code == "cap_protected") {
+                    Some(r) => r.message = message,
+                    None => s.reasons.push(Reason { code: "cap_protected", message }),
+                }
+                continue;
+            }
             s.tier = t + 1;
             s.reasons.push(Reason {
                 code: "cap",
                 message: format!(
-                    "{} keeps at most {lim} accounts ({what}); ranked {} by score, moves to {}",
+                    "{} keeps at most {} ({what}); {rank}, moves to {next}",
                     tier.id,
-                    pos + 1,
-                    p.tiers[t + 1].id
+                    accounts(lim)
                 ),
             });
         }
@@ -60,43 +203,76 @@ fn apply_caps(p: &Policy, scored: &mut [Scored], from: usize, n: usize) {
 
 pub(crate) struct Book {
     pub managers: Vec<ManagerLoad>,
+    pub over_cap: Vec<OverCap>,
 }
 
 /// Caps, `total_max` and manager capacity over the decided accounts.
 fn place_accounts(p: &Policy, scored: &mut [Scored]) -> Book {
     let n = scored.len();
     apply_caps(p, scored, 0, n);
-    let Some(cap) = &p.capacity else { return Book { managers: Vec::new() } };
+    let managers = match &p.capacity {
+        Some(cap) => capacity(p, cap, scored, n),
+        None => Vec::new(),
+    };
+    // Only fixed accounts can leave a tier above its limit (nothing moves them).
+    let mut counts = vec![0u64; p.tiers.len()];
+    for s in scored.iter() {
+        counts[s.tier] += 1;
+    }
+    let over_cap = p
+        .tiers
+        .iter()
+        .zip(counts)
+        .filter_map(|(t, count)| {
+            let limit = limit(t.max_share, t.max_count, n)?;
+            (count > limit).then(|| OverCap { tier: t.id.clone(), limit, count })
+        })
+        .collect();
+    Book { managers, over_cap }
+}
 
+/// `total_max`, then each manager's book against `per_manager`.
+fn capacity(p: &Policy, cap: &Capacity, scored: &mut [Scored], n: usize) -> Vec<ManagerLoad> {
+    let outside = &p.tiers[cap.outside].id;
     if let Some(total) = cap.total_max {
-        let mut members: Vec<usize> = (0..n).filter(|&i| cap.in_book[scored[i].tier]).collect();
+        let members: Vec<usize> = (0..n).filter(|&i| cap.in_book[scored[i].tier]).collect();
         if members.len() as u64 > total {
-            members.sort_by(|&a, &b| rank(&scored[a], &scored[b]));
-            for (pos, &i) in members.iter().enumerate().skip(total as usize) {
+            let order = seat_order(p, scored, members, cap.outside, cap.priority);
+            let groups = Groups::of(&order, cap.priority);
+            let mut moved = false;
+            for (pos, &(class, i)) in order.iter().enumerate().skip(total as usize) {
+                if class == Seat::Fixed {
+                    continue;
+                }
                 let s = &mut scored[i];
-                let from = p.tiers[s.tier].id.clone();
+                let message = format!(
+                    "the capacity tiers hold at most {} together; {}, moves from {} to {outside}",
+                    accounts(total),
+                    groups.ranked(pos + 1, class),
+                    p.tiers[s.tier].id
+                );
                 s.tier = cap.outside;
-                s.reasons.push(Reason {
-                    code: "total_max",
-                    message: format!("the capacity tiers hold at most {total} accounts together; ranked {} by score, moves from {from} to {}", pos + 1, p.tiers[cap.outside].id),
-                });
+                s.reasons.push(Reason { code: "total_max", message });
+                moved = true;
             }
-            apply_caps(p, scored, cap.outside, n);
+            if moved {
+                apply_caps(p, scored, cap.outside, n);
+            }
         }
     }
 
     let mut books: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, s) in scored.iter().enumerate() {
         if let Some(m) = &s.account.manager {
-            books.entry(m.as_str()).or_default();
+            let book = books.entry(m.as_str()).or_default();
             if cap.in_book[s.tier] {
-                books.entry(m.as_str()).or_default().push(i);
+                book.push(i);
             }
         }
     }
     let mut managers = Vec::with_capacity(books.len());
     let mut to_demote: Vec<(usize, String)> = Vec::new();
-    for (m, mut members) in books {
+    for (m, members) in books {
         let count = members.len() as u64;
         let status = match (cap.min, cap.max) {
             (Some(lo), _) if count < lo => Load::Under,
@@ -113,14 +289,21 @@ fn place_accounts(p: &Policy, scored: &mut [Scored]) -> Book {
         if let Some(hi) = cap.max
             && count > hi
         {
-            members.sort_by(|&a, &b| rank(&scored[a], &scored[b]));
-            for &i in &members[hi as usize..] {
+            let order = seat_order(p, scored, members, cap.outside, cap.priority);
+            let groups = Groups::of(&order, cap.priority);
+            for (pos, &(class, i)) in order.iter().enumerate().skip(hi as usize) {
                 let id = scored[i].account.id.clone();
                 match cap.on_overflow {
                     Overflow::Flag => load.reassign.push(id),
+                    Overflow::Demote if class == Seat::Fixed => {}
                     Overflow::Demote => {
                         load.demoted.push(id);
-                        to_demote.push((i, m.to_string()));
+                        to_demote.push((i, format!(
+                            "manager {m}'s book keeps at most {} in the capacity tiers; {}, moves from {} to {outside}",
+                            accounts(hi),
+                            groups.ranked(pos + 1, class),
+                            p.tiers[scored[i].tier].id
+                        )));
                     }
                 }
             }
@@ -130,26 +313,21 @@ fn place_accounts(p: &Policy, scored: &mut [Scored]) -> Book {
         managers.push(load);
     }
     if !to_demote.is_empty() {
-        let max = cap.max.unwrap_or(0);
-        for (i, m) in to_demote {
+        for (i, message) in to_demote {
             let s = &mut scored[i];
-            let from = p.tiers[s.tier].id.clone();
             s.tier = cap.outside;
-            s.reasons.push(Reason {
-                code: "capacity",
-                message: format!("manager {m} carries more than {max} accounts in the capacity tiers; among the lowest scores of the book, moves from {from} to {}", p.tiers[cap.outside].id),
-            });
+            s.reasons.push(Reason { code: "capacity", message });
         }
         apply_caps(p, scored, cap.outside, n);
     }
-    Book { managers }
+    managers
 }
 
 fn final_change(s: &Scored) -> Change {
     match s.current {
         None => Change::New,
         Some(c) if s.tier == c => {
-            if s.held {
+            if s.held.is_some() {
                 Change::Hold
             } else {
                 Change::None
@@ -301,6 +479,7 @@ fn summarize(policy: &Policy, accounts: &[Outcome], revenue: &[f64], book: Book)
     moves.sort_by(|a, b| a.id.as_bytes().cmp(b.id.as_bytes()));
     // Managers are counted from decided accounts only (an alert error removes an account).
     let managers = book.managers;
+    let over_cap = book.over_cap;
     let agg = Arc::new(Aggregates {
         account_count: n as i64,
         total_revenue: total,
@@ -318,6 +497,7 @@ fn summarize(policy: &Policy, accounts: &[Outcome], revenue: &[f64], book: Book)
         top10_revenue_share: top10,
         tiers,
         changes,
+        over_cap,
         managers,
         portfolio_alerts,
         portfolio_errors,

@@ -1173,6 +1173,7 @@ impl Compiler<'_> {
                 Some(w) if i != last => self.expr(engine, lib, ExprKind::Account, w, &rule),
                 _ => None,
             };
+            let cap_priority = self.priority(t.cap_priority.as_ref(), &rule, "cap_priority");
             out.push(Tier {
                 id: t.id.value.clone(),
                 id_str: t.id.value.as_str().into(),
@@ -1183,6 +1184,7 @@ impl Compiler<'_> {
                 when,
                 max_share: t.max_share.as_ref().map(|s| s.value),
                 max_count: t.max_count.as_ref().map(|s| s.value),
+                cap_priority,
             });
         }
         out
@@ -1241,6 +1243,26 @@ impl Compiler<'_> {
             max_steps: m.max_steps.as_ref().map(|v| v.value),
             holds,
         }
+    }
+
+    /// `cap_priority` or `[capacity] priority`: absent is `incumbents`; anything but the two
+    /// known values is an error (a typo would otherwise silently pick the default).
+    fn priority(&mut self, raw: Option<&Loc<String>>, rule: &str, field: &str) -> Priority {
+        let Some(v) = raw else { return Priority::default() };
+        if let Some((_, p)) = Priority::ALL.iter().find(|(name, _)| *name == v.value) {
+            return *p;
+        }
+        let names = Priority::ALL.map(|(n, _)| n);
+        let help = did_you_mean(&v.value, names)
+            .unwrap_or_else(|| "expected `incumbents` (the default) or `score`".into());
+        self.err(
+            "bad_priority",
+            Some(v.span.clone()),
+            Some(rule),
+            format!("`{field}` is `{}`, which is neither `incumbents` nor `score`", v.value),
+            Some(help),
+        );
+        Priority::default()
     }
 
     fn tier_ref(
@@ -1311,7 +1333,9 @@ impl Compiler<'_> {
                 "`total_max = 0` leaves no account in the capacity tiers",
             );
         }
+        let priority = self.priority(c.priority.as_ref(), rule, "priority");
         Some(Capacity {
+            priority,
             in_book,
             min,
             max,

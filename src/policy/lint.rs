@@ -9,6 +9,8 @@
 //!   solver);
 //! - a tier no score qualifies for, because a tier above it without a `when` needs no more;
 //! - a tier whose caps keep no account (`max_share = 0`, `max_count = 0`);
+//! - a `cap_priority` on a tier without a cap, or a `[capacity] priority` without
+//!   `total_max` or `per_manager.max`: there is never a full tier or book for it to order;
 //! - capacity that cannot be met: the capacity tiers hold fewer accounts together
 //!   (`total_max`, or the sum of their `max_count`) than `per_manager.min`, so every manager
 //!   ends `under`.
@@ -185,6 +187,21 @@ pub(crate) fn tiers(
                     help: (j + 1 == i).then(|| "give the better tier a higher `min_score`, a `when` or a cap".into()),
                 });
             }
+            if let Some(cp) = &r.cap_priority
+                && t.max_share.is_none()
+                && t.max_count.is_none()
+            {
+                out.push(Finding {
+                    code: "priority_unused",
+                    span: Some(cp.span.clone()),
+                    rule: rule.clone(),
+                    message: format!(
+                        "`cap_priority` does nothing: tier `{}` has no `max_share` or `max_count`",
+                        t.id
+                    ),
+                    help: Some("give the tier a cap, or remove `cap_priority`".into()),
+                });
+            }
             for (cap, zero, span) in [
                 (
                     "max_share",
@@ -234,6 +251,20 @@ pub(crate) fn holds(
 /// Capacity that cannot be met: the capacity tiers can never hold `per_manager.min` accounts.
 pub(crate) fn capacity(raw: &Loc<RawCapacity>, cap: &Capacity, tiers: &[Tier]) -> Vec<Finding> {
     let mut out = Vec::new();
+    if let Some(p) = &raw.priority
+        && cap.total_max.is_none()
+        && cap.max.is_none()
+    {
+        out.push(Finding {
+            code: "priority_unused",
+            span: Some(p.span.clone()),
+            rule: "capacity".into(),
+            message:
+                "`priority` does nothing: `[capacity]` has no `total_max` or `per_manager.max`"
+                    .into(),
+            help: None,
+        });
+    }
     let Some(min) = cap.min.filter(|&m| m > 0) else { return out };
     let span = raw.per_manager.as_ref().map(|p| p.span.clone());
     // The most accounts the capacity tiers can hold together, when some rule says.

@@ -12,7 +12,7 @@ pub mod overrides;
 pub mod raw;
 
 pub use diag::{Diagnostic, Level, Place, Report};
-pub use raw::{InputType, Overflow, Scalar, Severity};
+pub use raw::{InputType, Overflow, Priority, Scalar, Severity};
 
 use crate::script::Limits;
 use rhai::{AST, Engine, ImmutableString};
@@ -100,6 +100,8 @@ pub struct Tier {
     pub when: Option<Expr>,
     pub max_share: Option<f64>,
     pub max_count: Option<u64>,
+    /// Who keeps a seat when the tier is full.
+    pub cap_priority: Priority,
 }
 
 #[derive(Debug)]
@@ -126,6 +128,8 @@ pub struct Capacity {
     pub max: Option<u64>,
     pub total_max: Option<u64>,
     pub on_overflow: Overflow,
+    /// Who keeps a place under `total_max` and `per_manager.max`.
+    pub priority: Priority,
     /// The first tier below every capacity tier that is not one itself.
     pub outside: usize,
 }

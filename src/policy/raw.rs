@@ -228,6 +228,12 @@ pub struct RawTier {
     pub max_share: Option<Loc<f64>>,
     /// At most this many accounts.
     pub max_count: Option<Loc<u64>>,
+    /// Who keeps a seat when the tier is full: `"incumbents"` (the default: accounts already in
+    /// the tier before those entering it, each by score) or `"score"` (a strict top-N by
+    /// score). Accounts that movement held, or that `max_steps` keeps from going lower, keep
+    /// their seats first either way.
+    #[schemars(with = "Option<Priority>")]
+    pub cap_priority: Option<Loc<String>>,
     /// What the tier means, for people reading the policy.
     #[serde(default)]
     pub description: String,
@@ -286,6 +292,36 @@ pub struct RawCapacity {
     /// `flag` (default) or `demote`.
     #[serde(default)]
     pub on_overflow: Overflow,
+    /// Who keeps a place when `total_max` or a manager's `per_manager.max` is exceeded (and who
+    /// `flag` lists): `"incumbents"` (the default) or `"score"`, as a tier's `cap_priority`.
+    #[schemars(with = "Option<Priority>")]
+    pub priority: Option<Loc<String>>,
+}
+
+/// Who keeps a seat when a tier, the capacity tiers together or a manager's book is full.
+/// Accounts that may not go lower (held by movement, or at `max_steps` below their current
+/// tier) are seated first either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Accounts already in the tier (their `current_tier`) before those entering it, each by
+    /// score descending, then id.
+    #[default]
+    Incumbents,
+    /// Every account by score descending, then id: a strict top-N.
+    Score,
+}
+
+impl Priority {
+    pub const ALL: [(&'static str, Priority); 2] =
+        [("incumbents", Priority::Incumbents), ("score", Priority::Score)];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Incumbents => "incumbents",
+            Priority::Score => "score",
+        }
+    }
 }
 
 /// `{ min, max }`, both optional and inclusive.

@@ -8,7 +8,10 @@
 //! [`compare`] turns the two results into a [`PolicyDiff`]: the accounts whose final tier,
 //! `change` or alerts differ, a tier-to-tier transition matrix, counts and revenue per tier
 //! before and after, managers whose capacity status changes, portfolio alerts added, removed
-//! or reworded, and the accounts that fail under one policy only.
+//! or reworded, and the accounts that fail under one policy only. Each account whose tier
+//! differs says why ([`Cause`]): movement placed it differently (its score, a threshold, a
+//! margin, a hold), or movement placed it the same and a cap, `total_max` or capacity gave or
+//! took its seat (raising one tier's bar frees seats that the next accounts in line take).
 //!
 //! Pure and deterministic like the rest of the engine: both results list the records in input
 //! order, so accounts are paired by position (an unreadable record has no id, yet it is the
@@ -73,6 +76,14 @@ pub struct DiffSummary {
     pub moved_unranked: u64,
     /// Accounts in the same final tier whose `change` or alerts differ.
     pub same_tier_changed: u64,
+    /// Accounts in another final tier because movement places them differently ([`Cause::Score`]).
+    pub moved_by_score: u64,
+    /// Accounts in a better tier only because a cap, `total_max` or capacity now has a seat for
+    /// them ([`Cause::Seats`], up).
+    pub seats_freed: u64,
+    /// Accounts in a worse tier only because a cap, `total_max` or capacity no longer has a seat
+    /// for them ([`Cause::Seats`], down).
+    pub seats_taken: u64,
     /// Accounts decided under both whose score differs (by more than 1e-9).
     pub scores_changed: u64,
     /// Accounts that raise at least one alert they did not raise before.
@@ -138,6 +149,28 @@ impl Direction {
     }
 }
 
+/// Why an account's final tier differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Cause {
+    /// Movement (score, qualified tier, margins, tenure, holds, `max_steps`) places the account in
+    /// another tier under the candidate; caps may have moved it too. Also every move between
+    /// tiers only one policy has.
+    Score,
+    /// Movement places it in the same tier under both policies: only the seats differ (a cap,
+    /// `total_max` or manager capacity kept it out under one policy and not the other).
+    Seats,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Score => "score",
+            Cause::Seats => "seats",
+        }
+    }
+}
+
 /// One account whose decision differs.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct AccountDiff {
@@ -149,6 +182,16 @@ pub struct AccountDiff {
     /// Final tier under the candidate.
     pub to: String,
     pub direction: Direction,
+    /// Why the final tier differs; absent when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
+    /// Where movement alone puts the account under the baseline, when caps or capacity then
+    /// moved it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub movement_before: Option<String>,
+    /// Where movement alone puts it under the candidate, when caps or capacity then moved it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub movement_after: Option<String>,
     pub score_before: f64,
     pub score_after: f64,
     pub change_before: Change,
@@ -302,6 +345,21 @@ pub fn compare(before: &PortfolioResult, after: &PortfolioResult) -> PolicyDiff 
                     Direction::Unranked => s.moved_unranked += 1,
                     Direction::Same => s.same_tier_changed += 1,
                 }
+                let (mb, ma) = (
+                    b.movement_tier.as_deref().unwrap_or(&b.tier),
+                    a.movement_tier.as_deref().unwrap_or(&a.tier),
+                );
+                let cause = match dir {
+                    Direction::Same => None,
+                    Direction::Up | Direction::Down if mb == ma => Some(Cause::Seats),
+                    _ => Some(Cause::Score),
+                };
+                match (cause, dir) {
+                    (Some(Cause::Seats), Direction::Up) => s.seats_freed += 1,
+                    (Some(Cause::Seats), _) => s.seats_taken += 1,
+                    (Some(Cause::Score), _) => s.moved_by_score += 1,
+                    (None, _) => {}
+                }
                 s.alerts_added += u64::from(!added.is_empty());
                 s.alerts_removed += u64::from(!removed.is_empty());
                 accounts.push(AccountDiff {
@@ -310,6 +368,9 @@ pub fn compare(before: &PortfolioResult, after: &PortfolioResult) -> PolicyDiff 
                     from: b.tier.to_string(),
                     to: a.tier.to_string(),
                     direction: dir,
+                    cause,
+                    movement_before: b.movement_tier.as_deref().map(str::to_string),
+                    movement_after: a.movement_tier.as_deref().map(str::to_string),
                     score_before: b.score,
                     score_after: a.score,
                     change_before: b.change,

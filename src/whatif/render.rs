@@ -5,7 +5,7 @@
 //! the JSON form (serde) lists everything. Pure: a `String` out, the same bytes for the same
 //! diff.
 
-use super::{AccountDiff, Direction, PolicyDiff};
+use super::{AccountDiff, Cause, Direction, PolicyDiff};
 use crate::engine::Load;
 use std::fmt::Write as _;
 
@@ -93,6 +93,28 @@ fn alerts_cell(a: &AccountDiff) -> String {
     parts.join(" ")
 }
 
+/// The reason that decided the final tier: the last one past the score's own `qualifies`
+/// (a cap's when one moved the account, else the movement's; `stays <tier>` when nothing
+/// happened).
+fn why(reasons: &[crate::engine::Reason]) -> &str {
+    reasons
+        .iter()
+        .rev()
+        .find(|r| r.code != "stay" && r.code != "qualifies")
+        .or(reasons.last())
+        .map_or("", |r| r.message.as_str())
+}
+
+/// `score`, `seats freed`, `seats taken`, or empty for an account that keeps its tier.
+fn cause(a: &AccountDiff) -> &'static str {
+    match (a.cause, a.direction) {
+        (Some(Cause::Seats), Direction::Up) => "seats freed",
+        (Some(Cause::Seats), _) => "seats taken",
+        (Some(Cause::Score), _) => "score",
+        (None, _) => "",
+    }
+}
+
 fn arrow<T: PartialEq + std::fmt::Display>(a: T, b: T) -> String {
     if a == b { a.to_string() } else { format!("{a} → {b}") }
 }
@@ -102,11 +124,26 @@ fn arrow<T: PartialEq + std::fmt::Display>(a: T, b: T) -> String {
 pub fn headline(d: &PolicyDiff) -> String {
     let s = &d.summary;
     let mut parts = Vec::new();
+    // Moves that only follow from seats (a cap freeing or taking them) are said as such: a
+    // reviewer who raised one tier's bar should read "the cap freed 31 seats", not "31 scores".
+    let freed = match s.seats_freed {
+        0 => String::new(),
+        n if n == s.promoted => " (all into seats a cap freed)".to_string(),
+        n => format!(" ({n} of them into seats a cap freed)"),
+    };
+    let taken = match s.seats_taken {
+        0 => String::new(),
+        n if n == s.demoted => " (all out of seats a cap took)".to_string(),
+        n => format!(" ({n} of them out of seats a cap took)"),
+    };
     match (s.promoted, s.demoted) {
         (0, 0) => {}
-        (p, 0) => parts.push(format!("promotes {}", plural(p, "account", "accounts"))),
-        (0, d) => parts.push(format!("demotes {}", plural(d, "account", "accounts"))),
-        (p, d) => parts.push(format!("promotes {}, demotes {d}", plural(p, "account", "accounts"))),
+        (p, 0) => parts.push(format!("promotes {}{freed}", plural(p, "account", "accounts"))),
+        (0, d) => parts.push(format!("demotes {}{taken}", plural(d, "account", "accounts"))),
+        (p, d) => parts.push(format!(
+            "promotes {}{freed}, demotes {d}{taken}",
+            plural(p, "account", "accounts")
+        )),
     }
     if s.moved_unranked > 0 {
         parts.push(format!(
@@ -316,23 +353,36 @@ pub fn table(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
             shown.len(),
             d.accounts.len()
         );
-        let _ =
-            writeln!(o, "{:<16} {:<15} {:<22} {:<18} alerts", "account", "score", "tier", "change");
+        let _ = writeln!(
+            o,
+            "{:<16} {:<15} {:<22} {:<18} {:<12} alerts",
+            "account", "score", "tier", "change", "cause"
+        );
         for a in shown {
             let score = if (a.score_before - a.score_after).abs() > 1e-9 {
                 format!("{} → {}", num(a.score_before), num(a.score_after))
             } else {
                 num(a.score_before)
             };
-            let _ = writeln!(
-                o,
-                "{:<16} {:<15} {:<22} {:<18} {}",
+            let line = format!(
+                "{:<16} {:<15} {:<22} {:<18} {:<12} {}",
                 a.id,
                 score,
                 arrow(&a.from, &a.to),
                 arrow(a.change_before.as_str(), a.change_after.as_str()),
+                cause(a),
                 alerts_cell(a)
             );
+            let _ = writeln!(o, "{}", line.trim_end());
+            // Why, on both sides, for an account whose tier or movement differs (an alert-only
+            // change reads from its alerts cell).
+            if a.from != a.to || a.change_before != a.change_after {
+                let (before, after) = (why(&a.reasons_before), why(&a.reasons_after));
+                if before != after {
+                    let _ = writeln!(o, "    baseline:  {before}");
+                }
+                let _ = writeln!(o, "    candidate: {after}");
+            }
         }
     }
     for (title, list) in [
@@ -473,32 +523,28 @@ pub fn markdown(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
             plural(d.accounts.len() as u64, "account", "accounts"),
             shown.len()
         );
-        let _ = writeln!(o, "| account | score | tier | change | alerts | why (candidate) |");
-        let _ = writeln!(o, "|---|---|---|---|---|---|");
+        let _ = writeln!(
+            o,
+            "| account | score | tier | change | cause | alerts | why (baseline) | why (candidate) |"
+        );
+        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|");
         for a in shown {
             let score = if (a.score_before - a.score_after).abs() > 1e-9 {
                 format!("{} → {}", num(a.score_before), num(a.score_after))
             } else {
                 num(a.score_before)
             };
-            // The last reason that says more than "stays <tier>".
-            let why = a
-                .reasons_after
-                .iter()
-                .rev()
-                .find(|r| r.code != "stay")
-                .or(a.reasons_after.last())
-                .map(|r| md(&r.message))
-                .unwrap_or_default();
             let _ = writeln!(
                 o,
-                "| `{}` | {} | {} | {} | {} | {} |",
+                "| `{}` | {} | {} | {} | {} | {} | {} | {} |",
                 md(&a.id),
                 score,
                 arrow(&a.from, &a.to),
                 arrow(a.change_before.as_str(), a.change_after.as_str()),
+                cause(a),
                 alerts_cell(a),
-                why
+                md(why(&a.reasons_before)),
+                md(why(&a.reasons_after))
             );
         }
         let _ = writeln!(o, "\n</details>");
