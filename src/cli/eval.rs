@@ -1,5 +1,6 @@
 //! `tierwise eval`: decide the accounts of a file, at account or portfolio level.
 
+use tierwise::whatif::text::plain;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::collections::BTreeSet;
@@ -233,7 +234,7 @@ fn write_portfolio(
                 writeln!(
                     out,
                     "{:<14} {:>8} {:>6.1}% {:>16.0}",
-                    t.id,
+                    plain(&t.id),
                     t.count,
                     t.share * 100.0,
                     t.revenue
@@ -249,13 +250,19 @@ fn write_portfolio(
                 writeln!(
                     out,
                     "manager {:<20} {:>4} accounts  {}",
-                    m.manager,
+                    plain(&m.manager),
                     m.count,
                     m.status.as_str()
                 )?;
             }
             for a in &s.portfolio_alerts {
-                writeln!(out, "portfolio alert [{:?}] {}: {}", a.severity, a.id, a.message)?;
+                writeln!(
+                    out,
+                    "portfolio alert [{:?}] {}: {}",
+                    a.severity,
+                    plain(&a.id),
+                    plain(&a.message)
+                )?;
             }
             Ok(())
         }
@@ -275,25 +282,25 @@ fn write_table(out: &mut impl Write, outcomes: &[Outcome]) -> std::io::Result<()
                 writeln!(
                     out,
                     "{:<20} {:>6.2}  {:<12} {:<12} {:<8} {}",
-                    d.id,
+                    plain(&d.id),
                     d.score,
-                    d.tier,
-                    d.previous_tier.as_deref().unwrap_or("-"),
+                    plain(&d.tier),
+                    plain(d.previous_tier.as_deref().unwrap_or("-")),
                     d.change.as_str(),
-                    alerts.join(",")
+                    plain(&alerts.join(","))
                 )?;
             }
             Outcome::Error { id, error } => {
                 writeln!(
                     out,
                     "{:<20} {:>6}  {:<12} {:<12} {:<8} error {}: {}",
-                    id.as_deref().unwrap_or("?"),
+                    plain(id.as_deref().unwrap_or("?")),
                     "-",
                     "-",
                     "-",
                     "-",
                     error.code,
-                    error.message
+                    plain(&error.message)
                 )?;
             }
         }
@@ -321,13 +328,13 @@ fn write_csv(out: &mut impl Write, outcomes: &[Outcome]) -> std::io::Result<()> 
             Outcome::Decision(d) => {
                 let alerts: Vec<&str> = d.alerts.iter().map(|a| &*a.id).collect();
                 w.write_record([
-                    d.id.as_str(),
+                    &*plain(&d.id),
                     &d.score.to_string(),
-                    &d.qualified_tier,
-                    d.previous_tier.as_deref().unwrap_or(""),
-                    &d.tier,
+                    &plain(&d.qualified_tier),
+                    &plain(d.previous_tier.as_deref().unwrap_or("")),
+                    &plain(&d.tier),
                     d.change.as_str(),
-                    &alerts.join(";"),
+                    &plain(&alerts.join(";")),
                     "",
                     "",
                 ])
@@ -335,7 +342,7 @@ fn write_csv(out: &mut impl Write, outcomes: &[Outcome]) -> std::io::Result<()> 
             }
             Outcome::Error { id, error } => {
                 w.write_record([
-                    id.as_deref().unwrap_or(""),
+                    &*plain(id.as_deref().unwrap_or("")),
                     "",
                     "",
                     "",
@@ -343,7 +350,7 @@ fn write_csv(out: &mut impl Write, outcomes: &[Outcome]) -> std::io::Result<()> 
                     "",
                     "",
                     error.code,
-                    &error.message,
+                    &plain(&error.message),
                 ])
                 .map_err(io)?;
             }

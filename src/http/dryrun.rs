@@ -22,6 +22,7 @@ use crate::engine::testrun;
 use crate::engine::{self, PolicyRef};
 use crate::policy::{self, Diagnostic, Files, overrides};
 use crate::script;
+use crate::policy::limits;
 use crate::service::FailedCase;
 use crate::whatif::{self, PolicyDiff, render};
 use axum::extract::{RawQuery, State};
@@ -34,10 +35,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
-/// Most files a candidate folder may hold.
-pub const MAX_CANDIDATE_FILES: usize = 64;
-/// Most bytes the candidate's files may hold together (paths and texts).
-pub const MAX_CANDIDATE_BYTES: usize = 1024 * 1024;
+pub use crate::policy::limits::{MAX_CANDIDATE_BYTES, MAX_CANDIDATE_FILES};
 /// Accounts the markdown and table forms list by default (JSON lists every one).
 const DEFAULT_TOP: usize = 20;
 
@@ -50,15 +48,16 @@ pub struct DryRunRequest<'a> {
     #[serde(default)]
     pub baseline: Option<String>,
     /// A whole candidate policy folder, sent inline.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::jsonmap::object_opt")]
     pub candidate: Option<CandidateFolder>,
     /// Values of `policy.toml` to change, by path (`"tiers.key.min_score": 7.0`,
     /// `"score.criteria[id=revenue].weight": 5`): applied to the candidate's files when a
     /// candidate is sent, else to the baseline's own files. A path that names nothing is a
     /// 422 `invalid_override` with a "did you mean".
-    #[serde(default)]
+    #[serde(default, borrow, deserialize_with = "crate::jsonmap::unique_opt")]
     #[schemars(with = "Option<BTreeMap<String, Value>>")]
-    pub overrides: Option<serde_json::Map<String, Value>>,
+    #[schemars(extend("maxProperties" = limits::MAX_CANDIDATE_FILES))]
+    pub overrides: Option<BTreeMap<String, &'a RawValue>>,
     /// `json` (the default), `markdown` (a pull-request comment, `text/markdown`) or `table`
     /// (`text/plain`); `?format=` in the query does the same.
     #[serde(default)]
@@ -90,6 +89,7 @@ pub struct CandidateFolder {
     /// Relative path → text. Only `policy.toml`, `scripts/NAME.rhai` and `tests/NAME.toml`;
     /// at most 64 files and 1 MiB in all.
     #[schemars(extend("maxProperties" = MAX_CANDIDATE_FILES))]
+    #[serde(deserialize_with = "crate::jsonmap::unique")]
     pub files: BTreeMap<String, String>,
 }
 
@@ -286,18 +286,13 @@ fn path_problem(path: &str) -> Option<&'static str> {
     None
 }
 
-/// The candidate's files, checked: size first (413), then every path (400).
+/// A candidate over [`limits::check_candidate`]'s budget: 413, as every "too much content".
+fn too_large(e: limits::TooLarge) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.code, e.message).details(e.details)
+}
+
+/// The candidate's files, checked (their size was, with the overrides): every path (400).
 fn candidate_files(c: &CandidateFolder) -> Result<Files, ApiError> {
-    let bytes: usize = c.files.iter().map(|(p, t)| p.len() + t.len()).sum();
-    if c.files.len() > MAX_CANDIDATE_FILES || bytes > MAX_CANDIDATE_BYTES {
-        let what = if c.files.len() > MAX_CANDIDATE_FILES {
-            format!("{} files, more than the limit of {MAX_CANDIDATE_FILES}", c.files.len())
-        } else {
-            format!("{bytes} bytes, more than the limit of {MAX_CANDIDATE_BYTES}")
-        };
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "candidate_too_large", format!("the candidate folder holds {what}"))
-            .details(json!({ "files": c.files.len(), "max_files": MAX_CANDIDATE_FILES, "bytes": bytes, "max_bytes": MAX_CANDIDATE_BYTES })));
-    }
     let bad: Vec<Value> = c
         .files
         .keys()
@@ -372,6 +367,25 @@ fn candidate_unsafe(tripped: &[&whatif::FailureDelta]) -> ApiError {
     .details(json!({ "accounts": tripped.len(), "stopped_early": stopped.len(), "by_code": by_code, "examples": examples }))
 }
 
+/// 422 `candidate_output_limit`: the candidate's alerts fan out past the output budget (too
+/// many on one account, or too many bytes over the book), naming the rule.
+fn candidate_output_limit(rule: &str, tripped: &[&whatif::FailureDelta], limit: usize) -> ApiError {
+    let first = tripped.iter().find(|f| f.error.code == "output_limit");
+    let why = first.map(|f| format!("; first: `{}`: {}", f.id.as_deref().unwrap_or("?"), f.error.message)).unwrap_or_default();
+    let examples: Vec<Value> = tripped
+        .iter()
+        .filter(|f| f.error.code == "output_limit")
+        .take(5)
+        .map(|f| json!({ "id": f.id, "record": f.record, "error": f.error }))
+        .collect();
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "candidate_output_limit",
+        format!("the candidate policy's `{rule}` fans out past the output limits (alerts per account, or {limit} bytes of alerts over the book){why}"),
+    )
+    .details(json!({ "rule": rule, "limit_bytes": limit, "examples": examples }))
+}
+
 fn candidate_invalid(report: policy::Report, with_overrides: bool) -> ApiError {
     let n = report.errors().count();
     let first = report
@@ -412,7 +426,15 @@ fn run(
             "nothing to compare: send `candidate` (a policy folder's files), `overrides`, or both",
         ));
     }
-    // The candidate's own limits come before any lookup or parsing of its content.
+    // The candidate's own limits come before any lookup or parsing of its content: files
+    // and overrides against one budget.
+    let size = limits::check_candidate(
+        req.candidate.as_ref().map(|c| &c.files),
+        req.overrides.as_ref(),
+    )
+    .map_err(too_large)?;
+    let candidate_digest =
+        limits::digest_of(req.candidate.as_ref().map(|c| &c.files), req.overrides.as_ref());
     let sent = req.candidate.as_ref().map(candidate_files).transpose()?;
     let baseline = app.service.policy(req.baseline.as_deref()).map_err(lookup_error)?;
 
@@ -421,8 +443,14 @@ fn run(
         Some(f) => f,
         None => (*baseline.files).clone(),
     };
-    if let Some(map) = &req.overrides {
-        let list = overrides::from_json_map(map).map_err(override_error)?;
+    if let Some(raw) = &req.overrides {
+        let mut map = serde_json::Map::new();
+        for (k, v) in raw {
+            let v: Value = serde_json::from_str(v.get())
+                .map_err(|e| ApiError::internal("override value", e))?;
+            map.insert(k.clone(), v);
+        }
+        let list = overrides::from_json_map(&map).map_err(override_error)?;
         // A candidate without policy.toml is reported by the compiler, not as bad overrides.
         if files.contains_key("policy.toml") {
             files = overrides::apply_files(&files, &list).map_err(override_error)?;
@@ -439,15 +467,25 @@ fn run(
         .map_err(|r| candidate_invalid(r, !applied.is_empty()))?;
     drop(files);
 
-    let records = read_accounts(&req.accounts);
+    let (records, _skipped) = read_accounts(
+        &req.accounts,
+        &[&baseline.policy, &candidate],
+        app.service.limits().max_fields,
+    )?;
     // Straight to the engine: no cache is read or written. The baseline first (trusted, and
     // each book uses every core anyway), so the candidate can stop at its first sandbox limit
     // on an account the baseline decides: such a candidate is refused whatever the other
     // accounts give, and a hostile one costs one account's limit, not the book's.
     let until = start.checked_add(app.config.request_timeout);
-    let before = script::with_budget(Some(script::Budget::new(until)), || {
+    let max_out = app.service.limits().max_response_bytes;
+    let base_budget = script::Budget::with_output(until, max_out);
+    let before = script::with_budget(Some(base_budget.clone()), || {
         engine::evaluate_portfolio(&baseline.policy, &records)
     });
+    if let Some(rule) = base_budget.output_over() {
+        // The served policy itself fans out over this book: the same 413 a live request gets.
+        return Err(ApiError::response_too_large(max_out, Some(&rule)));
+    }
     let already: HashSet<String> = before
         .accounts
         .iter()
@@ -460,7 +498,10 @@ fn run(
             _ => None,
         })
         .collect();
-    let after = script::with_budget(Some(script::Budget::tripping(until, already)), || {
+    // Both books' decisions and their difference are held at once: the candidate gets a
+    // quarter of the output budget, and stops at the first account past it.
+    let cand_budget = script::Budget::tripping_with_output(until, already, limits::candidate_output(max_out));
+    let after = script::with_budget(Some(cand_budget.clone()), || {
         engine::evaluate_portfolio(&candidate, &records)
     });
     let diff = whatif::compare(&before, &after);
@@ -469,6 +510,13 @@ fn run(
     // a string or map without bound) could never go live: refuse it, with its places.
     let tripped: Vec<&whatif::FailureDelta> =
         diff.newly_failing.iter().filter(|f| SANDBOX_CODES.contains(&f.error.code)).collect();
+    if let Some(rule) = cand_budget.output_over() {
+        return Err(candidate_output_limit(&rule, &tripped, cand_budget.output_limit()));
+    }
+    if let Some(f) = tripped.iter().find(|f| f.error.code == "output_limit") {
+        let rule = f.error.rule.clone().unwrap_or_default();
+        return Err(candidate_output_limit(&rule, &tripped, cand_budget.output_limit()));
+    }
     if !tripped.is_empty() {
         return Err(candidate_unsafe(&tripped));
     }
@@ -495,7 +543,10 @@ fn run(
         dry_run: true,
         policy: &baseline.pref,
         candidate: &diff.candidate,
-        overrides: &applied,
+        candidate_digest: &candidate_digest,
+        candidate_bytes: size.bytes,
+        files: size.files,
+        overrides: size.overrides,
         duration_ms: start.elapsed().as_secs_f64() * 1e3,
         summary: &diff.summary,
     });

@@ -73,6 +73,14 @@ pub(super) fn parse_capped<'a, T: Deserialize<'a>>(
     OVER_CAP.set(false);
     let parsed = parse(body);
     ACCOUNT_CAP.set(usize::MAX);
+    if parsed.is_ok() && body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        // serde's derived structs take an array of their fields too; the schema says object.
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "the body must be a JSON object (see /openapi.json)",
+        ));
+    }
     if OVER_CAP.replace(false) {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -172,7 +180,10 @@ async fn run_evaluation(
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
     // Every evaluation of this request stops at the request timeout, on whichever thread.
-    let budget = crate::script::Budget::new(Some(deadline.0));
+    let budget = crate::script::Budget::with_output(
+        Some(deadline.0),
+        app.service.limits().max_response_bytes,
+    );
     let inline = body.len() <= INLINE_MAX_BYTES && level == Level::Account;
     // Parse (and digest, for the cache keys) on the async thread when small, else off it.
     let prep = if inline {
@@ -184,7 +195,7 @@ async fn run_evaluation(
             .map_err(|e| ApiError::internal("evaluation task", e))??
     };
     // The one cache read of the request (one MGET / GET), bounded by the cache's deadline.
-    let Prepared { loaded, records, step } = prep;
+    let Prepared { loaded, records, step, skipped } = prep;
     let found = match step {
         CacheStep::Skip => Found::Skip,
         CacheStep::Accounts { plan, read } => {
@@ -229,6 +240,10 @@ async fn run_evaluation(
         h.insert("x-policy-hash", v);
     }
     h.insert("x-cache-hits", HeaderValue::from(done.hits));
+    if skipped > 0 {
+        // Told, not kept: the values were never stored, only counted.
+        h.insert("x-undeclared-fields", HeaderValue::from(skipped));
+    }
     Ok(res)
 }
 
@@ -237,6 +252,8 @@ struct Prepared {
     loaded: Arc<Loaded>,
     records: Vec<Record>,
     step: CacheStep,
+    /// Keys of `fields` skipped because no input declares them (`x-undeclared-fields`).
+    skipped: usize,
 }
 
 enum CacheStep {
@@ -260,7 +277,8 @@ fn prepare(app: &AppState, body: &[u8], level: Level) -> Result<Prepared, ApiErr
     use std::sync::atomic::Ordering::Relaxed;
     let req: EvaluateRequest<'_> = parse_capped(body, app.service.limits().max_accounts)?;
     let loaded = app.service.policy(req.policy.as_deref()).map_err(lookup_error)?;
-    let records = read_accounts(&req.accounts);
+    let (records, skipped) =
+        read_accounts(&req.accounts, &[&loaded.policy], app.service.limits().max_fields)?;
     let step = if !app.cache.available() {
         app.cache_unavailable.fetch_add(records.len() as u64, Relaxed);
         CacheStep::Skip
@@ -286,7 +304,7 @@ fn prepare(app: &AppState, body: &[u8], level: Level) -> Result<Prepared, ApiErr
             }
         }
     };
-    Ok(Prepared { loaded, records, step })
+    Ok(Prepared { loaded, records, step, skipped })
 }
 
 /// A decided request: the answer's bytes, its ids, how many accounts came from the cache,
@@ -416,6 +434,15 @@ fn decide_within(
             (r.accounts, Some(r.summary))
         }
     };
+    // An answer past the output budget is refused whole (the alerts were counted while
+    // rendered, so the work stopped there; the serialized size covers the rest).
+    let max = app.service.limits().max_response_bytes;
+    if let Some(rule) = budget.output_over() {
+        return Err(ApiError::response_too_large(max, Some(&rule)));
+    }
+    if buf.len() > max {
+        return Err(ApiError::response_too_large(max, None));
+    }
     if budget.spent() {
         // Past the request timeout: the client has its 503 and these outcomes hold
         // `time_limit` errors that no policy caused; neither logged nor counted.
@@ -480,6 +507,17 @@ pub async fn latest_decision(
     let q = query.map_err(|e| {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.body_text())
     })?;
+    if id.len() > snapshot::MAX_ID_BYTES {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!(
+                "the account id is {} bytes long, more than the limit of {}",
+                id.len(),
+                snapshot::MAX_ID_BYTES
+            ),
+        ));
+    }
     let loaded = app.service.policy(q.policy.as_deref()).map_err(lookup_error)?;
     let name = &*loaded.cache_id.name;
     let active = &*loaded.cache_id.hash;
@@ -527,31 +565,41 @@ pub async fn latest_decision(
 /// Accounts per parallel parsing chunk.
 const PARSE_CHUNK: usize = 512;
 
-/// The snapshots of `accounts`, parsed on every core when there are many. A bad element is
-/// that account's error, made by [`snapshot::read_json`] itself so it reads the same as on
-/// the command line.
-pub(super) fn read_accounts(items: &[&RawValue]) -> Vec<Record> {
+/// The snapshots of `accounts`, parsed on every core when there are many, keeping of each
+/// `fields` only the keys `inputs` declares (the rest are skipped while parsing, never
+/// stored); also how many were skipped. A bad element is that account's error. An account
+/// with more keys than the limit makes the request a 413 `too_many_fields`.
+pub(super) fn read_accounts(
+    items: &[&RawValue],
+    inputs: &[&crate::policy::Policy],
+    max_fields: usize,
+) -> Result<(Vec<Record>, usize), ApiError> {
     use rayon::prelude::*;
-    let one = |i: usize, raw: &RawValue| -> Record {
-        serde_json::from_str::<snapshot::Snapshot>(raw.get()).or_else(|_| {
-            // The rare path: let the snapshot reader explain, then give the position.
-            let mut r = snapshot::read_json(&format!("[{}]", raw.get()))
-                .ok()
-                .and_then(|mut v| v.pop())
-                .unwrap_or_else(|| {
-                    Err(crate::snapshot::AccountError::new(None, "bad_record", "not a snapshot"))
-                });
-            if let Err(e) = &mut r {
-                e.record = Some(i + 1);
-            }
-            r
-        })
-    };
-    if items.len() > PARSE_CHUNK {
+    let keep = |k: &str| inputs.iter().any(|p| p.inputs.iter().any(|i| i.name == k));
+    let filter = snapshot::FieldFilter { keep: &keep, max_fields };
+    let one = |i: usize, raw: &RawValue| snapshot::parse_filtered(raw.get(), i + 1, &filter);
+    let parsed: Vec<(Record, usize)> = if items.len() > PARSE_CHUNK {
         items.par_iter().enumerate().with_min_len(PARSE_CHUNK).map(|(i, raw)| one(i, raw)).collect()
     } else {
         items.iter().enumerate().map(|(i, raw)| one(i, raw)).collect()
+    };
+    let skipped = parsed.iter().map(|(_, n)| n).sum();
+    if let Some(e) = parsed.iter().find_map(|(r, _)| match r {
+        Err(e) if e.code == snapshot::TOO_MANY_FIELDS => Some(e),
+        _ => None,
+    }) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_fields",
+            format!(
+                "account {} (record {}) has more than {max_fields} keys in `fields`; send only the policy's inputs (the limit is TIERWISE_MAX_FIELDS)",
+                e.id.as_deref().map_or("?".to_string(), |id| format!("`{id}`")),
+                e.record.unwrap_or(0)
+            ),
+        )
+        .details(serde_json::json!({ "limit_fields": max_fields, "record": e.record })));
     }
+    Ok((parsed.into_iter().map(|(r, _)| r).collect(), skipped))
 }
 
 fn write_json<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) -> Result<(), ApiError> {
