@@ -65,7 +65,9 @@ where
     match raw {
         None => Ok(None),
         Some(r) if r.get() == "null" => Ok(None),
-        Some(r) if is_object(r.get()) => serde_json::from_str(r.get()).map(Some).map_err(D::Error::custom),
+        Some(r) if is_object(r.get()) => {
+            serde_json::from_str(r.get()).map(Some).map_err(D::Error::custom)
+        }
         Some(_) => Err(D::Error::custom("expected an object")),
     }
 }

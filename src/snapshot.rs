@@ -240,10 +240,7 @@ pub fn parse_filtered(raw: &str, n: usize, filter: &FieldFilter<'_>) -> (Record,
         let mut err = AccountError::new(
             None,
             "bad_record",
-            format!(
-                "`id` is {} bytes long, more than the limit of {MAX_ID_BYTES}",
-                shell.id.len()
-            ),
+            format!("`id` is {} bytes long, more than the limit of {MAX_ID_BYTES}", shell.id.len()),
         )
         .field("id");
         err.record = Some(n);
@@ -263,7 +260,8 @@ pub fn parse_filtered(raw: &str, n: usize, filter: &FieldFilter<'_>) -> (Record,
                 Err(e) => {
                     let msg = e.to_string();
                     let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m);
-                    let code = if msg.starts_with("more than") { TOO_MANY_FIELDS } else { "bad_record" };
+                    let code =
+                        if msg.starts_with("more than") { TOO_MANY_FIELDS } else { "bad_record" };
                     return (Err(bad(code, format!("`fields`: {msg}"))), 0);
                 }
             }

@@ -1,6 +1,5 @@
 //! `tierwise eval`: decide the accounts of a file, at account or portfolio level.
 
-use tierwise::whatif::text::plain;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::collections::BTreeSet;
@@ -11,6 +10,7 @@ use tierwise::engine::{self, Outcome, PortfolioResult};
 use tierwise::policy::Policy;
 use tierwise::script::Limits;
 use tierwise::snapshot::{self, Format, Record};
+use tierwise::whatif::text::plain;
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutFormat {

@@ -20,9 +20,9 @@ use super::{ApiError, AppState, DryRunPriority, JsonBody};
 use crate::decision_log;
 use crate::engine::testrun;
 use crate::engine::{self, PolicyRef};
+use crate::policy::limits;
 use crate::policy::{self, Diagnostic, Files, overrides};
 use crate::script;
-use crate::policy::limits;
 use crate::service::FailedCase;
 use crate::whatif::{self, PolicyDiff, render};
 use axum::extract::{RawQuery, State};
@@ -36,6 +36,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
 pub use crate::policy::limits::{MAX_CANDIDATE_BYTES, MAX_CANDIDATE_FILES};
+/// Most accounts the markdown and table forms may be asked to list.
+pub const MAX_TOP: u32 = 10_000;
 /// Accounts the markdown and table forms list by default (JSON lists every one).
 const DEFAULT_TOP: usize = 20;
 
@@ -64,6 +66,7 @@ pub struct DryRunRequest<'a> {
     pub format: Option<DiffFormat>,
     /// How many changed accounts the markdown and table forms list (default 20; JSON lists all).
     #[serde(default)]
+    #[schemars(range(max = MAX_TOP))]
     pub top: Option<u32>,
     /// The book: decided under both policies, at portfolio level.
     #[serde(borrow, deserialize_with = "account_list")]
@@ -86,9 +89,11 @@ fn something_to_compare(s: &mut schemars::Schema) {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CandidateFolder {
-    /// Relative path → text. Only `policy.toml`, `scripts/NAME.rhai` and `tests/NAME.toml`;
-    /// at most 64 files and 1 MiB in all.
+    /// Relative path → text. Only `policy.toml` (required), `scripts/NAME.rhai` and
+    /// `tests/NAME.toml`; at most 64 files and 1 MiB in all (with the overrides).
     #[schemars(extend("maxProperties" = MAX_CANDIDATE_FILES))]
+    #[schemars(extend("required" = ["policy.toml"]))]
+    #[schemars(extend("propertyNames" = { "pattern": CANDIDATE_PATH_PATTERN }))]
     #[serde(deserialize_with = "crate::jsonmap::unique")]
     pub files: BTreeMap<String, String>,
 }
@@ -214,6 +219,9 @@ fn pool(priority: DryRunPriority) -> Option<&'static rayon::ThreadPool> {
         })
         .as_ref()
 }
+
+/// The file names [`path_problem`] accepts, as the schema says them.
+const CANDIDATE_PATH_PATTERN: &str = r"^(policy\.toml|scripts/[A-Za-z0-9_-][A-Za-z0-9_.-]*\.rhai|tests/[A-Za-z0-9_-][A-Za-z0-9_.-]*\.toml)$";
 
 fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
@@ -371,7 +379,9 @@ fn candidate_unsafe(tripped: &[&whatif::FailureDelta]) -> ApiError {
 /// many on one account, or too many bytes over the book), naming the rule.
 fn candidate_output_limit(rule: &str, tripped: &[&whatif::FailureDelta], limit: usize) -> ApiError {
     let first = tripped.iter().find(|f| f.error.code == "output_limit");
-    let why = first.map(|f| format!("; first: `{}`: {}", f.id.as_deref().unwrap_or("?"), f.error.message)).unwrap_or_default();
+    let why = first
+        .map(|f| format!("; first: `{}`: {}", f.id.as_deref().unwrap_or("?"), f.error.message))
+        .unwrap_or_default();
     let examples: Vec<Value> = tripped
         .iter()
         .filter(|f| f.error.code == "output_limit")
@@ -421,6 +431,9 @@ fn run(
         (a, b) => a.or(b).unwrap_or(DiffFormat::Json),
     };
     let top = q_top.or(req.top).map_or(DEFAULT_TOP, |t| t as usize);
+    if top > MAX_TOP as usize {
+        return Err(bad_request(format!("`top` is at most {MAX_TOP}, got {top}")));
+    }
     if req.candidate.is_none() && req.overrides.is_none() {
         return Err(bad_request(
             "nothing to compare: send `candidate` (a policy folder's files), `overrides`, or both",
@@ -428,11 +441,9 @@ fn run(
     }
     // The candidate's own limits come before any lookup or parsing of its content: files
     // and overrides against one budget.
-    let size = limits::check_candidate(
-        req.candidate.as_ref().map(|c| &c.files),
-        req.overrides.as_ref(),
-    )
-    .map_err(too_large)?;
+    let size =
+        limits::check_candidate(req.candidate.as_ref().map(|c| &c.files), req.overrides.as_ref())
+            .map_err(too_large)?;
     let candidate_digest =
         limits::digest_of(req.candidate.as_ref().map(|c| &c.files), req.overrides.as_ref());
     let sent = req.candidate.as_ref().map(candidate_files).transpose()?;
@@ -500,7 +511,8 @@ fn run(
         .collect();
     // Both books' decisions and their difference are held at once: the candidate gets a
     // quarter of the output budget, and stops at the first account past it.
-    let cand_budget = script::Budget::tripping_with_output(until, already, limits::candidate_output(max_out));
+    let cand_budget =
+        script::Budget::tripping_with_output(until, already, limits::candidate_output(max_out));
     let after = script::with_budget(Some(cand_budget.clone()), || {
         engine::evaluate_portfolio(&candidate, &records)
     });

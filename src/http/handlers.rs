@@ -825,8 +825,12 @@ pub struct ReloadResponse {
     pub outcomes: Vec<ReloadOutcome>,
 }
 
-pub async fn reload(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&app, &headers)?;
+pub async fn reload(
+    State(app): State<AppState>,
+    peer: Option<axum::Extension<super::throttle::Peer>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers, peer.map(|p| p.0.0))?;
     let svc = app.service.clone();
     let outcomes = tokio::task::spawn_blocking(move || svc.reload())
         .await
@@ -860,7 +864,11 @@ pub fn log_reload(outcomes: &[ReloadOutcome]) {
 /// scheme, an empty token, a header that is not visible ASCII), 403 for a wrong one. Only
 /// SHA-256 digests are compared, in constant time: neither the token's bytes nor its length
 /// leak through timing. No answer repeats what was sent.
-fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+fn authorize(
+    app: &AppState,
+    headers: &HeaderMap,
+    peer: Option<std::net::IpAddr>,
+) -> Result<(), ApiError> {
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
     let Some(want) = &app.admin_digest else {
@@ -878,10 +886,19 @@ fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         )
         .challenge("Bearer"));
     };
+    if let Err(wait) = app.auth_throttle.check(peer) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            format!("too many wrong admin tokens from this address; retry in {wait} s"),
+        )
+        .retry_after(wait));
+    }
     let got: [u8; 32] = Sha256::digest(given.as_bytes()).into();
     if bool::from(got.ct_eq(want)) {
         Ok(())
     } else {
+        app.auth_throttle.failed(peer);
         Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the admin token is wrong"))
     }
 }

@@ -119,7 +119,7 @@ where
 
     let mut signal = std::pin::pin!(signal);
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             biased;
             () = &mut signal => break,
             r = listener.accept() => match r {
@@ -143,7 +143,15 @@ where
         let _ = tcp.set_nodelay(true);
         let mut io = tokio_io_timeout::TimeoutStream::new(tcp);
         io.set_write_timeout(Some(cfg.write_timeout));
-        let conn = http.serve_connection(TokioIo::new(JsonErrors::new(Box::pin(io))), svc.clone());
+        // Every request learns its connection's peer (admin authentication is throttled by it).
+        let inner = svc.clone();
+        let ip = crate::http::throttle::Peer(peer.ip());
+        let per_conn =
+            hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ip);
+                hyper::service::Service::call(&inner, req)
+            });
+        let conn = http.serve_connection(TokioIo::new(JsonErrors::new(Box::pin(io))), per_conn);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             // Errors are the client's doing (a timeout, a reset, a malformed request): hyper
@@ -349,9 +357,17 @@ fn json_for(head: &[u8]) -> Option<&'static [u8]> {
     }
     let all = ANSWERS.get_or_init(|| {
         [
-            canned(400, "bad_request", "the request is not valid HTTP/1.1 (its request line or a header is malformed)"),
+            canned(
+                400,
+                "bad_request",
+                "the request is not valid HTTP/1.1 (its request line or a header is malformed)",
+            ),
             canned(414, "uri_too_long", "the request target is longer than the server reads"),
-            canned(431, "headers_too_large", "the request's headers are larger than the server reads"),
+            canned(
+                431,
+                "headers_too_large",
+                "the request's headers are larger than the server reads",
+            ),
         ]
     });
     all.get(status).map(Vec::as_slice)
@@ -376,7 +392,9 @@ impl<S: tokio::io::AsyncWrite + Unpin> JsonErrors<S> {
                 return Poll::Ready(Ok(n));
             }
             match Pin::new(&mut self.inner).poll_write(cx, &answer[*done..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
                 Poll::Ready(Ok(n)) => *done += n,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,

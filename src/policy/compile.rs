@@ -6,9 +6,9 @@
 //! policy without errors is returned; warnings travel with it.
 
 use super::diag::{Diagnostics, Level, Place, did_you_mean};
+use super::limits;
 use super::raw::*;
 use super::*;
-use super::limits;
 use crate::script::{self, Limits, Var, native};
 use indexmap::IndexMap;
 use rhai::{Dynamic, ParseError, Scope};
@@ -64,15 +64,14 @@ pub(crate) fn compile(name: &str, files: &Files, limits: &Limits) -> Result<Poli
     let Some(raw) = parse_toml::<RawPolicy>(&mut d, POLICY_FILE, &text) else {
         return Err(Report::from_diagnostics(name, d));
     };
-    let mut c =
-        Compiler {
-            d,
-            limits,
-            text: text.clone(),
-            vars: HashMap::new(),
-            fn_files: HashMap::new(),
-            stopped: false,
-        };
+    let mut c = Compiler {
+        d,
+        limits,
+        text: text.clone(),
+        vars: HashMap::new(),
+        fn_files: HashMap::new(),
+        stopped: false,
+    };
     let policy = c.policy(name, files, raw);
     match policy {
         Some(p) if !c.d.has_errors() => Ok(p),

@@ -292,7 +292,8 @@ mod tests {
     fn overrides_count_against_the_same_budget_as_files() {
         let big = format!("[{}]", vec!["1"; 2_000].join(","));
         let raw = serde_json::value::RawValue::from_string(big).unwrap();
-        let o: BTreeMap<String, &RawValue> = [("score.criteria[0].steps.at".to_string(), &*raw)].into();
+        let o: BTreeMap<String, &RawValue> =
+            [("score.criteria[0].steps.at".to_string(), &*raw)].into();
         let e = check_candidate(None, Some(&o)).unwrap_err();
         assert_eq!(e.code, "candidate_too_large");
         assert!(e.message.contains("2000 items"), "{}", e.message);

@@ -430,8 +430,7 @@ pub fn markdown(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
                 Some(c) => format!("{c} ({})", load(l)),
                 None => "-".into(),
             };
-            let beyond: Vec<String> =
-                mg.overflow_after.iter().map(|id| code(id)).collect();
+            let beyond: Vec<String> = mg.overflow_after.iter().map(|id| code(id)).collect();
             let _ = writeln!(
                 o,
                 "| {} | {} | {} | {} |",

@@ -54,7 +54,8 @@ pub fn code(s: &str) -> String {
         longest = longest.max(run);
     }
     let fence = "`".repeat(longest + 1);
-    let pad = if body.starts_with('`') || body.ends_with('`') || body.is_empty() { " " } else { "" };
+    let pad =
+        if body.starts_with('`') || body.ends_with('`') || body.is_empty() { " " } else { "" };
     format!("{fence}{pad}{body}{pad}{fence}")
 }
 
@@ -66,10 +67,7 @@ pub fn md(s: &str) -> String {
     for c in s.chars() {
         if hidden(c) {
             escape_into(&mut out, c);
-        } else if matches!(
-            c,
-            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '|' | '~' | '&'
-        ) {
+        } else if matches!(c, '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '|' | '~' | '&') {
             out.push('\\');
             out.push(c);
         } else {
