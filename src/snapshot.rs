@@ -156,7 +156,7 @@ fn id_of(raw: &str) -> Option<String> {
 }
 
 fn record_from_json(raw: &str, n: usize) -> Record {
-    if !crate::jsonmap::is_object(raw) {
+    if not_object(raw) {
         return Err(not_an_object(raw, n));
     }
     serde_json::from_str::<Snapshot>(raw).map_err(|e| {
@@ -165,6 +165,12 @@ fn record_from_json(raw: &str, n: usize) -> Record {
         err.record = Some(n);
         err
     })
+}
+
+/// Valid JSON that is not an object (serde's derived structs would take an array of the
+/// fields in order); malformed JSON is left to the parser, which says where it breaks.
+fn not_object(raw: &str) -> bool {
+    !crate::jsonmap::is_object(raw) && serde_json::from_str::<serde::de::IgnoredAny>(raw).is_ok()
 }
 
 fn not_an_object(raw: &str, n: usize) -> AccountError {
@@ -221,7 +227,7 @@ pub fn parse_filtered(raw: &str, n: usize, filter: &FieldFilter<'_>) -> (Record,
         #[serde(default, borrow)]
         fields: Option<&'a serde_json::value::RawValue>,
     }
-    if !crate::jsonmap::is_object(raw) {
+    if not_object(raw) {
         return (Err(not_an_object(raw, n)), 0);
     }
     let shell: Shell<'_> = match serde_json::from_str(raw) {

@@ -457,8 +457,11 @@ fn run(
     if let Some(raw) = &req.overrides {
         let mut map = serde_json::Map::new();
         for (k, v) in raw {
-            let v: Value = serde_json::from_str(v.get())
-                .map_err(|e| ApiError::internal("override value", e))?;
+            let v: Value = serde_json::from_str(v.get()).map_err(|e| {
+                let msg = e.to_string();
+                let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m);
+                bad_request(format!("override `{k}`: {msg}"))
+            })?;
             map.insert(k.clone(), v);
         }
         let list = overrides::from_json_map(&map).map_err(override_error)?;
