@@ -679,6 +679,13 @@ fn top_over_the_maximum_is_refused() {
     .unwrap();
     let a = post(&srv.addr, "/v1/dry-run?format=table&top=10001", &body);
     assert_eq!((a.status, a.code().as_str()), (422, "invalid_request"), "{}", a.text());
+    // The body's `top` is checked even when the query's is the one used.
+    let body = serde_json::to_vec(
+        &json!({ "overrides": { "tiers.key.min_score": 7.0 }, "accounts": book(2), "top": 10_001 }),
+    )
+    .unwrap();
+    let a = post(&srv.addr, "/v1/dry-run?top=0", &body);
+    assert_eq!((a.status, a.code().as_str()), (422, "invalid_request"), "{}", a.text());
 }
 
 // --- 14: admin authentication --------------------------------------------------------------

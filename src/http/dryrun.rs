@@ -430,10 +430,11 @@ fn run(
         }
         (a, b) => a.or(b).unwrap_or(DiffFormat::Json),
     };
-    let top = q_top.or(req.top).map_or(DEFAULT_TOP, |t| t as usize);
-    if top > MAX_TOP as usize {
-        return Err(bad_request(format!("`top` is at most {MAX_TOP}, got {top}")));
+    // Each is checked, whichever is used: the query's wins, the body's must still be valid.
+    if let Some(t) = [q_top, req.top].into_iter().flatten().find(|t| *t > MAX_TOP) {
+        return Err(bad_request(format!("`top` is at most {MAX_TOP}, got {t}")));
     }
+    let top = q_top.or(req.top).map_or(DEFAULT_TOP, |t| t as usize);
     if req.candidate.is_none() && req.overrides.is_none() {
         return Err(bad_request(
             "nothing to compare: send `candidate` (a policy folder's files), `overrides`, or both",
