@@ -413,9 +413,13 @@ pub struct DryRun<'a> {
     /// The baseline (a served policy).
     pub policy: &'a PolicyRef,
     pub candidate: &'a PolicyRef,
-    /// The overrides applied, as `path=value`.
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    pub overrides: &'a [String],
+    /// SHA-256 of what was sent (files and overrides as given) and its size in bytes: the
+    /// log never holds a candidate's text, which may be a megabyte of someone else's input.
+    pub candidate_digest: &'a str,
+    pub candidate_bytes: usize,
+    /// How many files and overrides the candidate was sent as.
+    pub files: usize,
+    pub overrides: usize,
     pub duration_ms: f64,
     pub summary: &'a crate::whatif::DiffSummary,
 }

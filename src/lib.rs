@@ -27,6 +27,7 @@ pub mod date;
 pub mod decision_log;
 pub mod engine;
 pub mod http;
+pub mod jsonmap;
 pub mod metrics;
 pub mod policy;
 pub mod schema;

@@ -13,6 +13,7 @@ mod error;
 mod handlers;
 pub mod openapi;
 pub mod server;
+pub mod throttle;
 
 pub use dryrun::{MAX_CANDIDATE_BYTES, MAX_CANDIDATE_FILES};
 pub use error::{ApiError, ErrorBody, ErrorCode};
@@ -97,6 +98,8 @@ pub struct App {
     pub draining: std::sync::atomic::AtomicBool,
     /// SHA-256 of the admin token: comparing digests in constant time hides the length too.
     admin_digest: Option<[u8; 32]>,
+    /// Wrong admin tokens per client, rate-limited.
+    auth_throttle: throttle::AuthThrottle,
     /// Rendered once: they only change with the binary.
     openapi: Bytes,
     schemas: Vec<(&'static str, Bytes)>,
@@ -138,6 +141,7 @@ impl App {
             metrics: Metrics::new(),
             log,
             admin_digest,
+            auth_throttle: throttle::AuthThrottle::default(),
             openapi: Bytes::from(openapi::document_json()),
             schemas,
         })
@@ -342,7 +346,65 @@ impl FromRequest<AppState> for JsonBody {
                 format!("expected `Content-Type: application/json`, got {got}"),
             ));
         }
-        read_body(req, state.config.body_limit).await.map(JsonBody)
+        let encoding = content_encoding(req.headers())?;
+        let limit = state.config.body_limit;
+        let body = read_body(req, limit).await?;
+        match encoding {
+            Encoding::Identity => Ok(JsonBody(body)),
+            Encoding::Gzip => gunzip(&body, limit).map(|b| JsonBody(Bytes::from(b))),
+        }
+    }
+}
+
+/// How a request body is encoded: none, or gzip (the one `Content-Encoding` the API takes).
+enum Encoding {
+    Identity,
+    Gzip,
+}
+
+/// `Content-Encoding`: absent or `identity`, or `gzip` (`x-gzip`); anything else, or more than
+/// one coding, is 415 rather than a body read as if it were plain.
+fn content_encoding(h: &axum::http::HeaderMap) -> Result<Encoding, ApiError> {
+    let codings: Vec<String> = h
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("\u{0}").split(','))
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty() && c != "identity")
+        .collect();
+    match codings.as_slice() {
+        [] => Ok(Encoding::Identity),
+        [one] if one == "gzip" || one == "x-gzip" => Ok(Encoding::Gzip),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            format!(
+                "`Content-Encoding: {}` is not supported; send the body as it is or with `gzip`",
+                codings.join(", ")
+            ),
+        )),
+    }
+}
+
+/// A gzip body, decompressed to at most `limit` bytes: the body limit applies to what it
+/// holds, not only to what was sent (a 8 MiB body can hold gigabytes of zeros).
+fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit + 1));
+    let read = flate2::read::MultiGzDecoder::new(body).take(limit as u64 + 1).read_to_end(&mut out);
+    match read {
+        Ok(_) if out.len() > limit => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body, decompressed, is larger than the limit of {limit} bytes"),
+        )
+        .details(serde_json::json!({ "limit_bytes": limit, "decompressed": true }))),
+        Ok(_) => Ok(out),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_body",
+            format!("the body is labelled `Content-Encoding: gzip` but is not gzip: {e}"),
+        )),
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod compile;
 pub mod diag;
+pub mod limits;
 mod lint;
 pub mod overrides;
 pub mod raw;

@@ -91,6 +91,9 @@ pub enum PipelineError {
     /// The request's budget ran out: the outcomes would hold `time_limit` errors no policy
     /// caused, so they are neither answered, logged nor counted.
     Timeout,
+    /// The answer would pass the budget's output limit (`limit` bytes); `rule` is the one
+    /// whose rendered output passed it, when one did (its alerts fan out).
+    ResponseTooLarge { limit: usize, rule: Option<String> },
     /// A bug or a lost task: `what` failed with `detail` (logged, not shown to clients).
     Internal { what: &'static str, detail: String },
 }
@@ -390,6 +393,15 @@ impl Pipeline {
                 (r.accounts, Some(r.summary))
             }
         };
+        // An answer past the output budget is refused whole (the alerts were counted while
+        // rendered, so the work stopped there; the serialized size covers the rest).
+        let limit = budget.output_limit();
+        if let Some(rule) = budget.output_over() {
+            return Err(PipelineError::ResponseTooLarge { limit, rule: Some(rule) });
+        }
+        if buf.len() > limit {
+            return Err(PipelineError::ResponseTooLarge { limit, rule: None });
+        }
         if budget.spent() {
             return Err(PipelineError::Timeout);
         }
