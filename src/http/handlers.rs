@@ -151,17 +151,19 @@ impl Level {
 pub async fn evaluate(
     State(app): State<AppState>,
     deadline: Deadline,
+    rid: super::RequestId,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    run_evaluation(app, body.0, Level::Account, deadline).await
+    run_evaluation(app, body.0, Level::Account, deadline, rid).await
 }
 
 pub async fn portfolio(
     State(app): State<AppState>,
     deadline: Deadline,
+    rid: super::RequestId,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    run_evaluation(app, body.0, Level::Portfolio, deadline).await
+    run_evaluation(app, body.0, Level::Portfolio, deadline, rid).await
 }
 
 async fn run_evaluation(
@@ -169,6 +171,7 @@ async fn run_evaluation(
     body: Bytes,
     level: Level,
     deadline: Deadline,
+    rid: super::RequestId,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
     // Every evaluation of this request stops at the request timeout, on whichever thread.
@@ -205,11 +208,11 @@ async fn run_evaluation(
         }
     };
     let done = if inline {
-        decide(&app, &loaded, records, found, level, start, &budget)?
+        decide(&app, &loaded, records, found, level, start, &budget, &rid)?
     } else {
         let app2 = app.clone();
         tokio::task::spawn_blocking(move || {
-            decide(&app2, &loaded, records, found, level, start, &budget)
+            decide(&app2, &loaded, records, found, level, start, &budget, &rid)
         })
         .await
         .map_err(|e| ApiError::internal("evaluation task", e))??
@@ -303,6 +306,7 @@ struct Done {
 const MAX_CACHED_BOOK: usize = 8 << 20;
 
 /// Decide what the cache did not answer (under the request's `budget`), serialize, log.
+#[allow(clippy::too_many_arguments)]
 fn decide(
     app: &AppState,
     loaded: &Arc<Loaded>,
@@ -311,12 +315,14 @@ fn decide(
     level: Level,
     start: Instant,
     budget: &Arc<crate::script::Budget>,
+    rid: &super::RequestId,
 ) -> Result<Done, ApiError> {
     crate::script::with_budget(Some(budget.clone()), || {
-        decide_within(app, loaded, records, found, level, start, budget)
+        decide_within(app, loaded, records, found, level, start, budget, rid)
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn decide_within(
     app: &AppState,
     loaded: &Arc<Loaded>,
@@ -325,6 +331,7 @@ fn decide_within(
     level: Level,
     start: Instant,
     budget: &crate::script::Budget,
+    rid: &super::RequestId,
 ) -> Result<Done, ApiError> {
     let decision_id = uuid::Uuid::now_v7().to_string();
     let m = match level {
@@ -436,6 +443,7 @@ fn decide_within(
         app.log.record(decision_log::Job {
             at: std::time::SystemTime::now(),
             decision_id: decision_id.clone(),
+            request_id: Some(rid.0.clone()),
             level: level.as_str(),
             policy: loaded.pref.clone(),
             duration_ms: start.elapsed().as_secs_f64() * 1e3,
@@ -787,19 +795,27 @@ pub async fn reload(State(app): State<AppState>, headers: HeaderMap) -> Result<R
     Ok(json(StatusCode::OK, &ReloadResponse { outcomes }))
 }
 
-/// One stderr line per policy a reload changed or rejected.
+/// One log line per policy a reload changed or rejected.
 pub fn log_reload(outcomes: &[ReloadOutcome]) {
     for o in outcomes {
         match &o.error {
-            Some(e) => eprintln!(
-                "tierwise: policy `{}` {}: {} (still serving: {})",
+            Some(e) => tracing::warn!(
+                target: "tierwise::reload",
+                policy = %o.policy,
+                result = o.result,
+                code = e.code,
+                "policy `{}` {}: {} (still serving: {})",
                 o.policy,
                 o.result,
                 e.message,
                 o.hash.as_deref().map_or("none", |h| h.get(..12).unwrap_or(h))
             ),
-            None => eprintln!(
-                "tierwise: policy `{}` {} {}",
+            None => tracing::info!(
+                target: "tierwise::reload",
+                policy = %o.policy,
+                result = o.result,
+                hash = o.hash.as_deref().unwrap_or(""),
+                "policy `{}` {} {}",
                 o.policy,
                 o.result,
                 o.hash.as_deref().map_or("", |h| h.get(..12).unwrap_or(h))
