@@ -39,9 +39,7 @@
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{
-    MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
-};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -191,8 +189,11 @@ impl RedisConn {
         matches!(self.inner, Inner::Cluster(_))
     }
 
-    /// `PING`; on a Cluster to every master (all must answer), and the slot map refreshed.
-    /// What a health probe asks.
+    /// `PING`; on a Cluster every master is asked (an `EXISTS` of a probe key in a slot each
+    /// master owns, all at once; every one must answer), then the slot map refreshed. What a
+    /// health probe asks. (Not `PING`: redis-rs sends a command for a master it cannot reach
+    /// to another node, and redis-rs's all-masters routing skips such a master, so a dead
+    /// master would not show; a keyed command is redirected to its slot's owner or fails.)
     pub async fn ping(&self) -> RedisResult<()> {
         match &self.inner {
             Inner::Single(c) => {
@@ -200,12 +201,36 @@ impl RedisConn {
                 redis::cmd("PING").query_async::<Value>(&mut c).await.and_then(check).map(drop)
             }
             Inner::Cluster(c) => {
-                let mut c = c.clone();
-                let all = RoutingInfo::MultiNode((
-                    MultipleNodeRoutingInfo::AllMasters,
-                    Some(ResponsePolicy::AllSucceeded),
-                ));
-                c.route_command(redis::cmd("PING"), all).await.and_then(check)?;
+                let topo = match self.topology() {
+                    Some(t) => t,
+                    None => {
+                        self.refresh_topology().await?;
+                        self.topology().ok_or_else(|| {
+                            RedisError::from((ErrorKind::ClusterConnectionNotFound, "no slot map"))
+                        })?
+                    }
+                };
+                let pings = topo.reps.iter().map(|&slot| {
+                    let mut c = c.clone();
+                    async move {
+                        let mut cmd = redis::cmd("EXISTS");
+                        cmd.arg(probe_key(slot));
+                        cmd.query_async::<Value>(&mut c).await.and_then(check)
+                    }
+                });
+                for answer in futures_join_all(pings).await {
+                    if let Err(e) = answer {
+                        self.forget_topology();
+                        return Err(e);
+                    }
+                }
+                if topo.owner.contains(&u16::MAX) {
+                    self.forget_topology();
+                    return Err(RedisError::from((
+                        ErrorKind::ClusterConnectionNotFound,
+                        "some slots have no master",
+                    )));
+                }
                 self.refresh_topology().await
             }
         }
@@ -455,6 +480,8 @@ impl ConnectionLike for RedisConn {
 struct Topology {
     owner: Box<[u16]>,
     shards: usize,
+    /// One slot of each shard, in shard order: where a per-master command is routed.
+    reps: Vec<u16>,
 }
 
 impl Topology {
@@ -463,6 +490,7 @@ impl Topology {
         let Value::Array(ranges) = v else { return None };
         let mut owner = vec![u16::MAX; SLOTS].into_boxed_slice();
         let mut ids: HashMap<String, u16> = HashMap::new();
+        let mut reps: Vec<u16> = Vec::new();
         for r in ranges {
             let Value::Array(parts) = r else { return None };
             let int = |v: Option<&Value>| match v {
@@ -482,12 +510,37 @@ impl Topology {
                 .unwrap_or_else(|| format!("{:?}:{:?}", text(master.first()), text(master.get(1))));
             let next = u16::try_from(ids.len()).ok()?;
             let shard = *ids.entry(id).or_insert(next);
+            if usize::from(shard) == reps.len() {
+                reps.push(u16::try_from(start.min(SLOTS - 1)).ok()?);
+            }
             for s in start..=end.min(SLOTS - 1) {
                 owner[s] = shard;
             }
         }
-        Some(Topology { owner, shards: ids.len() })
+        Some(Topology { owner, shards: ids.len(), reps })
     }
+}
+
+/// `tierwise:v2:probe:{<n>}`, a key (never written) in `slot`: what the health probe asks
+/// each master about.
+pub fn probe_key(slot: u16) -> String {
+    static TAGS: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        // The first number whose decimal form hashes to each slot (~170k tries, once).
+        let mut tags = vec![u32::MAX; SLOTS];
+        let mut left = SLOTS;
+        let mut n: u32 = 0;
+        while left > 0 && n < 10_000_000 {
+            let s = usize::from(crc16_xmodem(n.to_string().as_bytes()) % SLOTS as u16);
+            if tags[s] == u32::MAX {
+                tags[s] = n;
+                left -= 1;
+            }
+            n += 1;
+        }
+        tags
+    });
+    format!("{KEY_PREFIX}probe:{{{}}}", tags.get(usize::from(slot)).copied().unwrap_or(0))
 }
 
 /// The Cluster slot of a key (its hash tag's, when it has one).
@@ -585,6 +638,13 @@ mod tests {
     }
 
     #[test]
+    fn probe_keys_land_in_their_slot() {
+        for s in [0u16, 1, 5461, 10923, 16383] {
+            assert_eq!(slot(probe_key(s).as_bytes()), s);
+        }
+    }
+
+    #[test]
     fn an_accounts_keys_share_a_slot_and_names_cannot_open_tags() {
         let latest = account_key("latest", "enterprise", "acme:001", "");
         assert_eq!(latest, "tierwise:v2:latest:{enterprise:acme%3A001}");
@@ -623,6 +683,7 @@ mod tests {
         let t = Topology::parse(&v).unwrap();
         assert_eq!(t.shards, 3);
         assert_eq!((t.owner[0], t.owner[5461], t.owner[16383]), (0, 1, 2));
+        assert_eq!(t.reps, vec![0, 5461, 10923]);
         let gap =
             Value::Array(vec![Value::Array(vec![Value::Int(0), Value::Int(10), node(1, "a")])]);
         assert_eq!(Topology::parse(&gap).unwrap().owner[11], u16::MAX);
