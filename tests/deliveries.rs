@@ -30,7 +30,7 @@ fn start(policies: &Path) -> Running {
         .env_remove("TIERWISE_ADMIN_TOKEN")
         .env_remove("TIERWISE_REDIS_URL")
         .env_remove("TIERWISE_REDIS_CLUSTER")
-        .env("TIERWISE_LOG", "warn")
+        .env("TIERWISE_LOG", "warn,tierwise::cli=info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

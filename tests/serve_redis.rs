@@ -84,7 +84,7 @@ fn serve_on(redis: &[&str], extra: &[&str]) -> Running {
         .env_remove("TIERWISE_ADMIN_TOKEN")
         .env_remove("TIERWISE_REDIS_URL")
         .env_remove("TIERWISE_REDIS_CLUSTER")
-        .env("TIERWISE_LOG", "warn")
+        .env("TIERWISE_LOG", "warn,tierwise::cli=info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
