@@ -505,6 +505,7 @@ fn run(
     app.log.record_dry_run(&decision_log::DryRun {
         ts: crate::service::timestamp(std::time::SystemTime::now()),
         decision_id: &decision_id,
+        request_id: None,
         level: "dry_run",
         dry_run: true,
         policy: &baseline.pref,

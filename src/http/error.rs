@@ -70,7 +70,7 @@ impl ApiError {
 
     /// A failure of ours: logged in full, answered without its text.
     pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
-        eprintln!("tierwise: internal error: {context}: {err}");
+        tracing::error!(context, "internal error: {context}: {err}");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

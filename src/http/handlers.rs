@@ -6,7 +6,7 @@ use crate::cache;
 use crate::engine::{Outcome, PolicyRef, Summary};
 use crate::policy::{InputType, Scalar};
 use crate::service::{
-    self, Entry, Level, Loaded, Lookup, PipelineError, ReloadError, ReloadOutcome,
+    self, Entry, Level, Loaded, Lookup, PipelineError, ReloadError, ReloadOutcome, Request,
 };
 use crate::snapshot::{self, Record};
 use axum::body::Bytes;
@@ -145,17 +145,19 @@ pub struct PortfolioResponse<'a> {
 pub async fn evaluate(
     State(app): State<AppState>,
     deadline: Deadline,
+    rid: super::RequestId,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    run_evaluation(app, body.0, Level::Account, deadline).await
+    run_evaluation(app, body.0, Level::Account, deadline, rid).await
 }
 
 pub async fn portfolio(
     State(app): State<AppState>,
     deadline: Deadline,
+    rid: super::RequestId,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    run_evaluation(app, body.0, Level::Portfolio, deadline).await
+    run_evaluation(app, body.0, Level::Portfolio, deadline, rid).await
 }
 
 /// Why an evaluation request has no answer: its own fault (parsing, policy lookup), or the
@@ -183,6 +185,7 @@ async fn run_evaluation(
     body: Bytes,
     level: Level,
     deadline: Deadline,
+    rid: super::RequestId,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
     // Every evaluation of this request stops at the request timeout, on whichever thread.
@@ -203,7 +206,11 @@ async fn run_evaluation(
         skipped2.store(n, std::sync::atomic::Ordering::Relaxed);
         Ok((loaded, records))
     };
-    let done = match app.pipeline.answer(level, budget, start, inline, input).await {
+    let done = match app
+        .pipeline
+        .answer(Request { level, budget, start, inline, request_id: Some(rid.0) }, input)
+        .await
+    {
         Ok(done) => done,
         Err(Failed::Request(e)) => return Err(e),
         // Past the request timeout: the client has its 503 already.
@@ -574,19 +581,27 @@ pub async fn reload(
     Ok(json(StatusCode::OK, &ReloadResponse { outcomes }))
 }
 
-/// One stderr line per policy a reload changed or rejected.
+/// One log line per policy a reload changed or rejected.
 pub fn log_reload(outcomes: &[ReloadOutcome]) {
     for o in outcomes {
         match &o.error {
-            Some(e) => eprintln!(
-                "tierwise: policy `{}` {}: {} (still serving: {})",
+            Some(e) => tracing::warn!(
+                target: "tierwise::reload",
+                policy = %o.policy,
+                result = o.result,
+                code = e.code,
+                "policy `{}` {}: {} (still serving: {})",
                 o.policy,
                 o.result,
                 e.message,
                 o.hash.as_deref().map_or("none", |h| h.get(..12).unwrap_or(h))
             ),
-            None => eprintln!(
-                "tierwise: policy `{}` {} {}",
+            None => tracing::info!(
+                target: "tierwise::reload",
+                policy = %o.policy,
+                result = o.result,
+                hash = o.hash.as_deref().unwrap_or(""),
+                "policy `{}` {} {}",
                 o.policy,
                 o.result,
                 o.hash.as_deref().map_or("", |h| h.get(..12).unwrap_or(h))

@@ -2,7 +2,10 @@
 //!
 //! [`app`] builds the whole router from an [`App`], so tests drive it with
 //! `tower::ServiceExt::oneshot` and no socket. Layers, outermost first:
-//! metrics (every answer is counted, errors by code) → catch panic (a 500 `internal`, not a
+//! observe (the request id — the caller's `x-request-id`, bounded and sanitised, or a new
+//! one — echoed in the answer and carried by a `request` span into every log line of the
+//! request and into its decision-log record; the access log line; every answer counted,
+//! errors by code) → catch panic (a 500 `internal`, not a
 //! dropped connection) → body limit (every route, by
 //! `Content-Length` and while reading) → for `/v1/*` only: concurrency limit (503 +
 //! `Retry-After` when saturated) → timeout. Probes and `/metrics` stay outside the
@@ -206,7 +209,7 @@ pub fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(state.clone(), body_limit))
         .layer(middleware::from_fn(catch_panic))
-        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
@@ -241,8 +244,57 @@ async fn catch_panic(req: Request, next: Next) -> Response {
     }
 }
 
-/// Counts every answer by route, method and status, its latency, and errors by code.
-async fn record_metrics(State(app): State<AppState>, req: Request, next: Next) -> Response {
+/// The id of one request: the caller's `x-request-id` when it is usable (at most
+/// [`MAX_REQUEST_ID`] bytes of `A-Z a-z 0-9 - _ . : / + = @`; other bytes are dropped), else a
+/// new UUIDv7. Echoed in the answer's `x-request-id`, in every log line of the request (its
+/// `request` span) and in its decision-log record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestId(pub Arc<str>);
+
+/// The longest request id kept from a caller; the rest is cut off.
+pub const MAX_REQUEST_ID: usize = 128;
+
+impl RequestId {
+    /// The caller's id, sanitised, or `None` when nothing usable is left of it.
+    pub fn from_caller(raw: &[u8]) -> Option<RequestId> {
+        let ok = |b: &u8| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(b);
+        if raw.len() <= MAX_REQUEST_ID && raw.iter().all(ok) {
+            // The common case (a proxy's or a client's UUID): kept as it is, one copy.
+            return std::str::from_utf8(raw)
+                .ok()
+                .filter(|s| !s.is_empty())
+                .map(|s| RequestId(s.into()));
+        }
+        let kept: String =
+            raw.iter().filter(|b| ok(b)).take(MAX_REQUEST_ID).map(|&b| char::from(b)).collect();
+        (!kept.is_empty()).then(|| RequestId(kept.into()))
+    }
+
+    pub fn new_random() -> RequestId {
+        RequestId(uuid::Uuid::now_v7().to_string().into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        // Outside `observe` (a test's own router): an id of its own.
+        Ok(parts.extensions.get::<RequestId>().cloned().unwrap_or_else(RequestId::new_random))
+    }
+}
+
+/// The request id, its span and access log line; counts every answer by route, method and
+/// status, its latency, and errors by code.
+async fn observe(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+    use tracing::Instrument as _;
     let start = Instant::now();
     let route = req
         .extensions()
@@ -250,17 +302,44 @@ async fn record_metrics(State(app): State<AppState>, req: Request, next: Next) -
         .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied())
         .unwrap_or("unmatched");
     let method = static_method(req.method());
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| RequestId::from_caller(v.as_bytes()))
+        .unwrap_or_else(RequestId::new_random);
+    req.extensions_mut().insert(id.clone());
+    // Disabled (no cost but a check) when the log level is above info.
+    let span = tracing::info_span!("request", request_id = %id.0);
     let m = &app.metrics;
     m.in_flight.inc();
-    let res = next.run(req).await;
+    let mut res = next.run(req).instrument(span.clone()).await;
     m.in_flight.dec();
-    m.requests.get_or_create(&RequestLabels { route, method, status: res.status().as_u16() }).inc();
-    m.latency.get_or_create(&RouteLabels { route }).observe(start.elapsed().as_secs_f64());
-    if let Some(ErrorCode(code)) = res.extensions().get::<ErrorCode>() {
+    let status = res.status().as_u16();
+    let took = start.elapsed();
+    m.requests.get_or_create(&RequestLabels { route, method, status }).inc();
+    m.latency.get_or_create(&RouteLabels { route }).observe(took.as_secs_f64());
+    let code = res.extensions().get::<ErrorCode>().map(|ErrorCode(c)| *c);
+    if let Some(code) = code {
         m.errors.get_or_create(&crate::metrics::CodeLabels { code }).inc();
     }
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id.0) {
+        res.headers_mut().insert(REQUEST_ID, v);
+    }
+    let _in = span.enter();
+    tracing::info!(
+        target: "tierwise::access",
+        method,
+        route,
+        status,
+        duration_ms = took.as_secs_f64() * 1e3,
+        code,
+        "request"
+    );
     res
 }
+
+/// The header a request id comes in and goes out with.
+pub const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 fn static_method(m: &Method) -> &'static str {
     match *m {

@@ -128,7 +128,7 @@ where
                     // Out of file descriptors, mostly: the pending connection stays in the
                     // backlog, so pause instead of spinning, and say so once a second at most.
                     if last_accept_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-                        eprintln!("tierwise: cannot accept a connection: {e}");
+                        tracing::error!("cannot accept a connection: {e}");
                         last_accept_error = Some(std::time::Instant::now());
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -169,8 +169,8 @@ where
     if tokio::time::timeout(cfg.grace, &mut done).await.is_ok() {
         return Stopped::Drained;
     }
-    eprintln!(
-        "tierwise: grace period over; answering requests still in flight 503 ({open} connections were open at the signal)"
+    tracing::warn!(
+        "grace period over; answering requests still in flight 503 ({open} connections were open at the signal)"
     );
     let _ = cut_tx.send(true);
     if tokio::time::timeout(ANSWER_MARGIN, &mut done).await.is_ok() {
