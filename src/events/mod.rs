@@ -104,19 +104,20 @@ impl Retention {
     }
 }
 
-/// `30s`, `15m`, `24h`, `7d`.
+/// `500ms`, `30s`, `15m`, `24h`, `7d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("`{s}` is not a duration such as `30s`, `15m`, `24h` or `7d`");
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
     let n: u64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.saturating_mul(1000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        "d" => n.saturating_mul(86_400_000),
         _ => return Err(bad()),
     };
-    Ok(Duration::from_secs(secs))
+    Ok(Duration::from_millis(ms))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -247,5 +248,81 @@ mod tests {
         assert!(Retention::parse("0").is_err());
         assert!(Retention::parse("10,5y").is_err());
         assert_eq!(rfc3339_ms(1_614_265_330_123), "2021-02-25T15:02:10.123Z");
+    }
+}
+
+/// What the service holds for events: the store, the webhooks, and the policies' alert rules.
+pub struct Hub {
+    pub store: Arc<dyn EventStore>,
+    pub delivery: Option<Arc<webhook::Delivery>>,
+    /// Alert rules per policy hash (account, portfolio), built once per version.
+    rules: std::sync::Mutex<std::collections::HashMap<String, Arc<Rules>>>,
+    /// Events emitted, by type (in [`EventType::ALL`] order).
+    emitted: [std::sync::atomic::AtomicU64; 6],
+}
+
+/// A policy version's alert rules.
+pub struct Rules {
+    pub account: Vec<AlertRule>,
+    pub portfolio: Vec<AlertRule>,
+}
+
+impl Hub {
+    pub fn new(store: Arc<dyn EventStore>, delivery: Option<Arc<webhook::Delivery>>) -> Hub {
+        Hub { store, delivery, rules: Default::default(), emitted: Default::default() }
+    }
+
+    pub fn rules(&self, p: &crate::policy::Policy) -> Arc<Rules> {
+        let mut m = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = m.get(&p.hash) {
+            return r.clone();
+        }
+        if m.len() > 64 {
+            m.clear(); // old versions: rebuilt on demand
+        }
+        let r = Arc::new(Rules {
+            account: crate::engine::transition::account_rules(p),
+            portfolio: crate::engine::transition::portfolio_rules(p),
+        });
+        m.insert(p.hash.clone(), r.clone());
+        r
+    }
+
+    pub fn count(&self, events: &[Event]) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for e in events {
+            if let Some(i) = EventType::ALL.iter().position(|t| *t == e.kind)
+                && let Some(c) = self.emitted.get(i)
+            {
+                c.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// The `/metrics` lines of events (emitted by type, outbox size, webhooks).
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        use std::sync::atomic::Ordering::Relaxed;
+        let _ = writeln!(
+            out,
+            "# HELP tierwise_events_emitted Events emitted, by type.\n# TYPE tierwise_events_emitted counter"
+        );
+        for (t, c) in EventType::ALL.iter().zip(&self.emitted) {
+            let _ = writeln!(
+                out,
+                "tierwise_events_emitted_total{{type=\"{}\"}} {}",
+                t.as_str(),
+                c.load(Relaxed)
+            );
+        }
+        let (retained, _) = self.store.depth();
+        let _ = writeln!(
+            out,
+            "# HELP tierwise_events_outbox_retained Events kept in the outbox (retention bounds it).\n# TYPE tierwise_events_outbox_retained gauge\ntierwise_events_outbox_retained{{backend=\"{}\"}} {retained}",
+            self.store.backend()
+        );
+        if let Some(d) = &self.delivery {
+            d.render_metrics(out);
+        }
     }
 }

@@ -264,6 +264,10 @@ impl Delivery {
         self.hooks.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.hooks.len()
+    }
+
     /// The dead-letter list, oldest first.
     pub fn dead(&self) -> Vec<Dead> {
         self.dead.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
@@ -275,8 +279,8 @@ impl Delivery {
         let mut dead = self.dead.lock().unwrap_or_else(|p| p.into_inner());
         let mut n = 0;
         dead.retain(|d| {
-            let pick = webhook.is_none_or(|w| w == d.webhook)
-                && ids.is_none_or(|ids| ids.contains(&d.id));
+            let pick =
+                webhook.is_none_or(|w| w == d.webhook) && ids.is_none_or(|ids| ids.contains(&d.id));
             if pick && let Some(h) = self.hooks.iter().find(|h| h.cfg.name == d.webhook) {
                 h.replay.lock().unwrap_or_else(|p| p.into_inner()).push_back(d.stored.clone());
                 h.wake.notify_one();

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 /// Bodies up to this size are decided on the async thread: a handful of accounts costs less
 /// than a hop to the blocking pool. Larger ones move off it (and use every core).
-const INLINE_MAX_BYTES: usize = 16 * 1024;
+pub(super) const INLINE_MAX_BYTES: usize = 16 * 1024;
 
 /// `POST /v1/evaluate` and `POST /v1/portfolio` bodies.
 #[derive(Deserialize, JsonSchema)]
@@ -32,6 +32,10 @@ pub struct EvaluateRequest<'a> {
     #[serde(borrow, deserialize_with = "account_list")]
     #[schemars(with = "Vec<AccountItem>")]
     pub accounts: Vec<&'a RawValue>,
+    /// `/v1/portfolio` with events on: the book's name, whose portfolio alerts have their own
+    /// state (default `default`).
+    #[serde(default)]
+    pub book: Option<String>,
 }
 
 /// The schema of one element of `accounts`: a snapshot, or anything else, which is answered
@@ -134,7 +138,7 @@ pub struct PortfolioResponse<'a> {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Level {
+pub(super) enum Level {
     Account,
     Portfolio,
 }
@@ -173,6 +177,10 @@ async fn run_evaluation(
     let start = Instant::now();
     // Every evaluation of this request stops at the request timeout, on whichever thread.
     let budget = crate::script::Budget::new(Some(deadline.0));
+    if let Some(hub) = app.events.get() {
+        let hub = hub.clone();
+        return super::events::evaluate(app, hub, body, level, start, budget).await;
+    }
     let inline = body.len() <= INLINE_MAX_BYTES && level == Level::Account;
     // Parse (and digest, for the cache keys) on the async thread when small, else off it.
     let prep = if inline {
@@ -554,7 +562,7 @@ pub(super) fn read_accounts(items: &[&RawValue]) -> Vec<Record> {
     }
 }
 
-fn write_json<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) -> Result<(), ApiError> {
+pub(super) fn write_json<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) -> Result<(), ApiError> {
     serde_json::to_writer(buf, v).map_err(|e| ApiError::internal("serialize", e))
 }
 
@@ -562,7 +570,7 @@ fn write_json<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) -> Result<(), Api
 const ENCODE_CHUNK: usize = 1024;
 
 /// `[outcome, ...]`, the same bytes as serde_json's, in parallel chunks for big answers.
-fn write_outcomes(buf: &mut Vec<u8>, outcomes: &[Outcome]) -> Result<(), ApiError> {
+pub(super) fn write_outcomes(buf: &mut Vec<u8>, outcomes: &[Outcome]) -> Result<(), ApiError> {
     use rayon::prelude::*;
     if outcomes.len() <= ENCODE_CHUNK {
         return write_json(buf, outcomes);
@@ -741,7 +749,7 @@ fn info(name: &str, e: &Entry, default: Option<&str>) -> PolicyInfo {
     }
 }
 
-fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
+pub(super) fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
     match serde_json::to_vec(v) {
         Ok(b) => {
             (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], b)
@@ -812,7 +820,7 @@ pub fn log_reload(outcomes: &[ReloadOutcome]) {
 /// scheme, an empty token, a header that is not visible ASCII), 403 for a wrong one. Only
 /// SHA-256 digests are compared, in constant time: neither the token's bytes nor its length
 /// leak through timing. No answer repeats what was sent.
-fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
     let Some(want) = &app.admin_digest else {
@@ -894,6 +902,21 @@ pub struct Health {
 #[derive(Serialize, JsonSchema)]
 pub struct HealthDetails {
     pub cache: CacheHealth,
+    /// Account state and events; absent when events are off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventsHealth>,
+}
+
+/// Where account state and the outbox live, as `/readyz` shows it.
+#[derive(Serialize, JsonSchema)]
+pub struct EventsHealth {
+    /// `memory` or `redis`.
+    pub backend: &'static str,
+    /// `durable` (Redis: survives a restart, with AOF on) or `memory-only` (lost on restart).
+    pub state: &'static str,
+    /// Webhooks configured, and those disabled by a 410.
+    pub webhooks: usize,
+    pub webhooks_disabled: usize,
 }
 
 /// The decision cache as `/readyz` shows it.
@@ -936,6 +959,15 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
                     breaker: stats.breaker.as_str(),
                     reason,
                 },
+                events: app.events.get().map(|hub| {
+                    let hooks = hub.delivery.as_ref().map(|d| d.summary()).unwrap_or_default();
+                    EventsHealth {
+                        backend: hub.store.backend(),
+                        state: if hub.store.durable() { "durable" } else { "memory-only" },
+                        webhooks: hooks.len(),
+                        webhooks_disabled: hooks.iter().filter(|h| h.1).count(),
+                    }
+                }),
             });
             json(
                 StatusCode::OK,
@@ -951,12 +983,19 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 pub async fn metrics(State(app): State<AppState>) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
     app.metrics.observe_log(app.log.stats());
-    let text = app.metrics.render(
+    let mut text = app.metrics.render(
         &app.service,
         &app.cache.stats(),
         app.cache_gated.load(Relaxed),
         app.cache_unavailable.load(Relaxed),
     );
+    if let Some(hub) = app.events.get() {
+        // Before OpenMetrics' closing `# EOF`.
+        let eof = text.rfind("# EOF").unwrap_or(text.len());
+        let tail = text.split_off(eof);
+        hub.render_metrics(&mut text);
+        text.push_str(&tail);
+    }
     (
         [(
             header::CONTENT_TYPE,
