@@ -14,7 +14,7 @@ use super::handlers::{
 use super::{ApiError, AppState};
 use crate::cache::WriteBatch;
 use crate::decision_log;
-use crate::engine::transition::{self, AccountInput, BookInput, Event, EventType, Level};
+use crate::engine::transition::{self, AccountInput, BookInput, EventType, Level};
 use crate::engine::{Outcome, Summary};
 use crate::events::{EventRef, Filter, Hub};
 use crate::script::Budget;
@@ -473,35 +473,4 @@ pub async fn replay(
         .as_ref()
         .map_or(0, |d| d.replay(req.webhook.as_deref(), req.ids.as_deref()));
     Ok(json(StatusCode::OK, &serde_json::json!({ "replayed": n })))
-}
-
-/// Counts by type of the events `outcomes` would emit against the current state, without
-/// keeping anything (dry runs).
-pub async fn would_emit(
-    hub: &Hub,
-    loaded: &crate::service::Loaded,
-    records: &[Record],
-    outcomes: &[Outcome],
-    level: Level,
-) -> std::collections::BTreeMap<&'static str, u64> {
-    let ids: Vec<&str> =
-        outcomes.iter().filter_map(|o| o.decision().map(|d| d.id.as_str())).collect();
-    let states = hub.store.states(&loaded.policy.name, level, &ids).await.unwrap_or_default();
-    let rules = hub.rules(&loaded.policy);
-    let dated: Vec<_> = records.iter().map(days).collect();
-    let items: Vec<AccountInput<'_>> = outcomes
-        .iter()
-        .zip(&dated)
-        .filter(|(o, _)| o.decision().is_some())
-        .map(|(o, &(as_of, tier_since))| AccountInput {
-            level,
-            outcome: o,
-            as_of: as_of.unwrap_or(i64::MIN),
-            tier_since,
-        })
-        .collect();
-    let mut states = states;
-    states.resize(items.len(), None);
-    let events: Vec<Event> = crate::events::would_emit(&states, &items, &rules.account);
-    transition::count_by_type(&events)
 }

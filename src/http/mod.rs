@@ -10,7 +10,7 @@
 
 mod dryrun;
 mod error;
-mod events;
+pub(crate) mod events;
 mod handlers;
 pub mod openapi;
 pub mod server;
