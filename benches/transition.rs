@@ -23,9 +23,8 @@ use tierwise::engine::transition::{self, AccountInput, AccountState, Level};
 
 fn main() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let policy =
-        tierwise::policy::load_dir(&root.join("policies/enterprise"), &Default::default())
-            .expect("enterprise loads");
+    let policy = tierwise::policy::load_dir(&root.join("policies/enterprise"), &Default::default())
+        .expect("enterprise loads");
     let text = gen_portfolio::jsonl(10_000, gen_portfolio::SEED);
     let records = tierwise::snapshot::read_jsonl(&text);
     let outcomes = tierwise::engine::evaluate(&policy, &records);

@@ -399,10 +399,7 @@ fn a_dated_sequence_gives_exactly_the_rules_events_each_signed() {
     // Readiness says the state is memory-only.
     let r = get(addr, "/readyz").json();
     assert_eq!(r["details"]["events"]["state"], "memory-only", "{r}");
-    assert_eq!(
-        live::metric(addr, "tierwise_events_emitted_total{type=\"alert.raised\"}"),
-        2.0
-    );
+    assert_eq!(live::metric(addr, "tierwise_events_emitted_total{type=\"alert.raised\"}"), 2.0);
 }
 
 #[test]

@@ -208,10 +208,27 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
     let state = http::App::with_cache(service, config, log, cache.clone());
     if args.events.events || !hooks.is_empty() {
         use tierwise::events::{EventStore, Hub, memory::MemoryStore, webhook::Delivery};
-        let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new(args.events.events_retention));
+        let retention = args.events.events_retention;
+        let store: Arc<dyn EventStore> = match args.cache.redis_url.as_deref() {
+            Some(url) if !url.is_empty() => {
+                match tierwise::events::redis::connect(url, retention).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("error: events need their Redis at start: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            _ => Arc::new(MemoryStore::new(retention)),
+        };
         let delivery = (!hooks.is_empty()).then(|| Delivery::start(store.clone(), hooks));
         eprintln!(
-            "tierwise: events on, state in memory (lost on restart), {} webhook(s)",
+            "tierwise: events on, state in {}, {} webhook(s)",
+            if store.durable() {
+                "Redis (durable with AOF on)"
+            } else {
+                "memory (lost on restart)"
+            },
             delivery.as_ref().map_or(0, |d| d.len())
         );
         let _ = state.events.set(Arc::new(Hub::new(store, delivery)));

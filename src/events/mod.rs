@@ -17,6 +17,7 @@
 //! Layering: this is service-side (tokio, HTTP client); the engine never sees it.
 
 pub mod memory;
+pub mod redis;
 pub mod sign;
 pub mod webhook;
 

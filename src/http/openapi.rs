@@ -237,7 +237,10 @@ pub fn document() -> Value {
                     (200, "the history", Some(g.subschema_for::<super::events::History>()), JSON),
                     path_400(),
                     e(400, "a bad query (`bad_query`)"),
-                    e(404, "events off (`events_off`), unknown policy, or no state for the account (`no_history`)"),
+                    e(
+                        404,
+                        "events off (`events_off`), unknown policy, or no state for the account (`no_history`)",
+                    ),
                     internal(),
                     e(503, "the state store is unavailable (`state_unavailable`)"),
                 ],
@@ -255,7 +258,12 @@ pub fn document() -> Value {
             request: None,
             responses: with(
                 vec![
-                    (200, "a page of CloudEvents", Some(g.subschema_for::<super::events::EventsPage>()), JSON),
+                    (
+                        200,
+                        "a page of CloudEvents",
+                        Some(g.subschema_for::<super::events::EventsPage>()),
+                        JSON,
+                    ),
                     e(400, "a bad query (`bad_query`)"),
                     e(404, "events are off (`events_off`)"),
                     internal(),
@@ -291,7 +299,12 @@ pub fn document() -> Value {
             request: None,
             responses: with(
                 vec![
-                    (200, "the dead-letter list (`dead`: webhook, id, type, subject, attempts, last_error, at, event)", None, JSON),
+                    (
+                        200,
+                        "the dead-letter list (`dead`: webhook, id, type, subject, attempts, last_error, at, event)",
+                        None,
+                        JSON,
+                    ),
                     e(401, "no bearer token (none, another scheme, or empty)"),
                     e(403, "wrong token"),
                     e(404, "admin routes disabled, or events off"),
