@@ -106,7 +106,7 @@ enum Command {
         check: bool,
     },
     /// Run the HTTP service: evaluate over HTTP, reload policies live as they change.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
 }
 
 pub fn main() -> ExitCode {

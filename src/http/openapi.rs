@@ -243,6 +243,117 @@ pub fn document() -> Value {
         },
         Op {
             method: "get",
+            path: "/v1/accounts/{id}/history",
+            id: "accountHistory",
+            summary: "With events on: an account's tier periods (from, to, reason codes) and active alerts (since, last told) under a policy (`?policy=`, `?level=account|portfolio`)",
+            request: None,
+            responses: with(
+                vec![
+                    (200, "the history", Some(g.subschema_for::<super::events::History>()), JSON),
+                    path_400(),
+                    e(400, "a bad query (`bad_query`)"),
+                    e(
+                        404,
+                        "events off (`events_off`), unknown policy, or no state for the account (`no_history`)",
+                    ),
+                    internal(),
+                    e(503, "the state store is unavailable (`state_unavailable`)"),
+                ],
+                Kind::V1Get,
+            ),
+            ok_headers: &[],
+            query: vec![("level", "`account` (default) or `portfolio`", &["account", "portfolio"])],
+            admin: false,
+        },
+        Op {
+            method: "get",
+            path: "/v1/events",
+            id: "listEvents",
+            summary: "With events on: the retained outbox, oldest first, cursor-paged (`after` = the previous page's `next`); filters `type`, `policy`, `level`",
+            request: None,
+            responses: with(
+                vec![
+                    (
+                        200,
+                        "a page of CloudEvents",
+                        Some(g.subschema_for::<super::events::EventsPage>()),
+                        JSON,
+                    ),
+                    e(400, "a bad query (`bad_query`)"),
+                    e(404, "events are off (`events_off`)"),
+                    internal(),
+                    e(503, "the state store is unavailable (`state_unavailable`)"),
+                ],
+                Kind::V1Get,
+            ),
+            ok_headers: &[],
+            query: vec![
+                ("after", "the `next` cursor of the previous page", &[]),
+                ("limit", "events per page (default 100, at most 1000)", &[]),
+                (
+                    "type",
+                    "only this event type",
+                    &[
+                        "tier.changed",
+                        "alert.raised",
+                        "alert.repeated",
+                        "alert.cleared",
+                        "portfolio_alert.raised",
+                        "portfolio_alert.cleared",
+                    ],
+                ),
+                ("level", "only this level", &["account", "portfolio"]),
+            ],
+            admin: false,
+        },
+        Op {
+            method: "get",
+            path: "/v1/events/dead",
+            id: "deadEvents",
+            summary: "Events that ran out of retries, per webhook (admin)",
+            request: None,
+            responses: with(
+                vec![
+                    (
+                        200,
+                        "the dead-letter list (`dead`: webhook, id, type, subject, attempts, last_error, at, event)",
+                        None,
+                        JSON,
+                    ),
+                    e(401, "no bearer token (none, another scheme, or empty)"),
+                    e(403, "wrong token"),
+                    e(404, "admin routes disabled, or events off"),
+                    internal(),
+                ],
+                Kind::V1Get,
+            ),
+            ok_headers: &[],
+            query: vec![],
+            admin: true,
+        },
+        Op {
+            method: "post",
+            path: "/v1/events/dead/replay",
+            id: "replayDeadEvents",
+            summary: "Send dead letters again (admin); body `{webhook?, ids?}` narrows which (empty: all); answers `{replayed: N}`",
+            request: None,
+            responses: with(
+                vec![
+                    (200, "how many were queued again", None, JSON),
+                    e(400, "a bad body (`bad_request`)"),
+                    e(401, "no bearer token (none, another scheme, or empty)"),
+                    e(403, "wrong token"),
+                    e(404, "admin routes disabled, or events off"),
+                    internal(),
+                ],
+                Kind::V1Post,
+            ),
+            ok_headers: &[],
+            query: vec![],
+            admin: true,
+        },
+        Op {
+            method: "get",
             path: "/v1/policies",
             id: "listPolicies",
             summary: "The policies served: version, hash, loaded at, files, inputs, tiers, last reload error",
@@ -475,6 +586,9 @@ pub fn document() -> Value {
                 json!({ "type": "string", "enum": values })
             };
             params.push(json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema }));
+        }
+        if op.id == "listEvents" {
+            params.push(json!({ "name": "policy", "in": "query", "required": false, "description": "only this policy's events", "schema": { "type": "string" } }));
         }
         if !params.is_empty() {
             o["parameters"] = Value::Array(params);
