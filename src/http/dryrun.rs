@@ -179,7 +179,7 @@ pub async fn dry_run(
 /// while: at equal priority a hostile dry run took the cores from live `/v1/evaluate` traffic
 /// (its p99 rose 6-8x on 2 cores); at nice 19 still 2.4x; with `SCHED_IDLE`, 1.0x. `None` (no
 /// pool could be started) runs the dry run on the blocking thread and the global pool.
-fn pool(priority: DryRunPriority) -> Option<&'static rayon::ThreadPool> {
+pub(super) fn pool(priority: DryRunPriority) -> Option<&'static rayon::ThreadPool> {
     use thread_priority::{
         NormalThreadSchedulePolicy as Normal, ThreadPriority, ThreadSchedulePolicy as Policy,
     };
@@ -215,7 +215,7 @@ fn pool(priority: DryRunPriority) -> Option<&'static rayon::ThreadPool> {
         .as_ref()
 }
 
-fn bad_request(message: impl Into<String>) -> ApiError {
+pub(super) fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
 }
 
@@ -287,7 +287,7 @@ fn path_problem(path: &str) -> Option<&'static str> {
 }
 
 /// The candidate's files, checked: size first (413), then every path (400).
-fn candidate_files(c: &CandidateFolder) -> Result<Files, ApiError> {
+pub(super) fn candidate_files(c: &CandidateFolder) -> Result<Files, ApiError> {
     let bytes: usize = c.files.iter().map(|(p, t)| p.len() + t.len()).sum();
     if c.files.len() > MAX_CANDIDATE_FILES || bytes > MAX_CANDIDATE_BYTES {
         let what = if c.files.len() > MAX_CANDIDATE_FILES {
@@ -320,7 +320,7 @@ fn candidate_files(c: &CandidateFolder) -> Result<Files, ApiError> {
     Ok(c.files.iter().map(|(p, t)| (p.clone(), t.clone().into_bytes())).collect())
 }
 
-fn override_error(errors: Vec<overrides::OverrideError>) -> ApiError {
+pub(super) fn override_error(errors: Vec<overrides::OverrideError>) -> ApiError {
     let one = |e: &overrides::OverrideError| match &e.help {
         Some(h) => format!("override `{}`: {}; {h}", e.path, e.message),
         None => format!("override `{}`: {}", e.path, e.message),
@@ -372,7 +372,7 @@ fn candidate_unsafe(tripped: &[&whatif::FailureDelta]) -> ApiError {
     .details(json!({ "accounts": tripped.len(), "stopped_early": stopped.len(), "by_code": by_code, "examples": examples }))
 }
 
-fn candidate_invalid(report: policy::Report, with_overrides: bool) -> ApiError {
+pub(super) fn candidate_invalid(report: policy::Report, with_overrides: bool) -> ApiError {
     let n = report.errors().count();
     let first = report
         .errors()

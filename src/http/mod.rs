@@ -8,6 +8,7 @@
 //! `Retry-After` when saturated) → timeout. Probes and `/metrics` stay outside the
 //! concurrency limit so a saturated server still says it is alive.
 
+mod backtest;
 mod dryrun;
 mod error;
 mod handlers;
@@ -156,6 +157,7 @@ const ROUTES: &[&str] = &[
     "/v1/evaluate",
     "/v1/portfolio",
     "/v1/dry-run",
+    "/v1/backtest",
     "/v1/accounts/{id}/decision",
     "/v1/policies",
     "/v1/policies/reload",
@@ -173,6 +175,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/evaluate", post(handlers::evaluate))
         .route("/v1/portfolio", post(handlers::portfolio))
         .route("/v1/dry-run", post(dryrun::dry_run))
+        .route("/v1/backtest", post(backtest::backtest))
         .route("/v1/accounts/{id}/decision", get(handlers::latest_decision))
         .route("/v1/policies", get(handlers::policies))
         .route("/v1/policies/reload", post(handlers::reload))
