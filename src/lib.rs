@@ -26,6 +26,7 @@ pub mod cache;
 pub mod date;
 pub mod decision_log;
 pub mod engine;
+pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod policy;

@@ -10,6 +10,7 @@ pub mod backtest;
 pub mod decision;
 pub mod portfolio;
 pub mod testrun;
+pub mod transition;
 
 pub use decision::*;
 pub use portfolio::evaluate_portfolio;

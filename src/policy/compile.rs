@@ -1364,6 +1364,32 @@ impl Compiler<'_> {
                     applies
                 }
             };
+            for (name, v) in
+                [("cooldown_days", &a.cooldown_days), ("renotify_days", &a.renotify_days)]
+            {
+                if let Some(v) = v
+                    && v.value < 0
+                {
+                    self.err(
+                        "bad_alert_days",
+                        Some(v.span.clone()),
+                        Some(&rule),
+                        format!("`{name}` must be ≥ 0, got {}", v.value),
+                        None,
+                    );
+                }
+            }
+            if let Some(v) = &a.renotify_days
+                && v.value == 0
+            {
+                self.warn(
+                    "renotify_every_time",
+                    Some(v.span.clone()),
+                    Some(&rule),
+                    "`renotify_days = 0` tells the alert again on every new `as_of`; leave it out \
+                     to tell the alert once, or give a number of days",
+                );
+            }
             let when = self.expr(engine, lib, ExprKind::Alert, &a.when, &rule);
             let message = self.template(engine, lib, ExprKind::Alert, &a.message, &rule);
             if let (Some(when), Some(message)) = (when, message) {
@@ -1374,6 +1400,8 @@ impl Compiler<'_> {
                     applies,
                     when,
                     message,
+                    cooldown_days: a.cooldown_days.as_ref().map_or(0, |v| v.value.max(0)),
+                    renotify_days: a.renotify_days.as_ref().map(|v| v.value.max(0)),
                 });
             }
         }

@@ -139,6 +139,10 @@ pub struct Alert {
     pub applies: Vec<bool>,
     pub when: Expr,
     pub message: Template,
+    /// `cooldown_days` (default 0): how long after a told clearing a return stays silent.
+    pub cooldown_days: i64,
+    /// `renotify_days`: how often a standing alert is told again (none: never).
+    pub renotify_days: Option<i64>,
 }
 
 #[derive(Debug)]
