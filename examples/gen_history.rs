@@ -246,8 +246,11 @@ fn evolve(rng: &mut Rng, v: &mut Value, path: Path, m: usize, as_of: i64, i: usi
     if rng.chance(0.07) {
         set(v, "last_ebr", json!(format_days(as_of - rng.range(0, 25))));
     }
-    let renewal =
-        v.get("fields").and_then(|f| f.get("renewal_date")).and_then(Value::as_str).and_then(parse_days);
+    let renewal = v
+        .get("fields")
+        .and_then(|f| f.get("renewal_date"))
+        .and_then(Value::as_str)
+        .and_then(parse_days);
     if let Some(r) = renewal
         && r < as_of - 30
     {

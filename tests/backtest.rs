@@ -365,10 +365,11 @@ fn redact(text: &str) -> String {
 }
 
 fn redact_candidate(text: &str, candidate_hash: &str) -> String {
-    redact(&text.replace(candidate_hash, "[candidate-hash]").replace(
-        candidate_hash.get(..12).unwrap_or(candidate_hash),
-        "[candidate-hash]",
-    ))
+    redact(
+        &text
+            .replace(candidate_hash, "[candidate-hash]")
+            .replace(candidate_hash.get(..12).unwrap_or(candidate_hash), "[candidate-hash]"),
+    )
 }
 
 fn cli(args: &[&str]) -> (i32, String, String) {
@@ -403,23 +404,22 @@ fn sample_history_table_json_markdown() {
 #[test]
 fn sample_history_with_a_candidate() {
     let candidate_hash = {
-        let sets = [
-            "movement.min_tenure_days=0".to_string(),
-            "movement.demote_margin=0.0".to_string(),
-        ];
-        let list: Vec<_> = sets
-            .iter()
-            .map(|s| tierwise::policy::overrides::parse_set(s).unwrap())
-            .collect();
+        let sets =
+            ["movement.min_tenure_days=0".to_string(), "movement.demote_margin=0.0".to_string()];
+        let list: Vec<_> =
+            sets.iter().map(|s| tierwise::policy::overrides::parse_set(s).unwrap()).collect();
         let files = tierwise::policy::read_dir(&root().join("policies/enterprise")).unwrap();
         let files = tierwise::policy::overrides::apply_files(&files, &list).unwrap();
         tierwise::policy::content_hash(&files)
     };
-    for (format, name) in
-        [("table", "candidate_table"), ("markdown", "candidate_markdown"), ("json", "candidate_json")]
-    {
+    for (format, name) in [
+        ("table", "candidate_table"),
+        ("markdown", "candidate_markdown"),
+        ("json", "candidate_json"),
+    ] {
         let (code, out, err) =
-            cli(&[&SAMPLE[..], &["samples/history"], &CANDIDATE[..], &["--format", format]].concat());
+            cli(&[&SAMPLE[..], &["samples/history"], &CANDIDATE[..], &["--format", format]]
+                .concat());
         assert_eq!(code, 1, "{err}");
         let out = redact_candidate(&out, &candidate_hash);
         if format == "json" {
@@ -442,7 +442,9 @@ fn jsonl_is_one_line_per_period_and_account_in_input_order() {
     let dir = tempfile::tempdir().unwrap();
     let lines = |as_of: &str, rows: &[(&str, f64)]| -> String {
         rows.iter()
-            .map(|(id, x)| json!({ "id": id, "as_of": as_of, "fields": { "x": x } }).to_string() + "\n")
+            .map(|(id, x)| {
+                json!({ "id": id, "as_of": as_of, "fields": { "x": x } }).to_string() + "\n"
+            })
             .collect()
     };
     let (_t, pdir) = write_policy("tiny", &[("policy.toml", TINY)]);
@@ -471,13 +473,15 @@ fn exit_codes() {
     // Usage and unreadable input: 2.
     let (code, _, err) = cli(&[&SAMPLE[..], &["no/such/folder"]].concat());
     assert_eq!(code, 2, "{err}");
-    let (code, _, err) = cli(&[&SAMPLE[..], &["samples/history", "--set", "tiers.nope.min_score=1"]].concat());
+    let (code, _, err) =
+        cli(&[&SAMPLE[..], &["samples/history", "--set", "tiers.nope.min_score=1"]].concat());
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("nope"), "{err}");
-    let (code, _, err) = cli(
-        &[&SAMPLE[..], &["samples/history", "--set", "movement.max_steps=1", "--format", "jsonl"]]
-            .concat(),
-    );
+    let (code, _, err) = cli(&[
+        &SAMPLE[..],
+        &["samples/history", "--set", "movement.max_steps=1", "--format", "jsonl"],
+    ]
+    .concat());
     assert_eq!(code, 2, "{err}");
     // A candidate that does not load: 1.
     let (code, _, err) =
@@ -587,17 +591,36 @@ mod http_api {
     #[tokio::test]
     async fn refusals() {
         let (s, v) = post(json!({ "policy": "tiny" })).await;
-        assert_eq!((s, v["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_request")));
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_request"))
+        );
         let (s, v) = post(json!({ "accounts": [], "periods": [] })).await;
-        assert_eq!((s, v["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_request")));
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_request"))
+        );
         let (s, v) = post(json!({ "accounts": [], "flip_window": 1 })).await;
-        assert_eq!((s, v["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_request")));
-        let (s, v) = post(json!({ "overrides": { "tiers.zz.min_score": 1 }, "accounts": [] })).await;
-        assert_eq!((s, v["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_override")));
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_request"))
+        );
+        let (s, v) =
+            post(json!({ "overrides": { "tiers.zz.min_score": 1 }, "accounts": [] })).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_override"))
+        );
         let (s, v) = post(json!({ "policy": "nope", "accounts": [] })).await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
-        let (s, v) = post(json!({ "accounts": [], "format": "jsonl", "overrides": { "tiers.a.min_score": 9.0 } })).await;
-        assert_eq!((s, v["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_request")));
+        let (s, v) = post(
+            json!({ "accounts": [], "format": "jsonl", "overrides": { "tiers.a.min_score": 9.0 } }),
+        )
+        .await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_request"))
+        );
     }
 
     #[tokio::test]

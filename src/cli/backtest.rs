@@ -204,16 +204,22 @@ fn scan(s: &mut Source) -> Result<(), ExitCode> {
             }
         }
         Format::Json => {
-            let items: Vec<&serde_json::value::RawValue> = serde_json::from_str(&text)
-                .map_err(|e| usage(format_args!("`{}`: not a JSON array of snapshots: {e}", s.name)))?;
+            let items: Vec<&serde_json::value::RawValue> =
+                serde_json::from_str(&text).map_err(|e| {
+                    usage(format_args!("`{}`: not a JSON array of snapshots: {e}", s.name))
+                })?;
             for raw in items {
-                add(serde_json::from_str::<AsOf<'_>>(raw.get()).ok().and_then(|a| a.as_of).as_deref());
+                add(serde_json::from_str::<AsOf<'_>>(raw.get())
+                    .ok()
+                    .and_then(|a| a.as_of)
+                    .as_deref());
             }
         }
         Format::Csv => {
             let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
-            let headers =
-                rdr.headers().map_err(|e| usage(format_args!("`{}`: cannot read CSV: {e}", s.name)))?;
+            let headers = rdr
+                .headers()
+                .map_err(|e| usage(format_args!("`{}`: cannot read CSV: {e}", s.name)))?;
             if !headers.iter().any(|h| h == "id") {
                 return Err(usage(format_args!(
                     "`{}`: cannot read CSV: the header has no `id` column",
@@ -238,8 +244,7 @@ fn candidate(args: &BacktestArgs, limits: &Limits) -> Result<Option<Policy>, Exi
         return Ok(None);
     }
     let dir = args.candidate.as_deref().unwrap_or(&args.policy);
-    let mut files: Files =
-        policy::read_dir(dir).map_err(|e| usage(format_args!("{e}")))?;
+    let mut files: Files = policy::read_dir(dir).map_err(|e| usage(format_args!("{e}")))?;
     if !args.set.is_empty() {
         let mut list = Vec::new();
         let mut bad = false;
@@ -365,7 +370,12 @@ fn run_inner(args: &BacktestArgs, limits: &Limits) -> Result<ExitCode, ExitCode>
     };
     let mut sides: Vec<Side<'_>> = std::iter::once(&base)
         .chain(cand.as_ref())
-        .map(|p| Side { policy: p, pending: Pending::new(), replay: Replay::new(p, opts), unplaced: Vec::new() })
+        .map(|p| Side {
+            policy: p,
+            pending: Pending::new(),
+            replay: Replay::new(p, opts),
+            unplaced: Vec::new(),
+        })
         .collect();
     // CSV cells are typed by the policy's `[inputs]`, which the candidate may change; JSON
     // does not depend on the policy, so it is parsed once and copied.
@@ -404,8 +414,10 @@ fn run_inner(args: &BacktestArgs, limits: &Limits) -> Result<ExitCode, ExitCode>
     let bar = super::stderr_is_terminal().then(|| {
         let bar = ProgressBar::new(days.len() as u64);
         bar.set_style(
-            ProgressStyle::with_template("{spinner} replaying {msg} [{bar:40}] {pos}/{len} periods ({eta})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{spinner} replaying {msg} [{bar:40}] {pos}/{len} periods ({eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.enable_steady_tick(std::time::Duration::from_millis(120));
         bar
@@ -434,11 +446,9 @@ fn run_inner(args: &BacktestArgs, limits: &Limits) -> Result<ExitCode, ExitCode>
                 );
                 vec![ob, oc]
             }
-            (sides, v) => sides
-                .iter_mut()
-                .zip(v)
-                .map(|(s, r)| s.replay.period(&as_of, day, r))
-                .collect(),
+            (sides, v) => {
+                sides.iter_mut().zip(v).map(|(s, r)| s.replay.period(&as_of, day, r)).collect()
+            }
         };
         if args.format == BacktestFormat::Jsonl
             && write_failed.is_none()

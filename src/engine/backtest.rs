@@ -32,10 +32,10 @@
 //! - the **span** is last `as_of` − first `as_of`, in days; years are 365.25 days, months a
 //!   twelfth of that. Rates over a span of 0 days (one period) are `null`.
 
+pub use super::transition::Level;
 use super::transition::{
     self, AccountInput, AccountState, AlertRule, BookInput, BookState, EventType,
 };
-pub use super::transition::Level;
 use super::{Change, Load, Outcome, PolicyRef, Summary, evaluate, evaluate_portfolio, policy_ref};
 use crate::policy::Policy;
 use crate::snapshot::{AccountError, Record};
@@ -380,8 +380,11 @@ impl<'p> Replay<'p> {
         let count = |fig: &mut PeriodFigures, e: &transition::Event| {
             *fig.events.entry(e.kind.as_str()).or_default() += 1;
             if let Some(a) = e.alert_id() {
-                *fig.alert_events.entry(a.to_string()).or_default().entry(e.kind.as_str()).or_default() +=
-                    1;
+                *fig.alert_events
+                    .entry(a.to_string())
+                    .or_default()
+                    .entry(e.kind.as_str())
+                    .or_default() += 1;
             }
         };
         for (o, r) in outcomes.iter().zip(&records) {
@@ -599,7 +602,11 @@ impl<'p> Replay<'p> {
             .map(|(manager, m)| ManagerFigures {
                 manager,
                 peak_load: m.peak,
-                peak_as_of: self.periods.get(m.peak_period).map(|f| f.as_of.clone()).unwrap_or_default(),
+                peak_as_of: self
+                    .periods
+                    .get(m.peak_period)
+                    .map(|f| f.as_of.clone())
+                    .unwrap_or_default(),
                 periods_over: m.over,
                 periods: m.periods,
             })
@@ -657,7 +664,11 @@ enum JsonlLine<'a> {
 
 /// `--format jsonl`: one line per account of a period, in input order:
 /// `{as_of, id, tier, change, events: [type, ...]}` or `{as_of, id, error: {code, message}}`.
-pub fn write_jsonl(out: &mut impl std::io::Write, as_of: &str, lines: &[Line]) -> std::io::Result<()> {
+pub fn write_jsonl(
+    out: &mut impl std::io::Write,
+    as_of: &str,
+    lines: &[Line],
+) -> std::io::Result<()> {
     for l in lines {
         let line = match l {
             Line::Decided { id, tier, change, events } => JsonlLine::Decided {
@@ -823,12 +834,8 @@ pub fn compare(baseline: Report, candidate: Report) -> Comparison {
         managers_over: 0,
         rejected: Vec::new(),
     };
-    let mut days: Vec<&str> = baseline
-        .periods
-        .iter()
-        .chain(&candidate.periods)
-        .map(|p| p.as_of.as_str())
-        .collect();
+    let mut days: Vec<&str> =
+        baseline.periods.iter().chain(&candidate.periods).map(|p| p.as_of.as_str()).collect();
     days.sort_unstable();
     days.dedup();
     let periods = days
@@ -839,9 +846,13 @@ pub fn compare(baseline: Report, candidate: Report) -> Comparison {
             let b = baseline.periods.iter().find(|p| p.as_of == as_of).unwrap_or(&eb);
             let c = candidate.periods.iter().find(|p| p.as_of == as_of).unwrap_or(&ec);
             let mut tiers: IndexMap<String, i64> = IndexMap::new();
-            for k in baseline.periods.first().into_iter().flat_map(|p| p.tiers.keys()).chain(
-                candidate.periods.first().into_iter().flat_map(|p| p.tiers.keys()),
-            ) {
+            for k in baseline
+                .periods
+                .first()
+                .into_iter()
+                .flat_map(|p| p.tiers.keys())
+                .chain(candidate.periods.first().into_iter().flat_map(|p| p.tiers.keys()))
+            {
                 let get = |f: &PeriodFigures| f.tiers.get(k).copied().unwrap_or(0);
                 tiers.insert(k.clone(), d(get(b), get(c)));
             }
@@ -891,15 +902,15 @@ pub fn compare(baseline: Report, candidate: Report) -> Comparison {
         managers: managers
             .into_iter()
             .filter(|(_, (p, o))| *p != 0 || *o != 0)
-            .map(|(m, (p, o))| ManagerDelta { manager: m.to_string(), peak_load: p, periods_over: o })
+            .map(|(m, (p, o))| ManagerDelta {
+                manager: m.to_string(),
+                peak_load: p,
+                periods_over: o,
+            })
             .collect(),
     };
     let headline = headline(b, c);
-    Comparison {
-        baseline,
-        candidate,
-        difference: Difference { headline, periods, overall },
-    }
+    Comparison { baseline, candidate, difference: Difference { headline, periods, overall } }
 }
 
 fn event_delta(

@@ -275,8 +275,8 @@ impl Delivery {
         let mut dead = self.dead.lock().unwrap_or_else(|p| p.into_inner());
         let mut n = 0;
         dead.retain(|d| {
-            let pick = webhook.is_none_or(|w| w == d.webhook)
-                && ids.is_none_or(|ids| ids.contains(&d.id));
+            let pick =
+                webhook.is_none_or(|w| w == d.webhook) && ids.is_none_or(|ids| ids.contains(&d.id));
             if pick && let Some(h) = self.hooks.iter().find(|h| h.cfg.name == d.webhook) {
                 h.replay.lock().unwrap_or_else(|p| p.into_inner()).push_back(d.stored.clone());
                 h.wake.notify_one();

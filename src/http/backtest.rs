@@ -158,9 +158,10 @@ fn query_format(query: Option<&str>) -> Result<(Option<BacktestFormat>, Option<u
                 })?)
             }
             "top" => {
-                top = Some(v.parse().map_err(|_| {
-                    bad_request(format!("`top` must be a whole number, got `{v}`"))
-                })?)
+                top =
+                    Some(v.parse().map_err(|_| {
+                        bad_request(format!("`top` must be a whole number, got `{v}`"))
+                    })?)
             }
             _ => {}
         }
@@ -175,15 +176,14 @@ fn period_record(i: usize, raw: &RawValue, as_of: &str) -> Record {
             m.insert("as_of".into(), Value::String(as_of.to_string()));
             serde_json::from_value::<Snapshot>(Value::Object(m.clone())).map_err(|e| {
                 let id = m.get("id").and_then(Value::as_str);
-                let mut err =
-                    AccountError::new(id, "bad_record", format!("not a snapshot: {e}"));
+                let mut err = AccountError::new(id, "bad_record", format!("not a snapshot: {e}"));
                 err.record = Some(i + 1);
                 err
             })
         }
-        _ => read_accounts(&[raw]).pop().unwrap_or_else(|| {
-            Err(AccountError::new(None, "bad_record", "not a snapshot"))
-        }),
+        _ => read_accounts(&[raw])
+            .pop()
+            .unwrap_or_else(|| Err(AccountError::new(None, "bad_record", "not a snapshot"))),
     }
 }
 
@@ -205,9 +205,7 @@ fn run(
     let top = q_top.or(req.top).map_or(DEFAULT_TOP, |t| t as usize);
     let flip_window = req.flip_window.unwrap_or(backtest::DEFAULT_FLIP_WINDOW);
     if flip_window < 2 {
-        return Err(bad_request(
-            "`flip_window` must be at least 2 (a return needs a period away)",
-        ));
+        return Err(bad_request("`flip_window` must be at least 2 (a return needs a period away)"));
     }
     let with_candidate = req.candidate.is_some() || req.overrides.is_some();
     if format == BacktestFormat::Jsonl && with_candidate {
@@ -217,9 +215,7 @@ fn run(
     }
     let total = match (&req.periods, &req.accounts) {
         (Some(_), Some(_)) => {
-            return Err(bad_request(
-                "send the history as `periods` or as `accounts`, not both",
-            ));
+            return Err(bad_request("send the history as `periods` or as `accounts`, not both"));
         }
         (None, None) => {
             return Err(bad_request(
@@ -272,7 +268,11 @@ fn run(
             for p in periods {
                 match &p.as_of {
                     Some(as_of) => out.extend(
-                        p.accounts.0.iter().enumerate().map(|(i, raw)| period_record(i, raw, as_of)),
+                        p.accounts
+                            .0
+                            .iter()
+                            .enumerate()
+                            .map(|(i, raw)| period_record(i, raw, as_of)),
                     ),
                     None => out.extend(read_accounts(&p.accounts.0)),
                 }
@@ -307,8 +307,7 @@ fn run(
             let base = script::with_budget(budget(), || {
                 backtest::replay(&loaded.policy, periods, unplaced.clone(), opts)
             });
-            let cand =
-                script::with_budget(budget(), || backtest::replay(c, copy, unplaced, opts));
+            let cand = script::with_budget(budget(), || backtest::replay(c, copy, unplaced, opts));
             refuse_unsafe(&base, &cand)?;
             BacktestResult::Comparison(backtest::compare(base, cand))
         }
@@ -317,8 +316,12 @@ fn run(
     let decision_id = uuid::Uuid::now_v7().to_string();
     let (bytes, content_type) = match format {
         BacktestFormat::Json => (
-            serde_json::to_vec(&BacktestResponse { decision_id: &decision_id, dry_run: true, result: &result })
-                .map_err(|e| ApiError::internal("serialize", e))?,
+            serde_json::to_vec(&BacktestResponse {
+                decision_id: &decision_id,
+                dry_run: true,
+                result: &result,
+            })
+            .map_err(|e| ApiError::internal("serialize", e))?,
             "application/json",
         ),
         BacktestFormat::Jsonl => {
@@ -337,7 +340,11 @@ fn run(
             let md = format == BacktestFormat::Markdown;
             let text = match &result {
                 BacktestResult::Report(r) => {
-                    if md { render::markdown(r, top) } else { render::table(r, top) }
+                    if md {
+                        render::markdown(r, top)
+                    } else {
+                        render::table(r, top)
+                    }
                 }
                 BacktestResult::Comparison(c) => {
                     let ctx = render::Context {

@@ -166,7 +166,8 @@ pub fn table(r: &Report, top: usize) -> String {
     }
     let over: Vec<_> = r.overall.managers.iter().filter(|m| m.periods_over > 0).collect();
     if !over.is_empty() {
-        let _ = writeln!(o, "\nManagers over capacity ({} of {}):", over.len().min(top), over.len());
+        let _ =
+            writeln!(o, "\nManagers over capacity ({} of {}):", over.len().min(top), over.len());
         let mut list = over.clone();
         list.sort_by(|a, b| b.periods_over.cmp(&a.periods_over).then(a.manager.cmp(&b.manager)));
         for m in list.into_iter().take(top) {
@@ -201,7 +202,11 @@ fn period_table_md(o: &mut String, r: &Report) {
         "| as_of | accounts | errors | {} | promoted | demoted | held | from caps | from scores | flip-flops | alerts raised | alerts cleared | managers over |",
         tiers.iter().map(|t| md(t)).collect::<Vec<_>>().join(" | ")
     );
-    let _ = writeln!(o, "|---|--:|--:|{}--:|--:|--:|--:|--:|--:|--:|--:|--:|", "--:|".repeat(tiers.len()));
+    let _ = writeln!(
+        o,
+        "|---|--:|--:|{}--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "--:|".repeat(tiers.len())
+    );
     for p in &r.periods {
         let counts: Vec<String> =
             tiers.iter().map(|t| p.tiers.get(t).copied().unwrap_or(0).to_string()).collect();
@@ -379,7 +384,12 @@ pub fn comparison_table(c: &Comparison, ctx: &Context, top: usize) -> String {
     }
     let managers = &c.difference.overall.managers;
     if !managers.is_empty() {
-        let _ = writeln!(o, "\nManagers whose load changes ({} of {}):", managers.len().min(top), managers.len());
+        let _ = writeln!(
+            o,
+            "\nManagers whose load changes ({} of {}):",
+            managers.len().min(top),
+            managers.len()
+        );
         for m in managers.iter().take(top) {
             let _ = writeln!(
                 o,
@@ -392,7 +402,12 @@ pub fn comparison_table(c: &Comparison, ctx: &Context, top: usize) -> String {
     }
     let ff = &c.candidate.overall.flip_floppers;
     if !ff.is_empty() {
-        let _ = writeln!(o, "\nFlip-flopping under the candidate ({} of {}):", ff.len().min(top), ff.len());
+        let _ = writeln!(
+            o,
+            "\nFlip-flopping under the candidate ({} of {}):",
+            ff.len().min(top),
+            ff.len()
+        );
         for f in ff.iter().take(top) {
             let _ = writeln!(o, "  {:<16} {:>2}  {}", f.id, f.flip_flops, path(f));
         }
@@ -424,7 +439,8 @@ pub fn comparison_markdown(c: &Comparison, ctx: &Context, top: usize) -> String 
         let _ = writeln!(o, "| {} | {b} | {k} | {d} |", l.trim());
     }
     let _ = writeln!(o, "\n<details><summary>Period by period</summary>\n");
-    let _ = writeln!(o, "| as_of | moves | from caps | flip-flops | alerts raised | managers over |");
+    let _ =
+        writeln!(o, "| as_of | moves | from caps | flip-flops | alerts raised | managers over |");
     let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|");
     for (pb, pc) in c.baseline.periods.iter().zip(&c.candidate.periods) {
         let pair = |a: u64, b: u64| if a == b { a.to_string() } else { format!("{a} → {b}") };
