@@ -737,7 +737,7 @@ pub enum BacktestResult {
     /// One policy: `policy`, `level`, `flip_window`, `periods`, `overall`.
     Report(Report),
     /// With a candidate: `baseline`, `candidate`, `difference`.
-    Comparison(Comparison),
+    Comparison(Box<Comparison>),
 }
 
 /// A baseline and a candidate over the same history.

@@ -309,7 +309,7 @@ fn run(
             });
             let cand = script::with_budget(budget(), || backtest::replay(c, copy, unplaced, opts));
             refuse_unsafe(&base, &cand)?;
-            BacktestResult::Comparison(backtest::compare(base, cand))
+            BacktestResult::Comparison(Box::new(backtest::compare(base, cand)))
         }
     };
 
