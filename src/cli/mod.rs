@@ -1,5 +1,6 @@
 //! Command-line front end: one file per subcommand, each thin over the library.
 
+mod backtest;
 mod check;
 mod diff;
 mod eval;
@@ -93,6 +94,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// What-if: decide a book under a baseline and a candidate policy, show what differs.
     Diff(diff::DiffArgs),
+    /// Backtest: replay a policy over a book's history (snapshots at several dates) and
+    /// report tier moves, flip-flops, alerts and manager load, optionally beside a candidate.
+    Backtest(backtest::BacktestArgs),
     /// Write the JSON schemas (policy, test cases, snapshot, decision, portfolio, diff).
     Schema {
         /// Folder to write to.
@@ -123,6 +127,7 @@ pub fn main() -> ExitCode {
         Command::Test { dir, coverage } => test::run(&dir, &limits, coverage),
         Command::Eval(args) => eval::run(&args, &limits),
         Command::Diff(args) => diff::run(&args, &limits),
+        Command::Backtest(args) => backtest::run(&args, &limits),
         Command::Schema { out, reference, check } => schema::run(&out, &reference, check),
         Command::Serve(args) => serve::run(&args, &limits),
     }

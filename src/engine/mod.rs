@@ -6,6 +6,7 @@
 //! the whole book (caps, `total_max`, manager capacity, portfolio alerts). The exact semantics
 //! are DESIGN.md's; the comments here point at the rule each branch implements.
 
+pub mod backtest;
 pub mod decision;
 pub mod portfolio;
 pub mod testrun;

@@ -11,6 +11,7 @@
 //! `Retry-After` when saturated) → timeout. Probes and `/metrics` stay outside the
 //! concurrency limit so a saturated server still says it is alive.
 
+mod backtest;
 mod dryrun;
 mod error;
 pub(crate) mod events;
@@ -166,6 +167,7 @@ const ROUTES: &[&str] = &[
     "/v1/evaluate",
     "/v1/portfolio",
     "/v1/dry-run",
+    "/v1/backtest",
     "/v1/accounts/{id}/decision",
     "/v1/accounts/{id}/history",
     "/v1/events",
@@ -187,6 +189,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/evaluate", post(handlers::evaluate))
         .route("/v1/portfolio", post(handlers::portfolio))
         .route("/v1/dry-run", post(dryrun::dry_run))
+        .route("/v1/backtest", post(backtest::backtest))
         .route("/v1/accounts/{id}/decision", get(handlers::latest_decision))
         .route("/v1/accounts/{id}/history", get(events::history))
         .route("/v1/events", get(events::list))
