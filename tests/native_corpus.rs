@@ -661,3 +661,36 @@ fn loops_meet_the_operation_limit_where_rhai_does() {
         .collect();
     assert_eq!(codes, ["ok", "ok", "ok", "operation_limit", "operation_limit"]);
 }
+
+#[path = "../examples/gen_portfolio.rs"]
+#[allow(dead_code)]
+mod gen_portfolio;
+
+/// The corpus policy the benches time (tests/corpus/enterprise-loops): the enterprise policy
+/// with its script written with a mutable local, a loop, `break` and a `switch`. It runs
+/// natively, agrees with rhai, and decides exactly as policies/enterprise does.
+#[test]
+fn the_loops_policy_is_native_agrees_with_rhai_and_with_enterprise() {
+    let dir = common::root().join("tests/corpus/enterprise-loops");
+    let fast = policy::load_dir(&dir, &Limits::default()).unwrap();
+    let slow = policy::load_dir(&dir, &Limits { native: false, ..Limits::default() }).unwrap();
+    let enterprise = common::shipped("enterprise");
+    let slow_parts: Vec<_> = fast.speed().into_iter().filter(|s| s.rhai.is_some()).collect();
+    assert!(slow_parts.is_empty(), "{slow_parts:?}");
+    let recs = tierwise::snapshot::read_jsonl(&gen_portfolio::jsonl(400, gen_portfolio::SEED));
+    let a = serde_json::to_string(&engine::evaluate_portfolio(&fast, &recs)).unwrap();
+    let b = serde_json::to_string(&engine::evaluate_portfolio(&slow, &recs)).unwrap();
+    assert!(a == b, "native and rhai differ");
+    let c = serde_json::to_string(&engine::evaluate_portfolio(&enterprise, &recs)).unwrap();
+    let c = c
+        .replace(&enterprise.hash, &fast.hash)
+        .replace("\"enterprise\"", "\"enterprise-loops\"")
+        .replace("policy `enterprise`", "policy `enterprise-loops`");
+    let at = a.bytes().zip(c.bytes()).position(|(x, y)| x != y).unwrap_or(a.len().min(c.len()));
+    assert!(
+        a == c,
+        "differs from enterprise at byte {at}: {:?} vs {:?}",
+        &a[at.saturating_sub(200)..(at + 100).min(a.len())],
+        &c[at.saturating_sub(200)..(at + 100).min(c.len())]
+    );
+}
