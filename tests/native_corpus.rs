@@ -694,3 +694,52 @@ fn the_loops_policy_is_native_agrees_with_rhai_and_with_enterprise() {
         &c[at.saturating_sub(200)..(at + 100).min(c.len())]
     );
 }
+
+/// `tierwise check --explain-speed` names each rule and template that runs through rhai, and
+/// the construct that keeps it there; the criterion also gets a lint `info`.
+#[test]
+fn check_explains_what_runs_through_rhai() {
+    let toml = r#"[policy]
+description = "one script the fast path does not cover"
+[inputs]
+revenue_12m = { type = "number", min = 0 }
+seats = { type = "integer", min = 0 }
+region = { type = "string" }
+[[score.criteria]]
+id = "revenue"
+weight = 1.0
+expr = "revenue_12m / 100000.0"
+[[score.criteria]]
+id = "seats"
+weight = 1.0
+script = "seat_points"
+[[tiers]]
+id = "key"
+min_score = 5.0
+when = "region in [\"emea\", \"amer\"]"
+[[tiers]]
+id = "other"
+[[alerts]]
+id = "big"
+severity = "info"
+when = "seats > 100"
+message = "{seats} seats in {#{emea: \"Europe\"}[region] ?? region}"
+"#;
+    let script = "fn seat_points(account) {\n    let points = [1.0, 4.0, 9.0];\n    points[min(account.seats / 100, 2)]\n}\n";
+    let (_tmp, dir) =
+        common::write_policy("speedy", &[("policy.toml", toml), ("scripts/points.rhai", script)]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tierwise"))
+        .args(["check", "--explain-speed"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap().replace(&dir.display().to_string(), "DIR");
+    let stdout = stdout
+        .lines()
+        .map(|l| if l.starts_with("ok ") { "ok    speedy HASH ..." } else { l })
+        .collect::<Vec<_>>()
+        .join("\n");
+    insta::assert_snapshot!("explain_speed", format!("{stdout}\n--- stderr\n{stderr}"));
+}
