@@ -92,8 +92,7 @@ fn main() {
     // decision as enterprise (tests/native_corpus.rs checks it), so the same hand-written one.
     let loops_dir =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/enterprise-loops");
-    let loops = match tierwise::policy::load_dir(&loops_dir, &tierwise::script::Limits::default())
-    {
+    let loops = match tierwise::policy::load_dir(&loops_dir, &tierwise::script::Limits::default()) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("cannot load {}: {e}", loops_dir.display());
