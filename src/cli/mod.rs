@@ -81,6 +81,10 @@ enum Command {
         /// A policy folder (with policy.toml) or a folder of them.
         #[arg(default_value = "policies")]
         dir: PathBuf,
+        /// List every rule and message template that runs through rhai instead of the native
+        /// fast path, and the construct that keeps it there.
+        #[arg(long)]
+        explain_speed: bool,
     },
     /// Run policies' own test cases (tests/*.toml).
     Test {
@@ -123,7 +127,7 @@ pub fn main() -> ExitCode {
     };
     let limits = cli.sandbox.limits();
     match cli.command {
-        Command::Check { dir } => check::run(&dir, &limits),
+        Command::Check { dir, explain_speed } => check::run(&dir, &limits, explain_speed),
         Command::Test { dir, coverage } => test::run(&dir, &limits, coverage),
         Command::Eval(args) => eval::run(&args, &limits),
         Command::Diff(args) => diff::run(&args, &limits),

@@ -61,6 +61,7 @@ pub const HISTORY_LEN: usize = 32;
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
+#[schemars(rename = "EventLevel")]
 pub enum Level {
     /// `/v1/evaluate`.
     Account,

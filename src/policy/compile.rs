@@ -484,6 +484,7 @@ impl Compiler<'_> {
         let mut tiers = tiers;
         let mut movement = movement;
         let mut alerts = alerts;
+        let mut notes = Vec::new();
         if self.limits.native {
             let domains = domains(&inputs);
             let kinds: Vec<native::Kind> = inputs
@@ -516,12 +517,32 @@ impl Compiler<'_> {
                 }
             };
             for c in &mut criteria {
-                match &mut c.scoring {
-                    Scoring::Expr(e) => fill(e),
-                    Scoring::Script { function, native, .. } => {
-                        *native = b.call_with_account(function, &nlib)
+                let (why, place) = match &mut c.scoring {
+                    Scoring::Expr(e) => {
+                        fill(e);
+                        (e.native.as_ref().err().cloned(), e.place.clone())
                     }
-                    Scoring::Steps { .. } => {}
+                    Scoring::Script { function, native, place, .. } => {
+                        *native = b.call_with_account(function, &nlib);
+                        (native.as_ref().err().cloned(), place.clone())
+                    }
+                    Scoring::Steps { .. } => continue,
+                };
+                if let Some(why) = why {
+                    notes.push(Diagnostic {
+                        level: Level::Info,
+                        code: "rhai_fallback",
+                        message: format!(
+                            "criterion `{}` runs through rhai, not the native fast path: {why}",
+                            c.key
+                        ),
+                        place,
+                        help: Some(
+                            "the results are the same, only slower; `tierwise check --explain-speed` lists every such rule"
+                                .into(),
+                        ),
+                        span: None,
+                    });
                 }
             }
             for t in &mut tiers {
@@ -561,6 +582,7 @@ impl Compiler<'_> {
             portfolio_alerts,
             cases,
             warnings,
+            notes,
             limits: self.limits.clone(),
             engine,
             lib,
@@ -868,7 +890,7 @@ impl Compiler<'_> {
                     source: src.value.clone(),
                     place: self.place(&src.span, rule),
                     ast,
-                    native: None,
+                    native: Err(native::OFF.into()),
                 })
             }
             Err(ParseError(kind_err, pos)) => {
@@ -1128,7 +1150,7 @@ impl Compiler<'_> {
                         function: f.value.clone(),
                         file,
                         place: self.place(&f.span, &rule),
-                        native: None,
+                        native: Err(native::OFF.into()),
                     })
                 }
             } else {
