@@ -7,6 +7,7 @@
 //! are DESIGN.md's; the comments here point at the rule each branch implements.
 
 pub mod decision;
+pub mod explain;
 pub mod portfolio;
 pub mod testrun;
 

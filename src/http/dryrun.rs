@@ -179,7 +179,7 @@ pub async fn dry_run(
 /// while: at equal priority a hostile dry run took the cores from live `/v1/evaluate` traffic
 /// (its p99 rose 6-8x on 2 cores); at nice 19 still 2.4x; with `SCHED_IDLE`, 1.0x. `None` (no
 /// pool could be started) runs the dry run on the blocking thread and the global pool.
-fn pool(priority: DryRunPriority) -> Option<&'static rayon::ThreadPool> {
+pub(super) fn pool(priority: DryRunPriority) -> Option<&'static rayon::ThreadPool> {
     use thread_priority::{
         NormalThreadSchedulePolicy as Normal, ThreadPriority, ThreadSchedulePolicy as Policy,
     };
