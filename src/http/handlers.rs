@@ -151,8 +151,13 @@ impl Level {
 pub async fn evaluate(
     State(app): State<AppState>,
     deadline: Deadline,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
+    if super::explain::wanted(query.as_deref())? {
+        let res = run_evaluation(app.clone(), body.0.clone(), Level::Account, deadline).await?;
+        return super::explain::add(app, body.0, res, deadline).await;
+    }
     run_evaluation(app, body.0, Level::Account, deadline).await
 }
 

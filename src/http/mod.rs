@@ -11,6 +11,7 @@
 mod console;
 mod dryrun;
 mod error;
+mod explain;
 mod handlers;
 pub mod openapi;
 pub mod server;
