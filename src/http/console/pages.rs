@@ -67,6 +67,7 @@ pub fn layout(title: &str, nav: Nav, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · tierwise console" }
+                link rel="icon" href="data:,";
                 link rel="stylesheet" href="assets/console.css";
                 script src="assets/console.js" defer {}
             }
