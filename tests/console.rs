@@ -12,6 +12,7 @@
 mod common;
 
 use common::*;
+use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
@@ -162,7 +163,9 @@ async fn keyboard_and_labels(c: &Client, page: &str) {
         c,
         r#"
         window.__controls = [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button, a[href], summary')]
-          .filter(el => el.getClientRects().length > 0 && !el.closest('tr[hidden]'));
+          .filter(el => el.getClientRects().length > 0 && !el.closest('tr[hidden]'))
+          // Inside a closed <details> only its summary is reachable until it is opened.
+          .filter(el => { const d = el.closest('details'); return !d || d.open || (el.tagName === 'SUMMARY' && el.parentElement === d); });
         window.__reached = new Set();
         document.addEventListener('focusin', e => window.__reached.add(e.target), true);
         document.activeElement && document.activeElement.blur();
@@ -172,10 +175,12 @@ async fn keyboard_and_labels(c: &Client, page: &str) {
     let total = js(c, "return window.__controls.length;").await.as_u64().unwrap();
     // The book table has two thousand links: Tab through the first stretch of the page.
     let presses = total.min(80) + 2;
+    // Tab, pressed on the keyboard (not typed into an element: a file input takes text as a path).
+    let mut keys = KeyActions::new("keyboard".into());
     for _ in 0..presses {
-        let active = c.active_element().await.unwrap();
-        active.send_keys("\u{E004}").await.unwrap();
+        keys = keys.then(KeyAction::Down { value: '\u{E004}' }).then(KeyAction::Up { value: '\u{E004}' });
     }
+    c.perform_actions(keys).await.unwrap();
     let missed = js(
         c,
         &format!(
@@ -725,7 +730,7 @@ async fn what_if_shows_the_diff_of_a_threshold() {
     assert!(pages::text(&fields.body).contains("alert nps_drop: nps_prev - nps >= 20"));
     let b = pages::post(&r, "/ui/whatif", &[("w:0:0", "10"), ("book", &book)]).await;
     assert!(b.body.contains("alerts.nps_drop.when=&quot;nps != () &amp;&amp; nps_prev != () &amp;&amp; nps_prev - nps &gt;= 10&quot;"), "{}", b.body);
-    assert!(pages::text(&b.body).contains("nps_drop: +"), "{}", pages::text(&b.body));
+    assert!(pages::text(&b.body).contains("nps_drop : +213 account(s)"), "{}", pages::text(&b.body));
     // Code is not a threshold: a value that is not a number changes nothing.
     let c = pages::post(&r, "/ui/whatif", &[("w:0:0", "1 || true"), ("book", &book)]).await;
     assert!(c.body.contains("data-changed=\"0\""), "{}", c.body);

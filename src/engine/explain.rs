@@ -299,10 +299,12 @@ fn sign(d: f64) -> &'static str {
 /// A reason that holds the account or moved it against its score, in words.
 fn keeper(r: &super::Reason, d: &Decision) -> Option<Keeper> {
     let tier = &*d.tier;
+    // A hold keeps the account in its current tier; a cap may still move it afterwards.
+    let held_in = d.previous_tier.as_deref().unwrap_or(tier);
     let (kind, message) = match r.code {
-        "margin" => ("hold", format!("the demote margin keeps it in {tier}: its score is below {tier}'s threshold, but not by enough to demote")),
-        "tenure" => ("hold", format!("the minimum tenure keeps it in {tier}: it entered the tier too recently to be demoted")),
-        "hold" => ("hold", format!("a hold keeps it in {tier}: {}", r.message.split_once(": ").map_or(r.message.as_str(), |(_, rest)| rest))),
+        "margin" => ("hold", format!("the demote margin keeps it in {held_in}: its score is below {held_in}'s threshold, but not by enough to demote")),
+        "tenure" => ("hold", format!("the minimum tenure keeps it in {held_in}: it entered the tier too recently to be demoted")),
+        "hold" => ("hold", format!("a hold keeps it in {held_in}: {}", r.message.split_once(": ").map_or(r.message.as_str(), |(_, rest)| rest))),
         "cap_protected" => ("hold", format!("{tier} is over its cap, but this account is protected and keeps its seat")),
         "cap" => ("cap", format!("the tier cap moved it to {tier}: the tier above was full and it ranked below the last seat")),
         "total_max" => ("cap", format!("the total cap on key-account tiers moved it to {tier}")),

@@ -557,6 +557,21 @@ pub fn account_result(
                 section class="explain" aria-labelledby="explain-h" {
                     h3 id="explain-h" { "What would change it" }
                     ul { @for s in &ex.sentences { li { (s) } } }
+                    @if let Some(nt) = ex.next_tier.as_ref().filter(|nt| nt.gap > 0.0) {
+                        details {
+                            summary { "Each criterion on its own, towards " (nt.tier) }
+                            table {
+                                thead { tr { th scope="col" { "Criterion" } th scope="col" { "Today" } th scope="col" { "Needed" } th scope="col" { "Adds" } th scope="col" { "Reaches " (nt.tier) } } }
+                                tbody { @for p in &nt.paths { tr {
+                                    th scope="row" { (p.criterion) }
+                                    td class="num" { @if let Some(v) = p.value_now { (p.input.as_deref().unwrap_or("")) " " (grouped(v)) " (score " (Num(p.score_now)) ")" } @else { "score " (Num(p.score_now)) } }
+                                    td class="num" { @if let Some(v) = p.value_needed { "≥ " (grouped(v)) } @else if let Some(s) = p.score_needed { "score " (Num(s)) } @else { "out of reach" } }
+                                    td class="num" { @if let Some(a) = p.adds { "+" (Num(a)) } }
+                                    td { @if p.reaches { "yes" } @else { "no" } }
+                                } } }
+                            }
+                        }
+                    }
                 }
             }
             h3 { "Criteria" }
