@@ -29,7 +29,11 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 struct BrowserLog;
 
 impl WebDriverCompatibleCommand for BrowserLog {
-    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
         base.join(&format!("session/{}/se/log", session.unwrap_or("")))
     }
     fn method_and_body(&self, _: &url::Url) -> (axum::http::Method, Option<String>) {
@@ -178,7 +182,9 @@ async fn keyboard_and_labels(c: &Client, page: &str) {
     // Tab, pressed on the keyboard (not typed into an element: a file input takes text as a path).
     let mut keys = KeyActions::new("keyboard".into());
     for _ in 0..presses {
-        keys = keys.then(KeyAction::Down { value: '\u{E004}' }).then(KeyAction::Up { value: '\u{E004}' });
+        keys = keys
+            .then(KeyAction::Down { value: '\u{E004}' })
+            .then(KeyAction::Up { value: '\u{E004}' });
     }
     c.perform_actions(keys).await.unwrap();
     let missed = js(
@@ -258,7 +264,16 @@ async fn the_console_in_a_real_browser() {
         .connect(&driver_url)
         .await
         .expect("no browser session");
+    // A 1280x800 viewport: the window is that plus the browser's own frame.
     c.set_window_size(1280, 800).await.unwrap();
+    let frame = js(
+        &c,
+        "return [window.outerWidth - window.innerWidth, window.outerHeight - window.innerHeight];",
+    )
+    .await;
+    let (fw, fh) = (frame[0].as_u64().unwrap() as u32, frame[1].as_u64().unwrap() as u32);
+    c.set_window_size(1280 + fw, 800 + fh).await.unwrap();
+    assert_eq!(js(&c, "return [window.innerWidth, window.innerHeight];").await, json!([1280, 800]));
 
     // Policies: what is loaded, in words; hostile policy text shows as text.
     c.goto(&format!("{base}/policies")).await.unwrap();
@@ -266,8 +281,18 @@ async fn the_console_in_a_real_browser() {
     let text = js(&c, "return document.body.innerText;").await;
     let text = text.as_str().unwrap();
     assert!(text.contains("enterprise") && text.contains("Criteria and weights"), "{text}");
-    assert!(text.contains("<script>window.__xss = 'policy'</script>\"><img src=x"), "hostile text not shown as text");
-    assert_eq!(js(&c, "return [document.scripts.length, document.images.length, window.__xss === undefined];").await, json!([1, 0, true]));
+    assert!(
+        text.contains("<script>window.__xss = 'policy'</script>\"><img src=x"),
+        "hostile text not shown as text"
+    );
+    assert_eq!(
+        js(
+            &c,
+            "return [document.scripts.length, document.images.length, window.__xss === undefined];"
+        )
+        .await,
+        json!([1, 0, true])
+    );
     no_console_errors(&c, "Policies").await;
     keyboard_and_labels(&c, "Policies").await;
     c.goto(&format!("{base}/policies")).await.unwrap();
@@ -283,7 +308,8 @@ async fn the_console_in_a_real_browser() {
     let mut lines = csv.lines();
     let header = lines.next().unwrap();
     let row = lines.next().unwrap();
-    let hostile_name = "<script>window.__xss='name'</script>\"><img src=x onerror=\"window.__xss='img'\">";
+    let hostile_name =
+        "<script>window.__xss='name'</script>\"><img src=x onerror=\"window.__xss='img'\">";
     let cells: Vec<&str> = row.split(',').collect();
     let quoted = format!("\"{}\"", hostile_name.replace('"', "\"\""));
     let hostile_row = format!("{},{quoted},{}", cells[0], cells[2..].join(","));
@@ -296,13 +322,32 @@ async fn the_console_in_a_real_browser() {
         shown,
         json!([format!("{}|{hostile_name}", cells[0]), format!("<b>x</b>&amp;|{hostile_name}")])
     );
-    assert_eq!(js(&c, "return [document.scripts.length, document.images.length, window.__xss === undefined];").await, json!([1, 0, true]));
+    assert_eq!(
+        js(
+            &c,
+            "return [document.scripts.length, document.images.length, window.__xss === undefined];"
+        )
+        .await,
+        json!([1, 0, true])
+    );
     // The hostile id opens its own account (the link's query is percent-encoded).
     c.find(Locator::Css("#accounts tbody tr:nth-child(2) a")).await.unwrap().click().await.unwrap();
-    until(&c, "document.querySelector('#result .result[data-kind=account]')", "the hostile account").await;
+    until(
+        &c,
+        "document.querySelector('#result .result[data-kind=account]')",
+        "the hostile account",
+    )
+    .await;
     let h2 = js(&c, "return document.querySelector('#result h2').innerText;").await;
     assert_eq!(h2, json!(format!("{hostile_name} (<b>x</b>&amp;)")));
-    assert_eq!(js(&c, "return [document.scripts.length, document.images.length, window.__xss === undefined];").await, json!([1, 0, true]));
+    assert_eq!(
+        js(
+            &c,
+            "return [document.scripts.length, document.images.length, window.__xss === undefined];"
+        )
+        .await,
+        json!([1, 0, true])
+    );
     no_console_errors(&c, "Account (hostile)").await;
 
     // The 2,000-account sample, uploaded five times: the median time to the book on screen.
@@ -319,32 +364,61 @@ async fn the_console_in_a_real_browser() {
     assert_eq!(rows, json!(1989), "decided accounts in the table");
     // Filters: key accounts only.
     c.find(Locator::Id("filter-tier")).await.unwrap().select_by_value("key").await.unwrap();
-    until(&c, "document.getElementById('accounts-count').innerText.startsWith('83 of 1989')", "the key filter").await;
+    until(
+        &c,
+        "document.getElementById('accounts-count').innerText.startsWith('83 of 1989')",
+        "the key filter",
+    )
+    .await;
     c.find(Locator::Id("filter-tier")).await.unwrap().select_by_value("").await.unwrap();
     no_console_errors(&c, "Book").await;
     js(&c, "document.getElementById('result').scrollIntoView(); return true;").await;
     shot(&c, "book").await;
     let (upload_ms, upload_own) = (median(walls.clone()), median(own.clone()));
-    eprintln!("console: upload → book median {upload_ms:.0} ms wall ({upload_own:.0} ms in the page's script); runs {walls:?}");
+    eprintln!(
+        "console: upload → book median {upload_ms:.0} ms wall ({upload_own:.0} ms in the page's script); runs {walls:?}"
+    );
 
     // Account: opened from the book table; its explanation names the one change that reaches key.
     let id = "acc-0000011";
-    c.find(Locator::Css(&format!("#accounts a[href$='id={id}']"))).await.unwrap().click().await.unwrap();
-    until(&c, &format!("document.querySelector('#result .result[data-account=\"{id}\"]')"), "the account").await;
+    c.find(Locator::Css(&format!("#accounts a[href$='id={id}']")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        &format!("document.querySelector('#result .result[data-account=\"{id}\"]')"),
+        "the account",
+    )
+    .await;
     let explain = js(&c, "return document.querySelector('.explain').innerText;").await;
     assert!(
-        explain.as_str().unwrap().contains("revenue_12m ≥ 3,500,000, +3,138,015 from today, adds 1.5 and reaches key"),
+        explain
+            .as_str()
+            .unwrap()
+            .contains("revenue_12m ≥ 3,500,000, +3,138,015 from today, adds 1.5 and reaches key"),
         "{explain}"
     );
-    assert_eq!(js(&c, "return document.querySelectorAll('#result svg[role=img] title').length >= 2;").await, json!(true));
+    assert_eq!(
+        js(&c, "return document.querySelectorAll('#result svg[role=img] title').length >= 2;")
+            .await,
+        json!(true)
+    );
     no_console_errors(&c, "Account").await;
-    keyboard_and_labels(&c, "Account").await;
+    js(&c, "document.getElementById('result').scrollIntoView(); return true;").await;
     shot(&c, "account").await;
+    keyboard_and_labels(&c, "Account").await;
 
     // What-if: the key threshold changed by keyboard, the diff re-rendered each time.
     c.goto(&format!("{base}/whatif")).await.unwrap();
     until(&c, "document.querySelector('#result .result[data-kind=diff]')", "the first diff").await;
-    assert_eq!(js(&c, "return document.querySelector('#result .result').getAttribute('data-changed');").await, json!("0"));
+    assert_eq!(
+        js(&c, "return document.querySelector('#result .result').getAttribute('data-changed');")
+            .await,
+        json!("0")
+    );
     no_console_errors(&c, "What-if").await;
     keyboard_and_labels(&c, "What-if").await;
     let field = c.find(Locator::Css("input[name='o:tiers.key.min_score']")).await.unwrap();
@@ -367,8 +441,11 @@ async fn the_console_in_a_real_browser() {
         .await;
         times.push(t.elapsed().as_secs_f64() * 1e3);
         changed.push(
-            js(&c, "return document.querySelector('#result .result').getAttribute('data-changed');")
-                .await,
+            js(
+                &c,
+                "return document.querySelector('#result .result').getAttribute('data-changed');",
+            )
+            .await,
         );
     }
     assert!(changed.iter().all(|c| c != "0"), "a key threshold change moved nobody: {changed:?}");
@@ -377,11 +454,14 @@ async fn the_console_in_a_real_browser() {
     assert!(headline.as_str().unwrap().starts_with("this change promotes"), "{headline}");
     // Copy as markdown.
     c.find(Locator::Css("button[data-copy]")).await.unwrap().click().await.unwrap();
-    until(&c, "document.querySelector('.copied').innerText === 'Copied.'", "the copy").await;
+    until(&c, "['Copied.', 'Selected: press Ctrl+C to copy.'].includes(document.querySelector('.copied').innerText)", "the copy").await;
     no_console_errors(&c, "What-if").await;
+    js(&c, "document.activeElement.blur(); window.scrollTo(0, 0); return true;").await;
     shot(&c, "whatif").await;
     let override_ms = median(times.clone());
-    eprintln!("console: override → diff median {override_ms:.0} ms (typing to diff on screen); runs {times:?}");
+    eprintln!(
+        "console: override → diff median {override_ms:.0} ms (typing to diff on screen); runs {times:?}"
+    );
 
     // The file edited in place: a typo shows at its line.
     c.find(Locator::Css("details summary")).await.unwrap().click().await.unwrap();
@@ -460,7 +540,8 @@ mod pages {
 
     /// A form post as the page's script sends it (`x-console: fragment`: the result only).
     pub async fn post(r: &Router, path: &str, pairs: &[(&str, &str)]) -> Answer {
-        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
+        let body =
+            url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
         let req = Request::post(path)
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header("x-console", "fragment")
@@ -489,7 +570,11 @@ mod pages {
                 _ => {}
             }
         }
-        let out = out.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&amp;", "&");
+        let out = out
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&amp;", "&");
         out.split_whitespace().collect::<Vec<_>>().join(" ")
     }
 
@@ -540,17 +625,23 @@ mod pages {
                 text(&body[..body.find(&close).unwrap_or(0)])
             };
             let line = match name.as_str() {
-                "h1" | "h2" | "h3" | "caption" | "legend" | "summary" | "figcaption" => Some(format!("{name}: {}", inner())),
+                "h1" | "h2" | "h3" | "caption" | "legend" | "summary" | "figcaption" => {
+                    Some(format!("{name}: {}", inner()))
+                }
                 "nav" | "main" | "section" | "form" | "fieldset" | "table" | "figure" => {
                     let mut l = name.clone();
-                    for a in ["id", "action", "aria-label", "aria-labelledby", "aria-live", "data-fetch"] {
+                    for a in
+                        ["id", "action", "aria-label", "aria-labelledby", "aria-live", "data-fetch"]
+                    {
                         if let Some(v) = attr(a) {
                             l.push_str(&format!(" {a}={v}"));
                         }
                     }
                     Some(l)
                 }
-                "label" => Some(format!("label for={}: {}", attr("for").unwrap_or_default(), inner())),
+                "label" => {
+                    Some(format!("label for={}: {}", attr("for").unwrap_or_default(), inner()))
+                }
                 "input" | "select" | "textarea" => Some(format!(
                     "{name} id={} name={} type={}",
                     attr("id").unwrap_or_default(),
@@ -558,8 +649,16 @@ mod pages {
                     attr("type").unwrap_or_default()
                 )),
                 "button" => Some(format!("button: {}", inner())),
-                "svg" => Some(format!("svg id={} role={}", attr("id").unwrap_or_default(), attr("role").unwrap_or_default())),
-                "title" | "desc" if lines.last().is_some_and(|l: &String| l.starts_with("svg") || l.starts_with("  title")) => {
+                "svg" => Some(format!(
+                    "svg id={} role={}",
+                    attr("id").unwrap_or_default(),
+                    attr("role").unwrap_or_default()
+                )),
+                "title" | "desc"
+                    if lines.last().is_some_and(|l: &String| {
+                        l.starts_with("svg") || l.starts_with("  title")
+                    }) =>
+                {
                     Some(format!("  {name}: {}", inner()))
                 }
                 _ => None,
@@ -577,14 +676,23 @@ mod pages {
         let b = s.as_bytes();
         let mut i = 0;
         while i < b.len() {
-            let hex = b[i..].iter().take_while(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()).count();
+            let hex = b[i..]
+                .iter()
+                .take_while(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+                .count();
             let boundary = i == 0 || !b[i - 1].is_ascii_alphanumeric();
-            if boundary && (hex == 64 || hex == 12) && b[i..i + hex].iter().any(u8::is_ascii_digit) {
+            if boundary && (hex == 64 || hex == 12) && b[i..i + hex].iter().any(u8::is_ascii_digit)
+            {
                 out.push_str("[hash]");
                 i += hex;
                 continue;
             }
-            if boundary && s[i..].len() >= 24 && b[i..i + 4].iter().all(u8::is_ascii_digit) && s[i..].get(4..5) == Some("-") && s[i..].get(10..11) == Some("T") {
+            if boundary
+                && s[i..].len() >= 24
+                && b[i..i + 4].iter().all(u8::is_ascii_digit)
+                && s[i..].get(4..5) == Some("-")
+                && s[i..].get(10..11) == Some("T")
+            {
                 out.push_str("[time]");
                 i += 24;
                 continue;
@@ -626,7 +734,12 @@ async fn console_answers_carry_a_strict_policy_and_no_inline_script() {
             // One script, from a file; no inline script, no inline style, no event handler.
             assert_eq!(a.body.matches("<script").count(), 1, "{path}");
             assert!(a.body.contains("<script src=\"assets/console.js\" defer></script>"));
-            assert!(!a.body.contains(" style=") && !a.body.contains("<style") && !a.body.contains(" onclick="), "{path}");
+            assert!(
+                !a.body.contains(" style=")
+                    && !a.body.contains("<style")
+                    && !a.body.contains(" onclick="),
+                "{path}"
+            );
         }
     }
     assert_eq!(pages::get(&r, "/ui").await.status, 308);
@@ -638,7 +751,8 @@ fn header_name(n: &'static str) -> axum::http::HeaderName {
 
 #[tokio::test]
 async fn console_off_leaves_the_api() {
-    let (_tmp, r) = pages::router_with(tierwise::http::Config { console: false, ..Default::default() });
+    let (_tmp, r) =
+        pages::router_with(tierwise::http::Config { console: false, ..Default::default() });
     assert_eq!(pages::get(&r, "/ui/").await.status, 404);
     assert_eq!(pages::get(&r, "/ui/book").await.status, 404);
     assert_eq!(pages::get(&r, "/v1/policies").await.status, 200);
@@ -650,14 +764,25 @@ async fn the_book_is_decided_and_charted_with_text_alternatives() {
     let book = pages::sample();
     let a = pages::post(&r, "/ui/book", &[("policy", "enterprise"), ("book", &book)]).await;
     assert_eq!(a.status, 200, "{}", a.body);
-    assert!(a.body.starts_with("<div class=\"result\" data-kind=\"book\""), "a fragment, not a page");
-    let summary: Vec<String> = a.body.match_indices("<p class=\"summary\">").map(|(i, _)| pages::text(pages::fragment(&a.body[i..], "<p"))).collect();
+    assert!(
+        a.body.starts_with("<div class=\"result\" data-kind=\"book\""),
+        "a fragment, not a page"
+    );
+    let summary: Vec<String> = a
+        .body
+        .match_indices("<p class=\"summary\">")
+        .map(|(i, _)| pages::text(pages::fragment(&a.body[i..], "<p")))
+        .collect();
     let charts: Vec<String> = ["chart-tiers-desc", "chart-managers-desc"]
         .iter()
         .map(|id| pages::text(pages::fragment(&a.body, &format!("<desc id=\"{id}\""))))
         .collect();
     let alerts = pages::text(pages::fragment(&a.body, "<ul class=\"alerts\""));
-    insta::assert_snapshot!(pages::redact(&format!("{}\n\n{}\n\n{alerts}", summary.join("\n"), charts.join("\n"))));
+    insta::assert_snapshot!(pages::redact(&format!(
+        "{}\n\n{}\n\n{alerts}",
+        summary.join("\n"),
+        charts.join("\n")
+    )));
     assert_eq!(a.body.matches("<tr data-tier=").count(), 1989);
     // JSON lines give the same book.
     let jsonl = std::fs::read_to_string(root().join("samples/portfolio.jsonl")).unwrap();
@@ -669,7 +794,12 @@ async fn the_book_is_decided_and_charted_with_text_alternatives() {
 async fn an_account_is_explained_in_business_terms() {
     let (_tmp, r) = pages::router();
     let book = pages::sample();
-    let a = pages::post(&r, "/ui/account", &[("policy", "enterprise"), ("id", "acc-0000011"), ("book", &book)]).await;
+    let a = pages::post(
+        &r,
+        "/ui/account",
+        &[("policy", "enterprise"), ("id", "acc-0000011"), ("book", &book)],
+    )
+    .await;
     assert_eq!(a.status, 200, "{}", a.body);
     let explain = pages::text(pages::fragment(&a.body, "<section class=\"explain\""));
     let facts = pages::text(pages::fragment(&a.body, "<dl class=\"facts\""));
@@ -697,9 +827,15 @@ async fn hostile_names_are_text() {
     let a = pages::post(&r, "/ui/book", &[("book", &book)]).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert!(!a.body.contains("<script") && !a.body.contains("<img"), "{}", a.body);
-    assert!(a.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&gt;&lt;img src=x onerror=alert(2)&gt;"));
+    assert!(a.body.contains(
+        "&lt;script&gt;alert(1)&lt;/script&gt;&quot;&gt;&lt;img src=x onerror=alert(2)&gt;"
+    ));
     // The link to the account percent-encodes the id.
-    assert!(a.body.contains("id=%3Cscript%3Ealert%281%29%3C%2Fscript%3E%22%3E%3Cimg"), "{}", a.body);
+    assert!(
+        a.body.contains("id=%3Cscript%3Ealert%281%29%3C%2Fscript%3E%22%3E%3Cimg"),
+        "{}",
+        a.body
+    );
     let acc = pages::post(&r, "/ui/account", &[("id", name), ("book", &book)]).await;
     assert_eq!(acc.status, 200, "{}", acc.body);
     assert!(!acc.body.contains("<script") && !acc.body.contains("<img"), "{}", acc.body);
@@ -716,13 +852,20 @@ async fn what_if_shows_the_diff_of_a_threshold() {
     let book = pages::sample();
     let none = pages::post(&r, "/ui/whatif", &[("policy", "enterprise"), ("book", &book)]).await;
     assert!(none.body.contains("data-changed=\"0\""), "{}", none.body);
-    let a = pages::post(&r, "/ui/whatif", &[("policy", "enterprise"), ("o:tiers.key.min_score", "7.0"), ("book", &book)]).await;
+    let a = pages::post(
+        &r,
+        "/ui/whatif",
+        &[("policy", "enterprise"), ("o:tiers.key.min_score", "7.0"), ("book", &book)],
+    )
+    .await;
     assert_eq!(a.status, 200, "{}", a.body);
     let headline = pages::text(pages::fragment(&a.body, "<p class=\"headline\""));
     let facts = pages::text(pages::fragment(&a.body, "<dl class=\"facts\""));
     let matrix = pages::text(pages::fragment(&a.body, "<desc id=\"chart-transitions-desc\""));
     let tiers = pages::text(pages::fragment(&a.body, "<desc id=\"chart-before-after-desc\""));
-    insta::assert_snapshot!(pages::redact(&format!("{headline}\n\n{facts}\n\n{matrix}\n\n{tiers}")));
+    insta::assert_snapshot!(pages::redact(&format!(
+        "{headline}\n\n{facts}\n\n{matrix}\n\n{tiers}"
+    )));
     let md = pages::fragment(&a.body, "<textarea id=\"markdown\"");
     assert!(md.contains("tiers.key.min_score=7.0"), "{md}");
     // A threshold inside a condition: the nps_drop alert's 20-point fall, made 10.
@@ -730,7 +873,11 @@ async fn what_if_shows_the_diff_of_a_threshold() {
     assert!(pages::text(&fields.body).contains("alert nps_drop: nps_prev - nps >= 20"));
     let b = pages::post(&r, "/ui/whatif", &[("w:0:0", "10"), ("book", &book)]).await;
     assert!(b.body.contains("alerts.nps_drop.when=&quot;nps != () &amp;&amp; nps_prev != () &amp;&amp; nps_prev - nps &gt;= 10&quot;"), "{}", b.body);
-    assert!(pages::text(&b.body).contains("nps_drop : +213 account(s)"), "{}", pages::text(&b.body));
+    assert!(
+        pages::text(&b.body).contains("nps_drop : +213 account(s)"),
+        "{}",
+        pages::text(&b.body)
+    );
     // Code is not a threshold: a value that is not a number changes nothing.
     let c = pages::post(&r, "/ui/whatif", &[("w:0:0", "1 || true"), ("book", &book)]).await;
     assert!(c.body.contains("data-changed=\"0\""), "{}", c.body);
@@ -741,7 +888,8 @@ async fn an_edited_file_shows_its_problems_at_their_lines() {
     let (_tmp, r) = pages::router();
     let text = std::fs::read_to_string(root().join("policies/enterprise/policy.toml")).unwrap();
     let broken = text.replacen("min_score = 6.0", "min_score = \"six\"", 1).replace('\n', "\r\n");
-    let a = pages::post(&r, "/ui/whatif", &[("policy_toml", &broken), ("book", &pages::sample())]).await;
+    let a = pages::post(&r, "/ui/whatif", &[("policy_toml", &broken), ("book", &pages::sample())])
+        .await;
     assert_eq!(a.status, 200);
     insta::assert_snapshot!(pages::text(&a.body));
     assert!(a.body.contains("<li value=\"112\" class=\"bad\">"), "{}", a.body);
@@ -750,21 +898,36 @@ async fn an_edited_file_shows_its_problems_at_their_lines() {
 #[tokio::test]
 async fn the_downloaded_policy_keeps_its_comments() {
     let (_tmp, r) = pages::router();
-    let a = pages::post(&r, "/ui/whatif/policy.toml", &[("o:tiers.key.min_score", "7.0"), ("o:capacity.per_manager.max", "20"), ("w:1:0", "60")]).await;
+    let a = pages::post(
+        &r,
+        "/ui/whatif/policy.toml",
+        &[("o:tiers.key.min_score", "7.0"), ("o:capacity.per_manager.max", "20"), ("w:1:0", "60")],
+    )
+    .await;
     assert_eq!(a.status, 200, "{}", a.body);
-    assert_eq!(a.headers.get(header_name("content-disposition")).unwrap(), "attachment; filename=\"policy.toml\"");
+    assert_eq!(
+        a.headers.get(header_name("content-disposition")).unwrap(),
+        "attachment; filename=\"policy.toml\""
+    );
     let before = std::fs::read_to_string(root().join("policies/enterprise/policy.toml")).unwrap();
-    let changed: Vec<(&str, &str)> = before.lines().zip(a.body.lines()).filter(|(x, y)| x != y).collect();
+    let changed: Vec<(&str, &str)> =
+        before.lines().zip(a.body.lines()).filter(|(x, y)| x != y).collect();
     insta::assert_debug_snapshot!(changed);
     assert_eq!(before.lines().count(), a.body.lines().count());
     // A path the policy does not have is refused with a "did you mean" (the --set path's).
-    let bad = pages::post(&r, "/ui/whatif", &[("policy_toml", &before.replacen("[capacity]", "[capacity_]", 1))]).await;
+    let bad = pages::post(
+        &r,
+        "/ui/whatif",
+        &[("policy_toml", &before.replacen("[capacity]", "[capacity_]", 1))],
+    )
+    .await;
     assert!(bad.body.contains("candidate_invalid"), "{}", bad.body);
 }
 
 #[tokio::test]
 async fn books_over_the_body_limit_are_refused() {
-    let (_tmp, r) = pages::router_with(tierwise::http::Config { body_limit: 64 * 1024, ..Default::default() });
+    let (_tmp, r) =
+        pages::router_with(tierwise::http::Config { body_limit: 64 * 1024, ..Default::default() });
     let a = pages::post(&r, "/ui/book", &[("book", &pages::sample())]).await;
     assert_eq!(a.status, 413);
 }
@@ -790,7 +953,12 @@ async fn evaluate_explains_on_request() {
     assert_eq!(full.status, 200, "{}", full.body);
     let p: Value = serde_json::from_str(&plain.body).unwrap();
     let mut f: Value = serde_json::from_str(&full.body).unwrap();
-    let explanations: Vec<Value> = f["accounts"].as_array_mut().unwrap().iter_mut().map(|a| a.as_object_mut().unwrap().remove("explanation").unwrap()).collect();
+    let explanations: Vec<Value> = f["accounts"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .map(|a| a.as_object_mut().unwrap().remove("explanation").unwrap())
+        .collect();
     // Without the explanations, the same decisions.
     assert_eq!(p["accounts"], f["accounts"]);
     insta::assert_json_snapshot!(explanations);

@@ -170,7 +170,8 @@ pub fn explain(policy: &Policy, snapshot: &Snapshot, decision: &Decision) -> Exp
             paths,
         }
     });
-    let kept_by: Vec<Keeper> = decision.reasons.iter().filter_map(|r| keeper(r, decision)).collect();
+    let kept_by: Vec<Keeper> =
+        decision.reasons.iter().filter_map(|r| keeper(r, decision)).collect();
     sentences.extend(kept_by.iter().map(|k| k.message.clone()));
     Explanation { next_tier, kept_by, sentences }
 }
@@ -302,15 +303,46 @@ fn keeper(r: &super::Reason, d: &Decision) -> Option<Keeper> {
     // A hold keeps the account in its current tier; a cap may still move it afterwards.
     let held_in = d.previous_tier.as_deref().unwrap_or(tier);
     let (kind, message) = match r.code {
-        "margin" => ("hold", format!("the demote margin keeps it in {held_in}: its score is below {held_in}'s threshold, but not by enough to demote")),
-        "tenure" => ("hold", format!("the minimum tenure keeps it in {held_in}: it entered the tier too recently to be demoted")),
-        "hold" => ("hold", format!("a hold keeps it in {held_in}: {}", r.message.split_once(": ").map_or(r.message.as_str(), |(_, rest)| rest))),
-        "cap_protected" => ("hold", format!("{tier} is over its cap, but this account is protected and keeps its seat")),
-        "cap" => ("cap", format!("the tier cap moved it to {tier}: the tier above was full and it ranked below the last seat")),
+        "margin" => (
+            "hold",
+            format!(
+                "the demote margin keeps it in {held_in}: its score is below {held_in}'s threshold, but not by enough to demote"
+            ),
+        ),
+        "tenure" => (
+            "hold",
+            format!(
+                "the minimum tenure keeps it in {held_in}: it entered the tier too recently to be demoted"
+            ),
+        ),
+        "hold" => (
+            "hold",
+            format!(
+                "a hold keeps it in {held_in}: {}",
+                r.message.split_once(": ").map_or(r.message.as_str(), |(_, rest)| rest)
+            ),
+        ),
+        "cap_protected" => (
+            "hold",
+            format!("{tier} is over its cap, but this account is protected and keeps its seat"),
+        ),
+        "cap" => (
+            "cap",
+            format!(
+                "the tier cap moved it to {tier}: the tier above was full and it ranked below the last seat"
+            ),
+        ),
         "total_max" => ("cap", format!("the total cap on key-account tiers moved it to {tier}")),
         "capacity" => ("cap", format!("its manager's book is over capacity: moved to {tier}")),
-        "promote_margin" => ("rule", format!("the promote margin keeps it in {tier}: it qualifies higher, but not by the margin a promotion needs")),
-        "max_steps" => ("rule", "it moves at most the policy's max_steps tiers at a time".to_string()),
+        "promote_margin" => (
+            "rule",
+            format!(
+                "the promote margin keeps it in {tier}: it qualifies higher, but not by the margin a promotion needs"
+            ),
+        ),
+        "max_steps" => {
+            ("rule", "it moves at most the policy's max_steps tiers at a time".to_string())
+        }
         "condition" => ("rule", format!("a tier's condition keeps it out: {}", r.message)),
         _ => return None,
     };

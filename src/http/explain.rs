@@ -55,7 +55,8 @@ pub(super) async fn add(
         .map_err(|e| ApiError::internal("explain: read the answer", e))?;
     let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
         let req: EvaluateRequest<'_> = parse_capped(&body, app.service.limits().max_accounts)?;
-        let loaded = app.service.policy(req.policy.as_deref()).map_err(super::handlers::lookup_error)?;
+        let loaded =
+            app.service.policy(req.policy.as_deref()).map_err(super::handlers::lookup_error)?;
         // Spliced into the answer's own bytes, so every other field keeps its order.
         #[derive(serde::Deserialize)]
         struct Answer<'a> {

@@ -244,7 +244,13 @@ pub fn fields(p: &Policy) -> Vec<Field> {
             break; // the catch-all: no threshold, and a cap on it is a load error
         }
         let base = format!("o:tiers.{}", t.id);
-        push("Tiers", format!("{base}.min_score"), format!("{} min_score", t.id), num(t.min_score), false);
+        push(
+            "Tiers",
+            format!("{base}.min_score"),
+            format!("{} min_score", t.id),
+            num(t.min_score),
+            false,
+        );
         push(
             "Tiers",
             format!("{base}.max_share"),
@@ -261,9 +267,27 @@ pub fn fields(p: &Policy) -> Vec<Field> {
         );
     }
     let m = &p.movement;
-    push("Movement", "o:movement.promote_margin".into(), "promote_margin".into(), num(m.promote_margin), false);
-    push("Movement", "o:movement.demote_margin".into(), "demote_margin".into(), num(m.demote_margin), false);
-    push("Movement", "o:movement.min_tenure_days".into(), "min_tenure_days".into(), m.min_tenure_days.to_string(), true);
+    push(
+        "Movement",
+        "o:movement.promote_margin".into(),
+        "promote_margin".into(),
+        num(m.promote_margin),
+        false,
+    );
+    push(
+        "Movement",
+        "o:movement.demote_margin".into(),
+        "demote_margin".into(),
+        num(m.demote_margin),
+        false,
+    );
+    push(
+        "Movement",
+        "o:movement.min_tenure_days".into(),
+        "min_tenure_days".into(),
+        m.min_tenure_days.to_string(),
+        true,
+    );
     push(
         "Movement",
         "o:movement.max_steps".into(),
@@ -289,8 +313,20 @@ pub fn fields(p: &Policy) -> Vec<Field> {
     }
     if let Some(cap) = &p.capacity {
         let o = |x: Option<u64>| x.map(|v| v.to_string()).unwrap_or_default();
-        push("Capacity", "o:capacity.per_manager.min".into(), "per_manager min".into(), o(cap.min), true);
-        push("Capacity", "o:capacity.per_manager.max".into(), "per_manager max".into(), o(cap.max), true);
+        push(
+            "Capacity",
+            "o:capacity.per_manager.min".into(),
+            "per_manager min".into(),
+            o(cap.min),
+            true,
+        );
+        push(
+            "Capacity",
+            "o:capacity.per_manager.max".into(),
+            "per_manager max".into(),
+            o(cap.max),
+            true,
+        );
         push("Capacity", "o:capacity.total_max".into(), "total_max".into(), o(cap.total_max), true);
     }
     let names: Vec<&str> = p.inputs.iter().map(|i| i.name.as_str()).collect();
@@ -316,8 +352,7 @@ pub fn overrides_from_form<'a>(
 ) -> Vec<Override> {
     let known = fields(p);
     let mut out: Vec<Override> = Vec::new();
-    let mut lit_edits: std::collections::BTreeMap<usize, Vec<(usize, String)>> =
-        Default::default();
+    let mut lit_edits: std::collections::BTreeMap<usize, Vec<(usize, String)>> = Default::default();
     for (name, value) in form {
         let value = value.trim();
         let Some(field) = known.iter().find(|f| f.name == name) else { continue };
@@ -357,7 +392,16 @@ mod tests {
     use super::*;
 
     fn clauses(src: &str) -> Vec<(String, String)> {
-        let names = ["nps", "nps_prev", "last_qbr", "revenue_12m", "revenue_prev_12m", "renewal_date", "share_of_wallet", "potential"];
+        let names = [
+            "nps",
+            "nps_prev",
+            "last_qbr",
+            "revenue_12m",
+            "revenue_prev_12m",
+            "renewal_date",
+            "share_of_wallet",
+            "potential",
+        ];
         literals(src, &names).into_iter().map(|l| (l.text, l.clause)).collect()
     }
 
@@ -372,7 +416,9 @@ mod tests {
             [("92".to_string(), "days_since(last_qbr) > 92".to_string())]
         );
         // A multiplier is not a threshold.
-        assert!(clauses("revenue_prev_12m != () && revenue_12m < 0.9 * revenue_prev_12m").is_empty());
+        assert!(
+            clauses("revenue_prev_12m != () && revenue_12m < 0.9 * revenue_prev_12m").is_empty()
+        );
         assert_eq!(
             clauses("renewal_date != () && days_until(renewal_date) <= 90 && days_until(renewal_date) >= 0")
                 .into_iter()

@@ -244,7 +244,11 @@ fn form_error(e: axum::extract::rejection::FormRejection) -> ApiError {
             "the form is larger than the server's body limit (TIERWISE_BODY_LIMIT)",
         );
     }
-    ApiError::new(e.status(), "invalid_request", format!("the form cannot be read: {}", e.body_text()))
+    ApiError::new(
+        e.status(),
+        "invalid_request",
+        format!("the form cannot be read: {}", e.body_text()),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -364,8 +368,10 @@ fn candidate_files(loaded: &Loaded, form: &Pairs) -> Result<CandidateFiles, Cand
             edited = true;
         }
     }
-    let list =
-        fields::overrides_from_form(&loaded.policy, form.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let list = fields::overrides_from_form(
+        &loaded.policy,
+        form.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     if !list.is_empty() {
         files = overrides::apply_files(&files, &list).map_err(CandidateProblem::Overrides)?;
     }
@@ -390,18 +396,16 @@ fn compare(
     until: Option<std::time::Instant>,
 ) -> Result<Compared, CandidateProblem> {
     let c = candidate_files(loaded, form)?;
-    let limits = crate::script::Limits {
-        until,
-        ..app.service.limits().clone()
-    };
-    let candidate = policy::load_files(&loaded.policy.name, &c.files, &limits).map_err(|report| {
-        let text = c
-            .files
-            .get("policy.toml")
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .unwrap_or_default();
-        CandidateProblem::Invalid { report, text }
-    })?;
+    let limits = crate::script::Limits { until, ..app.service.limits().clone() };
+    let candidate =
+        policy::load_files(&loaded.policy.name, &c.files, &limits).map_err(|report| {
+            let text = c
+                .files
+                .get("policy.toml")
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            CandidateProblem::Invalid { report, text }
+        })?;
     let book = field(form, "book").unwrap_or("");
     let before_records = read_book(app, book, &loaded.policy)?;
     // CSV columns are typed by each policy's own inputs (a candidate may change them).
@@ -427,11 +431,8 @@ fn compare(
         engine::evaluate_portfolio(&candidate, after_records.as_deref().unwrap_or(&before_records))
     });
     let diff = whatif::compare(&before, &after);
-    let tripped: Vec<&whatif::FailureDelta> = diff
-        .newly_failing
-        .iter()
-        .filter(|f| script::LIMIT_CODES.contains(&f.error.code))
-        .collect();
+    let tripped: Vec<&whatif::FailureDelta> =
+        diff.newly_failing.iter().filter(|f| script::LIMIT_CODES.contains(&f.error.code)).collect();
     if let Some(first) = tripped.first() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -486,14 +487,17 @@ async fn whatif_post(
         Err(e) => return error_page("What-if", pages::Nav::WhatIf, &e, fragment),
     };
     let l2 = loaded.clone();
-    let done = offload(&app, deadline, move |app| match compare(app, &l2, &form, Some(deadline.0)) {
-        Ok(c) => Ok(pages::whatif_result(&l2, &c)),
-        Err(CandidateProblem::Api(e)) => Err(e),
-        Err(CandidateProblem::Overrides(errs)) => Ok(pages::override_problems(&errs)),
-        Err(CandidateProblem::Invalid { report, text }) => Ok(pages::diagnostics(&report, &text)),
-    })
-    .await
-    .and_then(|r| r);
+    let done =
+        offload(&app, deadline, move |app| match compare(app, &l2, &form, Some(deadline.0)) {
+            Ok(c) => Ok(pages::whatif_result(&l2, &c)),
+            Err(CandidateProblem::Api(e)) => Err(e),
+            Err(CandidateProblem::Overrides(errs)) => Ok(pages::override_problems(&errs)),
+            Err(CandidateProblem::Invalid { report, text }) => {
+                Ok(pages::diagnostics(&report, &text))
+            }
+        })
+        .await
+        .and_then(|r| r);
     match done {
         Ok(m) if fragment => html(StatusCode::OK, m),
         Ok(m) => {
@@ -523,7 +527,10 @@ async fn whatif_download(
             (
                 StatusCode::OK,
                 [
-                    (header::CONTENT_TYPE, HeaderValue::from_static("application/toml; charset=utf-8")),
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/toml; charset=utf-8"),
+                    ),
                     (
                         header::CONTENT_DISPOSITION,
                         HeaderValue::from_static("attachment; filename=\"policy.toml\""),

@@ -189,7 +189,9 @@ fn movement_words(p: &Policy) -> Vec<String> {
         v.push(format!("hold `{}`: never demoted while `{}` ({})", h.id, h.when.source, h.reason));
     }
     if v.is_empty() {
-        v.push("accounts move to the tier their score qualifies for, with no margin or tenure".into());
+        v.push(
+            "accounts move to the tier their score qualifies for, with no margin or tenure".into(),
+        );
     }
     v
 }
@@ -362,7 +364,11 @@ fn change_label(c: Change) -> &'static str {
     c.as_str()
 }
 
-pub fn book_result(loaded: &Loaded, r: &PortfolioResult, records: &[crate::snapshot::Record]) -> Markup {
+pub fn book_result(
+    loaded: &Loaded,
+    r: &PortfolioResult,
+    records: &[crate::snapshot::Record],
+) -> Markup {
     let p = &loaded.policy;
     let s = &r.summary;
     let cap = p.capacity.as_ref();
@@ -469,7 +475,6 @@ pub fn book_result(loaded: &Loaded, r: &PortfolioResult, records: &[crate::snaps
     }
 }
 
-
 fn tier_cell(d: &Decision) -> Markup {
     html! {
         @match d.previous_tier.as_deref() {
@@ -497,9 +502,12 @@ pub fn account_page(
                 label for="account-id" { "Account id" }
                 input type="text" id="account-id" name="id" value=(id.unwrap_or("")) autocomplete="off";
             }
-            div class="field" {
-                label for="book" { "The book it is in (from the Book page), or one snapshot as JSON" }
-                textarea id="book" name="book" rows="4" spellcheck="false" data-book {}
+            details data-open-when-empty {
+                summary { "The book (kept from the Book page), or one snapshot" }
+                div class="field" {
+                    label for="book" { "The book it is in, or one snapshot as JSON" }
+                    textarea id="book" name="book" rows="4" spellcheck="false" data-book {}
+                }
             }
             button type="submit" { "Explain" }
         }
@@ -576,7 +584,7 @@ pub fn account_result(
             }
             h3 { "Criteria" }
             figure {
-                (svg::criteria("chart-criteria", &rows, p.scale))
+                (svg::criteria("chart-criteria", &rows))
                 figcaption { "Each criterion's contribution: its score on the " (Num(p.scale.0)) "–" (Num(p.scale.1)) " scale times its weight, over the total weight." }
             }
             table {
@@ -704,8 +712,10 @@ pub fn diagnostics(report: &policy::Report, text: &str) -> Markup {
     }
     // Two lines around each problem in policy.toml.
     let mut shown: Vec<u32> = Vec::new();
-    for d in report.diagnostics.iter().filter(|d| d.place.file == "policy.toml" && d.place.line > 0) {
-        for l in d.place.line.saturating_sub(2).max(1)..=(d.place.line + 2).min(lines.len() as u32) {
+    for d in report.diagnostics.iter().filter(|d| d.place.file == "policy.toml" && d.place.line > 0)
+    {
+        for l in d.place.line.saturating_sub(2).max(1)..=(d.place.line + 2).min(lines.len() as u32)
+        {
             if !shown.contains(&l) {
                 shown.push(l);
             }
@@ -762,7 +772,8 @@ pub fn whatif_result(loaded: &Loaded, c: &Compared) -> Markup {
             .then(a.id.as_bytes().cmp(b.id.as_bytes()))
     });
     let shown = moved.len().min(100);
-    let tiers: Vec<(String, u64, u64)> = d.tiers.iter().map(|t| (t.id.clone(), t.before, t.after)).collect();
+    let tiers: Vec<(String, u64, u64)> =
+        d.tiers.iter().map(|t| (t.id.clone(), t.before, t.after)).collect();
     html! {
         div class="result" data-kind="diff" data-changed=(s.changed) data-promoted=(s.promoted) data-demoted=(s.demoted) {
             h2 { "What the change does" }
@@ -775,9 +786,9 @@ pub fn whatif_result(loaded: &Loaded, c: &Compared) -> Markup {
                     @for o in &c.overrides { " " code { (o) } } }
             }
             @if !c.failed_cases.is_empty() {
-                div class="problem" role="alert" {
-                    p { (c.failed_cases.len()) " of the candidate's " (c.cases) " test cases fail, so it would not go live:" }
-                    ul { @for f in c.failed_cases.iter().take(10) { li { q { (f.name) } " (" code { (f.place.file) ":" (f.place.line) } "): " (f.failures.join("; ")) } } }
+                details class="problem" role="alert" {
+                    summary { (c.failed_cases.len()) " of the candidate's " (c.cases) " test cases fail, so it would not go live" }
+                    ul { @for f in c.failed_cases.iter().take(20) { li { q { (f.name) } " (" code { (f.place.file) ":" (f.place.line) } "): " (f.failures.join("; ")) } } }
                 }
             }
             @if !c.warnings.is_empty() {
@@ -787,16 +798,12 @@ pub fn whatif_result(loaded: &Loaded, c: &Compared) -> Markup {
                 button type="button" data-copy="markdown" { "Copy as markdown" }
                 span class="copied" aria-live="polite" {}
             }
-            div class="field" {
-                label for="markdown" { "Markdown for a pull request" }
-                textarea id="markdown" readonly rows="6" class="code" { (c.markdown) }
-            }
-            dl class="facts" {
-                dt { "Accounts" } dd { (s.accounts) " (" (s.decided_both) " decided under both)" }
-                dt { "Changed" } dd { (s.changed) ": " (s.promoted) " up, " (s.demoted) " down, " (s.same_tier_changed) " same tier" }
-                dt { "Scores changed" } dd { (s.scores_changed) }
-                dt { "Managers" } dd { (s.managers_newly_over) " newly over, " (s.managers_no_longer_over) " no longer over, " (s.managers_newly_under) " newly under, " (s.managers_no_longer_under) " no longer under" }
-                dt { "Events it would emit" } dd { "shown here once events are on in this service" }
+            details {
+                summary { "The markdown, for a pull request" }
+                div class="field" {
+                    label for="markdown" { "Markdown for a pull request" }
+                    textarea id="markdown" readonly rows="10" class="code" { (c.markdown) }
+                }
             }
             div class="charts" {
                 figure {
@@ -807,6 +814,13 @@ pub fn whatif_result(loaded: &Loaded, c: &Compared) -> Markup {
                     (svg::tiers_before_after("chart-before-after", &tiers))
                     figcaption { "Accounts per tier before and after." }
                 }
+            }
+            dl class="facts" {
+                dt { "Accounts" } dd { (s.accounts) " (" (s.decided_both) " decided under both)" }
+                dt { "Changed" } dd { (s.changed) ": " (s.promoted) " up, " (s.demoted) " down, " (s.same_tier_changed) " same tier" }
+                dt { "Scores changed" } dd { (s.scores_changed) }
+                dt { "Managers" } dd { (s.managers_newly_over) " newly over, " (s.managers_no_longer_over) " no longer over, " (s.managers_newly_under) " newly under, " (s.managers_no_longer_under) " no longer under" }
+                dt { "Events it would emit" } dd { "shown here once events are on in this service" }
             }
             table {
                 caption { "Tiers before and after" }

@@ -145,11 +145,12 @@ pub fn managers(id: &str, managers: &[ManagerLoad], min: Option<u64>, max: Optio
 }
 
 /// One bar per criterion: its contribution `weight × score / Σweight` to the account score.
-pub fn criteria(id: &str, rows: &[(String, f64, f64)], scale: (f64, f64)) -> Markup {
+pub fn criteria(id: &str, rows: &[(String, f64, f64)]) -> Markup {
     let wsum: f64 = rows.iter().map(|r| r.2).sum::<f64>().max(f64::MIN_POSITIVE);
     let row = 28u32;
     let height = 30 + row * rows.len() as u32;
-    let full = scale.1.max(1.0); // a criterion at the top of the scale with all the weight
+    // Bars relative to the largest contribution, so small differences still show.
+    let full = rows.iter().map(|(_, s, w)| w * s / wsum).fold(0.0, f64::max).max(f64::MIN_POSITIVE);
     let desc = rows
         .iter()
         .map(|(c, s, w)| {
@@ -289,12 +290,8 @@ pub fn periods(id: &str, tiers: &[String], periods: &[(String, Vec<u64>)]) -> Ma
     let desc = periods
         .iter()
         .map(|(p, c)| {
-            let parts = tiers
-                .iter()
-                .zip(c)
-                .map(|(t, n)| format!("{t} {n}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let parts =
+                tiers.iter().zip(c).map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", ");
             format!("{p}: {parts}")
         })
         .collect::<Vec<_>>()

@@ -84,13 +84,20 @@
       b.addEventListener("click", function () {
         var src = document.getElementById(b.getAttribute("data-copy"));
         var note = b.parentNode && $(".copied", b.parentNode);
-        var done = function () { if (note) { note.textContent = "Copied."; } };
         if (!src) { return; }
-        if (navigator.clipboard && navigator.clipboard.writeText) {
-          navigator.clipboard.writeText(src.value).then(done, function () { src.select(); done(); });
-        } else {
+        var done = function () { if (note) { note.textContent = "Copied."; } };
+        // No clipboard access (an insecure origin, a refused permission): show the text selected.
+        var manual = function () {
+          var d = src.closest("details");
+          if (d) { d.open = true; }
+          src.focus();
           src.select();
-          done();
+          if (note) { note.textContent = "Selected: press Ctrl+C to copy."; }
+        };
+        if (navigator.clipboard && navigator.clipboard.writeText) {
+          navigator.clipboard.writeText(src.value).then(done, manual);
+        } else {
+          manual();
         }
       });
     });
@@ -111,6 +118,9 @@
     });
     $all("textarea[data-book]").forEach(function (area) {
       if (!area.value) { area.value = store.get(); }
+      // Nothing kept from the Book page: show the box to paste into.
+      var d = area.closest("details[data-open-when-empty]");
+      if (d && !area.value) { d.open = true; }
     });
     $all("form[data-fetch]").forEach(function (form) {
       form.addEventListener("submit", function (ev) {
