@@ -434,6 +434,22 @@ mod tests {
         assert!(clauses(r#"relationship == "5" || foo > 3"#).is_empty());
     }
 
+    proptest::proptest! {
+        /// Any condition text (policy text is untrusted): the scan never panics, every literal
+        /// it finds is a number at its place, and replacing one changes only its bytes.
+        #[test]
+        fn any_text_scans_safely(src in "[ -~éλ→]{0,80}|[a-z_()<>=!&|. 0-9-]{0,80}") {
+            let lits = literals(&src, &["nps", "a", "x_1"]);
+            for (i, l) in lits.iter().enumerate() {
+                proptest::prop_assert_eq!(&src[l.start..l.end], l.text.as_str());
+                proptest::prop_assert!(l.text.trim_start_matches('-').starts_with(|c: char| c.is_ascii_digit()));
+                let out = replace_literals(&src, &lits, &[(i, "7".into())]);
+                proptest::prop_assert_eq!(&out[..l.start], &src[..l.start]);
+                proptest::prop_assert_eq!(&out[l.start + 1..], &src[l.end..]);
+            }
+        }
+    }
+
     #[test]
     fn replacing_keeps_the_rest() {
         let src = "days_until(renewal_date) <= 90 && days_until(renewal_date) >= 0";
