@@ -116,6 +116,11 @@ fn policy_select(reg: &Registry, selected: Option<&str>) -> Markup {
     }
 }
 
+/// A table's header row.
+fn head(cols: &[&str]) -> Markup {
+    html! { thead { tr { @for c in cols { th scope="col" { (c) } } } } }
+}
+
 pub fn error(e: &ApiError) -> Markup {
     html! {
         div class="problem" role="alert" data-code=(e.body.code) {
@@ -220,7 +225,10 @@ fn capacity_words(p: &Policy) -> Option<String> {
 pub fn policies(reg: &Registry) -> Markup {
     let body = html! {
         h1 { "Policies" }
-        p class="lead" { "What the service is running: each policy's version, its content hash (which identifies it), when it went live, and its rules in plain words." }
+        p class="lead" {
+            "What the service is running: each policy's version, its content hash (which "
+            "identifies it), when it went live, and its rules in plain words."
+        }
         @if reg.entries.is_empty() {
             p class="problem" role="alert" { "No policy is loaded: the policies folder holds none." }
         }
@@ -290,7 +298,7 @@ fn policy_details(l: &Loaded) -> Markup {
         h3 { "Criteria and weights" }
         table {
             caption { "The account score is the weighted mean of these criteria." }
-            thead { tr { th scope="col" { "Criterion" } th scope="col" { "Weight" } th scope="col" { "Share" } th scope="col" { "How it is scored" } } }
+            (head(&["Criterion", "Weight", "Share", "How it is scored"]))
             tbody {
                 @for c in &p.criteria {
                     tr {
@@ -315,7 +323,7 @@ fn policy_details(l: &Loaded) -> Markup {
         @if !p.alerts.is_empty() {
             h3 { "Account alerts" }
             table {
-                thead { tr { th scope="col" { "Alert" } th scope="col" { "Severity" } th scope="col" { "Tiers" } th scope="col" { "When" } } }
+                (head(&["Alert", "Severity", "Tiers", "When"]))
                 tbody {
                     @for a in &p.alerts {
                         tr {
@@ -341,7 +349,11 @@ fn policy_details(l: &Loaded) -> Markup {
 pub fn book_page(reg: &Registry, policy: Option<&str>, result: Option<Markup>) -> Markup {
     let body = html! {
         h1 { "Book" }
-        p class="lead" { "Upload or paste a book (a CRM export as CSV, JSON lines or a JSON array) to see it decided as a whole: tiers, revenue, each manager's load, portfolio alerts and every account." }
+        p class="lead" {
+            "Upload or paste a book (a CRM export as CSV, JSON lines or a JSON array) to see it "
+            "decided as a whole: tiers, revenue, each manager's load, portfolio alerts and every "
+            "account."
+        }
         form id="book-form" class="panel" method="post" action="book" data-fetch="result" data-store-book {
             (policy_select(reg, policy))
             div class="field" {
@@ -353,7 +365,10 @@ pub fn book_page(reg: &Registry, policy: Option<&str>, result: Option<Markup>) -
                 textarea id="book" name="book" rows="6" spellcheck="false" data-book {}
             }
             button type="submit" { "Show the book" }
-            p class="hint" { "The server decides the book in memory and keeps nothing. This browser tab keeps a copy (session storage) so the Account and What-if pages can use it." }
+            p class="hint" {
+                "The server decides the book in memory and keeps nothing. This browser tab keeps a "
+                "copy (session storage) so the Account and What-if pages can use it."
+            }
         }
         section id="result" aria-live="polite" aria-label="Result" { @if let Some(r) = result { (r) } }
     };
@@ -495,7 +510,11 @@ pub fn account_page(
 ) -> Markup {
     let body = html! {
         h1 { "Account" }
-        p class="lead" { "One decision explained: what each criterion adds, the thresholds, how far the next tier is and the one change that would reach it, and what holds the account where it is." }
+        p class="lead" {
+            "One decision explained: what each criterion adds, the thresholds, how far the next "
+            "tier is and the one change that would reach it, and what holds the account where it "
+            "is."
+        }
         form id="account-form" class="panel" method="post" action="account" data-fetch="result" data-autosubmit {
             (policy_select(reg, policy))
             div class="field" {
@@ -588,7 +607,7 @@ pub fn account_result(
                 figcaption { "Each criterion's contribution: its score on the " (Num(p.scale.0)) "–" (Num(p.scale.1)) " scale times its weight, over the total weight." }
             }
             table {
-                thead { tr { th scope="col" { "Criterion" } th scope="col" { "Score" } th scope="col" { "Weight" } th scope="col" { "Adds" } } }
+                (head(&["Criterion", "Score", "Weight", "Adds"]))
                 tbody { @for c in &d.scores { tr {
                     th scope="row" { (c.id) } td class="num" { (Num(c.score)) } td class="num" { (Num(c.weight)) }
                     td class="num" { (Num(if wsum > 0.0 { c.weight * c.score / wsum } else { 0.0 })) }
@@ -645,7 +664,11 @@ pub fn whatif_page(reg: &Registry, loaded: &Loaded, result: Option<Markup>) -> M
         .unwrap_or_default();
     let body = html! {
         h1 { "What-if" }
-        p class="lead" { "Change a threshold, a weight or a cap and see what it would do to the book: who moves, which managers go over or under capacity, which alerts appear or disappear. Nothing goes live from here." }
+        p class="lead" {
+            "Change a threshold, a weight or a cap and see what it would do to the book: who "
+            "moves, which managers go over or under capacity, which alerts appear or disappear. "
+            "Nothing goes live from here."
+        }
         form class="panel inline" method="get" action="whatif" {
             (policy_select(reg, Some(&p.name)))
             button type="submit" { "Use as the baseline" }
@@ -824,7 +847,7 @@ pub fn whatif_result(loaded: &Loaded, c: &Compared) -> Markup {
             }
             table {
                 caption { "Tiers before and after" }
-                thead { tr { th scope="col" { "Tier" } th scope="col" { "Before" } th scope="col" { "After" } th scope="col" { "Revenue before" } th scope="col" { "Revenue after" } } }
+                (head(&["Tier", "Before", "After", "Revenue before", "Revenue after"]))
                 tbody { @for t in &d.tiers { tr {
                     th scope="row" { (t.id) } td class="num" { (t.before) } td class="num" { (t.after) }
                     td class="num" { (grouped(t.revenue_before)) } td class="num" { (grouped(t.revenue_after)) }
@@ -834,7 +857,7 @@ pub fn whatif_result(loaded: &Loaded, c: &Compared) -> Markup {
             @if moved.is_empty() { p { "None." } } @else {
                 table class="accounts" id="moved" {
                     caption { (moved.len()) " account(s); " @if shown < moved.len() { "the first " (shown) " shown (tier moves first); the markdown and the API list them all" } @else { "all shown" } "." }
-                    thead { tr { th scope="col" { "Account" } th scope="col" { "Manager" } th scope="col" { "Tier" } th scope="col" { "Score" } th scope="col" { "Change" } th scope="col" { "Alerts" } } }
+                    (head(&["Account", "Manager", "Tier", "Score", "Change", "Alerts"]))
                     tbody { @for a in moved.iter().take(shown) { tr data-direction=(a.direction.as_str()) {
                         td { a href={"account?policy=" (enc(&p.name)) "&id=" (enc(&a.id))} { (a.id) } }
                         td { (a.manager.as_deref().unwrap_or("")) }
@@ -848,7 +871,7 @@ pub fn whatif_result(loaded: &Loaded, c: &Compared) -> Markup {
             h3 { "Managers newly over or under capacity" }
             @if d.managers.is_empty() { p { "None." } } @else {
                 table {
-                    thead { tr { th scope="col" { "Manager" } th scope="col" { "Accounts" } th scope="col" { "Status" } } }
+                    (head(&["Manager", "Accounts", "Status"]))
                     tbody { @for m in &d.managers { tr {
                         th scope="row" { (m.manager) }
                         td class="num" { (m.count_before.map_or("-".into(), |c| c.to_string())) " → " (m.count_after.map_or("-".into(), |c| c.to_string())) }
@@ -881,7 +904,10 @@ pub fn whatif_result(loaded: &Loaded, c: &Compared) -> Markup {
 pub fn backtest_page(_reg: &Registry) -> Markup {
     let body = html! {
         h1 { "Backtest" }
-        p class="lead" { "A policy replayed over a book's history: tier counts and moves per period, flip-flops, alerts per month." }
+        p class="lead" {
+            "A policy replayed over a book's history: tier counts and moves per period, "
+            "flip-flops, alerts per month."
+        }
         div class="problem" role="status" {
             p { "The backtest engine is not part of this build yet; this page shows its charts once it is." }
         }
