@@ -68,6 +68,9 @@ pub struct ServeArgs {
     /// or `normal`.
     #[arg(long, env = "TIERWISE_DRY_RUN_PRIORITY", value_enum, default_value_t = http::DryRunPriority::Idle)]
     dry_run_priority: http::DryRunPriority,
+    /// The console under /ui/: `on` or `off` (then /ui/ answers 404; the API is unchanged).
+    #[arg(long, env = "TIERWISE_CONSOLE", value_parser = ["on", "off"], default_value = "on")]
+    console: String,
     /// Async worker threads [default: one per core].
     #[arg(long, env = "TIERWISE_WORKERS")]
     workers: Option<usize>,
@@ -190,6 +193,7 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
         admin_token: std::env::var("TIERWISE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
         cache_always: args.cache.cache_always,
         dry_run_priority: args.dry_run_priority,
+        console: args.console == "on",
     };
     let cache_config = tierwise::cache::CacheConfig::from(&args.cache);
     let cache = match tierwise::cache::build(&cache_config) {
@@ -251,9 +255,10 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
     };
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     info!(
-        "listening on http://{} (admin routes {})",
+        "listening on http://{} (admin routes {}; console {})",
         addr.map_or(args.listen.clone(), |a| a.to_string()),
-        if admin { "enabled" } else { "disabled: no TIERWISE_ADMIN_TOKEN" }
+        if admin { "enabled" } else { "disabled: no TIERWISE_ADMIN_TOKEN" },
+        if args.console == "on" { "at /ui/" } else { "off" }
     );
 
     let grace = Duration::from_millis(args.shutdown_grace_ms);

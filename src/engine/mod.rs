@@ -8,6 +8,7 @@
 
 pub mod backtest;
 pub mod decision;
+pub mod explain;
 pub mod portfolio;
 pub mod testrun;
 pub mod transition;
