@@ -158,16 +158,17 @@ pub async fn dry_run(
         .await
 }
 
-/// Runs a candidate's work (a dry run, a backtest) on the blocking pool and the dry runs'
-/// threads ([`pool`]), at most [`super::DRY_RUNS_AT_ONCE`] at once (503 `overloaded`
-/// past that). `task` names it in an internal error.
-pub(super) async fn on_dry_run_pool<W>(
+/// Runs a candidate's work (a dry run, a backtest, the console's) on the blocking pool and
+/// the dry runs' threads ([`pool`]), at most [`super::DRY_RUNS_AT_ONCE`] at once (503
+/// `overloaded` past that). `task` names it in an internal error.
+pub(super) async fn on_dry_run_pool<T, W>(
     app: AppState,
     task: &'static str,
     work: W,
-) -> Result<Response, ApiError>
+) -> Result<T, ApiError>
 where
-    W: FnOnce(&AppState) -> Result<Response, ApiError> + Send + 'static,
+    T: Send + 'static,
+    W: FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
 {
     tokio::task::spawn_blocking(move || {
         // Held by the work itself: a request that timed out still counts until its work ends.
