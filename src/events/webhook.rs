@@ -416,7 +416,7 @@ async fn worker(d: std::sync::Weak<Delivery>, h: Arc<Hook>) {
                 continue;
             }
             Err(e) => {
-                eprintln!("tierwise: webhook {}: lease check failed: {e}", h.cfg.name);
+                tracing::warn!(webhook = %h.cfg.name, error = %e, "webhook lease check failed");
                 leading = false;
                 drop(dl);
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -426,7 +426,7 @@ async fn worker(d: std::sync::Weak<Delivery>, h: Arc<Hook>) {
         let page = match dl.store.page(cursor, h.cfg.batch, &h.cfg.filter).await {
             Ok(p) => p,
             Err(e) => {
-                eprintln!("tierwise: webhook {}: outbox read failed: {e}", h.cfg.name);
+                tracing::warn!(webhook = %h.cfg.name, error = %e, "webhook outbox read failed");
                 drop(dl);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
@@ -460,7 +460,7 @@ async fn worker(d: std::sync::Weak<Delivery>, h: Arc<Hook>) {
         cursor = page.next;
         h.stats.cursor.store(cursor, Relaxed);
         if let Err(e) = dl.store.set_handled(&h.cfg.name, cursor).await {
-            eprintln!("tierwise: webhook {}: could not record the delivery: {e}", h.cfg.name);
+            tracing::warn!(webhook = %h.cfg.name, error = %e, "webhook delivery not recorded");
         }
     }
 }
@@ -529,14 +529,17 @@ async fn deliver(d: &Delivery, h: &Hook, events: &[Stored], leased: bool) -> End
             Ended::Handled
         }
         Err(None) => {
-            eprintln!("tierwise: webhook {} answered 410 Gone: disabled until restart", h.cfg.name);
+            tracing::warn!(webhook = %h.cfg.name, "webhook answered 410 Gone: disabled until restart");
             h.stats.disabled.store(true, Relaxed);
             Ended::Disabled
         }
         Err(Some(why)) => {
-            eprintln!(
-                "tierwise: webhook {}: {id} dead-lettered after {attempt} attempts ({why})",
-                h.cfg.name
+            tracing::warn!(
+                webhook = %h.cfg.name,
+                event = %id,
+                attempts = attempt,
+                reason = %why,
+                "webhook event dead-lettered"
             );
             h.stats.dead_lettered.fetch_add(events.len() as u64, Relaxed);
             let mut dead = d.dead.lock().unwrap_or_else(|p| p.into_inner());
