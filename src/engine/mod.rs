@@ -4,7 +4,7 @@
 //! the same bytes whatever the order of the accounts. [`evaluate`] decides accounts one by one
 //! (score, qualified tier, movement, alerts); [`portfolio::evaluate_portfolio`] adds what needs
 //! the whole book (caps, `total_max`, manager capacity, portfolio alerts). The exact semantics
-//! are DESIGN.md's; the comments here point at the rule each branch implements.
+//! are the policy reference's (docs/policy-reference.md); the comments here point at the rule each branch implements.
 
 pub mod backtest;
 pub mod decision;
