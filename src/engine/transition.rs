@@ -56,9 +56,9 @@ use std::sync::Arc;
 /// Tier periods kept per account (the oldest dropped first).
 pub const HISTORY_LEN: usize = 32;
 
-/// Which evaluation: each account on its own or the whole book. The service runs one or the
-/// other (its pipeline uses this type), and a state and its events belong to one; the two
-/// can disagree (caps). `as_str` is also the name in the decision log and the metrics.
+// Also the service pipeline's level (account or portfolio) and, by `as_str`, the name in
+// the decision log and the metrics. The doc line below is the schemas' description.
+/// Which evaluation a state and its events belong to; the two can disagree (caps).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
