@@ -784,6 +784,6 @@ async fn the_openapi_document_describes_the_dry_run() {
     let req_props = keys(&doc["components"]["schemas"]["DryRunRequest"]["properties"]);
     assert_eq!(
         req_props.into_iter().collect::<Vec<_>>(),
-        ["accounts", "baseline", "candidate", "format", "overrides", "top"]
+        ["accounts", "as_of", "baseline", "candidate", "format", "overrides", "top"]
     );
 }

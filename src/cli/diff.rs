@@ -49,6 +49,8 @@ pub struct DiffArgs {
     /// The input's format when the extension does not say (standard input: default jsonl).
     #[arg(long, value_enum)]
     input_format: Option<Format>,
+    #[command(flatten)]
+    read: super::ReadArgs,
     #[arg(long, value_enum, default_value = "table")]
     format: DiffFormat,
     /// Exit 1 when any account changes tier or gets a decision under one policy only (1 is
@@ -149,11 +151,19 @@ fn records(
     text: &str,
     format: Format,
     p: &Policy,
+    notes: bool,
 ) -> Result<Vec<Record>, ExitCode> {
-    snapshot::read(text, format, p).map_err(|e| {
+    let opts = args.read.options(p)?;
+    let read = snapshot::read_with(text, format, p, &opts).map_err(|e| {
         eprintln!("error: `{}`: {e}", args.accounts);
         ExitCode::from(2)
-    })
+    })?;
+    if notes {
+        for n in &read.notes {
+            eprintln!("note: {n}");
+        }
+    }
+    Ok(read.records)
 }
 
 pub fn run(args: &DiffArgs, limits: &Limits) -> ExitCode {
@@ -171,11 +181,14 @@ fn run_inner(args: &DiffArgs, limits: &Limits) -> Result<ExitCode, ExitCode> {
     let cand = candidate(args, limits)?;
     let candidate = &cand.policy;
     let (text, format) = read_text(args)?;
-    let before = records(args, &text, format, &baseline)?;
+    let before = records(args, &text, format, &baseline, true)?;
     // CSV cells are typed by the policy's `[inputs]`, which the candidate may change; JSON
     // does not depend on the policy, so it is read once.
-    let after =
-        if format == Format::Csv { Some(records(args, &text, format, candidate)?) } else { None };
+    let after = if format == Format::Csv {
+        Some(records(args, &text, format, candidate, false)?)
+    } else {
+        None
+    };
     drop(text);
     let what_if =
         Pipeline::offline().what_if(&baseline, candidate, &before, after.as_deref(), None);

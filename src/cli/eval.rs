@@ -37,6 +37,8 @@ pub struct EvalArgs {
     /// The input's format when the extension does not say (standard input: default jsonl).
     #[arg(long, value_enum)]
     input_format: Option<Format>,
+    #[command(flatten)]
+    read: super::ReadArgs,
 }
 
 /// Accounts decided and written at a time, at account level.
@@ -70,8 +72,17 @@ pub fn run(args: &EvalArgs, limits: &Limits) -> ExitCode {
         eprintln!("error: cannot read `{}`: {e}", args.accounts);
         return ExitCode::from(2);
     }
-    let records = match snapshot::read(&text, format, &policy) {
-        Ok(r) => r,
+    let opts = match args.read.options(&policy) {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
+    let records = match snapshot::read_with(&text, format, &policy, &opts) {
+        Ok(r) => {
+            for n in &r.notes {
+                eprintln!("note: {n}");
+            }
+            r.records
+        }
         Err(e) => {
             eprintln!("error: `{}`: {e}", args.accounts);
             return ExitCode::from(2);

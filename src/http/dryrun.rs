@@ -64,6 +64,9 @@ pub struct DryRunRequest<'a> {
     /// How many changed accounts the markdown and table forms list (default 20; JSON lists all).
     #[serde(default)]
     pub top: Option<u32>,
+    /// `as_of` (`YYYY-MM-DD`) for the accounts that carry none.
+    #[serde(default)]
+    pub as_of: Option<String>,
     /// The book: decided under both policies, at portfolio level.
     #[serde(borrow, deserialize_with = "account_list")]
     #[schemars(with = "Vec<super::handlers::AccountItem>")]
@@ -423,7 +426,8 @@ fn run(
     let limits = crate::script::Limits { until, ..app.service.limits().clone() };
     let cand = candidate::build(&baseline.policy.name, files, sent_files, list.as_deref(), &limits)
         .map_err(candidate_error)?;
-    let records = read_accounts(&req.accounts);
+    let mut records = read_accounts(&req.accounts);
+    super::handlers::apply_as_of(&mut records, req.as_of.as_deref())?;
     let what_if = app.pipeline.what_if(&baseline.policy, &cand.policy, &records, None, until);
     drop(records);
     if !what_if.tripped.is_empty() {

@@ -29,6 +29,10 @@ pub struct EvaluateRequest<'a> {
     /// The policy's name; absent: the default policy.
     #[serde(default)]
     pub policy: Option<String>,
+    /// `as_of` (`YYYY-MM-DD`) for the accounts that carry none (an export without the
+    /// column); accounts with their own keep it.
+    #[serde(default)]
+    pub as_of: Option<String>,
     /// The snapshots, decided in order; a bad one is answered with its own error.
     #[serde(borrow, deserialize_with = "account_list")]
     #[schemars(with = "Vec<AccountItem>")]
@@ -184,7 +188,9 @@ async fn run_evaluation(
     let input = move || {
         let req: EvaluateRequest<'_> = parse_capped(&body, app2.service.limits().max_accounts)?;
         let loaded = app2.service.policy(req.policy.as_deref()).map_err(lookup_error)?;
-        Ok((loaded, read_accounts(&req.accounts)))
+        let mut records = read_accounts(&req.accounts);
+        apply_as_of(&mut records, req.as_of.as_deref())?;
+        Ok((loaded, records))
     };
     let done = match app.pipeline.answer(level, budget, start, inline, input).await {
         Ok(done) => done,
@@ -292,6 +298,16 @@ pub async fn latest_decision(
         buf,
     )
         .into_response())
+}
+
+/// A request's `as_of` given to the accounts without one; a date that is not one is the
+/// request's error (422 `invalid_as_of`), before any account is decided.
+pub(super) fn apply_as_of(records: &mut [Record], as_of: Option<&str>) -> Result<(), ApiError> {
+    let Some(d) = as_of else { return Ok(()) };
+    snapshot::check_as_of(d)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_as_of", e))?;
+    snapshot::fill_as_of(records, d);
+    Ok(())
 }
 
 /// Accounts per parallel parsing chunk.

@@ -402,6 +402,7 @@ impl Compiler<'_> {
             }
         });
         let portfolio_alerts = self.portfolio_alerts(&raw.portfolio.alerts, &engine, &lib);
+        let columns = self.columns(&raw.columns, &inputs);
         let cases = self.cases(files, &tiers);
 
         if self.d.has_errors() {
@@ -478,6 +479,7 @@ impl Compiler<'_> {
             alerts,
             revenue,
             portfolio_alerts,
+            columns,
             cases,
             warnings,
             limits: self.limits.clone(),
@@ -485,6 +487,57 @@ impl Compiler<'_> {
             lib,
             pref: std::sync::OnceLock::new(),
         })
+    }
+
+    /// `[columns]`: each key must be a name tierwise reads, each header given once.
+    fn columns(
+        &mut self,
+        raw: &IndexMap<String, Loc<String>>,
+        inputs: &[Input],
+    ) -> Vec<(String, String)> {
+        let known: Vec<&str> = crate::snapshot::IDENTITY
+            .iter()
+            .copied()
+            .chain(inputs.iter().map(|i| i.name.as_str()))
+            .collect();
+        let mut out: Vec<(String, String)> = Vec::new();
+        for (key, header) in raw {
+            let rule = format!("columns.{key}");
+            if !known.contains(&key.as_str()) {
+                let help = did_you_mean(key, known.iter().copied());
+                self.err(
+                    "unknown_column_target",
+                    Some(header.span.clone()),
+                    Some(&rule),
+                    format!("`columns.{key}` maps a column to `{key}`, which is neither an identity column nor a declared input"),
+                    help,
+                );
+                continue;
+            }
+            let h = header.value.trim();
+            if h.is_empty() {
+                self.err(
+                    "bad_column",
+                    Some(header.span.clone()),
+                    Some(&rule),
+                    format!("`columns.{key}` is empty"),
+                    None,
+                );
+                continue;
+            }
+            if let Some((other, _)) = out.iter().find(|(_, x)| x == h) {
+                self.err(
+                    "bad_column",
+                    Some(header.span.clone()),
+                    Some(&rule),
+                    format!("column `{h}` is mapped twice, to `{other}` and to `{key}`"),
+                    None,
+                );
+                continue;
+            }
+            out.push((key.clone(), h.to_string()));
+        }
+        out
     }
 
     /// Warnings that need the compiled rules (see [`super::lint`]); only for a policy

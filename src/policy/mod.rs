@@ -184,6 +184,9 @@ pub struct Policy {
     /// Index of the `[portfolio] revenue` input.
     pub revenue: Option<usize>,
     pub portfolio_alerts: Vec<PortfolioAlert>,
+    /// `[columns]`: CSV header by the name tierwise reads (identity column or input), in
+    /// file order.
+    pub columns: Vec<(String, String)>,
     pub cases: Vec<TestCase>,
     /// Lint findings that did not stop the load.
     pub warnings: Vec<Diagnostic>,

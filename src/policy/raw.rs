@@ -83,6 +83,13 @@ pub struct RawPolicy {
     /// Whole-book settings: which input is revenue, portfolio alerts.
     #[serde(default)]
     pub portfolio: RawPortfolio,
+    /// CSV column names of your export, by the name tierwise reads: an identity column
+    /// (`id`, `name`, `manager`, `current_tier`, `tier_since`, `as_of`) or a declared input.
+    /// Example: `id = "Account ID"`, `manager = "Account Owner"`, `revenue_12m = "Annual
+    /// Revenue"`. A column already named as tierwise reads it needs no entry. Applies to CSV
+    /// only (JSON keeps its keys); `--columns FILE` on the command line adds to it.
+    #[serde(default)]
+    pub columns: IndexMap<String, Loc<String>>,
 }
 
 /// `[policy]`: free text from the author. The content hash, not `version`, identifies a

@@ -1,0 +1,271 @@
+//! The traps a new rev-ops user fell into writing a policy from the README (issue 22), each
+//! with the behaviour that replaced it: exports read as they arrive (Salesforce/Excel
+//! booleans, padded cells, no `as_of`, CRM column names), lints that catch the mistake at
+//! load, test failures that show the decision, and the HTTP door for CSV.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::process::{Command, Output};
+use tierwise::engine::{self, Outcome};
+use tierwise::snapshot::{self, Format, ReadOptions};
+
+fn tierwise(args: &[&str], dir: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tierwise")).args(args).current_dir(dir).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A small program: a bool from the CRM, a number, an integer, a one_of, CRM column names.
+const KAM: &str = r#"
+[policy]
+description = "authoring traps"
+version = "a1"
+
+[inputs]
+revenue_12m = { type = "number", min = 0 }
+seats = { type = "integer", min = 0 }
+strategic = { type = "bool", default = false }
+segment = { type = "string", one_of = ["smb", "mid", "enterprise"] }
+nps = { type = "integer", min = -100, max = 100, optional = true }
+
+[columns]
+id = "Account ID"
+manager = "Account Owner"
+revenue_12m = "Annual Revenue"
+
+[score]
+[[score.criteria]]
+id = "revenue"
+weight = 1.0
+steps = { input = "revenue_12m", at = [100000.0, 1000000.0] }
+
+[[score.criteria]]
+id = "strategic"
+weight = 1.0
+expr = "if strategic { 10.0 } else { 1.0 }"
+
+[[tiers]]
+id = "key"
+min_score = 7.0
+
+[[tiers]]
+id = "base"
+"#;
+
+/// What each account got: its tier, or its error's code and message.
+fn outcomes(policy: &tierwise::policy::Policy, records: &[snapshot::Record]) -> Value {
+    let out = engine::evaluate(policy, records);
+    Value::Array(
+        out.iter()
+            .map(|o| match o {
+                Outcome::Decision(d) => json!({ "id": d.id, "tier": d.tier, "score": d.score }),
+                Outcome::Error { id, error } => {
+                    json!({ "id": id, "error": error.code, "message": error.message })
+                }
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn a_salesforce_export_reads_as_it_is() {
+    let p = load_inline(KAM, &[]);
+    // Excel's TRUE/FALSE, a CRM's Yes/No and 1/0, cells padded with spaces, CRM column names,
+    // no `as_of` column, a column the policy does not read and one close to a name it does.
+    let csv = "Account ID,Account Owner, Annual Revenue ,seats,strategic,segment,NPS,Industry\n\
+               a1, jane ,2000000, 12 ,TRUE, enterprise ,x,Retail\n\
+               a2,jane,50000,3,No,smb,x,Retail\n\
+               a3,bo,1500000,7,1,mid,x,Retail\n\
+               a4,bo,\"1,250,000\",7,yes,mid,x,Retail\n\
+               a5,bo,1000,2,maybe,mid,x,Retail\n";
+    let opts = ReadOptions { as_of: Some("2026-11-01".into()), ..Default::default() };
+    let read = snapshot::read_with(csv, Format::Csv, &p, &opts).unwrap();
+    insta::assert_yaml_snapshot!(
+        "salesforce_export",
+        json!({
+            "notes": read.notes,
+            "accounts": outcomes(&p, &read.records),
+            "manager_of_a1": read.records[0].as_ref().unwrap().manager,
+        })
+    );
+}
+
+#[test]
+fn without_as_of_the_error_says_how_to_give_it_once() {
+    let p = load_inline(KAM, &[]);
+    let csv = "Account ID,Annual Revenue,seats,segment\na1,10,1,smb\n";
+    let recs = snapshot::read(csv, Format::Csv, &p).unwrap();
+    insta::assert_yaml_snapshot!("missing_as_of", outcomes(&p, &recs));
+    // A snapshot's own `as_of` wins over the one given for the input.
+    let jsonl = r#"{"id":"a","as_of":"2026-01-01","fields":{"revenue_12m":1,"seats":1,"segment":"smb"}}
+{"id":"b","as_of":null,"fields":{"revenue_12m":1,"seats":1,"segment":"smb"}}"#;
+    let opts = ReadOptions { as_of: Some("2026-11-01".into()), ..Default::default() };
+    let recs = snapshot::read_with(jsonl, Format::Jsonl, &p, &opts).unwrap().records;
+    let days: Vec<&str> = recs.iter().map(|r| r.as_ref().unwrap().as_of.as_str()).collect();
+    assert_eq!(days, ["2026-01-01", "2026-11-01"]);
+}
+
+#[test]
+fn columns_map_problems_are_named() {
+    // A `[columns]` key that is not a name tierwise reads is a load error with its place.
+    let bad = KAM.replace("revenue_12m = \"Annual Revenue\"", "revenue_12 = \"Annual Revenue\"");
+    let (_t, dir) = write_policy("kam", &[("policy.toml", &bad)]);
+    let report = match tierwise::policy::load_dir(&dir, &Default::default()) {
+        Err(tierwise::policy::LoadError::Invalid(r)) => r.to_string(),
+        other => panic!("expected a load error, got {other:?}"),
+    };
+    insta::assert_snapshot!("columns_unknown_target", report);
+    // A header missing from the file: `id` stops the read, others are noted with a hint.
+    let p = load_inline(KAM, &[]);
+    let err = snapshot::read("Account Id,seats\na,1\n", Format::Csv, &p).unwrap_err();
+    insta::assert_snapshot!("columns_no_id", err.to_string());
+    let read = snapshot::read_with(
+        "Account ID,Annual revenue,seats\na,1,1\n",
+        Format::Csv,
+        &p,
+        &ReadOptions::default(),
+    )
+    .unwrap();
+    insta::assert_yaml_snapshot!("columns_mapped_header_missing", read.notes);
+}
+
+#[test]
+fn eval_takes_as_of_and_a_column_map_on_the_command_line() {
+    let (tmp, dir) = write_policy("kam", &[("policy.toml", KAM)]);
+    let book = tmp.path().join("book.csv");
+    std::fs::write(
+        &book,
+        "Acct,Owner,Annual Revenue,seats,strategic,segment\na1,jane,2000000,3,TRUE,smb\n",
+    )
+    .unwrap();
+    let map = tmp.path().join("map.toml");
+    std::fs::write(&map, "[columns]\nid = \"Acct\"\nmanager = \"Owner\"\n").unwrap();
+    let args = |extra: &[&str]| {
+        let mut a = vec!["eval", "--policy", "kam", "--accounts", "book.csv", "--format", "jsonl"];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        tierwise(&a, tmp.path())
+    };
+    let _ = dir;
+    let ok = run(&["--as-of", "2026-11-01", "--columns", "map.toml"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    let d: Value = serde_json::from_str(text(&ok.stdout).trim()).unwrap();
+    assert_eq!((d["id"].as_str(), d["tier"].as_str()), (Some("a1"), Some("key")));
+
+    let bad_date = run(&["--as-of", "2026-13-01", "--columns", "map.toml"]);
+    let bad_map_file = tmp.path().join("bad.toml");
+    std::fs::write(&bad_map_file, "idd = \"Acct\"\n").unwrap();
+    let bad_map = run(&["--as-of", "2026-11-01", "--columns", "bad.toml"]);
+    let no_map = run(&["--as-of", "2026-11-01"]);
+    insta::assert_snapshot!(
+        "eval_read_options_errors",
+        format!(
+            "--as-of 2026-13-01: exit {:?}\n{}\n--columns bad.toml: exit {:?}\n{}\nno map: exit {:?}\n{}",
+            bad_date.status.code(),
+            text(&bad_date.stderr),
+            bad_map.status.code(),
+            text(&bad_map.stderr),
+            no_map.status.code(),
+            text(&no_map.stderr),
+        )
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP
+
+mod http_door {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, header};
+    use http_body_util::BodyExt;
+    use std::sync::Arc;
+    use tierwise::decision_log::DecisionLog;
+    use tierwise::http::{self, App, Config};
+    use tierwise::script::Limits;
+    use tierwise::service::Service;
+    use tower::ServiceExt;
+
+    /// The KAM policy served as the only (default) policy.
+    pub fn router() -> (tempfile::TempDir, axum::Router) {
+        let (tmp, dir) = write_policy("kam", &[("policy.toml", KAM)]);
+        let service = Arc::new(Service::new(tmp.path(), Limits::default(), None));
+        service.reload();
+        let _ = dir;
+        let app = App::new(service, Config::default(), DecisionLog::off());
+        (tmp, http::app(app))
+    }
+
+    pub async fn post(
+        router: &axum::Router,
+        path: &str,
+        content_type: &str,
+        body: String,
+    ) -> (u16, String) {
+        let req = Request::post(path)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body))
+            .unwrap();
+        let res = router.clone().oneshot(req).await.unwrap();
+        let status = res.status().as_u16();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Per account: id and tier, or id and error code.
+    pub fn tiers(body: &str) -> Vec<String> {
+        let v: Value = serde_json::from_str(body).unwrap();
+        v["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| match a["decision"]["tier"].as_str().or(a["tier"].as_str()) {
+                Some(t) => format!(
+                    "{} {t}",
+                    a["id"].as_str().or(a["decision"]["id"].as_str()).unwrap_or("?")
+                ),
+                None => format!("{} error {}", a["id"], a["error"]["code"]),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_request_gives_as_of_once_for_the_accounts_without_one() {
+        let (_t, r) = router();
+        let acct = |id: &str, as_of: Option<&str>| {
+            let mut a = json!({ "id": id, "fields": { "revenue_12m": 2000000, "seats": 3, "segment": "smb", "strategic": true } });
+            if let Some(d) = as_of {
+                a["as_of"] = json!(d);
+            }
+            a
+        };
+        for path in ["/v1/evaluate", "/v1/portfolio"] {
+            let body = json!({ "as_of": "2026-11-01", "accounts": [acct("a", None), acct("b", Some("2026-01-01"))] });
+            let (status, text) = post(&r, path, "application/json", body.to_string()).await;
+            assert_eq!(status, 200, "{path}: {text}");
+            assert_eq!(tiers(&text), ["a key", "b key"], "{path}: {text}");
+            let without = json!({ "accounts": [acct("a", None)] });
+            let (status, text) = post(&r, path, "application/json", without.to_string()).await;
+            assert_eq!(status, 200);
+            assert!(text.contains("\"missing_field\""), "{path}: {text}");
+            let bad = json!({ "as_of": "01/11/2026", "accounts": [acct("a", None)] });
+            let (status, text) = post(&r, path, "application/json", bad.to_string()).await;
+            assert_eq!(status, 422, "{text}");
+            insta::assert_snapshot!("http_bad_as_of", text);
+        }
+        let dry = json!({ "as_of": "2026-11-01", "overrides": { "tiers.key.min_score": 9.9 }, "accounts": [acct("a", None)] });
+        let (status, text) = post(&r, "/v1/dry-run", "application/json", dry.to_string()).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(!text.contains("missing_field"), "{text}");
+    }
+}
