@@ -207,6 +207,11 @@ pub fn read_jsonl(text: &str) -> Vec<Record> {
     lines.par_iter().with_min_len(512).map(|&(i, l)| record_from_json(l, i + 1)).collect()
 }
 
+/// A CRM export read with the policy's `[columns]` (see [`read_with`] for the options).
+pub fn read_csv(text: &str, policy: &Policy) -> Result<Vec<Record>, ReadError> {
+    read(text, Format::Csv, policy)
+}
+
 /// The identity columns of a CSV export, by the names tierwise reads.
 pub const IDENTITY: [&str; 6] = ["id", "name", "manager", "current_tier", "tier_since", "as_of"];
 

@@ -269,3 +269,104 @@ mod http_door {
         assert!(!text.contains("missing_field"), "{text}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// lints
+
+/// Loads `toml` with `scripts`, and lists every diagnostic (errors, then warnings).
+fn diagnostics(toml: &str, files: &[(&str, &str)]) -> String {
+    let mut all = vec![("policy.toml", toml)];
+    all.extend_from_slice(files);
+    let (_t, dir) = write_policy("traps", &all);
+    match tierwise::policy::load_dir(&dir, &Default::default()) {
+        Ok(p) => p.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>().join("\n"),
+        Err(tierwise::policy::LoadError::Invalid(r)) => r.to_string(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+const USAGE: &str = r#"
+[inputs]
+seats_active = { type = "integer", min = 0 }
+seats_purchased = { type = "integer", min = 1 }
+segment = { type = "string", one_of = ["smb", "mid", "enterprise"] }
+partner = { type = "bool", default = false }
+
+[score]
+[[score.criteria]]
+id = "adoption"
+weight = 1.0
+expr = "10.0 * seats_active / seats_purchased"
+
+[[score.criteria]]
+id = "ratio"
+weight = 1.0
+expr = "1 + 9 * (seats_active / seats_purchased)"
+
+[[score.criteria]]
+id = "fit"
+weight = 1.0
+script = "fit"
+
+[[tiers]]
+id = "key"
+min_score = 7.0
+when = 'partner == "true" || segment == "enterprize"'
+
+[[tiers]]
+id = "base"
+"#;
+
+#[test]
+fn integer_division_and_impossible_comparisons_are_warned_wherever_they_are() {
+    let script = r#"
+fn fit(account) {
+    let share = account.seats_active / account.seats_purchased;
+    if account.segment == "enterprize" { 10 } else if account.partner == "yes" { 5 } else { share }
+}
+
+fn helper(x) {
+    let segment = "anything";
+    segment == "not an input"
+}
+"#;
+    insta::assert_snapshot!("usage_lints", diagnostics(USAGE, &[("scripts/fit.rhai", script)]));
+}
+
+#[test]
+fn a_script_reading_an_undeclared_input_is_a_load_error_with_its_place() {
+    let script = "fn fit(account) {\n    if account.seat_active > 10 { 8 } else { 3 }\n}\n";
+    insta::assert_snapshot!(
+        "script_unknown_input",
+        diagnostics(USAGE, &[("scripts/fit.rhai", script)])
+    );
+}
+
+#[test]
+fn another_languages_keyword_is_explained_first() {
+    let script = "fn fit(account) {\n    if account.seats_active > 10 { 8 }\n    elif account.seats_active > 5 { 5 }\n    else { 3 }\n}\n";
+    insta::assert_snapshot!(
+        "elif_in_a_script",
+        diagnostics(USAGE, &[("scripts/fit.rhai", script)])
+    );
+    let expr = USAGE.replace(
+        "expr = \"1 + 9 * (seats_active / seats_purchased)\"",
+        "expr = \"if seats_active > 3 and partner { 9 } else { 1 }\"",
+    );
+    insta::assert_snapshot!(
+        "and_in_an_expression",
+        diagnostics(&expr, &[("scripts/fit.rhai", "fn fit(account) { 5 }")])
+    );
+}
+
+#[test]
+fn check_prints_warnings_with_the_same_paths_as_errors() {
+    let (tmp, _dir) = write_policy(
+        "traps",
+        &[("policy.toml", USAGE), ("scripts/fit.rhai", "fn fit(account) { 5 }")],
+    );
+    let out = tierwise(&["check", "traps"], tmp.path());
+    assert_eq!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    insta::assert_snapshot!("check_warning_paths", err);
+}

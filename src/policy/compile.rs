@@ -63,8 +63,16 @@ pub(crate) fn compile(name: &str, files: &Files, limits: &Limits) -> Result<Poli
     let Some(raw) = parse_toml::<RawPolicy>(&mut d, POLICY_FILE, &text) else {
         return Err(Report::from_diagnostics(name, d));
     };
-    let mut c =
-        Compiler { d, limits, text: text.clone(), vars: HashMap::new(), fn_files: HashMap::new() };
+    let mut c = Compiler {
+        d,
+        limits,
+        text: text.clone(),
+        vars: HashMap::new(),
+        fn_files: HashMap::new(),
+        inputs: Vec::new(),
+        script_asts: Vec::new(),
+        scripts_broken: false,
+    };
     let policy = c.policy(name, files, raw);
     match policy {
         Some(p) if !c.d.has_errors() => Ok(p),
@@ -307,6 +315,13 @@ struct Compiler<'a> {
     vars: HashMap<String, Var>,
     /// Script function name (one parameter) → the file defining it.
     fn_files: HashMap<String, String>,
+    /// The declared inputs, for the authoring lints of every expression.
+    inputs: Vec<Input>,
+    /// Each script file's AST, for the authoring lints once the criteria are known.
+    script_asts: Vec<(String, AST)>,
+    /// A script file did not compile: a function it may define is not reported missing
+    /// (that would bury the real error under one per criterion).
+    scripts_broken: bool,
 }
 
 impl Compiler<'_> {
@@ -338,6 +353,7 @@ impl Compiler<'_> {
 
     fn policy(&mut self, name: &str, files: &Files, raw: RawPolicy) -> Option<Policy> {
         let inputs = self.inputs(&raw.inputs);
+        self.inputs = inputs.clone();
         let input_slots: HashMap<String, usize> =
             inputs.iter().enumerate().map(|(i, inp)| (inp.name.clone(), i)).collect();
         self.vars = input_slots.iter().map(|(n, &i)| (n.clone(), Var::Input(i))).collect();
@@ -382,6 +398,7 @@ impl Compiler<'_> {
             }
         };
         let criteria = self.criteria(&raw.score, &inputs, &engine, &lib);
+        self.lint_scripts(&criteria);
         let tiers = self.tiers(&raw.tiers, scale, &engine, &lib);
         let movement = self.movement(&raw.movement, &engine, &lib);
         let capacity = raw.capacity.as_ref().and_then(|c| self.capacity(c, &tiers));
@@ -409,7 +426,16 @@ impl Compiler<'_> {
             return None;
         }
         self.lint(&raw, &inputs, &tiers, &movement, capacity.as_ref(), &engine);
-        let warnings = self.d.items.iter().filter(|d| d.level == Level::Warning).cloned().collect();
+        let mut warnings: Vec<Diagnostic> =
+            self.d.items.iter().filter(|d| d.level == Level::Warning).cloned().collect();
+        // In file order, as a report of errors is.
+        warnings.sort_by(|a, b| {
+            (&a.place.file, a.place.line, a.place.column).cmp(&(
+                &b.place.file,
+                b.place.line,
+                b.place.column,
+            ))
+        });
         let mut criteria = criteria;
         let mut tiers = tiers;
         let mut movement = movement;
@@ -707,6 +733,8 @@ impl Compiler<'_> {
             let ast = match engine.compile_into_self_contained(&Scope::new(), src) {
                 Ok(ast) => ast,
                 Err(e) => {
+                    self.scripts_broken = true;
+                    self.foreign_syntax(&file, src, 0);
                     let pos = e.position();
                     let span = self.script_span(&file, pos.line(), pos.position());
                     let (code, msg) = match *e {
@@ -768,11 +796,52 @@ impl Compiler<'_> {
                     self.fn_files.entry(f.name.to_string()).or_insert_with(|| file.clone());
                 }
             }
+            self.script_asts.push((file.clone(), ast.clone_functions_only()));
             let mut funcs = ast.clone_functions_only();
             funcs.set_source(file.as_str());
             lib.combine(funcs);
         }
         lib
+    }
+
+    /// A source rhai could not parse: a word of another language in it is the likely cause,
+    /// said before rhai's own message (see [`diag::Report`]'s order).
+    fn foreign_syntax(&mut self, file: &str, src: &str, base: usize) {
+        let inputs = &self.inputs;
+        if let Some((at, word, hint)) =
+            super::astlint::foreign_syntax(src, &|w| inputs.iter().any(|i| i.name == w))
+        {
+            let at = base + at;
+            self.d.at(
+                Level::Error,
+                "foreign_syntax",
+                file,
+                Some(at..at + word.len()),
+                None,
+                format!("`{word}` is not rhai"),
+                Some(hint.to_string()),
+            );
+        }
+    }
+
+    /// The authoring lints of every script function (see [`super::astlint`]): a function
+    /// reads the account when a `script` criterion names it or its parameter is `account`.
+    fn lint_scripts(&mut self, criteria: &[Criterion]) {
+        let named: HashSet<String> = criteria
+            .iter()
+            .filter_map(|c| match &c.scoring {
+                Scoring::Script { function, .. } => Some(function.clone()),
+                _ => None,
+            })
+            .collect();
+        let takes = |name: &str, param: &str| param == "account" || named.contains(name);
+        for (file, ast) in std::mem::take(&mut self.script_asts) {
+            for f in super::astlint::script(&ast, &self.inputs, &takes) {
+                let span = self.script_span(&file, Some(f.line), Some(f.column));
+                let level = if f.error { Level::Error } else { Level::Warning };
+                self.d.at(level, f.code, &file, span, None, f.message, f.help);
+            }
+        }
     }
 
     fn script_span(
@@ -802,7 +871,7 @@ impl Compiler<'_> {
         rule: &str,
     ) -> Option<Expr> {
         let mut scope = Scope::new();
-        let mut allowed: Vec<&str> = Vec::new();
+        let mut allowed: Vec<String> = Vec::new();
         for (name, var) in &self.vars {
             let ok = matches!(
                 (kind, var),
@@ -817,15 +886,28 @@ impl Compiler<'_> {
                     )
             );
             if ok {
-                allowed.push(name);
+                allowed.push(name.clone());
             }
         }
         allowed.sort_unstable();
         for name in &allowed {
-            scope.push_dynamic(*name, Dynamic::UNIT);
+            scope.push_dynamic(name.as_str(), Dynamic::UNIT);
         }
         match engine.compile_expression_with_scope(&scope, &src.value) {
             Ok(ast) => {
+                for f in super::astlint::expression(&ast, &self.inputs) {
+                    let off = offset_in_string(&self.text, &src.span, f.line, f.column);
+                    let level = if f.error { Level::Error } else { Level::Warning };
+                    self.d.at(
+                        level,
+                        f.code,
+                        POLICY_FILE,
+                        Some(off..off + 1),
+                        Some(rule),
+                        f.message,
+                        f.help,
+                    );
+                }
                 let ast = if lib.iter_functions().next().is_some() { lib.merge(&ast) } else { ast };
                 Some(Expr {
                     source: src.value.clone(),
@@ -835,6 +917,19 @@ impl Compiler<'_> {
                 })
             }
             Err(ParseError(kind_err, pos)) => {
+                if let Some((at, word, hint)) = super::astlint::foreign_syntax(&src.value, &|w| {
+                    self.inputs.iter().any(|i| i.name == w)
+                }) {
+                    let (l, c) = diag::LineIndex::new(&src.value).line_col(at);
+                    let off = offset_in_string(&self.text, &src.span, l as usize, c as usize);
+                    self.err(
+                        "foreign_syntax",
+                        Some(off..off + word.len()),
+                        Some(rule),
+                        format!("`{word}` is not rhai"),
+                        Some(hint.to_string()),
+                    );
+                }
                 let off = offset_in_string(
                     &self.text,
                     &src.span,
@@ -843,7 +938,7 @@ impl Compiler<'_> {
                 );
                 let (code, msg, help) = match &*kind_err {
                     rhai::ParseErrorType::VariableUndefined(v) => {
-                        let help = did_you_mean(v, allowed.iter().copied()).or_else(|| {
+                        let help = did_you_mean(v, allowed.iter().map(String::as_str)).or_else(|| {
                             let hint = match kind {
                                 ExprKind::Account => "expressions read declared `[inputs]` only",
                                 ExprKind::Alert => "alert expressions read declared `[inputs]`, `score` and `tier`",
@@ -1056,7 +1151,9 @@ impl Compiler<'_> {
                     .filter(|m| m.name == f.value.as_str())
                     .map(|m| m.params.len())
                     .collect();
-                if found.is_empty() {
+                if found.is_empty() && self.scripts_broken {
+                    None
+                } else if found.is_empty() {
                     let names: Vec<&str> = lib.iter_functions().map(|m| m.name).collect();
                     let help = did_you_mean(&f.value, names.iter().copied()).or_else(|| {
                         Some("define it in a file of `scripts/`: `fn name(account) { ... }`".into())

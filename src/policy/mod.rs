@@ -5,6 +5,7 @@
 //! script compiled once, every rule checked). [`load_dir`] reads a folder; [`load_files`] takes
 //! the same files from memory (a candidate sent over HTTP), so the checks are one code path.
 
+mod astlint;
 pub mod compile;
 pub mod diag;
 mod lint;

@@ -207,7 +207,7 @@ fn layout(
         known.iter().copied().filter(|k| !seen.iter().any(|(n, _)| n == k)).collect();
     let mut plain = Vec::new();
     for h in unknown.iter().filter(|h| !suggested.contains(&h.as_str())) {
-        match closest(&h, unread.iter().copied()) {
+        match closest(h, unread.iter().copied()) {
             Some(k) => notes.push(format!(
                 "column `{h}` is not read; did you mean `{k}`? (rename it, or map it: `[columns] {k} = \"{h}\"`)"
             )),
