@@ -370,3 +370,56 @@ fn check_prints_warnings_with_the_same_paths_as_errors() {
     let err = text(&out.stderr);
     insta::assert_snapshot!("check_warning_paths", err);
 }
+
+// ---------------------------------------------------------------------------------------
+// tierwise test
+
+const ADOPTION: &str = r#"
+[inputs]
+seats_active = { type = "integer", min = 0 }
+seats_purchased = { type = "integer", min = 1 }
+revenue_12m = { type = "number", min = 0 }
+
+[score]
+[[score.criteria]]
+id = "adoption"
+weight = 1.0
+expr = "1 + 9 * seats_active / seats_purchased"
+
+[[score.criteria]]
+id = "revenue"
+weight = 2.0
+steps = { input = "revenue_12m", at = [100000.0, 1000000.0] }
+
+[[tiers]]
+id = "key"
+min_score = 8.0
+
+[[tiers]]
+id = "base"
+"#;
+
+const ADOPTION_CASES: &str = r#"
+[[case]]
+name = "a well-adopted big account is key"
+account = { id = "t1", as_of = "2026-11-01", current_tier = "key", fields = { seats_active = 95, seats_purchased = 100, revenue_12m = 2000000.0 } }
+expect = { tier = "key", change = "none" }
+
+[[case]]
+name = "the score counts adoption as a fraction"
+account = { id = "t2", as_of = "2026-11-01", fields = { seats_active = 3, seats_purchased = 4, revenue_12m = 2000000.0 } }
+expect = { tier = "key", score = 9.25 }
+"#;
+
+#[test]
+fn a_failing_case_shows_the_decision_beside_the_expectation() {
+    let (tmp, _dir) = write_policy(
+        "adoption",
+        &[("policy.toml", ADOPTION), ("tests/cases.toml", ADOPTION_CASES)],
+    );
+    let out = tierwise(&["test", "adoption"], tmp.path());
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!("test_failure_shows_the_decision", text(&out.stdout));
+    // The lint that explains it is printed by `test` too.
+    assert!(text(&out.stderr).contains("warning[integer_division]"), "{}", text(&out.stderr));
+}

@@ -13,19 +13,7 @@ pub fn run(dir: &Path, limits: &Limits) -> ExitCode {
     for d in &dirs {
         match super::load(d, limits) {
             Some(p) => {
-                // Paths relative to the policy folder, as errors print them; the last
-                // line names the policy.
-                for w in &p.warnings {
-                    eprintln!("{w}");
-                }
-                if !p.warnings.is_empty() {
-                    let n = p.warnings.len();
-                    eprintln!(
-                        "warning: policy `{}` has {n} warning{}",
-                        p.name,
-                        if n == 1 { "" } else { "s" }
-                    );
-                }
+                super::print_warnings(&p);
                 println!(
                     "ok    {:<16} {}  {} inputs, {} criteria, {} tiers, {} alerts, {} test cases",
                     p.name,

@@ -196,6 +196,18 @@ pub fn load(dir: &std::path::Path, limits: &Limits) -> Option<tierwise::policy::
     }
 }
 
+/// A loaded policy's warnings, with paths relative to the policy folder as errors print
+/// them; the last line names the policy.
+pub fn print_warnings(p: &tierwise::policy::Policy) {
+    for w in &p.warnings {
+        eprintln!("{w}");
+    }
+    if !p.warnings.is_empty() {
+        let n = p.warnings.len();
+        eprintln!("warning: policy `{}` has {n} warning{}", p.name, if n == 1 { "" } else { "s" });
+    }
+}
+
 /// Graphical (miette) at a terminal, one line per problem otherwise (logs, CI, tests).
 pub fn render(report: &tierwise::policy::Report) -> String {
     if stderr_is_terminal() { report.render(true) } else { format!("{report}\n") }

@@ -125,7 +125,7 @@ impl<'a> Walker<'a> {
             Expr::FnCall(f, pos) if f.op_token.is_some() && f.args.len() == 2 => {
                 let (a, b) = (self.operand(&f.args[0]), self.operand(&f.args[1]));
                 match f.name.as_str() {
-                    "/" => self.division(a, b, &f.args, *pos),
+                    "/" => self.division(&f.args, *pos),
                     "==" | "!=" => {
                         self.comparison(a, &f.args[1], *pos);
                         self.comparison(b, &f.args[0], *pos);
@@ -137,29 +137,77 @@ impl<'a> Walker<'a> {
         }
     }
 
-    fn division(&mut self, a: Operand, b: Operand, args: &[Expr], pos: Position) {
-        let int = |o: Operand| match o {
-            Operand::Input(i) => i.ty == InputType::Integer,
-            Operand::IntLiteral => true,
-            Operand::Other => false,
-        };
-        let is_input = |o: Operand| matches!(o, Operand::Input(_));
-        if !(int(a) && int(b) && (is_input(a) || is_input(b))) {
-            return;
+    /// `Some(reads_an_input)` when `e` is integer-typed as far as the AST shows: an
+    /// `integer` input, an integer literal, or `+ - * / %` of two such.
+    fn integer(&self, e: &Expr) -> Option<bool> {
+        match self.operand(e) {
+            Operand::Input(i) => return (i.ty == InputType::Integer).then_some(true),
+            Operand::IntLiteral => return Some(false),
+            Operand::Other => {}
         }
-        let shown = |o: Operand, e: &Expr| match (o, e) {
+        match e {
+            Expr::FnCall(f, _)
+                if f.op_token.is_some()
+                    && f.args.len() == 2
+                    && matches!(f.name.as_str(), "+" | "-" | "*" | "/" | "%") =>
+            {
+                Some(self.integer(&f.args[0])? | self.integer(&f.args[1])?)
+            }
+            Expr::Stmt(b) if b.statements().len() == 1 => match &b.statements()[0] {
+                Stmt::Expr(inner) => self.integer(inner),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The first input an integer expression reads, as the source writes it.
+    fn first_input(&self, e: &Expr) -> Option<String> {
+        if let Operand::Input(_) = self.operand(e) {
+            return Some(self.shown(e));
+        }
+        match e {
+            Expr::FnCall(f, _) => f.args.iter().find_map(|a| self.first_input(a)),
+            Expr::Stmt(b) => b.statements().iter().find_map(|st| match st {
+                Stmt::Expr(inner) => self.first_input(inner),
+                _ => None,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The source of an operand, for the message (inputs and literals; `…` otherwise).
+    fn shown(&self, e: &Expr) -> String {
+        match (self.operand(e), e) {
             (Operand::Input(i), Expr::Dot(..)) => format!("{}.{}", self.param(), i.name),
             (Operand::Input(i), _) => i.name.clone(),
             (_, Expr::IntegerConstant(n, _)) => n.to_string(),
-            _ => "…".into(),
+            _ => "(…)".into(),
+        }
+    }
+
+    fn division(&mut self, args: &[Expr], pos: Position) {
+        let (Some(a), Some(b)) = (self.integer(&args[0]), self.integer(&args[1])) else {
+            return;
         };
-        let (l, r) = (shown(a, &args[0]), shown(b, &args[1]));
+        if !(a || b) {
+            return;
+        }
+        let (l, r) = (self.shown(&args[0]), self.shown(&args[1]));
+        let help = match (self.operand(&args[0]), self.first_input(&args[0])) {
+            (Operand::Input(_) | Operand::IntLiteral, _) | (_, None) => {
+                format!("for a fraction write `{l}.to_float() / {r}`")
+            }
+            (_, Some(name)) => {
+                format!("for a fraction convert a side to a float first, e.g. `{name}.to_float()`")
+            }
+        };
         self.push(
             false,
             "integer_division",
             pos,
             format!("`{l} / {r}` divides two integers: the result is rounded down to an integer (`3 / 4` is 0)"),
-            Some(format!("for a fraction write `{l}.to_float() / {r}`")),
+            Some(help),
         );
     }
 
