@@ -13,6 +13,9 @@
 #                 account ids on every request (the engine, not the cache, is measured)
 #   portfolio-10k-warm  the same book again and again (answered whole from the cache)
 #   evaluate-*-cold  evaluate with new account ids on every request (nothing to hit)
+#   evaluate-1-logs-off  evaluate-1 against a second server with TIERWISE_LOG=warn (no access
+#                 lines, no request spans); every other case logs at info (the default: one
+#                 access line per request, to a file in the work folder)
 # then against a second `tierwise serve --redis` and a redis-server this script starts on a
 # free loopback port (no persistence), evaluate-1 and evaluate-100 with:
 #   redis-warm-*     the same body again and again (the default cost gate decides reads)
@@ -107,7 +110,7 @@ cleanup() {
   [ -n "$REDIS_PID" ] && kill -CONT "$REDIS_PID" 2>/dev/null || true
   for p in "${PIDS[@]}" $REDIS_PID; do kill "$p" 2>/dev/null || true; done
   # The decision logs of a run reach ~2 GB: kept only with KEEP_LOGS=1.
-  [ "${KEEP_LOGS:-0}" = 1 ] || rm -f "$WORK"/decisions*.jsonl
+  [ "${KEEP_LOGS:-0}" = 1 ] || rm -f "$WORK"/decisions*.jsonl "$WORK"/serve*.err
 }
 trap cleanup EXIT
 
@@ -125,6 +128,11 @@ SERVE_PID=$!
 PIDS+=($SERVE_PID)
 curl -fsS -o /dev/null -X POST -H 'Content-Type: application/json' --data @"$WORK/echo.json" "http://127.0.0.1:$PORT_ECHO/echo" || sleep 1
 wait_for "http://127.0.0.1:$PORT/readyz"
+PORT_QUIET=${PORT_QUIET:-18083}
+TIERWISE_LOG=warn "$BIN" serve --listen "127.0.0.1:$PORT_QUIET" --policies policies --decision-log "$WORK/decisions-quiet.jsonl" --no-watch 2>"$WORK/serve-quiet.err" &
+QUIET_PID=$!
+PIDS+=($QUIET_PID)
+wait_for "http://127.0.0.1:$PORT_QUIET/readyz"
 
 # Redis on a free loopback port (never a developer's 6379), and a serve process using it.
 PORT_REDIS=${PORT_REDIS:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
@@ -157,6 +165,7 @@ HZ=$(getconf CLK_TCK)
 CASES=(
   "echo $WORK/echo.json http://127.0.0.1:$PORT_ECHO/echo 2 32 $ECHO_PID"
   "evaluate-1 $WORK/one.json http://127.0.0.1:$PORT/v1/evaluate 2 32 $SERVE_PID"
+  "evaluate-1-logs-off $WORK/one.json http://127.0.0.1:$PORT_QUIET/v1/evaluate 2 32 $QUIET_PID"
   "evaluate-100 $WORK/hundred.json http://127.0.0.1:$PORT/v1/evaluate 2 32 $SERVE_PID"
   "portfolio-10k $WORK/book.json http://127.0.0.1:$PORT/v1/portfolio 1 1 $SERVE_PID cold"
   "portfolio-10k-warm $WORK/book.json http://127.0.0.1:$PORT/v1/portfolio 1 1 $SERVE_PID"
@@ -223,6 +232,10 @@ e1, echo, book = med["evaluate-1"], med["echo"], med["portfolio-10k"]
 check(f"evaluate-1 >= 30000 req/s ({e1[0]:.0f})", e1[0] >= 30000)
 check(f"evaluate-1 >= 1/3 of the echo ceiling ({e1[0] / echo[0]:.2f} of {echo[0]:.0f})", e1[0] >= echo[0] / 3)
 check(f"evaluate-1 p99 <= 5 ms ({e1[2]:.2f})", e1[2] <= 5.0)
+if "evaluate-1-logs-off" in med:
+    off = med["evaluate-1-logs-off"]
+    check(f"evaluate-1 with access logs at info >= 0.9 of logs off ({e1[0] / off[0]:.2f}: {e1[0]:.0f} vs {off[0]:.0f} req/s)", e1[0] >= 0.9 * off[0])
+    check(f"evaluate-1 with access logs at info >= 0.6 of the echo ({e1[0] / echo[0]:.2f})", e1[0] >= 0.6 * echo[0])
 check(f"portfolio-10k <= 100 ms (p50 {book[1]:.1f}, p99 {book[2]:.1f})", book[1] <= 100.0)
 check("no failed request", all(v[4] == 0 for v in med.values()))
 if "redis-warm-1" in med:

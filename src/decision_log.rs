@@ -91,6 +91,7 @@ fn encode(job: &Job, line: &mut Vec<u8>) -> bool {
     let entry = Entry {
         ts: crate::service::timestamp(job.at),
         decision_id: &job.decision_id,
+        request_id: job.request_id.as_deref(),
         level: job.level,
         policy: &job.policy,
         duration_ms: job.duration_ms,
@@ -113,6 +114,7 @@ fn encode_cached_book(job: &Job, book: &[u8], line: &mut Vec<u8>) -> bool {
     let entry = CachedBookEntry {
         ts: crate::service::timestamp(job.at),
         decision_id: &job.decision_id,
+        request_id: job.request_id.as_deref(),
         level: job.level,
         policy: &job.policy,
         duration_ms: job.duration_ms,
@@ -129,6 +131,8 @@ fn encode_cached_book(job: &Job, book: &[u8], line: &mut Vec<u8>) -> bool {
 struct CachedBookEntry<'a> {
     ts: String,
     decision_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
     level: &'static str,
     policy: &'a PolicyRef,
     duration_ms: f64,
@@ -241,6 +245,8 @@ impl Closer {
 pub struct Job {
     pub at: SystemTime,
     pub decision_id: String,
+    /// The request's id (`x-request-id`), so a log line, an answer and this record meet.
+    pub request_id: Option<std::sync::Arc<str>>,
     /// `account` or `portfolio`.
     pub level: &'static str,
     pub policy: Arc<PolicyRef>,
@@ -324,7 +330,7 @@ impl DecisionLog {
                 lost_since_report += lines;
                 out = out.map(|w| std::io::BufWriter::with_capacity(1 << 16, w.into_parts().0));
                 if reported.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
-                    eprintln!("tierwise: cannot write the decision log: {lost_since_report} line(s) lost (reported at most every {} s; see tierwise_decision_log_write_errors_total)", REPORT_EVERY.as_secs());
+                    tracing::error!("cannot write the decision log: {lost_since_report} line(s) lost (reported at most every {} s; see tierwise_decision_log_write_errors_total)", REPORT_EVERY.as_secs());
                     reported = Some(Instant::now());
                     lost_since_report = 0;
                 }
@@ -339,7 +345,7 @@ impl DecisionLog {
                 stats,
             },
             Err(e) => {
-                eprintln!("tierwise: no decision log: cannot start its thread: {e}");
+                tracing::error!("no decision log: cannot start its thread: {e}");
                 Self::off()
             }
         }
@@ -406,6 +412,8 @@ pub struct DryRun<'a> {
     /// RFC 3339, UTC.
     pub ts: String,
     pub decision_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<&'a str>,
     /// Always `dry_run`.
     pub level: &'static str,
     /// Always `true`.
@@ -413,9 +421,13 @@ pub struct DryRun<'a> {
     /// The baseline (a served policy).
     pub policy: &'a PolicyRef,
     pub candidate: &'a PolicyRef,
-    /// The overrides applied, as `path=value`.
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    pub overrides: &'a [String],
+    /// SHA-256 of what was sent (files and overrides as given) and its size in bytes: the
+    /// log never holds a candidate's text, which may be a megabyte of someone else's input.
+    pub candidate_digest: &'a str,
+    pub candidate_bytes: usize,
+    /// How many files and overrides the candidate was sent as.
+    pub files: usize,
+    pub overrides: usize,
     pub duration_ms: f64,
     pub summary: &'a crate::whatif::DiffSummary,
 }
@@ -426,6 +438,9 @@ struct Entry<'a> {
     /// RFC 3339, UTC.
     ts: String,
     decision_id: &'a str,
+    /// The request's `x-request-id` (the caller's or made by the server), as in its log lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
     level: &'static str,
     policy: &'a PolicyRef,
     duration_ms: f64,

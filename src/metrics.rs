@@ -51,6 +51,9 @@ pub struct BackendLabels {
 pub struct PolicyLabels {
     pub policy: String,
     pub hash: String,
+    /// The policy's own `version`: with `hash`, what a rollout
+    /// across replicas is converging to.
+    pub version: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -319,6 +322,7 @@ impl Metrics {
                     .get_or_create(&PolicyLabels {
                         policy: name.clone(),
                         hash: l.policy.hash.clone(),
+                        version: l.policy.version.clone(),
                     })
                     .set(1);
                 let at = l

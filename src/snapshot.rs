@@ -183,12 +183,183 @@ fn id_of(raw: &str) -> Option<String> {
 }
 
 fn record_from_json(raw: &str, n: usize) -> Record {
+    if not_object(raw) {
+        return Err(not_an_object(raw, n));
+    }
     serde_json::from_str::<Snapshot>(raw).map_err(|e| {
         let mut err =
             AccountError::new(id_of(raw).as_deref(), "bad_record", format!("not a snapshot: {e}"));
         err.record = Some(n);
         err
     })
+}
+
+/// Valid JSON that is not an object (serde's derived structs would take an array of the
+/// fields in order); malformed JSON is left to the parser, which says where it breaks.
+fn not_object(raw: &str) -> bool {
+    !crate::jsonmap::is_object(raw) && serde_json::from_str::<serde::de::IgnoredAny>(raw).is_ok()
+}
+
+fn not_an_object(raw: &str, n: usize) -> AccountError {
+    let what = match raw.trim_start().bytes().next() {
+        Some(b'[') => "an array",
+        Some(b'"') => "text",
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a bool",
+        _ => "a number",
+    };
+    let mut err = AccountError::new(
+        None,
+        "bad_record",
+        format!("not a snapshot: expected an object, got {what}"),
+    );
+    err.record = Some(n);
+    err
+}
+
+/// Snapshots as the service reads them, one policy (or two, for a dry run) in view: the keys of
+/// `fields` that no input declares are skipped while parsing, never stored.
+pub struct FieldFilter<'a> {
+    /// Whether a key of `fields` is one of the policy's inputs.
+    pub keep: &'a (dyn Fn(&str) -> bool + Sync),
+    /// Keys one account's `fields` may hold, declared or not; more make that record's error
+    /// `too_many_fields` (the service refuses the request for it).
+    pub max_fields: usize,
+}
+
+/// Longest account id the service takes, in bytes: a longer one is that record's error (it
+/// would make cache keys of its size and a latest-decision URL no server reads).
+pub const MAX_ID_BYTES: usize = 256;
+
+/// The code of a record whose `fields` hold more keys than [`FieldFilter::max_fields`].
+pub const TOO_MANY_FIELDS: &str = "too_many_fields";
+
+/// One snapshot from JSON text, with `fields` filtered as `filter` says; also how many
+/// undeclared keys were skipped. Duplicate keys in `fields` are the record's error, as they
+/// are elsewhere in a snapshot.
+pub fn parse_filtered(raw: &str, n: usize, filter: &FieldFilter<'_>) -> (Record, usize) {
+    #[derive(Deserialize)]
+    #[serde(rename = "Snapshot")]
+    struct Shell<'a> {
+        id: String,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        manager: Option<String>,
+        #[serde(default)]
+        current_tier: Option<String>,
+        #[serde(default)]
+        tier_since: Option<String>,
+        // As in [`Snapshot`]: absent or `null` until a request's `as_of` fills it.
+        #[serde(default, deserialize_with = "null_is_empty")]
+        as_of: String,
+        #[serde(default, borrow)]
+        fields: Option<&'a serde_json::value::RawValue>,
+    }
+    if not_object(raw) {
+        return (Err(not_an_object(raw, n)), 0);
+    }
+    let shell: Shell<'_> = match serde_json::from_str(raw) {
+        Ok(s) => s,
+        Err(e) => {
+            let mut err = AccountError::new(
+                id_of(raw).as_deref(),
+                "bad_record",
+                format!("not a snapshot: {e}"),
+            );
+            err.record = Some(n);
+            return (Err(err), 0);
+        }
+    };
+    if shell.id.len() > MAX_ID_BYTES {
+        let mut err = AccountError::new(
+            None,
+            "bad_record",
+            format!("`id` is {} bytes long, more than the limit of {MAX_ID_BYTES}", shell.id.len()),
+        )
+        .field("id");
+        err.record = Some(n);
+        return (Err(err), 0);
+    }
+    let bad = |code: &'static str, msg: String| {
+        let mut err = AccountError::new(Some(&shell.id), code, msg).field("fields");
+        err.record = Some(n);
+        err
+    };
+    let (fields, skipped) = match shell.fields {
+        None => (serde_json::Map::new(), 0),
+        Some(f) => {
+            let mut de = serde_json::Deserializer::from_str(f.get());
+            match serde::de::DeserializeSeed::deserialize(FieldsSeed(filter), &mut de) {
+                Ok(r) => r,
+                Err(e) => {
+                    let msg = e.to_string();
+                    let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m);
+                    let code =
+                        if msg.starts_with("more than") { TOO_MANY_FIELDS } else { "bad_record" };
+                    return (Err(bad(code, format!("`fields`: {msg}"))), 0);
+                }
+            }
+        }
+    };
+    let s = Snapshot {
+        id: shell.id,
+        name: shell.name,
+        manager: shell.manager,
+        current_tier: shell.current_tier,
+        tier_since: shell.tier_since,
+        as_of: shell.as_of,
+        fields,
+    };
+    (Ok(s), skipped)
+}
+
+struct FieldsSeed<'f, 'a>(&'f FieldFilter<'a>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for FieldsSeed<'_, '_> {
+    type Value = (serde_json::Map<String, Value>, usize);
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldsSeed<'_, '_> {
+    type Value = (serde_json::Map<String, Value>, usize);
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object of input values")
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok((serde_json::Map::new(), 0))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let mut kept = serde_json::Map::new();
+        // Every key is remembered (bounded by `max_fields`), so a duplicate is found whether
+        // its input is declared or not.
+        let mut seen: std::collections::HashSet<std::borrow::Cow<'de, str>> =
+            std::collections::HashSet::new();
+        let mut skipped = 0usize;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if seen.len() >= self.0.max_fields {
+                return Err(A::Error::custom(format_args!(
+                    "more than {} keys, the limit per account (TIERWISE_MAX_FIELDS)",
+                    self.0.max_fields
+                )));
+            }
+            if seen.contains(&key) {
+                return Err(A::Error::custom(format_args!("duplicate key `{key}`")));
+            }
+            if (self.0.keep)(&key) {
+                let v: Value = map.next_value()?;
+                kept.insert(key.to_string(), v);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                skipped += 1;
+            }
+            seen.insert(key);
+        }
+        Ok((kept, skipped))
+    }
 }
 
 /// A JSON array of snapshots; a bad element is that element's error.

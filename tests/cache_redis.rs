@@ -6,10 +6,13 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "common/redis_cluster.rs"]
+mod redis_cluster;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
 use bytes::Bytes;
+use redis_cluster::RedisCluster;
 use redis_server::RedisServer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +26,10 @@ static TIMING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn config(url: &str) -> CacheConfig {
     CacheConfig { redis_url: Some(url.to_string()), ..CacheConfig::default() }
+}
+
+fn cluster_config(c: &RedisCluster) -> CacheConfig {
+    CacheConfig { redis_cluster: c.urls(), ..CacheConfig::default() }
 }
 
 async fn connect(cfg: &CacheConfig) -> Arc<dyn Cache> {
@@ -173,14 +180,14 @@ async fn key_layout_ttls_and_value_format() {
     stored.sort();
     let d = |i: usize| cache::snapshot_digest(records[i].as_ref().unwrap()).hex();
     let mut want = vec![
-        format!("tierwise:v1:acct:enterprise:{}:{}", p.hash, d(0)),
-        format!("tierwise:v1:acct:enterprise:{}:{}", p.hash, d(1)),
-        format!("tierwise:v1:book:enterprise:{}:{}", p.hash, book_digest.hex()),
-        "tierwise:v1:latest:enterprise:key-00000".to_string(),
-        "tierwise:v1:latest:enterprise:key-00001".to_string(),
+        format!("tierwise:v2:acct:enterprise:{}:{}", p.hash, d(0)),
+        format!("tierwise:v2:acct:enterprise:{}:{}", p.hash, d(1)),
+        format!("tierwise:v2:book:enterprise:{}:{}", p.hash, book_digest.hex()),
+        "tierwise:v2:latest:{enterprise:key-00000}".to_string(),
+        "tierwise:v2:latest:{enterprise:key-00001}".to_string(),
     ];
     want.sort();
-    assert_eq!(stored, want, "every key is namespaced tierwise:v1:");
+    assert_eq!(stored, want, "every key is namespaced tierwise:v2:");
 
     // Values: the format version, then the decision's JSON.
     let v: Vec<u8> = redis::cmd("GET").arg(&want[0]).query(&mut raw).unwrap();
@@ -191,7 +198,7 @@ async fn key_layout_ttls_and_value_format() {
     };
     let t = pttl(&want[0], &mut raw);
     assert!((590_000..=600_000).contains(&t), "entry ttl {t} ms");
-    let t = pttl("tierwise:v1:latest:enterprise:key-00000", &mut raw);
+    let t = pttl("tierwise:v2:latest:{enterprise:key-00000}", &mut raw);
     assert!((86_390_000..=86_400_000).contains(&t), "latest ttl {t} ms");
 
     // A value in another format (another tierwise version sharing the Redis) is a miss.
@@ -555,7 +562,7 @@ async fn through_an_account_plan_a_warm_answer_is_the_cold_one_byte_for_byte() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_redis_refusing_writes_keeps_serving_reads() {
+async fn a_full_redis_refusing_writes_counts_as_failing_and_shows() {
     let redis = RedisServer::start();
     let c = connect(&config(&redis.url())).await;
     let (policy, records, values) = book(4, "oom");
@@ -575,10 +582,117 @@ async fn a_full_redis_refusing_writes_keeps_serving_reads() {
         c.flush().await;
     }
     let s = c.stats();
-    assert!(s.errors >= 10 && s.dropped_writes >= 40, "{s:?}");
-    assert_eq!(s.breaker, BreakerState::Closed, "an OOM answer is an answer: reads go on");
+    assert!(s.errors >= 5 && s.dropped_writes >= 20, "{s:?}");
+    // An OOM reply is Redis answering, but a cache that cannot store is not working: the
+    // error counts for the breaker like a lost connection, and shows.
+    assert!(s.breaker_opened >= 1, "{s:?}");
+    let reason = c.degraded().expect("degraded while writes are refused");
+    assert!(reason.contains("OOM"), "{reason}");
+    let () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("0").query(&mut raw).unwrap();
+    // The probe closes the breaker again within about a second.
+    wait_for(&*c, Duration::from_secs(3), |c| c.degraded().is_none()).await;
     let got = c.get_many(&keys(&p, &records)).await;
     assert_eq!(got.iter().map(Option::is_some).collect::<Vec<_>>(), vec![true, true, false, false]);
+}
+
+// --- Redis Cluster: three masters on loopback ports --------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_hits_latest_decisions_and_keys_by_hash_tag() {
+    let cluster = RedisCluster::start();
+    let c = connect(&cluster_config(&cluster)).await;
+    let (policy, records, values) = book(60, "cl");
+    let p = policy_id(&policy);
+    c.put_many(batch(&p, &records[..40], &values[..40]));
+    c.flush().await;
+    let got = c.get_many(&keys(&p, &records)).await;
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(g.as_ref(), (i < 40).then_some(&values[i]), "account {i}");
+    }
+    assert_eq!(c.get_latest("enterprise", "cl-00007").await.as_ref(), Some(&values[7]));
+    assert_eq!(c.get_latest("enterprise", "cl-00050").await, None);
+    let s = c.stats();
+    assert_eq!((s.written, s.errors, s.timeouts, s.hits), (80, 0, 0, 41), "{s:?}");
     assert!(c.degraded().is_none());
-    let () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("0").query(&mut raw).unwrap();
+
+    // The keys landed on every shard (content-addressed ones spread by their whole key), and a
+    // latest decision sits in its account's slot (the tag `{policy:account}`).
+    let all = cluster.keys();
+    assert_eq!(all.len(), 80, "{all:?}");
+    let owners: std::collections::BTreeSet<usize> =
+        all.iter().filter(|k| k.contains(":acct:")).map(|k| cluster.owner(k)).collect();
+    assert_eq!(owners.len(), 3, "decisions on all three shards");
+    let latest = "tierwise:v2:latest:{enterprise:cl-00007}";
+    assert!(all.iter().any(|k| k == latest), "{all:?}");
+    let state_like =
+        tierwise::redis_conn::account_key("state", "enterprise", "cl-00007", "account");
+    assert_eq!(cluster.owner(latest), cluster.owner(&state_like), "one account, one slot");
+
+    // Another replica on the same cluster: a hit.
+    let b = connect(&cluster_config(&cluster)).await;
+    assert_eq!(
+        b.get_many(&keys(&p, &records[..40])).await,
+        values[..40].iter().cloned().map(Some).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_batches_cost_one_round_trip_per_shard() {
+    let _one = TIMING.lock().await;
+    let cluster = RedisCluster::start();
+    let conn = tierwise::redis_conn::RedisConn::connect(
+        &tierwise::redis_conn::Target::Cluster(cluster.urls()),
+        &tierwise::redis_conn::Options::default(),
+    )
+    .unwrap();
+    conn.ping().await.unwrap();
+    assert_eq!(conn.shards(), 3);
+    let c = connect(&cluster_config(&cluster)).await;
+    let (policy, records, values) = book(1000, "rtc");
+    let p = policy_id(&policy);
+    let k = keys(&p, &records);
+    cluster.reset_stats();
+    let before = conn.round_trips();
+    let raw: Vec<&[u8]> = k.iter().map(|k| k.as_str().as_bytes()).collect();
+    let cold = conn.get_many(&raw).await.unwrap();
+    assert!(cold.iter().all(Option::is_none));
+    assert_eq!(conn.round_trips() - before, 3, "one pipeline per shard for 1000 keys");
+    c.put_many(batch(&p, &records, &values));
+    c.flush().await;
+    let t = Instant::now();
+    let warm = c.get_many(&k).await;
+    let warm_ms = ms(t.elapsed());
+    assert_eq!(warm, values.iter().cloned().map(Some).collect::<Vec<_>>());
+    let (get, mget, set, multi) =
+        (cluster.calls("get"), cluster.calls("mget"), cluster.calls("set"), cluster.calls("multi"));
+    println!(
+        "cluster, 1000 accounts: {get} get, {mget} mget, {set} set, {multi} multi; warm read {warm_ms:.1} ms"
+    );
+    assert_eq!((get, mget, set, multi), (2000, 0, 2000, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_master_killed_then_restarted() {
+    let _one = TIMING.lock().await;
+    let mut cluster = RedisCluster::start();
+    let cfg = cluster_config(&cluster);
+    let c = connect(&cfg).await;
+    let (policy, records, values) = book(10, "ckill");
+    let p = policy_id(&policy);
+    let mut healthy = Run::default();
+    until_hit(&*c, &p, &records, &values, Duration::from_secs(3), &mut healthy).await;
+
+    cluster.kill(1);
+    let t = Instant::now();
+    wait_for(&*c, Duration::from_secs(2), |c| c.degraded().is_some()).await;
+    println!("master killed: degraded after {:.0} ms: {:?}", ms(t.elapsed()), c.degraded());
+    let mut down = Run::default();
+    run_for(&*c, &p, &records, &values, Duration::from_millis(1000), &mut down).await;
+    check_latency("cluster master killed", &down, &cfg);
+
+    cluster.restart(1, &[]);
+    cluster.wait_ok(Duration::from_secs(20));
+    let back = until_hit(&*c, &p, &records, &values, Duration::from_secs(15), &mut down).await;
+    println!("master restarted: cache used again after {:.0} ms", ms(back));
+    assert!(c.degraded().is_none());
 }

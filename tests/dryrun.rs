@@ -236,7 +236,10 @@ async fn an_override_gives_the_diff_whatif_computes_and_changes_nothing_live() {
     assert_eq!((l["level"].as_str(), l["dry_run"].as_bool()), (Some("dry_run"), Some(true)));
     assert_eq!(l["policy"]["hash"], live_hash.as_str());
     assert_eq!(l["candidate"]["hash"], candidate.hash.as_str());
-    assert_eq!(l["overrides"], json!(["tiers.key.min_score=7.0"]));
+    // The log keeps what the candidate was sent as, never its text: a count, a digest, a size.
+    assert_eq!(l["overrides"], json!(1));
+    assert_eq!(l["candidate_digest"].as_str().map(str::len), Some(64));
+    assert!(l["candidate_bytes"].as_u64().is_some_and(|b| b > 0));
     assert_eq!(l["summary"], serde_json::to_value(&want.summary).unwrap());
     assert!(l.get("outcomes").is_none());
     assert_eq!(
@@ -753,7 +756,10 @@ async fn the_openapi_document_describes_the_dry_run() {
     assert_eq!(op["operationId"], "dryRun");
     let statuses: Vec<&str> =
         op["responses"].as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(statuses, ["200", "400", "404", "408", "413", "415", "422", "500", "503"]);
+    assert_eq!(
+        statuses,
+        ["200", "400", "404", "408", "413", "414", "415", "422", "431", "500", "503"]
+    );
     let ok = &op["responses"]["200"]["content"];
     assert!(
         ok["application/json"]["schema"].is_object()

@@ -750,7 +750,7 @@ async fn answers_are_the_engine_outcomes_byte_for_byte() {
     let s = server();
     let mut list = accounts(2500);
     // Bad elements are answered as the snapshot reader answers them, at their position.
-    list[3] = json!({ "id": "no-date" });
+    list[3] = json!({ "name": "no id", "as_of": "2026-11-01" });
     list[1700] = json!([1, 2]);
     list[2100] = json!({ "id": 7, "as_of": "2026-11-01" });
     let recs = tierwise::snapshot::read_json(&serde_json::to_string(&list).unwrap()).unwrap();
@@ -1017,4 +1017,59 @@ async fn cli_and_http_give_the_same_bytes() {
     let cli_diff: Value = serde_json::from_str(&out).unwrap();
     // Pretty-printed on the command line, compact over HTTP: the same value.
     assert_eq!(cli_diff, http.json()["diff"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// request ids
+
+#[tokio::test]
+async fn a_request_id_is_taken_or_made_echoed_and_in_the_decision_log() {
+    let s = server();
+    let body = json!({ "accounts": [account("rid-1")] });
+    let with = |id: &str| {
+        Request::post("/v1/evaluate")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-request-id", axum::http::HeaderValue::from_bytes(id.as_bytes()).unwrap())
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    // The caller's own id, kept as it is.
+    let a = send(&s.router, with("checkout-7f3a:01")).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.headers["x-request-id"], "checkout-7f3a:01");
+    // Sanitised: only `A-Z a-z 0-9 - _ . : / + = @` kept, at most 128 bytes.
+    let b = send(&s.router, with("evil id\"}{\\n<script>")).await;
+    assert_eq!(b.headers["x-request-id"], "evilidnscript");
+    let long = "x".repeat(500);
+    let c = send(&s.router, with(&long)).await;
+    assert_eq!(c.headers["x-request-id"], "x".repeat(128));
+    // None (or nothing usable): a new UUIDv7, on every route, errors included.
+    let d = post_json(&s.router, "/v1/evaluate", &body).await;
+    let made = d.headers["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!((made.len(), &made[14..15]), (36, "7"), "{made}");
+    let e = send(&s.router, with("\u{e9}\u{e8}")).await;
+    assert_eq!(e.headers["x-request-id"].len(), 36);
+    let missing = get(&s.router, "/nope").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.headers.contains_key("x-request-id"));
+    assert!(get(&s.router, "/healthz").await.headers.contains_key("x-request-id"));
+
+    let t = Instant::now();
+    while s.log.lines().len() < 5 && t.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ids: Vec<Value> = s.log.lines().iter().map(|l| l["request_id"].clone()).collect();
+    assert_eq!(
+        ids,
+        vec![
+            json!("checkout-7f3a:01"),
+            json!("evilidnscript"),
+            json!("x".repeat(128)),
+            json!(made),
+            ids[4].clone()
+        ],
+        "each decision-log record carries its request's id"
+    );
+    // The decision id and the request id are two ids: one per evaluation, one per request.
+    assert_ne!(s.log.lines()[0]["decision_id"], s.log.lines()[0]["request_id"]);
 }

@@ -123,7 +123,7 @@ fn serves_reloads_and_stops_on_sigterm() {
     assert!(status.success(), "{status:?}");
     let rest: Vec<String> = srv.stderr.try_iter().collect();
     assert!(rest.iter().any(|l| l.contains("policy `enterprise` applied")), "{rest:?}");
-    assert!(rest.iter().any(|l| l.contains("tierwise: stopped")), "{rest:?}");
+    assert!(rest.iter().any(|l| l.ends_with(" stopped")), "{rest:?}");
 }
 
 /// SIGTERM while a request is in flight: the request is still answered, then the process

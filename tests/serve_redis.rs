@@ -7,9 +7,12 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "common/redis_cluster.rs"]
+mod redis_cluster;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
+use redis_cluster::RedisCluster;
 use redis_server::RedisServer;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
@@ -61,16 +64,27 @@ fn request(addr: &str, method: &str, path: &str, body: Option<&Value>) -> Reply 
 
 use common::Running;
 
-#[allow(clippy::zombie_processes)] // waited for in `Running::drop`
 fn serve(redis: &RedisServer, extra: &[&str]) -> Running {
+    serve_on(&["--redis", &redis.url()], extra)
+}
+
+fn serve_cluster(cluster: &RedisCluster, extra: &[&str]) -> Running {
+    serve_on(&["--redis-cluster", &cluster.seeds()], extra)
+}
+
+#[allow(clippy::zombie_processes)] // waited for in `Running::drop`
+fn serve_on(redis: &[&str], extra: &[&str]) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tierwise"))
         .args(["serve", "--listen", "127.0.0.1:0", "--no-watch", "--decision-log", "off"])
         .arg("--policies")
         .arg(common::root().join("policies"))
-        .args(["--redis", &redis.url(), "--cache-timeout-ms", &DEADLINE_MS.to_string()])
+        .args(redis)
+        .args(["--cache-timeout-ms", &DEADLINE_MS.to_string()])
         .args(extra)
         .env_remove("TIERWISE_ADMIN_TOKEN")
         .env_remove("TIERWISE_REDIS_URL")
+        .env_remove("TIERWISE_REDIS_CLUSTER")
+        .env("TIERWISE_LOG", "warn,tierwise::cli=info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -126,7 +140,7 @@ fn two_replicas_share_decisions_through_one_redis() {
         let mut con = redis.client();
         wait_until(Duration::from_secs(2), "latest decision in Redis", || {
             redis::cmd("EXISTS")
-                .arg("tierwise:v1:latest:enterprise:shared-1")
+                .arg("tierwise:v2:latest:{enterprise:shared-1}")
                 .query::<u64>(&mut con)
                 .unwrap()
                 == 1
@@ -146,7 +160,7 @@ fn two_replicas_share_decisions_through_one_redis() {
     let mut con = redis.client();
     wait_until(Duration::from_secs(2), "decision in Redis", || {
         !redis::cmd("KEYS")
-            .arg("tierwise:v1:acct:enterprise:*")
+            .arg("tierwise:v2:acct:enterprise:*")
             .query::<Vec<String>>(&mut con)
             .unwrap()
             .is_empty()
@@ -267,4 +281,87 @@ fn redis_killed_and_paused_under_requests_fails_nothing_and_comes_back() {
     );
     max_queued = max_queued.max(metric(&addr, "tierwise_cache_queued_writes"));
     assert!(max_queued <= 1024.0, "write queue at {max_queued} batches");
+}
+
+/// `/readyz`'s `cache` field.
+fn cache_state(addr: &str) -> String {
+    request(addr, "GET", "/readyz", None).json()["cache"].as_str().unwrap_or("").to_string()
+}
+
+#[test]
+fn readyz_tells_the_truth_about_redis_without_any_traffic() {
+    let mut redis = RedisServer::start();
+    let srv = serve(&redis, &[]);
+    let addr = srv.addr.clone();
+    // Only /readyz is asked from here on: no request reads or writes the cache.
+    let limit = Duration::from_secs(2);
+    redis.pause();
+    let t =
+        wait_until(limit, "degraded within 2 s of SIGSTOP", || cache_state(&addr) == "degraded");
+    println!("SIGSTOP: degraded after {t:?}");
+    redis.resume();
+    let t = wait_until(limit, "ok within 2 s of SIGCONT", || cache_state(&addr) == "ok");
+    println!("SIGCONT: ok after {t:?}");
+    redis.kill();
+    let t =
+        wait_until(limit, "degraded within 2 s of SIGKILL", || cache_state(&addr) == "degraded");
+    println!("SIGKILL: degraded after {t:?}");
+    let r = request(&addr, "GET", "/readyz", None);
+    assert_eq!(r.status, 200, "a sick cache is no reason to take the replica out: {}", r.body);
+    redis.restart();
+    let t = wait_until(limit, "ok within 2 s of a restart", || cache_state(&addr) == "ok");
+    println!("restart: ok after {t:?}");
+}
+
+#[test]
+fn two_replicas_on_a_cluster_share_decisions_and_survive_a_killed_master() {
+    let mut cluster = RedisCluster::start();
+    let a = serve_cluster(&cluster, &["--cache-always"]);
+    let b = serve_cluster(&cluster, &["--cache-always"]);
+    let body = json!({ "accounts": (0..12).map(|i| account(&format!("c{i}"), 90_000.0 * f64::from(i + 1))).collect::<Vec<_>>() });
+    let first = request(&a.addr, "POST", "/v1/evaluate", Some(&body));
+    assert_eq!(first.status, 200, "{}", first.body);
+    wait_until(Duration::from_secs(3), "a hit through B", || {
+        request(&b.addr, "POST", "/v1/evaluate", Some(&body)).hits() == 12
+    });
+    let latest = request(&b.addr, "GET", "/v1/accounts/c3/decision", None);
+    assert_eq!(latest.status, 200, "{}", latest.body);
+    assert_eq!(
+        latest.json()["decision"],
+        first.json()["accounts"][3],
+        "the latest decision A made, through B"
+    );
+    // Twelve accounts spread over the three shards: a batch touched each.
+    let owners: std::collections::BTreeSet<usize> =
+        cluster.keys().iter().filter(|k| k.contains(":acct:")).map(|k| cluster.owner(k)).collect();
+    assert_eq!(owners.len(), 3);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = load(&a.addr, &body, &stop);
+    workers.extend(load(&b.addr, &body, &stop));
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.kill(2);
+    let t = wait_until(Duration::from_secs(2), "degraded within 2 s of a master killed", || {
+        cache_state(&a.addr) == "degraded"
+    });
+    println!(
+        "master killed: degraded after {t:?}: {}",
+        request(&a.addr, "GET", "/readyz", None).body
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.restart(2, &[]);
+    cluster.wait_ok(Duration::from_secs(20));
+    let t = wait_until(Duration::from_secs(10), "ok after the master is back", || {
+        cache_state(&a.addr) == "ok" && cache_state(&b.addr) == "ok"
+    });
+    println!("master restarted: ok after {t:?}");
+    let before = lookups(&a.addr, "hit");
+    wait_until(Duration::from_secs(10), "hits again", || lookups(&a.addr, "hit") > before + 12);
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<(u16, Duration)> =
+        workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let failed = results.iter().filter(|(s, _)| *s != 200).count();
+    println!("{} requests through a killed master, {failed} failed", results.len());
+    assert!(results.len() > 20);
+    assert_eq!(failed, 0, "no failed request");
 }

@@ -105,3 +105,69 @@ fn the_image_layout_serves_with_the_images_environment() {
     let _ = child.wait();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// `deploy/kubernetes.yaml`: it parses; the probes hit routes the server answers; every
+/// `TIERWISE_*` variable and flag it sets is one `tierwise serve` reads; the ConfigMap's policy
+/// (with its items put in place) loads and passes its own test cases; the Service targets the
+/// container's port.
+#[test]
+fn the_kubernetes_example_is_consistent() {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(common::root().join("deploy/kubernetes.yaml")).unwrap();
+    let docs: Vec<serde_json::Value> = serde_norway::Deserializer::from_str(&text)
+        .map(|d| serde_json::Value::deserialize(d).unwrap())
+        .collect();
+    let kind = |k: &str| docs.iter().find(|d| d["kind"] == k).unwrap_or_else(|| panic!("no {k}"));
+    let (cm, dep, svc) = (kind("ConfigMap"), kind("Deployment"), kind("Service"));
+    let pod = &dep["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(c["args"], serde_json::json!(["serve"]));
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    let help =
+        Command::new(env!("CARGO_BIN_EXE_tierwise")).args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let mut env = std::collections::BTreeMap::new();
+    for e in c["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap();
+        if name != "TIERWISE_ADMIN_TOKEN" {
+            assert!(
+                help.contains(&format!("env: {name}")),
+                "`{name}` is not a variable of `tierwise serve`"
+            );
+        }
+        env.insert(name.to_string(), e["value"].as_str().unwrap_or("").to_string());
+    }
+    // The server itself answers the probes' paths, and is ready with this policy mounted.
+    let mount = c["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    assert!(
+        mount.starts_with(&env["TIERWISE_POLICIES"]),
+        "the ConfigMap is mounted under the policies folder"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(Path::new(mount).file_name().unwrap());
+    let items = pod["volumes"][0]["configMap"]["items"].as_array().unwrap();
+    for it in items {
+        let body = cm["data"][it["key"].as_str().unwrap()].as_str().unwrap();
+        let p = dir.join(it["path"].as_str().unwrap());
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    assert_eq!(Path::new(mount).file_name().unwrap(), env["TIERWISE_DEFAULT_POLICY"].as_str());
+    let out = Command::new(env!("CARGO_BIN_EXE_tierwise")).arg("test").arg(&dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "the ConfigMap's policy: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for route in ["/readyz", "/healthz"] {
+        assert!(
+            tierwise::http::openapi::document_json().contains(&format!("\"{route}\"")),
+            "{route}"
+        );
+    }
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], c["ports"][0]["name"]);
+    assert_eq!(svc["spec"]["selector"], dep["spec"]["selector"]["matchLabels"]);
+    assert!(env["TIERWISE_REDIS_CLUSTER"].split(',').all(|u| u.starts_with("redis://")));
+}

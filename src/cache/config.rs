@@ -9,8 +9,12 @@ pub const MAX_PER_KEY_ALLOWANCE: Duration = Duration::from_millis(200);
 /// The cache's settings. `Default` is the embedded in-process cache.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CacheConfig {
-    /// `redis://host:port/db` (or `rediss://`, `redis+unix://`); `None`: in-process memory.
+    /// `redis://host:port/db` (or `rediss://`, `redis+unix://`, `valkey://`); `None` and no
+    /// `redis_cluster`: in-process memory.
     pub redis_url: Option<String>,
+    /// A Redis (or Valkey) Cluster's seed nodes; used when not empty (`redis_url` is then
+    /// ignored: the CLI refuses both at once).
+    pub redis_cluster: Vec<String>,
     /// How long a decision or portfolio answer is kept. Entries are content-addressed and
     /// never stale; the TTL only bounds what Redis holds for snapshots nobody sends again.
     pub ttl: Duration,
@@ -26,9 +30,11 @@ pub struct CacheConfig {
     pub write_timeout: Duration,
     /// Consecutive failed or timed-out calls that open the breaker.
     pub breaker_failures: u32,
-    /// How long the breaker stays open before a background probe asks Redis again.
+    /// How often the health probe (`PING`, on a Cluster to every master, under `timeout`)
+    /// asks Redis, with or without traffic: a failed probe opens the breaker and shows in
+    /// `/readyz`; an answer closes it. So an open breaker lasts about this long.
     pub breaker_cooldown: Duration,
-    /// The deadline of a probe (`PING`); in the background, so longer than `timeout`.
+    /// How long connecting to a node may take (in the background: nobody waits for it).
     pub probe_timeout: Duration,
     /// Batches the write queue holds; a batch beyond is dropped and counted.
     pub queue_batches: usize,
@@ -47,6 +53,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             redis_url: None,
+            redis_cluster: Vec::new(),
             ttl: Duration::from_secs(3600),
             latest_ttl: Duration::from_secs(7 * 86_400),
             timeout: Duration::from_millis(25),
@@ -65,6 +72,15 @@ impl Default for CacheConfig {
 }
 
 impl CacheConfig {
+    /// Where the shared cache lives, if anywhere.
+    pub fn target(&self) -> Option<crate::redis_conn::Target> {
+        use crate::redis_conn::Target;
+        if !self.redis_cluster.is_empty() {
+            return Some(Target::Cluster(self.redis_cluster.clone()));
+        }
+        self.redis_url.clone().map(Target::Single)
+    }
+
     /// The deadline of a read of `keys` keys: `timeout`, plus `timeout_per_key` a key up to
     /// [`MAX_PER_KEY_ALLOWANCE`] (a 100k-account batch must not wait seconds on a hung Redis).
     pub fn read_deadline(&self, keys: usize) -> Duration {
@@ -88,6 +104,15 @@ pub struct CacheArgs {
     /// replica caches in its own memory.
     #[arg(long = "redis", env = "TIERWISE_REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
+    /// Share decisions through this Redis (or Valkey) Cluster, given by seed nodes
+    /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`; one reachable seed is enough).
+    #[arg(
+        long = "redis-cluster",
+        env = "TIERWISE_REDIS_CLUSTER",
+        value_name = "URL[,URL...]",
+        conflicts_with = "redis_url"
+    )]
+    pub redis_cluster: Option<String>,
     /// Seconds a decision or portfolio answer stays cached.
     #[arg(long, env = "TIERWISE_CACHE_TTL", value_name = "SECONDS", default_value_t = 3600)]
     pub cache_ttl: u64,
@@ -110,6 +135,11 @@ impl From<&CacheArgs> for CacheConfig {
     fn from(a: &CacheArgs) -> Self {
         CacheConfig {
             redis_url: a.redis_url.clone().filter(|u| !u.is_empty()),
+            redis_cluster: match a.redis_cluster.as_deref().map(crate::redis_conn::Target::cluster)
+            {
+                Some(crate::redis_conn::Target::Cluster(seeds)) => seeds,
+                _ => Vec::new(),
+            },
             ttl: Duration::from_secs(a.cache_ttl.max(1)),
             latest_ttl: Duration::from_secs(a.cache_latest_ttl.max(1)),
             timeout: Duration::from_millis(a.cache_timeout_ms.max(1)),

@@ -21,11 +21,14 @@
 //!   ([`Cache::put_many`]: one pipeline of `SET .. PX ttl`, the latest decisions included);
 //! - [`Cache::put_many`] never waits: it hands the batch to the writer and returns.
 //!
-//! Keys (all under `tierwise:v1:`; `:` and `%` inside names and ids are percent-encoded so a
-//! key reads back unambiguously):
-//! - `tierwise:v1:acct:{policy name}:{policy hash}:{snapshot digest}` — one decision;
-//! - `tierwise:v1:book:{policy name}:{policy hash}:{book digest}` — one portfolio answer;
-//! - `tierwise:v1:latest:{policy name}:{account id}` — the latest decision of an account.
+//! Keys (the layout of [`crate::redis_conn`]: all under `tierwise:v2:`; `%`, `:`, `{` and `}`
+//! inside names and ids are percent-encoded so a key reads back unambiguously and no name
+//! opens a hash tag):
+//! - `tierwise:v2:acct:<policy name>:<policy hash>:<snapshot digest>` — one decision;
+//! - `tierwise:v2:book:<policy name>:<policy hash>:<book digest>` — one portfolio answer;
+//! - `tierwise:v2:latest:{<policy name>:<account id>}` — the latest decision of an account,
+//!   under its account's hash tag (on a Redis Cluster, in the slot of everything else about
+//!   that account). Content-addressed entries have no tag: they spread over every shard.
 //!
 //! The policy's name is in the key as well as its hash because a decision names its policy:
 //! two folders with the same files (a `staging` copy) have one hash but answer differently.
@@ -57,7 +60,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Every key starts with this: the project, then the key layout's version.
-pub const KEY_PREFIX: &str = "tierwise:v1:";
+pub use crate::redis_conn::KEY_PREFIX;
+use crate::redis_conn::key_part;
 
 /// Every value stored in Redis starts with this: the value format's version. A value with
 /// another prefix is a miss (written by a newer or older tierwise sharing the Redis).
@@ -232,21 +236,6 @@ pub fn book_digest(records: &[Record]) -> Digest {
     Digest(h.0.finalize().into())
 }
 
-/// Percent-encodes `%` and `:` so a key's parts read back unambiguously.
-fn key_part(out: &mut String, s: &str) {
-    if !s.bytes().any(|b| b == b':' || b == b'%') {
-        out.push_str(s);
-        return;
-    }
-    for c in s.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            ':' => out.push_str("%3A"),
-            c => out.push(c),
-        }
-    }
-}
-
 /// The policy a decision was made under: its name and content hash.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PolicyId {
@@ -291,15 +280,9 @@ impl PolicyId {
     }
 }
 
-/// `tierwise:v1:latest:{policy}:{account id}`.
+/// `tierwise:v2:latest:{<policy>:<account id>}` (the account's hash tag).
 pub fn latest_key(policy: &str, account_id: &str) -> Key {
-    let mut s = String::with_capacity(KEY_PREFIX.len() + 8 + policy.len() + account_id.len());
-    s.push_str(KEY_PREFIX);
-    s.push_str("latest:");
-    key_part(&mut s, policy);
-    s.push(':');
-    key_part(&mut s, account_id);
-    Key(s.into())
+    Key(crate::redis_conn::account_key("latest", policy, account_id, "").into())
 }
 
 /// A cache key, exactly as stored in Redis (see the module docs for the layout).
@@ -451,13 +434,14 @@ pub trait Cache: Send + Sync {
     fn degraded(&self) -> Option<String>;
 }
 
-/// The cache the configuration asks for: Redis with a URL, else in-process memory. Must be
+/// The cache the configuration asks for: Redis with a URL or Cluster seeds, else in-process
+/// memory. Must be
 /// called inside a tokio runtime when a Redis URL is set (it spawns the writer task). Redis
 /// being down is not an error here (the cache starts degraded and picks Redis up when it
 /// answers); a malformed URL is.
 pub fn build(cfg: &CacheConfig) -> Result<Arc<dyn Cache>, CacheError> {
-    Ok(match &cfg.redis_url {
-        Some(url) => Arc::new(self::redis::RedisCache::connect(url, cfg)?),
+    Ok(match cfg.target() {
+        Some(target) => Arc::new(self::redis::RedisCache::connect_to(&target, cfg)?),
         None => Arc::new(memory::MemoryCache::new(cfg)),
     })
 }
@@ -599,15 +583,20 @@ mod tests {
         let d = Digest([0; 32]);
         assert_eq!(
             p.account_key(&d).as_str(),
-            format!("tierwise:v1:acct:enterprise:ab12:{}", "0".repeat(64))
+            format!("tierwise:v2:acct:enterprise:ab12:{}", "0".repeat(64))
         );
         assert_eq!(
             p.book_key(&d).as_str(),
-            format!("tierwise:v1:book:enterprise:ab12:{}", "0".repeat(64))
+            format!("tierwise:v2:book:enterprise:ab12:{}", "0".repeat(64))
         );
-        assert_eq!(p.latest_key("acme:001").as_str(), "tierwise:v1:latest:enterprise:acme%3A001");
+        assert_eq!(p.latest_key("acme:001").as_str(), "tierwise:v2:latest:{enterprise:acme%3A001}");
         assert_ne!(latest_key("a:b", "c"), latest_key("a", "b:c"));
-        assert_eq!(latest_key("a%3Ab", "c").as_str(), "tierwise:v1:latest:a%253Ab:c");
+        assert_eq!(latest_key("a%3Ab", "c").as_str(), "tierwise:v2:latest:{a%253Ab:c}");
+        assert_eq!(
+            PolicyId::new("p{x}", "h").account_key(&d).as_str(),
+            format!("tierwise:v2:acct:p%7Bx%7D:h:{}", "0".repeat(64)),
+            "no hash tag in a content-addressed key: it spreads over the shards"
+        );
         // Same files under two names: two keys (a decision names its policy).
         assert_ne!(PolicyId::new("staging", "ab12").account_key(&d), p.account_key(&d));
     }

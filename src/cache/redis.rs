@@ -1,28 +1,36 @@
 //! The Redis cache: shared by every replica, and never a reason to fail or slow a request.
 //!
-//! Three guards stand between a request and a sick Redis:
+//! It runs on a [`RedisConn`], so one server (`--redis`) or a Cluster (`--redis-cluster`)
+//! alike. Three guards stand between a request and a sick Redis:
 //! 1. **A deadline of our own** on every call ([`CacheConfig::read_deadline`], 25 ms by
-//!    default): redis-rs's [`ConnectionManager`] reconnects by itself, but a caller that
-//!    waits on it can wait out the whole reconnect backoff (seconds), and a paused Redis
-//!    (SIGSTOP, a stalled host) answers nothing at all. Past the deadline the call reads as
-//!    a miss and the request evaluates.
+//!    default): redis-rs reconnects by itself, but a caller that waits on it can wait out
+//!    the whole reconnect backoff (seconds), and a paused Redis (SIGSTOP, a stalled host)
+//!    answers nothing at all. Past the deadline the call reads as a miss and the request
+//!    evaluates.
 //! 2. **A circuit breaker**: after `breaker_failures` consecutive failed or timed-out calls
 //!    it opens and no request touches Redis (a dead Redis costs an atomic load per request).
-//!    After `breaker_cooldown` one background probe (`PING`, its own longer deadline) asks
-//!    again: an answer closes the breaker, silence opens it for another cool-down. The
-//!    cache starts half-open with such a probe, so a Redis that is down at start costs the
-//!    requests nothing either.
+//!    Every error counts: a refused connection, a timeout, and Redis's own error replies too
+//!    (`OOM`, `CROSSSLOT`, `CLUSTERDOWN`, `READONLY`): a cache that cannot store or answer is
+//!    not working, whoever is to blame.
 //! 3. **A bounded write queue**: [`Cache::put_many`] hands the batch to one writer task
 //!    (`try_send`, never waiting); a full queue, or an open breaker, drops the batch and
-//!    counts it. The writer merges what is queued into one pipeline.
+//!    counts it. The writer merges what is queued into one pipeline (one per shard).
 //!
-//! Reads are one `MGET` per batch; writes one pipeline of `SET key value PX ttl` per batch
-//! (latest decisions included, wrapped in `MULTI`/`EXEC`), so a batch costs a constant number
-//! of round trips.
+//! **A probe of its own**: every `breaker_cooldown` (1 s) a background task `PING`s Redis
+//! (on a Cluster every master) under the read deadline, with or without traffic. A failed
+//! probe opens the breaker at once (so `/readyz` says `degraded` within about a second of
+//! Redis becoming unreachable, even on an idle replica); an answer closes it. The cache
+//! starts half-open until the first probe answers, so a Redis that is down at start costs
+//! requests nothing. Every change of the breaker is logged.
+//!
+//! Reads are one `MGET` per batch on a single server, one pipeline of `GET`s per shard on
+//! a Cluster; writes one pipeline of `SET key value PX ttl` (on a single server wrapped in
+//! `MULTI`/`EXEC`, so a request's entries and latest decisions land together; on a Cluster
+//! one pipeline per shard), so a batch costs a constant number of round trips per shard.
 
 use super::{Cache, CacheConfig, CacheError, CacheStats, Counters, Key, VALUE_PREFIX, WriteBatch};
+use crate::redis_conn::{Options, RedisConn, Target};
 use ::redis::RedisResult;
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::future::Future;
@@ -30,7 +38,7 @@ use std::sync::atomic::{
     AtomicU8, AtomicU32, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
     Ordering::Release,
 };
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -45,17 +53,17 @@ pub struct RedisCache {
     tx: mpsc::Sender<Job>,
 }
 
-/// What the request path and the writer task share.
+/// What the request path, the writer task and the probe share.
 struct Shared {
-    /// Cheap to clone (an `Arc`); reconnects by itself after a lost connection.
-    conn: ConnectionManager,
+    /// Cheap to clone; reconnects by itself after a lost connection.
+    conn: RedisConn,
+    /// `Redis at ..` / `Redis Cluster (seeds ..)`, passwords redacted: for the logs.
+    target: String,
     cfg: CacheConfig,
     counters: Counters,
     breaker: Breaker,
     /// The last failure, for `/readyz` details. A std Mutex: nothing awaits while it is held.
     last_error: Mutex<Option<String>>,
-    /// Where probes run: [`Cache::available`] may be asked from a blocking-pool thread.
-    handle: tokio::runtime::Handle,
 }
 
 enum Job {
@@ -64,36 +72,34 @@ enum Job {
 }
 
 impl RedisCache {
-    /// A cache over the Redis at `url`. Connects lazily: Redis being down is not an error
-    /// (the cache starts degraded and picks Redis up when a probe gets an answer). Needs a
-    /// tokio runtime (it spawns the writer and the first probe).
+    /// A cache over the Redis at `url`, a single server.
     pub fn connect(url: &str, cfg: &CacheConfig) -> Result<Self, CacheError> {
+        Self::connect_to(&Target::Single(url.to_string()), cfg)
+    }
+
+    /// A cache over a single Redis or a Cluster. Connects lazily: Redis being down is not an
+    /// error (the cache starts degraded and picks Redis up when a probe gets an answer).
+    /// Needs a tokio runtime (it spawns the writer and the probe).
+    pub fn connect_to(target: &Target, cfg: &CacheConfig) -> Result<Self, CacheError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| CacheError::NoRuntime)?;
-        let bad = |e: ::redis::RedisError| CacheError::BadUrl {
-            url: redact(url),
-            message: e.to_string(),
-        };
-        let client = ::redis::Client::open(url).map_err(bad)?;
-        // Short reconnect backoff: the breaker's probe, not a waiting request, is what
-        // notices Redis is back, and it should find a fresh connection attempt under way.
-        let mcfg = ConnectionManagerConfig::new()
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500))
-            .set_connection_timeout(Some(cfg.probe_timeout))
-            .set_response_timeout(None);
-        let conn = ConnectionManager::new_lazy_with_config(client, mcfg).map_err(bad)?;
+        let conn = RedisConn::connect(target, &Options { connect_timeout: cfg.probe_timeout })
+            .map_err(|e| match e {
+                crate::redis_conn::ConnError::BadUrl { url, message } => {
+                    CacheError::BadUrl { url, message }
+                }
+                other => CacheError::BadUrl { url: String::new(), message: other.to_string() },
+            })?;
         let shared = Arc::new(Shared {
             conn,
+            target: target.describe(),
             cfg: cfg.clone(),
             counters: Counters::default(),
-            breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
+            breaker: Breaker::new(cfg.breaker_failures),
             last_error: Mutex::new(Some("connecting to redis".to_string())),
-            handle: handle.clone(),
         });
         let (tx, rx) = mpsc::channel(cfg.queue_batches.max(1));
         handle.spawn(writer(shared.clone(), rx));
-        handle.spawn(probe(shared.clone()));
+        handle.spawn(probe_loop(Arc::downgrade(&shared)));
         Ok(RedisCache { shared, tx })
     }
 
@@ -103,29 +109,28 @@ impl RedisCache {
     }
 }
 
-/// `redis://user:secret@host` without the secret, for error messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
-    }
-}
-
 impl Shared {
-    /// Whether a request may call Redis now; starts the probe when the cool-down is over.
-    fn admit(self: &Arc<Self>) -> bool {
-        match self.breaker.admit() {
-            Admit::Call => true,
-            Admit::Probe => {
-                self.handle.spawn(probe(self.clone()));
-                false
-            }
-            Admit::Skip => false,
-        }
+    /// Whether a request may call Redis now.
+    fn admit(&self) -> bool {
+        self.breaker.state.load(Acquire) == CLOSED
     }
 
     fn note(&self, message: String) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+    }
+
+    /// Counts a failed call; opens the breaker (and says so) at the threshold.
+    fn failed(&self, why: String) {
+        if self.breaker.failure() {
+            tracing::warn!(
+                target: "tierwise::cache",
+                redis = %self.target,
+                breaker = "open",
+                reason = %why,
+                "redis cache breaker opened: requests evaluate without the cache"
+            );
+        }
+        self.note(why);
     }
 
     /// Runs one Redis call under `deadline`, counting its failure for the breaker.
@@ -141,26 +146,18 @@ impl Shared {
             }
             Ok(Err(e)) => {
                 Counters::add(&self.counters.errors, 1);
-                self.note(format!("redis error: {e}"));
-                if answered(&e) {
-                    // Redis answered, with an error (OOM under `noeviction`, a read-only
-                    // replica): it costs no waiting, so it does not stop the reads.
-                    self.breaker.success();
-                } else {
-                    self.breaker.failure();
-                }
+                self.failed(format!("redis error: {e}"));
                 None
             }
             Err(_) => {
                 Counters::add(&self.counters.timeouts, 1);
-                self.note(format!("redis gave no answer within {} ms", deadline.as_millis()));
-                self.breaker.failure();
+                self.failed(format!("redis gave no answer within {} ms", deadline.as_millis()));
                 None
             }
         }
     }
 
-    async fn write(self: &Arc<Self>, batch: WriteBatch) {
+    async fn write(&self, batch: WriteBatch) {
         let n = batch.len();
         if n == 0 {
             return;
@@ -171,26 +168,67 @@ impl Shared {
         }
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
         let (ttl, latest_ttl) = (ms(self.cfg.ttl), ms(self.cfg.latest_ttl));
-        // MULTI/EXEC: one request's entries and latest decisions land together (a reader never
-        // sees a latest decision whose entry is missing), still one round trip.
-        let mut pipe = ::redis::pipe();
-        pipe.atomic();
+        let mut cmds = Vec::with_capacity(n);
         for (items, ttl) in [(&batch.entries, ttl), (&batch.latest, latest_ttl)] {
             for (k, v) in items {
-                pipe.cmd("SET").arg(k.as_str()).arg(encode(v)).arg("PX").arg(ttl).ignore();
+                let mut cmd = ::redis::cmd("SET");
+                cmd.arg(k.as_str()).arg(encode(v)).arg("PX").arg(ttl);
+                cmds.push((k.as_str().as_bytes(), cmd));
             }
         }
-        let mut conn = self.conn.clone();
-        match self.call(self.cfg.write_deadline(n), pipe.query_async::<()>(&mut conn)).await {
-            Some(()) => Counters::add(&self.counters.written, n),
+        // On a single server MULTI/EXEC: one request's entries and latest decisions land
+        // together (a reader never sees a latest decision whose entry is missing), still one
+        // round trip. On a Cluster one pipeline per shard.
+        let run = self.conn.run_by_shard(&cmds, true);
+        match self.call(self.cfg.write_deadline(n), run).await {
+            Some(_) => Counters::add(&self.counters.written, n),
             None => Counters::add(&self.counters.dropped_writes, n),
         }
     }
-}
 
-/// Whether the error is Redis's own answer rather than a broken or silent connection.
-fn answered(e: &::redis::RedisError) -> bool {
-    matches!(e.kind(), ::redis::ErrorKind::Server(_) | ::redis::ErrorKind::Extension)
+    /// One health probe: `PING` (every master of a Cluster) under the read deadline.
+    async fn probe(&self) {
+        let deadline = self.cfg.read_deadline(1).max(Duration::from_millis(1));
+        let failure = match tokio::time::timeout(deadline, self.conn.ping()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => {
+                Counters::add(&self.counters.errors, 1);
+                Some(format!("redis error: {e}"))
+            }
+            Err(_) => {
+                Counters::add(&self.counters.timeouts, 1);
+                Some(format!("redis gave no answer to a probe within {} ms", deadline.as_millis()))
+            }
+        };
+        let before = self.breaker.state();
+        match failure {
+            None => {
+                self.breaker.close();
+                if before != BreakerState::Closed {
+                    tracing::info!(
+                        target: "tierwise::cache",
+                        redis = %self.target,
+                        breaker = "closed",
+                        was = before.as_str(),
+                        "redis cache breaker closed: redis answers again"
+                    );
+                }
+            }
+            Some(why) => {
+                if self.breaker.open() {
+                    tracing::warn!(
+                        target: "tierwise::cache",
+                        redis = %self.target,
+                        breaker = "open",
+                        was = before.as_str(),
+                        reason = %why,
+                        "redis cache breaker opened: requests evaluate without the cache"
+                    );
+                }
+                self.note(why);
+            }
+        }
+    }
 }
 
 fn encode(v: &Bytes) -> Vec<u8> {
@@ -206,30 +244,16 @@ fn decode(v: Option<Vec<u8>>) -> Option<Bytes> {
     v.starts_with(VALUE_PREFIX).then(|| Bytes::from(v).slice(VALUE_PREFIX.len()..))
 }
 
-/// Asks Redis whether it answers, and closes or reopens the breaker accordingly.
-async fn probe(shared: Arc<Shared>) {
-    let mut conn = shared.conn.clone();
-    let deadline = shared.cfg.probe_timeout;
-    let ok =
-        match tokio::time::timeout(deadline, ::redis::cmd("PING").query_async::<String>(&mut conn))
-            .await
-        {
-            Ok(Ok(_)) => true,
-            Ok(Err(e)) => {
-                Counters::add(&shared.counters.errors, 1);
-                shared.note(format!("redis error: {e}"));
-                false
-            }
-            Err(_) => {
-                Counters::add(&shared.counters.timeouts, 1);
-                shared.note(format!(
-                    "redis gave no answer to a probe within {} ms",
-                    deadline.as_millis()
-                ));
-                false
-            }
-        };
-    shared.breaker.probe_result(ok);
+/// The health probe, every `breaker_cooldown`, for as long as the cache lives.
+async fn probe_loop(shared: Weak<Shared>) {
+    loop {
+        let Some(s) = shared.upgrade() else { return };
+        let every = s.cfg.breaker_cooldown.max(Duration::from_millis(10));
+        let started = Instant::now();
+        s.probe().await;
+        drop(s);
+        tokio::time::sleep(every.saturating_sub(started.elapsed())).await;
+    }
 }
 
 /// The one writer: queued batches, merged, one pipeline each round.
@@ -269,14 +293,8 @@ impl Cache for RedisCache {
             Counters::add(&s.counters.skipped, n);
             return vec![None; n];
         }
-        let mut cmd = ::redis::cmd("MGET");
-        for k in keys {
-            cmd.arg(k.as_str());
-        }
-        let mut conn = s.conn.clone();
-        let got: Option<Vec<Option<Vec<u8>>>> =
-            s.call(s.cfg.read_deadline(n), cmd.query_async(&mut conn)).await;
-        match got {
+        let raw: Vec<&[u8]> = keys.iter().map(|k| k.as_str().as_bytes()).collect();
+        match s.call(s.cfg.read_deadline(n), s.conn.get_many(&raw)).await {
             Some(values) if values.len() == n => {
                 let found: Vec<Option<Bytes>> = values.into_iter().map(decode).collect();
                 s.counters.count(&found);
@@ -323,9 +341,6 @@ impl Cache for RedisCache {
         st
     }
 
-    /// Starts the breaker's probe when the cool-down is over: a service that skips the cache
-    /// while this is `false` would otherwise never call Redis again, and the breaker, which
-    /// a call's `admit` moves to half-open, would stay open for good.
     fn available(&self) -> bool {
         self.shared.admit()
     }
@@ -348,38 +363,27 @@ const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
 
-enum Admit {
-    Call,
-    /// The cool-down is over and this caller is the one to start the probe.
-    Probe,
-    Skip,
-}
-
-/// Closed → open after `threshold` consecutive failures → half-open (one background probe)
-/// after `cooldown` → closed on the probe's answer, open again on its failure.
+/// Closed → open after `threshold` consecutive failed calls, or at once on a failed probe →
+/// closed when a probe gets an answer. Starts half-open: nothing known until the first probe.
 ///
-/// Only the probe moves the breaker out of open/half-open: a late answer to a call made
-/// before it opened changes nothing.
+/// Only the probe closes it: a late answer to a call made before it opened changes nothing.
 struct Breaker {
     /// Read on every request: an atomic, so a closed or open breaker costs one load.
     state: AtomicU8,
     failures: AtomicU32,
-    /// When it last opened; transitions happen under this lock.
-    opened_at: Mutex<Instant>,
+    /// Transitions happen under this lock (a std Mutex, never held across an await).
+    lock: Mutex<()>,
     threshold: u32,
-    cooldown: Duration,
     opened: AtomicU64,
 }
 
 impl Breaker {
-    /// Starts half-open: the first probe, spawned by [`RedisCache::connect`], decides.
-    fn new(threshold: u32, cooldown: Duration) -> Self {
+    fn new(threshold: u32) -> Self {
         Breaker {
             state: AtomicU8::new(HALF_OPEN),
             failures: AtomicU32::new(0),
-            opened_at: Mutex::new(Instant::now()),
+            lock: Mutex::new(()),
             threshold: threshold.max(1),
-            cooldown,
             opened: AtomicU64::new(0),
         }
     }
@@ -392,55 +396,39 @@ impl Breaker {
         }
     }
 
-    fn admit(&self) -> Admit {
-        match self.state.load(Acquire) {
-            CLOSED => Admit::Call,
-            OPEN => {
-                let at = self.opened_at.lock().unwrap_or_else(|p| p.into_inner());
-                if self.state.load(Acquire) == OPEN && at.elapsed() >= self.cooldown {
-                    self.state.store(HALF_OPEN, Release);
-                    Admit::Probe
-                } else {
-                    Admit::Skip
-                }
-            }
-            _ => Admit::Skip,
-        }
-    }
-
     fn success(&self) {
         if self.failures.load(Relaxed) != 0 {
             self.failures.store(0, Relaxed);
         }
     }
 
-    fn failure(&self) {
+    /// A failed call; `true` when this one opened the breaker.
+    fn failure(&self) -> bool {
         if self.state.load(Acquire) != CLOSED {
-            return;
+            return false;
         }
         if self.failures.fetch_add(1, AcqRel) + 1 >= self.threshold {
-            let mut at = self.opened_at.lock().unwrap_or_else(|p| p.into_inner());
-            if self.state.load(Acquire) == CLOSED {
-                *at = Instant::now();
-                self.failures.store(0, Relaxed);
-                self.state.store(OPEN, Release);
-                self.opened.fetch_add(1, Relaxed);
-            }
+            return self.open();
         }
+        false
     }
 
-    fn probe_result(&self, ok: bool) {
-        let mut at = self.opened_at.lock().unwrap_or_else(|p| p.into_inner());
+    /// Opens it (a failed probe, or the threshold); `true` when it was closed before.
+    fn open(&self) -> bool {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.failures.store(0, Relaxed);
-        if ok {
-            self.state.store(CLOSED, Release);
-        } else {
-            if self.state.load(Acquire) != OPEN {
-                self.opened.fetch_add(1, Relaxed);
-            }
-            *at = Instant::now();
-            self.state.store(OPEN, Release);
+        let was = self.state.swap(OPEN, AcqRel);
+        if was != OPEN {
+            self.opened.fetch_add(1, Relaxed);
         }
+        was == CLOSED
+    }
+
+    /// A probe got an answer.
+    fn close(&self) {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.failures.store(0, Relaxed);
+        self.state.store(CLOSED, Release);
     }
 }
 
@@ -451,35 +439,24 @@ mod tests {
 
     #[test]
     fn breaker_cycle() {
-        let b = Breaker::new(3, Duration::from_millis(30));
-        assert_eq!(b.state(), BreakerState::HalfOpen);
-        assert!(matches!(b.admit(), Admit::Skip));
-        b.probe_result(true);
+        let b = Breaker::new(3);
+        assert_eq!(b.state(), BreakerState::HalfOpen, "nothing known before the first probe");
+        b.close();
         assert_eq!(b.state(), BreakerState::Closed);
-        b.failure();
-        b.failure();
+        assert!(!b.failure());
+        assert!(!b.failure());
         b.success();
-        b.failure();
-        b.failure();
+        assert!(!b.failure());
+        assert!(!b.failure());
         assert_eq!(b.state(), BreakerState::Closed, "failures must be consecutive");
-        b.failure();
+        assert!(b.failure(), "the third in a row opens it");
         assert_eq!(b.state(), BreakerState::Open);
-        assert!(matches!(b.admit(), Admit::Skip));
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(matches!(b.admit(), Admit::Probe));
-        assert!(matches!(b.admit(), Admit::Skip), "one probe at a time");
-        assert_eq!(b.state(), BreakerState::HalfOpen);
         b.success(); // a late answer to an old call closes nothing
-        assert_eq!(b.state(), BreakerState::HalfOpen);
-        b.probe_result(false);
         assert_eq!(b.state(), BreakerState::Open);
+        assert!(!b.open(), "already open");
+        b.close();
+        assert!(b.open(), "a failed probe opens a closed breaker at once");
         assert_eq!(b.opened.load(Relaxed), 2);
-    }
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(redact("redis://user:secret@host:6379/0"), "redis://***@host:6379/0");
-        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
     }
 
     #[test]

@@ -190,8 +190,14 @@ fn run_inner(args: &DiffArgs, limits: &Limits) -> Result<ExitCode, ExitCode> {
         None
     };
     drop(text);
-    let what_if =
-        Pipeline::offline().what_if(&baseline, candidate, &before, after.as_deref(), None);
+    let what_if = Pipeline::offline().what_if(
+        &baseline,
+        candidate,
+        &before,
+        after.as_deref(),
+        None,
+        usize::MAX,
+    );
     let diff = what_if.diff;
     // Errors are part of the book, not of the change: say how many, as `eval` does.
     for (which, n) in [("baseline", what_if.errors.0), ("candidate", what_if.errors.1)] {

@@ -10,6 +10,7 @@ use tierwise::policy::Policy;
 use tierwise::script::Limits;
 use tierwise::service::{Loaded, Pipeline, encode};
 use tierwise::snapshot::{self, Format, Record};
+use tierwise::whatif::text::plain;
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutFormat {
@@ -270,7 +271,7 @@ fn write_portfolio(
                 writeln!(
                     out,
                     "{:<14} {:>8} {:>6.1}% {:>16.0}",
-                    t.id,
+                    plain(&t.id),
                     t.count,
                     t.share * 100.0,
                     t.revenue
@@ -293,13 +294,19 @@ fn write_portfolio(
                 writeln!(
                     out,
                     "manager {:<20} {:>4} accounts  {}",
-                    m.manager,
+                    plain(&m.manager),
                     m.count,
                     m.status.as_str()
                 )?;
             }
             for a in &s.portfolio_alerts {
-                writeln!(out, "portfolio alert [{:?}] {}: {}", a.severity, a.id, a.message)?;
+                writeln!(
+                    out,
+                    "portfolio alert [{:?}] {}: {}",
+                    a.severity,
+                    plain(&a.id),
+                    plain(&a.message)
+                )?;
             }
             Ok(())
         }
@@ -459,12 +466,12 @@ fn write_table(out: &mut impl Write, outcomes: &[Outcome], header: bool) -> std:
                 writeln!(
                     out,
                     "{:<20} {:>6.2}  {:<12} {:<12} {:<8} {}",
-                    d.id,
+                    plain(&d.id),
                     d.score,
-                    d.tier,
-                    d.previous_tier.as_deref().unwrap_or("-"),
+                    plain(&d.tier),
+                    plain(d.previous_tier.as_deref().unwrap_or("-")),
                     d.change.as_str(),
-                    alerts.join(",")
+                    plain(&alerts.join(","))
                 )?;
                 for r in seat_reasons(d) {
                     writeln!(out, "{:<22}{}: {}", "", r.code, r.message)?;
@@ -474,13 +481,13 @@ fn write_table(out: &mut impl Write, outcomes: &[Outcome], header: bool) -> std:
                 writeln!(
                     out,
                     "{:<20} {:>6}  {:<12} {:<12} {:<8} error {}: {}",
-                    id.as_deref().unwrap_or("?"),
+                    plain(id.as_deref().unwrap_or("?")),
                     "-",
                     "-",
                     "-",
                     "-",
                     error.code,
-                    error.message
+                    plain(&error.message)
                 )?;
             }
         }
@@ -510,13 +517,13 @@ fn write_csv(out: &mut impl Write, outcomes: &[Outcome], header: bool) -> std::i
             Outcome::Decision(d) => {
                 let alerts: Vec<&str> = d.alerts.iter().map(|a| &*a.id).collect();
                 w.write_record([
-                    d.id.as_str(),
+                    &*plain(&d.id),
                     &d.score.to_string(),
-                    &d.qualified_tier,
-                    d.previous_tier.as_deref().unwrap_or(""),
-                    &d.tier,
+                    &plain(&d.qualified_tier),
+                    &plain(d.previous_tier.as_deref().unwrap_or("")),
+                    &plain(&d.tier),
                     d.change.as_str(),
-                    &alerts.join(";"),
+                    &plain(&alerts.join(";")),
                     "",
                     "",
                 ])
@@ -524,7 +531,7 @@ fn write_csv(out: &mut impl Write, outcomes: &[Outcome], header: bool) -> std::i
             }
             Outcome::Error { id, error } => {
                 w.write_record([
-                    id.as_deref().unwrap_or(""),
+                    &*plain(id.as_deref().unwrap_or("")),
                     "",
                     "",
                     "",
@@ -532,7 +539,7 @@ fn write_csv(out: &mut impl Write, outcomes: &[Outcome], header: bool) -> std::i
                     "",
                     "",
                     error.code,
-                    &error.message,
+                    &plain(&error.message),
                 ])
                 .map_err(io)?;
             }

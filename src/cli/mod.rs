@@ -36,6 +36,21 @@ pub struct SandboxArgs {
     /// with 413 `too_many_accounts` before any is decided.
     #[arg(long, global = true, env = "TIERWISE_MAX_ACCOUNTS", default_value_t = 50_000)]
     max_accounts: usize,
+    /// Keys one account's `fields` may hold in an HTTP request (declared inputs or not; the
+    /// undeclared ones are skipped, not kept); more are refused with 413 `too_many_fields`.
+    #[arg(long, global = true, env = "TIERWISE_MAX_FIELDS", default_value_t = 1_000)]
+    max_fields: usize,
+    /// Alerts one account may raise; one more makes that account's error `output_limit`.
+    #[arg(long, global = true, env = "TIERWISE_MAX_ALERTS_PER_ACCOUNT", default_value_t = 32)]
+    max_alerts_per_account: usize,
+    /// Bytes of one rendered alert message; a longer one is cut and ends with `… [cut]`.
+    #[arg(long, global = true, env = "TIERWISE_MAX_MESSAGE_BYTES", value_parser = clap::value_parser!(u64).range(16..), default_value_t = 1024)]
+    max_message_bytes: u64,
+    /// Bytes one HTTP answer may hold; a larger one is refused with 413 `response_too_large`
+    /// (a dry run's candidate, whose alerts get a quarter of it, with 422
+    /// `candidate_output_limit` naming the alert that fans out).
+    #[arg(long, global = true, env = "TIERWISE_MAX_RESPONSE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    max_response_bytes: usize,
     /// Run every expression through rhai, never the native fast path (same results, slower;
     /// a switch to rule the fast path out when investigating).
     #[arg(long, global = true, env = "TIERWISE_NO_NATIVE")]
@@ -49,6 +64,10 @@ impl SandboxArgs {
             time_per_account: std::time::Duration::from_millis(self.time_per_account_ms),
             native: !self.no_native,
             max_accounts: self.max_accounts,
+            max_fields: self.max_fields,
+            max_alerts_per_account: self.max_alerts_per_account,
+            max_message_bytes: usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX),
+            max_response_bytes: self.max_response_bytes,
             ..Limits::default()
         }
     }

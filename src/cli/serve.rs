@@ -10,6 +10,7 @@ use tierwise::http::server::{ServerConfig, Stopped};
 use tierwise::http::{self, Config};
 use tierwise::script::Limits;
 use tierwise::service::Service;
+use tracing::{error, info, warn};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -70,11 +71,16 @@ pub struct ServeArgs {
     /// Async worker threads [default: one per core].
     #[arg(long, env = "TIERWISE_WORKERS")]
     workers: Option<usize>,
+    /// Log lines on standard error as `text` or `json` (one object a line); the level from
+    /// `TIERWISE_LOG` or `RUST_LOG` (default `info`: one access line per request).
+    #[arg(long, env = "TIERWISE_LOG_FORMAT", value_enum, default_value_t = tierwise::logging::LogFormat::Text)]
+    log_format: tierwise::logging::LogFormat,
     #[command(flatten)]
     cache: tierwise::cache::CacheArgs,
 }
 
 pub fn run(args: &ServeArgs, limits: &Limits) -> ExitCode {
+    tierwise::logging::init(args.log_format);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if let Some(n) = args.workers {
@@ -83,7 +89,7 @@ pub fn run(args: &ServeArgs, limits: &Limits) -> ExitCode {
     let rt = match rt.build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            error!("cannot start the async runtime: {e}");
             return ExitCode::from(2);
         }
     };
@@ -96,8 +102,8 @@ pub fn run(args: &ServeArgs, limits: &Limits) -> ExitCode {
 
 async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
     if !args.policies.is_dir() {
-        eprintln!(
-            "error: `{}` is not a folder of policies (use --policies or TIERWISE_POLICIES)",
+        error!(
+            "`{}` is not a folder of policies (use --policies or TIERWISE_POLICIES)",
             args.policies.display()
         );
         return ExitCode::from(2);
@@ -110,8 +116,8 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
     };
     http::log_reload(&outcomes);
     match service.ready() {
-        Ok(d) => eprintln!("tierwise: default policy `{d}`"),
-        Err(why) => eprintln!("tierwise: not ready: {why} (`{}`)", args.policies.display()),
+        Ok(d) => info!(default_policy = %d, "default policy `{d}`"),
+        Err(why) => warn!("not ready: {why} (`{}`)", args.policies.display()),
     }
 
     let _watcher = if args.no_watch {
@@ -124,7 +130,7 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
         ) {
             Ok(w) => Some(w),
             Err(e) => {
-                eprintln!("error: cannot watch `{}`: {e}", args.policies.display());
+                error!("cannot watch `{}`: {e}", args.policies.display());
                 return ExitCode::from(2);
             }
         }
@@ -133,7 +139,7 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
     let log = match DecisionLog::open(&args.decision_log) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: cannot open the decision log `{}`: {e}", args.decision_log);
+            error!("cannot open the decision log `{}`: {e}", args.decision_log);
             return ExitCode::from(2);
         }
     };
@@ -145,16 +151,17 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
         cache_always: args.cache.cache_always,
         dry_run_priority: args.dry_run_priority,
     };
-    let cache = match tierwise::cache::build(&tierwise::cache::CacheConfig::from(&args.cache)) {
+    let cache_config = tierwise::cache::CacheConfig::from(&args.cache);
+    let cache = match tierwise::cache::build(&cache_config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            error!("{e}");
             return ExitCode::from(2);
         }
     };
-    match &args.cache.redis_url {
-        Some(url) if !url.is_empty() => eprintln!("tierwise: cache in Redis at {}", redact(url)),
-        _ => eprintln!("tierwise: cache in memory ({} MiB)", args.cache.cache_memory_mb),
+    match cache_config.target() {
+        Some(t) => info!("cache in {}", t.describe()),
+        None => info!("cache in memory ({} MiB)", args.cache.cache_memory_mb),
     }
     let admin = config.admin_token.is_some();
     let log_closer = log.closer();
@@ -164,13 +171,13 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(&args.listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: cannot listen on `{}`: {e}", args.listen);
+            error!("cannot listen on `{}`: {e}", args.listen);
             return ExitCode::from(2);
         }
     };
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    eprintln!(
-        "tierwise: listening on http://{} (admin routes {})",
+    info!(
+        "listening on http://{} (admin routes {})",
         addr.map_or(args.listen.clone(), |a| a.to_string()),
         if admin { "enabled" } else { "disabled: no TIERWISE_ADMIN_TOKEN" }
     );
@@ -190,7 +197,7 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
     let signal = async move {
         shutdown_signal().await;
         state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
-        eprintln!("tierwise: shutting down; in-flight requests have {} ms", grace.as_millis());
+        info!("shutting down; in-flight requests have {} ms", grace.as_millis());
     };
     match http::server::serve(listener, app, &server, overloaded, signal).await {
         stopped @ (Stopped::Drained | Stopped::CutShort) => {
@@ -206,25 +213,15 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
                 Duration::from_millis(300)
             };
             if !log_closer.wait(wait) {
-                eprintln!("tierwise: the decision log's last lines may be missing");
+                warn!("the decision log's last lines may be missing");
             }
-            eprintln!("tierwise: stopped");
+            info!("stopped");
         }
         Stopped::Abandoned { connections } => {
-            eprintln!(
-                "tierwise: grace period over; stopping with {connections} connections still open"
-            );
+            warn!("grace period over; stopping with {connections} connections still open");
         }
     }
     ExitCode::SUCCESS
-}
-
-/// The URL without its password, for the log.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
-    }
 }
 
 /// ctrl-c or SIGTERM.

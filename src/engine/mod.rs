@@ -170,9 +170,15 @@ impl<'p> Ctx<'p> {
         })
     }
 
+    /// A message template, rendered and cut at the operator's `max_message_bytes` (with
+    /// [`script::CUT_MARKER`]): parts past the cut are not evaluated.
     pub fn render(&self, id: &str, t: &Template) -> Result<String, AccountError> {
-        let mut out = String::with_capacity(t.source.len() + 16);
+        let max = self.policy.limits.max_message_bytes;
+        let mut out = String::with_capacity((t.source.len() + 16).min(max + 8));
         for part in &t.parts {
+            if out.len() > max {
+                break;
+            }
             match part {
                 Part::Text(s) => out.push_str(s),
                 Part::Expr(e) => {
@@ -183,6 +189,7 @@ impl<'p> Ctx<'p> {
                 }
             }
         }
+        script::cut_message(&mut out, max);
         Ok(out)
     }
 
@@ -529,11 +536,29 @@ impl<'p> Ctx<'p> {
         let mut alerts = Vec::new();
         for a in p.alerts.iter().filter(|a| a.applies[s.tier]) {
             if self.condition(&s.account.id, &a.when)? {
-                alerts.push(AlertOut {
-                    id: a.key.clone(),
-                    severity: a.severity,
-                    message: self.render(&s.account.id, &a.message)?,
-                });
+                let rule = || format!("alerts.{}", a.id);
+                if alerts.len() >= p.limits.max_alerts_per_account {
+                    return Err(output_limit(
+                        &s.account.id,
+                        rule(),
+                        format!(
+                            "raises more than {} alerts, the limit per account; the first past it is `{}`",
+                            p.limits.max_alerts_per_account, a.key
+                        ),
+                    ));
+                }
+                let message = self.render(&s.account.id, &a.message)?;
+                if !script::note_output(a.key.len() + message.len() + ALERT_OVERHEAD, &rule()) {
+                    return Err(output_limit(
+                        &s.account.id,
+                        rule(),
+                        format!(
+                            "the answer would pass its limit of {} bytes; alert `{}` adds the most recent",
+                            p.limits.max_response_bytes, a.key
+                        ),
+                    ));
+                }
+                alerts.push(AlertOut { id: a.key.clone(), severity: a.severity, message });
             }
         }
         let next_tier = if s.tier > 0 {
@@ -577,6 +602,18 @@ impl<'p> Ctx<'p> {
                 .then(|| p.tiers[s.movement_tier].key.clone()),
         })
     }
+}
+
+/// Bytes an alert adds to an answer beyond its id and message (keys, severity, quotes).
+const ALERT_OVERHEAD: usize = 48;
+
+/// An account stopped by an output limit (`output_limit`): too many alerts, or an answer past
+/// its byte budget. Named after the rule that fans out, and counted like a sandbox limit.
+fn output_limit(id: &str, rule: String, why: String) -> AccountError {
+    script::note_limit_hit(id);
+    let mut e = AccountError::new(Some(id), "output_limit", format!("{why} (in `{rule}`)"));
+    e.rule = Some(rule);
+    e
 }
 
 /// Marks every record whose id appears more than once (`duplicate_id`).

@@ -19,6 +19,7 @@ use super::handlers::{account_list, lookup_error, parse_capped, read_accounts};
 use super::{ApiError, AppState, DryRunPriority, JsonBody};
 use crate::decision_log;
 use crate::engine::PolicyRef;
+use crate::policy::limits;
 use crate::policy::{self, Diagnostic, Files, overrides};
 use crate::service::candidate::{self, CandidateError, TestCases};
 use crate::whatif::{self, PolicyDiff, render};
@@ -32,10 +33,9 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// Most files a candidate folder may hold.
-pub const MAX_CANDIDATE_FILES: usize = 64;
-/// Most bytes the candidate's files may hold together (paths and texts).
-pub const MAX_CANDIDATE_BYTES: usize = 1024 * 1024;
+pub use crate::policy::limits::{MAX_CANDIDATE_BYTES, MAX_CANDIDATE_FILES};
+/// Most accounts the markdown and table forms may be asked to list.
+pub const MAX_TOP: u32 = 10_000;
 /// Accounts the markdown and table forms list by default (JSON lists every one).
 const DEFAULT_TOP: usize = 20;
 
@@ -48,21 +48,23 @@ pub struct DryRunRequest<'a> {
     #[serde(default)]
     pub baseline: Option<String>,
     /// A whole candidate policy folder, sent inline.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::jsonmap::object_opt")]
     pub candidate: Option<CandidateFolder>,
     /// Values of `policy.toml` to change, by path (`"tiers.key.min_score": 7.0`,
     /// `"score.criteria[id=revenue].weight": 5`): applied to the candidate's files when a
     /// candidate is sent, else to the baseline's own files. A path that names nothing is a
     /// 422 `invalid_override` with a "did you mean".
-    #[serde(default)]
+    #[serde(default, borrow, deserialize_with = "crate::jsonmap::unique_opt")]
     #[schemars(with = "Option<BTreeMap<String, Value>>")]
-    pub overrides: Option<serde_json::Map<String, Value>>,
+    #[schemars(extend("maxProperties" = limits::MAX_CANDIDATE_FILES))]
+    pub overrides: Option<BTreeMap<String, &'a RawValue>>,
     /// `json` (the default), `markdown` (a pull-request comment, `text/markdown`) or `table`
     /// (`text/plain`); `?format=` in the query does the same.
     #[serde(default)]
     pub format: Option<DiffFormat>,
     /// How many changed accounts the markdown and table forms list (default 20; JSON lists all).
     #[serde(default)]
+    #[schemars(range(max = MAX_TOP))]
     pub top: Option<u32>,
     /// `as_of` (`YYYY-MM-DD`) for the accounts that carry none.
     #[serde(default)]
@@ -88,9 +90,12 @@ fn something_to_compare(s: &mut schemars::Schema) {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CandidateFolder {
-    /// Relative path → text. Only `policy.toml`, `scripts/NAME.rhai` and `tests/NAME.toml`;
-    /// at most 64 files and 1 MiB in all.
+    /// Relative path → text. Only `policy.toml` (required), `scripts/NAME.rhai` and
+    /// `tests/NAME.toml`; at most 64 files and 1 MiB in all (with the overrides).
     #[schemars(extend("maxProperties" = MAX_CANDIDATE_FILES))]
+    #[schemars(extend("required" = ["policy.toml"]))]
+    #[schemars(extend("propertyNames" = { "pattern": CANDIDATE_PATH_PATTERN }))]
+    #[serde(deserialize_with = "crate::jsonmap::unique")]
     pub files: BTreeMap<String, String>,
 }
 
@@ -208,6 +213,9 @@ fn pool(priority: DryRunPriority) -> Option<&'static rayon::ThreadPool> {
         .as_ref()
 }
 
+/// The file names [`path_problem`] accepts, as the schema says them.
+const CANDIDATE_PATH_PATTERN: &str = r"^(policy\.toml|scripts/[A-Za-z0-9_-][A-Za-z0-9_.-]*\.rhai|tests/[A-Za-z0-9_-][A-Za-z0-9_.-]*\.toml)$";
+
 fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
 }
@@ -279,18 +287,13 @@ fn path_problem(path: &str) -> Option<&'static str> {
     None
 }
 
-/// The candidate's files, checked: size first (413), then every path (400).
+/// A candidate over [`limits::check_candidate`]'s budget: 413, as every "too much content".
+fn too_large(e: limits::TooLarge) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.code, e.message).details(e.details)
+}
+
+/// The candidate's files, checked (their size was, with the overrides): every path (400).
 fn candidate_files(c: &CandidateFolder) -> Result<Files, ApiError> {
-    let bytes: usize = c.files.iter().map(|(p, t)| p.len() + t.len()).sum();
-    if c.files.len() > MAX_CANDIDATE_FILES || bytes > MAX_CANDIDATE_BYTES {
-        let what = if c.files.len() > MAX_CANDIDATE_FILES {
-            format!("{} files, more than the limit of {MAX_CANDIDATE_FILES}", c.files.len())
-        } else {
-            format!("{bytes} bytes, more than the limit of {MAX_CANDIDATE_BYTES}")
-        };
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "candidate_too_large", format!("the candidate folder holds {what}"))
-            .details(json!({ "files": c.files.len(), "max_files": MAX_CANDIDATE_FILES, "bytes": bytes, "max_bytes": MAX_CANDIDATE_BYTES })));
-    }
     let bad: Vec<Value> = c
         .files
         .keys()
@@ -370,6 +373,27 @@ fn candidate_error(e: CandidateError) -> ApiError {
     }
 }
 
+/// 422 `candidate_output_limit`: the candidate's alerts fan out past the output budget (too
+/// many on one account, or too many bytes over the book), naming the rule.
+fn candidate_output_limit(rule: &str, tripped: &[&whatif::FailureDelta], limit: usize) -> ApiError {
+    let first = tripped.iter().find(|f| f.error.code == "output_limit");
+    let why = first
+        .map(|f| format!("; first: `{}`: {}", f.id.as_deref().unwrap_or("?"), f.error.message))
+        .unwrap_or_default();
+    let examples: Vec<Value> = tripped
+        .iter()
+        .filter(|f| f.error.code == "output_limit")
+        .take(5)
+        .map(|f| json!({ "id": f.id, "record": f.record, "error": f.error }))
+        .collect();
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "candidate_output_limit",
+        format!("the candidate policy's `{rule}` fans out past the output limits (alerts per account, or {limit} bytes of alerts over the book){why}"),
+    )
+    .details(json!({ "rule": rule, "limit_bytes": limit, "examples": examples }))
+}
+
 fn candidate_invalid(report: policy::Report, with_overrides: bool) -> ApiError {
     let n = report.errors().count();
     let first = report
@@ -404,20 +428,41 @@ fn run(
         }
         (a, b) => a.or(b).unwrap_or(DiffFormat::Json),
     };
+    // Each is checked, whichever is used: the query's wins, the body's must still be valid.
+    if let Some(t) = [q_top, req.top].into_iter().flatten().find(|t| *t > MAX_TOP) {
+        return Err(bad_request(format!("`top` is at most {MAX_TOP}, got {t}")));
+    }
     let top = q_top.or(req.top).map_or(DEFAULT_TOP, |t| t as usize);
     if req.candidate.is_none() && req.overrides.is_none() {
         return Err(bad_request(
             "nothing to compare: send `candidate` (a policy folder's files), `overrides`, or both",
         ));
     }
-    // The candidate's own limits come before any lookup or parsing of its content.
+    // The candidate's own limits come before any lookup or parsing of its content: files
+    // and overrides against one budget.
+    let size =
+        limits::check_candidate(req.candidate.as_ref().map(|c| &c.files), req.overrides.as_ref())
+            .map_err(too_large)?;
+    let candidate_digest =
+        limits::digest_of(req.candidate.as_ref().map(|c| &c.files), req.overrides.as_ref());
     let sent = req.candidate.as_ref().map(candidate_files).transpose()?;
     let baseline = app.service.policy(req.baseline.as_deref()).map_err(lookup_error)?;
 
     let sent_files = sent.is_some();
     let files = sent.unwrap_or_else(|| (*baseline.files).clone());
     let list = match &req.overrides {
-        Some(map) => Some(overrides::from_json_map(map).map_err(override_error)?),
+        Some(raw) => {
+            let mut map = serde_json::Map::new();
+            for (k, v) in raw {
+                let v: Value = serde_json::from_str(v.get()).map_err(|e| {
+                    let msg = e.to_string();
+                    let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m);
+                    bad_request(format!("override `{k}`: {msg}"))
+                })?;
+                map.insert(k.clone(), v);
+            }
+            Some(overrides::from_json_map(&map).map_err(override_error)?)
+        }
         None => None,
     };
     // The service's sandbox, plus a budget for the whole candidate: past the request timeout
@@ -426,10 +471,31 @@ fn run(
     let limits = crate::script::Limits { until, ..app.service.limits().clone() };
     let cand = candidate::build(&baseline.policy.name, files, sent_files, list.as_deref(), &limits)
         .map_err(candidate_error)?;
-    let mut records = read_accounts(&req.accounts);
+    let (mut records, _skipped) = read_accounts(
+        &req.accounts,
+        &[&baseline.policy, &cand.policy],
+        app.service.limits().max_fields,
+    )?;
     super::handlers::apply_as_of(&mut records, req.as_of.as_deref())?;
-    let what_if = app.pipeline.what_if(&baseline.policy, &cand.policy, &records, None, until);
+    let max_out = app.service.limits().max_response_bytes;
+    let what_if =
+        app.pipeline.what_if(&baseline.policy, &cand.policy, &records, None, until, max_out);
     drop(records);
+    if let Some(rule) = &what_if.baseline_over {
+        // The served policy itself fans out over this book: the same 413 a live request gets.
+        return Err(ApiError::response_too_large(max_out, Some(rule)));
+    }
+    // A candidate that runs into the sandbox on live data (an endless loop, runaway recursion,
+    // a string or map without bound, alerts past the output budget) could never go live:
+    // refuse it, with its places.
+    let tripped: Vec<&whatif::FailureDelta> = what_if.tripped.iter().collect();
+    if let Some(rule) = &what_if.candidate_over {
+        return Err(candidate_output_limit(rule, &tripped, what_if.candidate_limit));
+    }
+    if let Some(f) = tripped.iter().find(|f| f.error.code == "output_limit") {
+        let rule = f.error.rule.clone().unwrap_or_default();
+        return Err(candidate_output_limit(&rule, &tripped, what_if.candidate_limit));
+    }
     if !what_if.tripped.is_empty() {
         return Err(candidate_unsafe(&what_if.tripped));
     }
@@ -443,11 +509,15 @@ fn run(
     app.log.record_dry_run(&decision_log::DryRun {
         ts: crate::service::timestamp(std::time::SystemTime::now()),
         decision_id: &decision_id,
+        request_id: None,
         level: "dry_run",
         dry_run: true,
         policy: &baseline.pref,
         candidate: &diff.candidate,
-        overrides: &applied,
+        candidate_digest: &candidate_digest,
+        candidate_bytes: size.bytes,
+        files: size.files,
+        overrides: size.overrides,
         duration_ms: start.elapsed().as_secs_f64() * 1e3,
         summary: &diff.summary,
     });

@@ -14,10 +14,10 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct ErrorBody {
     /// Stable machine code: `malformed_json`, `invalid_request`, `unsupported_media_type`,
-    /// `payload_too_large`, `too_many_accounts`, `unknown_policy`, `policy_unavailable`, `no_default_policy`,
+    /// `payload_too_large`, `too_many_accounts`, `too_many_fields`, `response_too_large`, `unknown_policy`, `policy_unavailable`, `no_default_policy`,
     /// `unknown_schema`, `not_found`, `method_not_allowed`, `unauthorized`, `forbidden`,
     /// (dry runs) `bad_candidate_path`, `candidate_too_large`, `candidate_invalid`, `invalid_override`,
-    /// `candidate_sandbox_limit`, `overloaded`, `timeout`, `body_timeout` (408: the body did not arrive in time),
+    /// `candidate_sandbox_limit`, `candidate_output_limit`, `overloaded`, `timeout`, `body_timeout` (408: the body did not arrive in time),
     /// `shutting_down` (503: the process stopped before the answer was ready), `not_ready`, `unknown_account`, `cache_unavailable`, `internal`.
     pub code: &'static str,
     pub message: String,
@@ -70,7 +70,7 @@ impl ApiError {
 
     /// A failure of ours: logged in full, answered without its text.
     pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
-        eprintln!("tierwise: internal error: {context}: {err}");
+        tracing::error!(context, "internal error: {context}: {err}");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -101,6 +101,21 @@ impl ApiError {
             format!("the request body is larger than the limit of {limit} bytes"),
         )
         .details(serde_json::json!({ "limit_bytes": limit }))
+    }
+
+    /// An answer that would pass the output budget (`max_response_bytes`); `rule` is the one
+    /// whose output passed it, when the policy's alerts did.
+    pub fn response_too_large(limit: usize, rule: Option<&str>) -> Self {
+        let why = match rule {
+            Some(r) => format!("; `{r}` fans out (it raised the alerts that passed it)"),
+            None => String::new(),
+        };
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "response_too_large",
+            format!("the answer would be larger than the limit of {limit} bytes{why}; send fewer accounts per request (the limit is TIERWISE_MAX_RESPONSE_BYTES)"),
+        )
+        .details(serde_json::json!({ "limit_bytes": limit, "rule": rule }))
     }
 
     pub fn overloaded() -> Self {

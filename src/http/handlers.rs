@@ -6,7 +6,7 @@ use crate::cache;
 use crate::engine::{Outcome, PolicyRef, Summary};
 use crate::policy::{InputType, Scalar};
 use crate::service::{
-    self, Entry, Level, Loaded, Lookup, PipelineError, ReloadError, ReloadOutcome,
+    self, Entry, Level, Loaded, Lookup, PipelineError, ReloadError, ReloadOutcome, Request,
 };
 use crate::snapshot::{self, Record};
 use axum::body::Bytes;
@@ -78,6 +78,14 @@ pub(super) fn parse_capped<'a, T: Deserialize<'a>>(
     OVER_CAP.set(false);
     let parsed = parse(body);
     ACCOUNT_CAP.set(usize::MAX);
+    if parsed.is_ok() && body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        // serde's derived structs take an array of their fields too; the schema says object.
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "the body must be a JSON object (see /openapi.json)",
+        ));
+    }
     if OVER_CAP.replace(false) {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -141,17 +149,19 @@ pub struct PortfolioResponse<'a> {
 pub async fn evaluate(
     State(app): State<AppState>,
     deadline: Deadline,
+    rid: super::RequestId,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    run_evaluation(app, body.0, Level::Account, deadline).await
+    run_evaluation(app, body.0, Level::Account, deadline, rid).await
 }
 
 pub async fn portfolio(
     State(app): State<AppState>,
     deadline: Deadline,
+    rid: super::RequestId,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    run_evaluation(app, body.0, Level::Portfolio, deadline).await
+    run_evaluation(app, body.0, Level::Portfolio, deadline, rid).await
 }
 
 /// Why an evaluation request has no answer: its own fault (parsing, policy lookup), or the
@@ -179,30 +189,47 @@ async fn run_evaluation(
     body: Bytes,
     level: Level,
     deadline: Deadline,
+    rid: super::RequestId,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
     // Every evaluation of this request stops at the request timeout, on whichever thread.
-    let budget = crate::script::Budget::new(Some(deadline.0));
+    let budget = crate::script::Budget::with_output(
+        Some(deadline.0),
+        app.service.limits().max_response_bytes,
+    );
     let inline = body.len() <= INLINE_MAX_BYTES && level == Level::Account;
     let app2 = app.clone();
+    // Keys of `fields` no input declares: skipped while parsing, counted for the header.
+    let skipped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let skipped2 = skipped.clone();
     let input = move || {
-        let req: EvaluateRequest<'_> = parse_capped(&body, app2.service.limits().max_accounts)?;
+        let limits = app2.service.limits();
+        let req: EvaluateRequest<'_> = parse_capped(&body, limits.max_accounts)?;
         let loaded = app2.service.policy(req.policy.as_deref()).map_err(lookup_error)?;
-        let mut records = read_accounts(&req.accounts);
+        let (mut records, n) = read_accounts(&req.accounts, &[&loaded.policy], limits.max_fields)?;
+        skipped2.store(n, std::sync::atomic::Ordering::Relaxed);
         apply_as_of(&mut records, req.as_of.as_deref())?;
         Ok((loaded, records))
     };
-    let done = match app.pipeline.answer(level, budget, start, inline, input).await {
+    let done = match app
+        .pipeline
+        .answer(Request { level, budget, start, inline, request_id: Some(rid.0) }, input)
+        .await
+    {
         Ok(done) => done,
         Err(Failed::Request(e)) => return Err(e),
         // Past the request timeout: the client has its 503 already.
         Err(Failed::Pipeline(PipelineError::Timeout)) => {
             return Err(ApiError::timeout(app.config.request_timeout));
         }
+        Err(Failed::Pipeline(PipelineError::ResponseTooLarge { limit, rule })) => {
+            return Err(ApiError::response_too_large(limit, rule.as_deref()));
+        }
         Err(Failed::Pipeline(PipelineError::Internal { what, detail })) => {
             return Err(ApiError::internal(what, detail));
         }
     };
+    let skipped = skipped.load(std::sync::atomic::Ordering::Relaxed);
     let m = match level {
         Level::Account => &app.metrics.account,
         Level::Portfolio => &app.metrics.portfolio,
@@ -221,6 +248,10 @@ async fn run_evaluation(
         h.insert("x-policy-hash", v);
     }
     h.insert("x-cache-hits", HeaderValue::from(done.hits));
+    if skipped > 0 {
+        // Told, not kept: the values were never stored, only counted.
+        h.insert("x-undeclared-fields", HeaderValue::from(skipped));
+    }
     Ok(res)
 }
 
@@ -256,6 +287,17 @@ pub async fn latest_decision(
     let q = query.map_err(|e| {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.body_text())
     })?;
+    if id.len() > snapshot::MAX_ID_BYTES {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!(
+                "the account id is {} bytes long, more than the limit of {}",
+                id.len(),
+                snapshot::MAX_ID_BYTES
+            ),
+        ));
+    }
     let loaded = app.service.policy(q.policy.as_deref()).map_err(lookup_error)?;
     let name = &*loaded.cache_id.name;
     let active = &*loaded.cache_id.hash;
@@ -313,31 +355,41 @@ pub(super) fn apply_as_of(records: &mut [Record], as_of: Option<&str>) -> Result
 /// Accounts per parallel parsing chunk.
 const PARSE_CHUNK: usize = 512;
 
-/// The snapshots of `accounts`, parsed on every core when there are many. A bad element is
-/// that account's error, made by [`snapshot::read_json`] itself so it reads the same as on
-/// the command line.
-pub(super) fn read_accounts(items: &[&RawValue]) -> Vec<Record> {
+/// The snapshots of `accounts`, parsed on every core when there are many, keeping of each
+/// `fields` only the keys `inputs` declares (the rest are skipped while parsing, never
+/// stored); also how many were skipped. A bad element is that account's error. An account
+/// with more keys than the limit makes the request a 413 `too_many_fields`.
+pub(super) fn read_accounts(
+    items: &[&RawValue],
+    inputs: &[&crate::policy::Policy],
+    max_fields: usize,
+) -> Result<(Vec<Record>, usize), ApiError> {
     use rayon::prelude::*;
-    let one = |i: usize, raw: &RawValue| -> Record {
-        serde_json::from_str::<snapshot::Snapshot>(raw.get()).or_else(|_| {
-            // The rare path: let the snapshot reader explain, then give the position.
-            let mut r = snapshot::read_json(&format!("[{}]", raw.get()))
-                .ok()
-                .and_then(|mut v| v.pop())
-                .unwrap_or_else(|| {
-                    Err(crate::snapshot::AccountError::new(None, "bad_record", "not a snapshot"))
-                });
-            if let Err(e) = &mut r {
-                e.record = Some(i + 1);
-            }
-            r
-        })
-    };
-    if items.len() > PARSE_CHUNK {
+    let keep = |k: &str| inputs.iter().any(|p| p.inputs.iter().any(|i| i.name == k));
+    let filter = snapshot::FieldFilter { keep: &keep, max_fields };
+    let one = |i: usize, raw: &RawValue| snapshot::parse_filtered(raw.get(), i + 1, &filter);
+    let parsed: Vec<(Record, usize)> = if items.len() > PARSE_CHUNK {
         items.par_iter().enumerate().with_min_len(PARSE_CHUNK).map(|(i, raw)| one(i, raw)).collect()
     } else {
         items.iter().enumerate().map(|(i, raw)| one(i, raw)).collect()
+    };
+    let skipped = parsed.iter().map(|(_, n)| n).sum();
+    if let Some(e) = parsed.iter().find_map(|(r, _)| match r {
+        Err(e) if e.code == snapshot::TOO_MANY_FIELDS => Some(e),
+        _ => None,
+    }) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_fields",
+            format!(
+                "account {} (record {}) has more than {max_fields} keys in `fields`; send only the policy's inputs (the limit is TIERWISE_MAX_FIELDS)",
+                e.id.as_deref().map_or("?".to_string(), |id| format!("`{id}`")),
+                e.record.unwrap_or(0)
+            ),
+        )
+        .details(serde_json::json!({ "limit_fields": max_fields, "record": e.record })));
     }
+    Ok((parsed.into_iter().map(|(r, _)| r).collect(), skipped))
 }
 
 fn write_json<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) -> Result<(), ApiError> {
@@ -530,8 +582,12 @@ pub struct ReloadResponse {
     pub outcomes: Vec<ReloadOutcome>,
 }
 
-pub async fn reload(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&app, &headers)?;
+pub async fn reload(
+    State(app): State<AppState>,
+    peer: Option<axum::Extension<super::throttle::Peer>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers, peer.map(|p| p.0.0))?;
     let svc = app.service.clone();
     let outcomes = tokio::task::spawn_blocking(move || svc.reload())
         .await
@@ -540,19 +596,27 @@ pub async fn reload(State(app): State<AppState>, headers: HeaderMap) -> Result<R
     Ok(json(StatusCode::OK, &ReloadResponse { outcomes }))
 }
 
-/// One stderr line per policy a reload changed or rejected.
+/// One log line per policy a reload changed or rejected.
 pub fn log_reload(outcomes: &[ReloadOutcome]) {
     for o in outcomes {
         match &o.error {
-            Some(e) => eprintln!(
-                "tierwise: policy `{}` {}: {} (still serving: {})",
+            Some(e) => tracing::warn!(
+                target: "tierwise::reload",
+                policy = %o.policy,
+                result = o.result,
+                code = e.code,
+                "policy `{}` {}: {} (still serving: {})",
                 o.policy,
                 o.result,
                 e.message,
                 o.hash.as_deref().map_or("none", |h| h.get(..12).unwrap_or(h))
             ),
-            None => eprintln!(
-                "tierwise: policy `{}` {} {}",
+            None => tracing::info!(
+                target: "tierwise::reload",
+                policy = %o.policy,
+                result = o.result,
+                hash = o.hash.as_deref().unwrap_or(""),
+                "policy `{}` {} {}",
                 o.policy,
                 o.result,
                 o.hash.as_deref().map_or("", |h| h.get(..12).unwrap_or(h))
@@ -565,7 +629,11 @@ pub fn log_reload(outcomes: &[ReloadOutcome]) {
 /// scheme, an empty token, a header that is not visible ASCII), 403 for a wrong one. Only
 /// SHA-256 digests are compared, in constant time: neither the token's bytes nor its length
 /// leak through timing. No answer repeats what was sent.
-fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+fn authorize(
+    app: &AppState,
+    headers: &HeaderMap,
+    peer: Option<std::net::IpAddr>,
+) -> Result<(), ApiError> {
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
     let Some(want) = &app.admin_digest else {
@@ -583,10 +651,19 @@ fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         )
         .challenge("Bearer"));
     };
+    if let Err(wait) = app.auth_throttle.check(peer) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            format!("too many wrong admin tokens from this address; retry in {wait} s"),
+        )
+        .retry_after(wait));
+    }
     let got: [u8; 32] = Sha256::digest(given.as_bytes()).into();
     if bool::from(got.ct_eq(want)) {
         Ok(())
     } else {
+        app.auth_throttle.failed(peer);
         Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the admin token is wrong"))
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! [`app`] builds the whole router from an [`App`], so tests drive it with
 //! `tower::ServiceExt::oneshot` and no socket. Layers, outermost first:
-//! metrics (every answer is counted, errors by code) → catch panic (a 500 `internal`, not a
+//! observe (the request id — the caller's `x-request-id`, bounded and sanitised, or a new
+//! one — echoed in the answer and carried by a `request` span into every log line of the
+//! request and into its decision-log record; the access log line; every answer counted,
+//! errors by code) → catch panic (a 500 `internal`, not a
 //! dropped connection) → body limit (every route, by
 //! `Content-Length` and while reading) → for `/v1/*` only: concurrency limit (503 +
 //! `Retry-After` when saturated) → timeout. Probes and `/metrics` stay outside the
@@ -13,6 +16,7 @@ mod error;
 mod handlers;
 pub mod openapi;
 pub mod server;
+pub mod throttle;
 
 pub use dryrun::{MAX_CANDIDATE_BYTES, MAX_CANDIDATE_FILES};
 pub use error::{ApiError, ErrorBody, ErrorCode};
@@ -97,6 +101,8 @@ pub struct App {
     pub draining: std::sync::atomic::AtomicBool,
     /// SHA-256 of the admin token: comparing digests in constant time hides the length too.
     admin_digest: Option<[u8; 32]>,
+    /// Wrong admin tokens per client, rate-limited.
+    auth_throttle: throttle::AuthThrottle,
     /// Rendered once: they only change with the binary.
     openapi: Bytes,
     schemas: Vec<(&'static str, Bytes)>,
@@ -138,6 +144,7 @@ impl App {
             metrics: Metrics::new(),
             log,
             admin_digest,
+            auth_throttle: throttle::AuthThrottle::default(),
             openapi: Bytes::from(openapi::document_json()),
             schemas,
         })
@@ -202,7 +209,7 @@ pub fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(state.clone(), body_limit))
         .layer(middleware::from_fn(catch_panic))
-        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
@@ -237,8 +244,57 @@ async fn catch_panic(req: Request, next: Next) -> Response {
     }
 }
 
-/// Counts every answer by route, method and status, its latency, and errors by code.
-async fn record_metrics(State(app): State<AppState>, req: Request, next: Next) -> Response {
+/// The id of one request: the caller's `x-request-id` when it is usable (at most
+/// [`MAX_REQUEST_ID`] bytes of `A-Z a-z 0-9 - _ . : / + = @`; other bytes are dropped), else a
+/// new UUIDv7. Echoed in the answer's `x-request-id`, in every log line of the request (its
+/// `request` span) and in its decision-log record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestId(pub Arc<str>);
+
+/// The longest request id kept from a caller; the rest is cut off.
+pub const MAX_REQUEST_ID: usize = 128;
+
+impl RequestId {
+    /// The caller's id, sanitised, or `None` when nothing usable is left of it.
+    pub fn from_caller(raw: &[u8]) -> Option<RequestId> {
+        let ok = |b: &u8| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(b);
+        if raw.len() <= MAX_REQUEST_ID && raw.iter().all(ok) {
+            // The common case (a proxy's or a client's UUID): kept as it is, one copy.
+            return std::str::from_utf8(raw)
+                .ok()
+                .filter(|s| !s.is_empty())
+                .map(|s| RequestId(s.into()));
+        }
+        let kept: String =
+            raw.iter().filter(|b| ok(b)).take(MAX_REQUEST_ID).map(|&b| char::from(b)).collect();
+        (!kept.is_empty()).then(|| RequestId(kept.into()))
+    }
+
+    pub fn new_random() -> RequestId {
+        RequestId(uuid::Uuid::now_v7().to_string().into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        // Outside `observe` (a test's own router): an id of its own.
+        Ok(parts.extensions.get::<RequestId>().cloned().unwrap_or_else(RequestId::new_random))
+    }
+}
+
+/// The request id, its span and access log line; counts every answer by route, method and
+/// status, its latency, and errors by code.
+async fn observe(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+    use tracing::Instrument as _;
     let start = Instant::now();
     let route = req
         .extensions()
@@ -246,17 +302,44 @@ async fn record_metrics(State(app): State<AppState>, req: Request, next: Next) -
         .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied())
         .unwrap_or("unmatched");
     let method = static_method(req.method());
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| RequestId::from_caller(v.as_bytes()))
+        .unwrap_or_else(RequestId::new_random);
+    req.extensions_mut().insert(id.clone());
+    // Disabled (no cost but a check) when the log level is above info.
+    let span = tracing::info_span!("request", request_id = %id.0);
     let m = &app.metrics;
     m.in_flight.inc();
-    let res = next.run(req).await;
+    let mut res = next.run(req).instrument(span.clone()).await;
     m.in_flight.dec();
-    m.requests.get_or_create(&RequestLabels { route, method, status: res.status().as_u16() }).inc();
-    m.latency.get_or_create(&RouteLabels { route }).observe(start.elapsed().as_secs_f64());
-    if let Some(ErrorCode(code)) = res.extensions().get::<ErrorCode>() {
+    let status = res.status().as_u16();
+    let took = start.elapsed();
+    m.requests.get_or_create(&RequestLabels { route, method, status }).inc();
+    m.latency.get_or_create(&RouteLabels { route }).observe(took.as_secs_f64());
+    let code = res.extensions().get::<ErrorCode>().map(|ErrorCode(c)| *c);
+    if let Some(code) = code {
         m.errors.get_or_create(&crate::metrics::CodeLabels { code }).inc();
     }
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id.0) {
+        res.headers_mut().insert(REQUEST_ID, v);
+    }
+    let _in = span.enter();
+    tracing::info!(
+        target: "tierwise::access",
+        method,
+        route,
+        status,
+        duration_ms = took.as_secs_f64() * 1e3,
+        code,
+        "request"
+    );
     res
 }
+
+/// The header a request id comes in and goes out with.
+pub const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 fn static_method(m: &Method) -> &'static str {
     match *m {
@@ -342,7 +425,65 @@ impl FromRequest<AppState> for JsonBody {
                 format!("expected `Content-Type: application/json`, got {got}"),
             ));
         }
-        read_body(req, state.config.body_limit).await.map(JsonBody)
+        let encoding = content_encoding(req.headers())?;
+        let limit = state.config.body_limit;
+        let body = read_body(req, limit).await?;
+        match encoding {
+            Encoding::Identity => Ok(JsonBody(body)),
+            Encoding::Gzip => gunzip(&body, limit).map(|b| JsonBody(Bytes::from(b))),
+        }
+    }
+}
+
+/// How a request body is encoded: none, or gzip (the one `Content-Encoding` the API takes).
+enum Encoding {
+    Identity,
+    Gzip,
+}
+
+/// `Content-Encoding`: absent or `identity`, or `gzip` (`x-gzip`); anything else, or more than
+/// one coding, is 415 rather than a body read as if it were plain.
+fn content_encoding(h: &axum::http::HeaderMap) -> Result<Encoding, ApiError> {
+    let codings: Vec<String> = h
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("\u{0}").split(','))
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty() && c != "identity")
+        .collect();
+    match codings.as_slice() {
+        [] => Ok(Encoding::Identity),
+        [one] if one == "gzip" || one == "x-gzip" => Ok(Encoding::Gzip),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            format!(
+                "`Content-Encoding: {}` is not supported; send the body as it is or with `gzip`",
+                codings.join(", ")
+            ),
+        )),
+    }
+}
+
+/// A gzip body, decompressed to at most `limit` bytes: the body limit applies to what it
+/// holds, not only to what was sent (a 8 MiB body can hold gigabytes of zeros).
+fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit + 1));
+    let read = flate2::read::MultiGzDecoder::new(body).take(limit as u64 + 1).read_to_end(&mut out);
+    match read {
+        Ok(_) if out.len() > limit => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body, decompressed, is larger than the limit of {limit} bytes"),
+        )
+        .details(serde_json::json!({ "limit_bytes": limit, "decompressed": true }))),
+        Ok(_) => Ok(out),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_body",
+            format!("the body is labelled `Content-Encoding: gzip` but is not gzip: {e}"),
+        )),
     }
 }
 

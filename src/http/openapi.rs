@@ -73,10 +73,18 @@ pub fn document() -> Value {
         || e(500, "a failure of the service (`internal`; logged, answered without its text)");
     // What the layers and extractors send, beside each handler's own answers.
     let common = |kind: Kind| {
-        let mut v = vec![e(
-            413,
-            "body over the size limit (`payload_too_large`; every route, by `Content-Length`)",
-        )];
+        let mut v = vec![
+            e(
+                413,
+                "body over the size limit (`payload_too_large`; every route, by `Content-Length`)",
+            ),
+            e(
+                400,
+                "a request the HTTP layer cannot read (`bad_request`), or without exactly one `Host` header on HTTP/1.1 (`bad_host`)",
+            ),
+            e(414, "a request target longer than the server reads (`uri_too_long`)"),
+            e(431, "request headers larger than the server reads (`headers_too_large`)"),
+        ];
         if kind != Kind::Ops {
             v.push(e(503, "too many requests in progress (`overloaded`), the request timed out (`timeout`), or the server is stopping (`shutting_down`); see `Retry-After`"));
         }
@@ -95,8 +103,15 @@ pub fn document() -> Value {
                 "malformed JSON (`malformed_json`), an unreadable body, or no default policy (`no_default_policy`)",
             ),
             e(404, "unknown policy (`unknown_policy`)"),
-            e(415, "not `Content-Type: application/json`"),
-            e(422, "JSON of the wrong shape (`invalid_request`)"),
+            e(
+                413,
+                "more accounts than the limit (`too_many_accounts`), an account with more `fields` keys than the limit (`too_many_fields`), or an answer past the output budget (`response_too_large`)",
+            ),
+            e(
+                415,
+                "not `Content-Type: application/json`, or a `Content-Encoding` other than gzip (`unsupported_encoding`)",
+            ),
+            e(422, "JSON of the wrong shape, or not an object (`invalid_request`)"),
             internal(),
         ];
         v.extend(common(Kind::V1Post));
@@ -176,12 +191,12 @@ pub fn document() -> Value {
                     e(404, "unknown baseline policy"),
                     e(
                         413,
-                        "body over the size limit, or a candidate over 64 files or 1 MiB (`candidate_too_large`)",
+                        "body over the size limit, a candidate over 64 files, 64 overrides, 1 MiB or 1,000 items in one list (`candidate_too_large`), too many accounts or `fields` keys, or the served policy's own answer past the output budget (`response_too_large`)",
                     ),
                     e(415, "not `Content-Type: application/json`"),
                     e(
                         422,
-                        "JSON of the wrong shape or nothing to compare (`invalid_request`), an override that names nothing (`invalid_override`), a candidate that does not compile (`candidate_invalid`, every diagnostic in `details`), a candidate that trips the sandbox on live accounts (`candidate_sandbox_limit`)",
+                        "JSON of the wrong shape or nothing to compare (`invalid_request`), an override that names nothing (`invalid_override`), a candidate that does not compile (`candidate_invalid`, every diagnostic in `details`), a candidate that trips the sandbox on live accounts (`candidate_sandbox_limit`), a candidate whose alerts fan out past the output budget (`candidate_output_limit`, naming the rule)",
                     ),
                     internal(),
                     e(
@@ -273,6 +288,10 @@ pub fn document() -> Value {
                     (200, "what changed", Some(g.subschema_for::<ReloadResponse>()), JSON),
                     e(401, "no bearer token (none, another scheme, or empty)"),
                     e(403, "wrong token"),
+                    e(
+                        429,
+                        "too many wrong tokens from this address (`too_many_attempts`); see `Retry-After`",
+                    ),
                     e(404, "admin routes disabled (no TIERWISE_ADMIN_TOKEN)"),
                     internal(),
                 ],
@@ -443,12 +462,15 @@ pub fn document() -> Value {
             params.push(segment("name", schema));
         }
         if op.path.contains("{id}") {
-            params.push(segment("id", json!({ "type": "string", "minLength": 1 })));
+            params.push(segment(
+                "id",
+                json!({ "type": "string", "minLength": 1, "maxLength": crate::snapshot::MAX_ID_BYTES }),
+            ));
             params.push(json!({ "name": "policy", "in": "query", "required": false, "description": "the policy's name (default: the default policy)", "schema": { "type": "string" } }));
         }
         for (name, description, values) in &op.query {
             let schema = if values.is_empty() {
-                json!({ "type": "integer", "minimum": 0, "maximum": u32::MAX })
+                json!({ "type": "integer", "minimum": 0, "maximum": super::dryrun::MAX_TOP })
             } else {
                 json!({ "type": "string", "enum": values })
             };

@@ -119,7 +119,7 @@ where
 
     let mut signal = std::pin::pin!(signal);
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             biased;
             () = &mut signal => break,
             r = listener.accept() => match r {
@@ -128,7 +128,7 @@ where
                     // Out of file descriptors, mostly: the pending connection stays in the
                     // backlog, so pause instead of spinning, and say so once a second at most.
                     if last_accept_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-                        eprintln!("tierwise: cannot accept a connection: {e}");
+                        tracing::error!("cannot accept a connection: {e}");
                         last_accept_error = Some(std::time::Instant::now());
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -143,7 +143,15 @@ where
         let _ = tcp.set_nodelay(true);
         let mut io = tokio_io_timeout::TimeoutStream::new(tcp);
         io.set_write_timeout(Some(cfg.write_timeout));
-        let conn = http.serve_connection(TokioIo::new(Box::pin(io)), svc.clone());
+        // Every request learns its connection's peer (admin authentication is throttled by it).
+        let inner = svc.clone();
+        let ip = crate::http::throttle::Peer(peer.ip());
+        let per_conn =
+            hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ip);
+                hyper::service::Service::call(&inner, req)
+            });
+        let conn = http.serve_connection(TokioIo::new(JsonErrors::new(Box::pin(io))), per_conn);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             // Errors are the client's doing (a timeout, a reset, a malformed request): hyper
@@ -161,8 +169,8 @@ where
     if tokio::time::timeout(cfg.grace, &mut done).await.is_ok() {
         return Stopped::Drained;
     }
-    eprintln!(
-        "tierwise: grace period over; answering requests still in flight 503 ({open} connections were open at the signal)"
+    tracing::warn!(
+        "grace period over; answering requests still in flight 503 ({open} connections were open at the signal)"
     );
     let _ = cut_tx.send(true);
     if tokio::time::timeout(ANSWER_MARGIN, &mut done).await.is_ok() {
@@ -203,7 +211,26 @@ async fn guard_request(State(g): State<Guard>, req: Request, next: Next) -> Resp
     res
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request without a `Host` header, or any request with more than
+/// one, is answered 400 (a proxy and this server could otherwise disagree on whom it is for).
+fn host_problem(req: &Request) -> Option<&'static str> {
+    let n = req.headers().get_all(header::HOST).iter().count();
+    if n > 1 {
+        return Some("the request has more than one `Host` header");
+    }
+    if n == 0 && req.version() == axum::http::Version::HTTP_11 {
+        return Some("an HTTP/1.1 request needs a `Host` header");
+    }
+    None
+}
+
 async fn read_ahead_then_run(g: &Guard, req: Request, next: Next) -> Response {
+    if let Some(why) = host_problem(&req) {
+        let mut res =
+            ApiError::new(axum::http::StatusCode::BAD_REQUEST, "bad_host", why).into_response();
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return res;
+    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -280,6 +307,144 @@ async fn read_ahead_then_run(g: &Guard, req: Request, next: Next) -> Response {
         .await;
     drop(held);
     res
+}
+
+/// hyper answers a request it cannot parse itself (400 for a malformed request line or
+/// header, 414 for a target too long, 431 for headers too large) with an empty body, then
+/// closes. This stream puts the API's JSON error shape in its place: such an answer is the
+/// only `4xx` with `content-length: 0` this server writes (every router answer has a body).
+struct JsonErrors<S> {
+    inner: S,
+    /// The canned answer being written instead, how much of it is out, and the length of
+    /// hyper's own answer (reported as written once the canned one is).
+    pending: Option<(&'static [u8], usize, usize)>,
+}
+
+impl<S> JsonErrors<S> {
+    fn new(inner: S) -> Self {
+        JsonErrors { inner, pending: None }
+    }
+}
+
+fn canned(status: u16, code: &str, message: &str) -> Vec<u8> {
+    let body = serde_json::json!({ "code": code, "message": message }).to_string();
+    let reason = match status {
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
+        _ => "Bad Request",
+    };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The JSON answer to put in place of hyper's empty one in `head`, if it is one.
+fn json_for(head: &[u8]) -> Option<&'static [u8]> {
+    static ANSWERS: std::sync::OnceLock<[Vec<u8>; 3]> = std::sync::OnceLock::new();
+    let status = match head.get(..13)? {
+        b"HTTP/1.1 400 " | b"HTTP/1.0 400 " => 0,
+        b"HTTP/1.1 414 " | b"HTTP/1.0 414 " => 1,
+        b"HTTP/1.1 431 " | b"HTTP/1.0 431 " => 2,
+        _ => return None,
+    };
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let mut fields = head.get(..end)?.to_ascii_lowercase();
+    fields.extend_from_slice(b"\r\n");
+    if !fields.windows(21).any(|w| w == b"\r\ncontent-length: 0\r\n") {
+        return None;
+    }
+    let all = ANSWERS.get_or_init(|| {
+        [
+            canned(
+                400,
+                "bad_request",
+                "the request is not valid HTTP/1.1 (its request line or a header is malformed)",
+            ),
+            canned(414, "uri_too_long", "the request target is longer than the server reads"),
+            canned(
+                431,
+                "headers_too_large",
+                "the request's headers are larger than the server reads",
+            ),
+        ]
+    });
+    all.get(status).map(Vec::as_slice)
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for JsonErrors<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> JsonErrors<S> {
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        while let Some((answer, done, claimed)) = self.pending.as_mut() {
+            if *done >= answer.len() {
+                let n = *claimed;
+                self.pending = None;
+                return Poll::Ready(Ok(n));
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &answer[*done..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => *done += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(0))
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for JsonErrors<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.pending.is_none() {
+            match json_for(buf) {
+                Some(answer) => self.pending = Some((answer, 0, buf.len())),
+                None => return Pin::new(&mut self.inner).poll_write(cx, buf),
+            }
+        }
+        self.drain(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let first = bufs.iter().find(|b| !b.is_empty());
+        if self.pending.is_none() {
+            match first.and_then(|b| json_for(b).map(|a| (a, b.len()))) {
+                Some((answer, len)) => self.pending = Some((answer, 0, len)),
+                None => return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
+            }
+        }
+        self.drain(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// The error reading a body ends with when its deadline passes.

@@ -6,6 +6,7 @@
 //! policy without errors is returned; warnings travel with it.
 
 use super::diag::{Diagnostics, Level, Place, did_you_mean};
+use super::limits;
 use super::raw::*;
 use super::*;
 use crate::script::{self, Limits, Var, native};
@@ -72,6 +73,7 @@ pub(crate) fn compile(name: &str, files: &Files, limits: &Limits) -> Result<Poli
         inputs: Vec::new(),
         script_asts: Vec::new(),
         scripts_broken: false,
+        stopped: false,
     };
     let policy = c.policy(name, files, raw);
     match policy {
@@ -322,9 +324,73 @@ struct Compiler<'a> {
     /// A script file did not compile: a function it may define is not reported missing
     /// (that would bury the real error under one per criterion).
     scripts_broken: bool,
+    /// Set once compiling passed [`Limits::until`] (reported once, then everything stops).
+    stopped: bool,
 }
 
 impl Compiler<'_> {
+    /// Whether compiling must stop: the deadline of the work ([`Limits::until`], a dry run's
+    /// request timeout) has passed. Checked between steps, each of which is linear in a
+    /// bounded input, so compiling ends within one step of the deadline.
+    fn past_deadline(&mut self) -> bool {
+        if !self.stopped && self.limits.until.is_some_and(|u| std::time::Instant::now() >= u) {
+            self.stopped = true;
+            self.d.at(
+                Level::Error,
+                "compile_deadline",
+                POLICY_FILE,
+                None,
+                None,
+                "compiling stopped: the request's time ran out",
+                None,
+            );
+        }
+        self.stopped
+    }
+
+    /// A `switch` with more arms than [`limits::MAX_LIST_ITEMS`] in `src` (rhai's optimizer
+    /// takes time quadratic in the arms): reported at `span`, and `true`.
+    fn too_many_arms(
+        &mut self,
+        file: &str,
+        src: &str,
+        span: Option<Range<usize>>,
+        rule: Option<&str>,
+    ) -> bool {
+        let arms = limits::switch_arms(src);
+        if arms <= limits::MAX_LIST_ITEMS {
+            return false;
+        }
+        self.d.at(
+            Level::Error,
+            "too_large",
+            file,
+            span,
+            rule,
+            format!(
+                "{arms} `switch` arms in one expression or script, more than the limit of {}",
+                limits::MAX_LIST_ITEMS
+            ),
+            Some("look values up in fewer arms, or score with `steps`".into()),
+        );
+        true
+    }
+
+    /// A list of the policy with more items than [`limits::MAX_LIST_ITEMS`]: reported, `true`.
+    fn too_long(&mut self, what: &str, n: usize, span: &Range<usize>, rule: &str) -> bool {
+        if n <= limits::MAX_LIST_ITEMS {
+            return false;
+        }
+        self.err(
+            "too_large",
+            Some(span.clone()),
+            Some(rule),
+            format!("`{what}` holds {n} items, more than the limit of {}", limits::MAX_LIST_ITEMS),
+            None,
+        );
+        true
+    }
+
     fn err(
         &mut self,
         code: &'static str,
@@ -422,7 +488,7 @@ impl Compiler<'_> {
         let columns = self.columns(&raw.columns, &inputs);
         let cases = self.cases(files, &tiers);
 
-        if self.d.has_errors() {
+        if self.past_deadline() || self.d.has_errors() {
             return None;
         }
         self.lint(&raw, &inputs, &tiers, &movement, capacity.as_ref(), &engine);
@@ -463,7 +529,14 @@ impl Compiler<'_> {
                 max_string_size: self.limits.max_string_size,
             };
             let nlib = Arc::new(b.lib());
-            let fill = |e: &mut Expr| e.native = b.code(&e.ast, &nlib);
+            // Past the deadline an expression stays on rhai (same results), and the policy is
+            // refused below: translating stops within one expression.
+            let until = self.limits.until;
+            let fill = |e: &mut Expr| {
+                if until.is_none_or(|u| std::time::Instant::now() < u) {
+                    e.native = b.code(&e.ast, &nlib);
+                }
+            };
             for c in &mut criteria {
                 match &mut c.scoring {
                     Scoring::Expr(e) => fill(e),
@@ -489,6 +562,9 @@ impl Compiler<'_> {
                     }
                 }
             }
+        }
+        if self.past_deadline() {
+            return None;
         }
         Some(Policy {
             name: name.to_string(),
@@ -658,6 +734,7 @@ impl Compiler<'_> {
                 );
             }
             if let Some(one_of) = &inp.one_of {
+                self.too_long("one_of", one_of.len(), &one_of.span, &rule);
                 if one_of.is_empty() {
                     self.err(
                         "bad_one_of",
@@ -730,6 +807,9 @@ impl Compiler<'_> {
         let mut seen: HashMap<(String, usize), String> = HashMap::new();
         for (stem, src) in scripts {
             let file = format!("scripts/{stem}.rhai");
+            if self.past_deadline() || self.too_many_arms(&file, src, None, None) {
+                continue;
+            }
             let ast = match engine.compile_into_self_contained(&Scope::new(), src) {
                 Ok(ast) => ast,
                 Err(e) => {
@@ -870,6 +950,11 @@ impl Compiler<'_> {
         src: &Loc<String>,
         rule: &str,
     ) -> Option<Expr> {
+        if self.past_deadline()
+            || self.too_many_arms(POLICY_FILE, &src.value, Some(src.span.clone()), Some(rule))
+        {
+            return None;
+        }
         let mut scope = Scope::new();
         let mut allowed: Vec<String> = Vec::new();
         for (name, var) in &self.vars {
@@ -1111,6 +1196,7 @@ impl Compiler<'_> {
                     }
                 };
                 let at = &steps.at;
+                self.too_long("steps.at", at.len(), &at.span, &rule);
                 if at.is_empty() {
                     self.err(
                         "bad_steps",
@@ -1541,6 +1627,22 @@ impl Compiler<'_> {
             let when = self.expr(engine, lib, ExprKind::Alert, &a.when, &rule);
             let message = self.template(engine, lib, ExprKind::Alert, &a.message, &rule);
             if let (Some(when), Some(message)) = (when, message) {
+                let text: usize = message
+                    .parts
+                    .iter()
+                    .map(|p| if let Part::Text(t) = p { t.len() } else { 0 })
+                    .sum();
+                if text > self.limits.max_message_bytes {
+                    self.warn(
+                        "message_cut",
+                        Some(a.message.span.clone()),
+                        Some(&rule),
+                        format!(
+                            "the message's text alone is {text} bytes: every message is cut at {} bytes (the operator's `--max-message-bytes`)",
+                            self.limits.max_message_bytes
+                        ),
+                    );
+                }
                 out.push(Alert {
                     id: a.id.value.clone(),
                     key: a.id.value.as_str().into(),
@@ -1549,6 +1651,27 @@ impl Compiler<'_> {
                     when,
                     message,
                 });
+            }
+        }
+        // Fan-out: an account can raise every alert that applies to its tier. Past the
+        // operator's limit that account is answered with `output_limit`, not its decision.
+        let max = self.limits.max_alerts_per_account;
+        for (t, tier) in tiers.iter().enumerate() {
+            let applying: Vec<&Alert> = out.iter().filter(|a| a.applies[t]).collect();
+            if let Some(past) = applying.get(max) {
+                let rule = format!("alerts.{}", past.id);
+                let span = raw.iter().find(|r| r.id.value == past.id).map(|r| r.id.span.clone());
+                self.warn(
+                    "alerts_fan_out",
+                    span,
+                    Some(&rule),
+                    format!(
+                        "{} alerts apply to tier `{}`, more than the {max} one account may raise (the operator's `--max-alerts-per-account`): an account raising all of them is answered `output_limit`",
+                        applying.len(),
+                        tier.id
+                    ),
+                );
+                break;
             }
         }
         out
@@ -1590,6 +1713,9 @@ impl Compiler<'_> {
     fn cases(&mut self, files: &Files, tiers: &[Tier]) -> Vec<TestCase> {
         let mut out = Vec::new();
         for path in files.keys().filter(|p| p.starts_with("tests/") && p.ends_with(".toml")) {
+            if self.past_deadline() {
+                break;
+            }
             let Some(text) = self.d.sources.get(path).cloned() else { continue };
             let Some(raw) = parse_toml::<RawTestFile>(&mut self.d, path, &text) else { continue };
             let lines = diag::LineIndex::new(&text);

@@ -8,6 +8,7 @@
 mod astlint;
 pub mod compile;
 pub mod diag;
+pub mod limits;
 mod lint;
 pub mod overrides;
 pub mod raw;
@@ -295,15 +296,36 @@ pub enum ReadError {
     NoPolicy(String),
     #[error("`{path}` is larger than {limit} bytes")]
     TooLarge { path: String, limit: u64 },
+    #[error("cannot follow the link `{path}`: {message}")]
+    Link { path: String, message: String },
 }
 
 /// Largest file a policy folder may hold; policies are text written by people.
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Reads every regular file of a policy folder (recursively, ignored names skipped).
+///
+/// Symlinks are followed, the way deployments deliver policies: a Kubernetes ConfigMap's
+/// entries are links into its `..data` folder (itself a link, skipped as a hidden name, to
+/// a timestamped folder), and a sync sidecar links a checkout into place. A link reads as
+/// its target, under the link's own name. A link that leads nowhere (dangling) or into a
+/// loop (a folder inside itself, or links pointing at each other) is an error: a reload
+/// then keeps the last good version serving and says which link.
 pub fn read_dir(dir: &Path) -> Result<Files, ReadError> {
     let mut files = Files::new();
-    fn walk(root: &Path, dir: &Path, files: &mut Files, depth: u32) -> Result<(), ReadError> {
+    /// The folders being walked, by (device, inode): a folder met again below itself is a loop.
+    type Seen = Vec<(u64, u64)>;
+    fn id(meta: &std::fs::Metadata) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        (meta.dev(), meta.ino())
+    }
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        files: &mut Files,
+        depth: u32,
+        seen: &mut Seen,
+    ) -> Result<(), ReadError> {
         let io = |e| ReadError::Io { path: dir.display().to_string(), source: e };
         if depth > 8 {
             return Ok(());
@@ -315,11 +337,44 @@ pub fn read_dir(dir: &Path) -> Result<Files, ReadError> {
                 continue;
             }
             let path = entry.path();
-            let ft = entry.file_type().map_err(io)?;
+            let mut ft = entry.file_type().map_err(io)?;
+            let mut meta = None;
+            if ft.is_symlink() {
+                // The target's own type; ELOOP (links pointing at each other) and ENOENT
+                // (dangling) are errors, named after the link.
+                let m = std::fs::metadata(&path).map_err(|e| ReadError::Link {
+                    path: path.display().to_string(),
+                    message: if e.kind() == std::io::ErrorKind::NotFound {
+                        "the link's target does not exist".to_string()
+                    } else {
+                        e.to_string()
+                    },
+                })?;
+                ft = m.file_type();
+                meta = Some(m);
+            }
             if ft.is_dir() {
-                walk(root, &path, files, depth + 1)?;
+                let m = match meta {
+                    Some(m) => m,
+                    None => std::fs::metadata(&path).map_err(|e| ReadError::Io {
+                        path: path.display().to_string(),
+                        source: e,
+                    })?,
+                };
+                if seen.contains(&id(&m)) {
+                    return Err(ReadError::Link {
+                        path: path.display().to_string(),
+                        message: "the link leads back into a folder it is in (a loop)".to_string(),
+                    });
+                }
+                seen.push(id(&m));
+                walk(root, &path, files, depth + 1, seen)?;
+                seen.pop();
             } else if ft.is_file() {
-                let meta = entry.metadata().map_err(io)?;
+                let meta = match meta {
+                    Some(m) => m,
+                    None => entry.metadata().map_err(io)?,
+                };
                 if meta.len() > MAX_FILE_BYTES {
                     return Err(ReadError::TooLarge {
                         path: path.display().to_string(),
@@ -338,11 +393,23 @@ pub fn read_dir(dir: &Path) -> Result<Files, ReadError> {
         }
         Ok(())
     }
-    walk(dir, dir, &mut files, 0)?;
+    let top = std::fs::metadata(dir)
+        .map_err(|e| ReadError::Io { path: dir.display().to_string(), source: e })?;
+    walk(dir, dir, &mut files, 0, &mut vec![id(&top)])?;
     if !files.contains_key("policy.toml") {
         return Err(ReadError::NoPolicy(dir.display().to_string()));
     }
     Ok(files)
+}
+
+/// The name a policy folder serves under: its own name as given, not its target's (a
+/// git-sync link `enterprise -> .worktrees/3f9c..` serves `enterprise`); resolved only for
+/// paths that end in `.` or `..`.
+pub fn folder_name(dir: &Path) -> Option<String> {
+    match dir.file_name() {
+        Some(n) => Some(n.to_string_lossy().into_owned()),
+        None => dir.canonicalize().ok()?.file_name().map(|n| n.to_string_lossy().into_owned()),
+    }
 }
 
 /// Why a policy did not load.
@@ -356,11 +423,7 @@ pub enum LoadError {
 
 /// Loads and compiles the policy in `dir`; its name is the folder's name.
 pub fn load_dir(dir: &Path, limits: &Limits) -> Result<Policy, LoadError> {
-    let name = dir
-        .canonicalize()
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| dir.display().to_string());
+    let name = folder_name(dir).unwrap_or_else(|| dir.display().to_string());
     let files = read_dir(dir)?;
     load_files(&name, &files, limits).map_err(|r| LoadError::Invalid(Box::new(r)))
 }

@@ -50,8 +50,21 @@ pub struct Limits {
     /// Accounts one evaluation request may carry; the service refuses more before deciding
     /// any (the command line reads files of any size and does not apply it).
     pub max_accounts: usize,
+    /// Keys one account's `fields` may hold (declared inputs or not); the service refuses
+    /// a request with more (413 `too_many_fields`). Undeclared keys are skipped, not kept.
+    pub max_fields: usize,
     /// Wall clock for everything one account evaluates.
     pub time_per_account: Duration,
+    /// Alerts one account may raise; one more makes that account's error `output_limit`,
+    /// naming the alert (a policy that fans out cannot fill memory one account at a time).
+    pub max_alerts_per_account: usize,
+    /// Bytes of one rendered alert message; a longer one is cut on a character boundary and
+    /// ends with [`CUT_MARKER`].
+    pub max_message_bytes: usize,
+    /// Bytes one answer may hold: counted while alerts are rendered (the part a policy can
+    /// fan out) and again when the answer is serialized. Past it the work stops and the
+    /// request is refused (413 `response_too_large`; 422 for a dry run's candidate).
+    pub max_response_bytes: usize,
     /// Evaluate what fits [`native`]'s subset without rhai (same results; off only to
     /// compare the two paths).
     pub native: bool,
@@ -81,11 +94,38 @@ pub struct Budget {
     /// baseline fails too, which do not make the candidate worse).
     trip: Option<std::collections::HashSet<String>>,
     tripped: std::sync::atomic::AtomicBool,
+    /// Bytes of output (rendered alerts) produced under this budget so far, and the most
+    /// allowed ([`Budget::output_limit`]); the work stops once it is passed.
+    output: std::sync::atomic::AtomicUsize,
+    max_output: usize,
+    /// The rule whose output passed `max_output`, once one did.
+    over: Mutex<Option<String>>,
 }
 
 impl Budget {
     pub fn new(until: Option<Instant>) -> Arc<Self> {
-        Arc::new(Budget { until, stopped: false.into(), trip: None, tripped: false.into() })
+        Self::build(until, None, usize::MAX)
+    }
+
+    fn build(
+        until: Option<Instant>,
+        trip: Option<std::collections::HashSet<String>>,
+        max_output: usize,
+    ) -> Arc<Self> {
+        Arc::new(Budget {
+            until,
+            stopped: false.into(),
+            trip,
+            tripped: false.into(),
+            output: 0.into(),
+            max_output,
+            over: Mutex::new(None),
+        })
+    }
+
+    /// [`Budget::new`] with at most `max_output` bytes of rendered output.
+    pub fn with_output(until: Option<Instant>, max_output: usize) -> Arc<Self> {
+        Self::build(until, None, max_output)
     }
 
     /// A budget that also stops at the first sandbox limit tripped by an account not in `except`.
@@ -93,7 +133,41 @@ impl Budget {
         until: Option<Instant>,
         except: std::collections::HashSet<String>,
     ) -> Arc<Self> {
-        Arc::new(Budget { until, stopped: false.into(), trip: Some(except), tripped: false.into() })
+        Self::build(until, Some(except), usize::MAX)
+    }
+
+    /// [`Budget::tripping`] with at most `max_output` bytes of rendered output.
+    pub fn tripping_with_output(
+        until: Option<Instant>,
+        except: std::collections::HashSet<String>,
+        max_output: usize,
+    ) -> Arc<Self> {
+        Self::build(until, Some(except), max_output)
+    }
+
+    /// Counts `bytes` of output from `rule`; `false` (and the work stops) once the total
+    /// passes the budget's output limit.
+    pub fn add_output(&self, bytes: usize, rule: &str) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let total = self.output.fetch_add(bytes, Relaxed).saturating_add(bytes);
+        if total <= self.max_output {
+            return true;
+        }
+        if let Ok(mut over) = self.over.lock() {
+            over.get_or_insert_with(|| rule.to_string());
+        }
+        self.stop();
+        false
+    }
+
+    /// The rule whose output passed the limit, if the output limit stopped the work.
+    pub fn output_over(&self) -> Option<String> {
+        self.over.lock().ok().and_then(|o| o.clone())
+    }
+
+    /// The most output bytes allowed.
+    pub fn output_limit(&self) -> usize {
+        self.max_output
     }
 
     pub fn stop(&self) {
@@ -146,8 +220,31 @@ pub fn note_limit_hit(id: &str) {
     });
 }
 
+/// Counts `bytes` of output from `rule` against the installed budget, if any; `false` once
+/// the budget's output limit is passed (see [`Budget::add_output`]).
+pub fn note_output(bytes: usize, rule: &str) -> bool {
+    BUDGET.with(|b| b.borrow().as_ref().is_none_or(|b| b.add_output(bytes, rule)))
+}
+
 /// The error codes of the sandbox's limits.
-pub const LIMIT_CODES: &[&str] = &["time_limit", "operation_limit", "call_depth", "size_limit"];
+pub const LIMIT_CODES: &[&str] =
+    &["time_limit", "operation_limit", "call_depth", "size_limit", "output_limit"];
+
+/// What ends an alert message cut at [`Limits::max_message_bytes`].
+pub const CUT_MARKER: &str = "… [cut]";
+
+/// Cuts `s` to at most `max` bytes, on a character boundary, ending with [`CUT_MARKER`].
+pub fn cut_message(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let mut end = max.saturating_sub(CUT_MARKER.len());
+    while end > 0 && !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push_str(CUT_MARKER);
+}
 
 /// Whether an account error's `code` says the sandbox stopped a script.
 pub fn is_limit_code(code: &str) -> bool {
@@ -168,6 +265,10 @@ impl Default for Limits {
             max_array_size: 10_000,
             max_map_size: 1_000,
             max_accounts: 50_000,
+            max_fields: 1_000,
+            max_alerts_per_account: 32,
+            max_message_bytes: 1024,
+            max_response_bytes: 32 * 1024 * 1024,
             time_per_account: Duration::from_millis(50),
             native: true,
             until: None,

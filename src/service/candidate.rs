@@ -156,12 +156,22 @@ pub struct WhatIf {
     pub tripped: Vec<FailureDelta>,
     /// Accounts answered with an error under the baseline, and under the candidate.
     pub errors: (u64, u64),
+    /// The baseline's rule whose alerts passed the output budget over this book, if one did
+    /// (the served policy itself fans out: a live request would be refused the same way).
+    pub baseline_over: Option<String>,
+    /// The candidate's rule whose alerts passed its share of the output budget, if one did.
+    pub candidate_over: Option<String>,
+    /// The candidate's output budget in bytes.
+    pub candidate_limit: usize,
 }
 
 impl Pipeline {
     /// The what-if level: `before` decided under `baseline`, then `after` (the same records,
     /// read for the candidate when their format depends on the policy, else `None`: the same)
-    /// under `candidate`, at portfolio level, both within `until` when given.
+    /// under `candidate`, at portfolio level, both within `until` when given. `max_output`
+    /// bounds the bytes of alerts the baseline renders; both books' decisions and their
+    /// difference are held at once, so the candidate gets a quarter of it
+    /// ([`crate::policy::limits::candidate_output`]) and stops at the first account past it.
     pub fn what_if(
         &self,
         baseline: &Policy,
@@ -169,8 +179,10 @@ impl Pipeline {
         before: &[Record],
         after: Option<&[Record]>,
         until: Option<Instant>,
+        max_output: usize,
     ) -> WhatIf {
-        let rb = script::with_budget(Some(Budget::new(until)), || {
+        let base_budget = Budget::with_output(until, max_output);
+        let rb = script::with_budget(Some(base_budget.clone()), || {
             engine::evaluate_portfolio(baseline, before)
         });
         let already: HashSet<String> = rb
@@ -183,7 +195,12 @@ impl Pipeline {
                 _ => None,
             })
             .collect();
-        let ra = script::with_budget(Some(Budget::tripping(until, already)), || {
+        let cand_budget = Budget::tripping_with_output(
+            until,
+            already,
+            crate::policy::limits::candidate_output(max_output),
+        );
+        let ra = script::with_budget(Some(cand_budget.clone()), || {
             engine::evaluate_portfolio(candidate, after.unwrap_or(before))
         });
         let diff = whatif::compare(&rb, &ra);
@@ -194,7 +211,14 @@ impl Pipeline {
             .cloned()
             .collect();
         let errors = (rb.summary.error_count, ra.summary.error_count);
-        WhatIf { diff, tripped, errors }
+        WhatIf {
+            diff,
+            tripped,
+            errors,
+            baseline_over: base_budget.output_over(),
+            candidate_over: cand_budget.output_over(),
+            candidate_limit: cand_budget.output_limit(),
+        }
     }
 }
 

@@ -21,7 +21,7 @@ pub mod candidate;
 pub mod encode;
 pub mod pipeline;
 
-pub use pipeline::{Answer, CacheCounters, Level, Made, Pipeline, PipelineError};
+pub use pipeline::{Answer, CacheCounters, Level, Made, Pipeline, PipelineError, Request};
 
 use crate::cache::{CostGate, PolicyId};
 use crate::engine::{self, PolicyRef, testrun};
@@ -413,6 +413,9 @@ impl Service {
             policy::ReadError::TooLarge { path, limit } => {
                 format!("`{}` is larger than {limit} bytes", rel(path))
             }
+            policy::ReadError::Link { path, message } => {
+                format!("cannot follow the link `{}`: {message}", rel(path))
+            }
         }
     }
 
@@ -433,9 +436,7 @@ fn first_line(s: &str) -> &str {
 }
 
 fn folder_name(dir: &Path) -> Option<String> {
-    let canon = dir.canonicalize().ok();
-    let p = canon.as_deref().unwrap_or(dir);
-    p.file_name().map(|n| n.to_string_lossy().into_owned())
+    policy::folder_name(dir)
 }
 
 /// RFC 3339 in UTC with milliseconds, e.g. `2026-11-26T03:30:00.123Z`.

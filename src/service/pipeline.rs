@@ -85,12 +85,29 @@ pub struct Answer {
     pub errors: u64,
 }
 
+/// One served evaluation's settings, as [`Pipeline::answer`] takes them.
+pub struct Request {
+    pub level: Level,
+    /// Its timeout and output limit, on every thread that works for it.
+    pub budget: Arc<Budget>,
+    /// When the request arrived (the decision log's `duration_ms`).
+    pub start: Instant,
+    /// Run everything on the calling thread (a handful of accounts costs less than a hop to
+    /// the blocking pool).
+    pub inline: bool,
+    /// The caller's `x-request-id`, kept in the decision log.
+    pub request_id: Option<Arc<str>>,
+}
+
 /// Why an evaluation has no answer (a bad account is not one: it is that account's error).
 #[derive(Debug)]
 pub enum PipelineError {
     /// The request's budget ran out: the outcomes would hold `time_limit` errors no policy
     /// caused, so they are neither answered, logged nor counted.
     Timeout,
+    /// The answer would pass the budget's output limit (`limit` bytes); `rule` is the one
+    /// whose rendered output passed it, when one did (its alerts fan out).
+    ResponseTooLarge { limit: usize, rule: Option<String> },
     /// A bug or a lost task: `what` failed with `detail` (logged, not shown to clients).
     Internal { what: &'static str, detail: String },
 }
@@ -218,18 +235,12 @@ impl Pipeline {
     /// the module's list. With `inline`, everything runs on the calling thread (a handful of
     /// accounts costs less than a hop to the blocking pool); otherwise the CPU parts run on
     /// the blocking pool and use every core. `start` is when the request arrived.
-    pub async fn answer<E, F>(
-        &self,
-        level: Level,
-        budget: Arc<Budget>,
-        start: Instant,
-        inline: bool,
-        input: F,
-    ) -> Result<Answer, E>
+    pub async fn answer<E, F>(&self, req: Request, input: F) -> Result<Answer, E>
     where
         F: FnOnce() -> Result<(Arc<Loaded>, Vec<Record>), E> + Send + 'static,
         E: From<PipelineError> + Send + 'static,
     {
+        let (level, inline) = (req.level, req.inline);
         let me = self.clone();
         let (loaded, records, step) = off_thread(inline, move || {
             let (loaded, records) = input()?;
@@ -240,8 +251,8 @@ impl Pipeline {
         let found = self.read(&loaded, step).await;
         let me = self.clone();
         let (answer, writes) = off_thread(inline, move || {
-            script::with_budget(Some(budget.clone()), || {
-                me.finish(&loaded, records, found, level, start, &budget)
+            script::with_budget(Some(req.budget.clone()), || {
+                me.finish(&loaded, records, found, &req)
             })
         })
         .await??;
@@ -311,10 +322,9 @@ impl Pipeline {
         loaded: &Arc<Loaded>,
         records: Vec<Record>,
         found: Found,
-        level: Level,
-        start: Instant,
-        budget: &Budget,
+        req: &Request,
     ) -> Result<(Answer, Option<WriteBatch>), PipelineError> {
+        let Request { level, start, ref budget, ref request_id, .. } = *req;
         let decision_id = uuid::Uuid::now_v7().to_string();
         let n = records.len();
         let ser = |e| PipelineError::internal("serialize", e);
@@ -390,6 +400,15 @@ impl Pipeline {
                 (r.accounts, Some(r.summary))
             }
         };
+        // An answer past the output budget is refused whole (the alerts were counted while
+        // rendered, so the work stopped there; the serialized size covers the rest).
+        let limit = budget.output_limit();
+        if let Some(rule) = budget.output_over() {
+            return Err(PipelineError::ResponseTooLarge { limit, rule: Some(rule) });
+        }
+        if buf.len() > limit {
+            return Err(PipelineError::ResponseTooLarge { limit, rule: None });
+        }
         if budget.spent() {
             return Err(PipelineError::Timeout);
         }
@@ -405,6 +424,7 @@ impl Pipeline {
             self.log.record(decision_log::Job {
                 at: std::time::SystemTime::now(),
                 decision_id: decision_id.clone(),
+                request_id: request_id.clone(),
                 level: level.as_str(),
                 policy: loaded.pref.clone(),
                 duration_ms: start.elapsed().as_secs_f64() * 1e3,

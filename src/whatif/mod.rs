@@ -21,6 +21,7 @@
 //! two summaries list them.
 
 pub mod render;
+pub mod text;
 
 use crate::engine::{
     AlertOut, Change, Load, ManagerLoad, Outcome, PolicyRef, PortfolioResult, Reason,

@@ -5,6 +5,7 @@
 //! the JSON form (serde) lists everything. Pure: a `String` out, the same bytes for the same
 //! diff.
 
+use super::text::{code, md, plain};
 use super::{AccountDiff, Cause, Direction, PolicyDiff};
 use crate::engine::Load;
 use std::fmt::Write as _;
@@ -87,9 +88,10 @@ fn top(d: &PolicyDiff, n: usize) -> Vec<&AccountDiff> {
     list
 }
 
-fn alerts_cell(a: &AccountDiff) -> String {
-    let mut parts: Vec<String> = a.alerts_added.iter().map(|x| format!("+{}", x.id)).collect();
-    parts.extend(a.alerts_removed.iter().map(|x| format!("-{}", x.id)));
+fn alerts_cell(a: &AccountDiff, show: impl Fn(&str) -> String) -> String {
+    let mut parts: Vec<String> =
+        a.alerts_added.iter().map(|x| format!("+{}", show(&x.id))).collect();
+    parts.extend(a.alerts_removed.iter().map(|x| format!("-{}", show(&x.id))));
     parts.join(" ")
 }
 
@@ -195,10 +197,10 @@ pub fn headline(d: &PolicyDiff) -> String {
         ));
     }
     for a in &d.portfolio_alerts.added {
-        parts.push(format!("raises portfolio alert `{}`", a.id));
+        parts.push(format!("raises portfolio alert {}", code(&a.id)));
     }
     for a in &d.portfolio_alerts.removed {
-        parts.push(format!("clears portfolio alert `{}`", a.id));
+        parts.push(format!("clears portfolio alert {}", code(&a.id)));
     }
     if s.newly_failing > 0 {
         parts.push(format!(
@@ -221,7 +223,7 @@ pub fn headline(d: &PolicyDiff) -> String {
 
 fn what(ctx: &Context) -> String {
     let mut w = match &ctx.candidate_dir {
-        Some(dir) => format!("`{dir}`"),
+        Some(dir) => code(dir),
         None => "the baseline".into(),
     };
     if !ctx.overrides.is_empty() {
@@ -240,16 +242,16 @@ pub fn table(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
     let _ = writeln!(
         o,
         "what-if: {} {} → {} {} ({})",
-        d.baseline.name,
+        plain(&d.baseline.name),
         short(&d.baseline.hash),
-        d.candidate.name,
+        plain(&d.candidate.name),
         short(&d.candidate.hash),
-        what(ctx).replace('`', "")
+        plain(&what(ctx).replace('`', ""))
     );
     for ov in &ctx.overrides {
-        let _ = writeln!(o, "  --set {ov}");
+        let _ = writeln!(o, "  --set {}", plain(ov));
     }
-    let _ = writeln!(o, "{}", headline(d));
+    let _ = writeln!(o, "{}", plain(&headline(d)));
     let _ = writeln!(
         o,
         "{} accounts, {} decided under both: {} change ({} promoted, {} demoted, {} in the same tier), {} with a new score",
@@ -271,7 +273,7 @@ pub fn table(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
         let _ = writeln!(
             o,
             "{:<16} {:>8} {:>8} {:>7} {:>18} {:>18}",
-            t.id,
+            plain(&t.id),
             t.before,
             t.after,
             signed(t.after as i64 - t.before as i64),
@@ -291,11 +293,11 @@ pub fn table(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
     let _ = writeln!(o, "\ntransitions (rows: baseline tier, columns: candidate tier)");
     let _ = write!(o, "{:<width$}", "");
     for t in &m.to {
-        let _ = write!(o, " {t:>width$}");
+        let _ = write!(o, " {:>width$}", plain(t));
     }
     o.push('\n');
     for (from, row) in m.from.iter().zip(&m.counts) {
-        let _ = write!(o, "{from:<width$}");
+        let _ = write!(o, "{:<width$}", plain(from));
         for c in row {
             let cell = if *c == 0 { ".".to_string() } else { c.to_string() };
             let _ = write!(o, " {cell:>width$}");
@@ -310,11 +312,11 @@ pub fn table(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
             let extra = if mg.overflow_after.is_empty() {
                 String::new()
             } else {
-                format!("  beyond max: {}", mg.overflow_after.join(", "))
+                format!("  beyond max: {}", plain(&mg.overflow_after.join(", ")))
             };
             let line = format!(
                 "  {:<22} {:>4} {:<5} → {:>4} {:<5}{extra}",
-                mg.manager,
+                plain(&mg.manager),
                 count(mg.count_before),
                 load(mg.status_before),
                 count(mg.count_after),
@@ -328,19 +330,21 @@ pub fn table(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
     if !(pa.added.is_empty() && pa.removed.is_empty() && pa.changed.is_empty()) {
         let _ = writeln!(o, "\nportfolio alerts");
         for a in &pa.added {
-            let _ = writeln!(o, "  + [{}] {}: {}", sev(a.severity), a.id, a.message);
+            let _ =
+                writeln!(o, "  + [{}] {}: {}", sev(a.severity), plain(&a.id), plain(&a.message));
         }
         for a in &pa.removed {
-            let _ = writeln!(o, "  - [{}] {}: {}", sev(a.severity), a.id, a.message);
+            let _ =
+                writeln!(o, "  - [{}] {}: {}", sev(a.severity), plain(&a.id), plain(&a.message));
         }
         for c in &pa.changed {
             let _ = writeln!(
                 o,
                 "  ~ [{}] {}: {} → {}",
                 sev(c.after.severity),
-                c.after.id,
-                c.before.message,
-                c.after.message
+                plain(&c.after.id),
+                plain(&c.before.message),
+                plain(&c.after.message)
             );
         }
     }
@@ -366,18 +370,18 @@ pub fn table(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
             };
             let line = format!(
                 "{:<16} {:<15} {:<22} {:<18} {:<12} {}",
-                a.id,
+                plain(&a.id),
                 score,
-                arrow(&a.from, &a.to),
+                plain(&arrow(&a.from, &a.to)),
                 arrow(a.change_before.as_str(), a.change_after.as_str()),
                 cause(a),
-                alerts_cell(a)
+                alerts_cell(a, |id| plain(id).into_owned())
             );
             let _ = writeln!(o, "{}", line.trim_end());
             // Why, on both sides, for an account whose tier or movement differs (an alert-only
             // change reads from its alerts cell).
             if a.from != a.to || a.change_before != a.change_after {
-                let (before, after) = (why(&a.reasons_before), why(&a.reasons_after));
+                let (before, after) = (plain(why(&a.reasons_before)), plain(why(&a.reasons_after)));
                 if before != after {
                     let _ = writeln!(o, "    baseline:  {before}");
                 }
@@ -395,11 +399,11 @@ pub fn table(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
                 let _ = writeln!(
                     o,
                     "  {} (record {}, {} before): {}: {}",
-                    f.id.as_deref().unwrap_or("?"),
+                    plain(f.id.as_deref().unwrap_or("?")),
                     f.record,
-                    f.tier,
+                    plain(&f.tier),
                     f.error.code,
-                    f.error.message
+                    plain(&f.error.message)
                 );
             }
             if list.len() > limit {
@@ -410,19 +414,14 @@ pub fn table(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
     o
 }
 
-/// Escapes what would break a markdown table cell.
-fn md(s: &str) -> String {
-    s.replace('|', "\\|").replace('\n', " ")
-}
-
 /// A pull-request comment.
 pub fn markdown(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
     let mut o = String::new();
     let s = &d.summary;
-    let _ = writeln!(o, "### What-if: `{}` → {}\n", d.baseline.name, what(ctx));
+    let _ = writeln!(o, "### What-if: {} → {}\n", code(&d.baseline.name), what(ctx));
     if !ctx.overrides.is_empty() {
         for ov in &ctx.overrides {
-            let _ = writeln!(o, "- `{}`", md(ov));
+            let _ = writeln!(o, "- {}", code(ov));
         }
         o.push('\n');
     }
@@ -481,12 +480,11 @@ pub fn markdown(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
                 Some(c) => format!("{c} ({})", load(l)),
                 None => "-".into(),
             };
-            let beyond: Vec<String> =
-                mg.overflow_after.iter().map(|id| format!("`{}`", md(id))).collect();
+            let beyond: Vec<String> = mg.overflow_after.iter().map(|id| code(id)).collect();
             let _ = writeln!(
                 o,
-                "| `{}` | {} | {} | {} |",
-                md(&mg.manager),
+                "| {} | {} | {} | {} |",
+                code(&mg.manager),
                 side(mg.count_before, mg.status_before),
                 side(mg.count_after, mg.status_after),
                 beyond.join(", ")
@@ -498,16 +496,16 @@ pub fn markdown(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
     if !(pa.added.is_empty() && pa.removed.is_empty() && pa.changed.is_empty()) {
         let _ = writeln!(o, "\n**Portfolio alerts**\n");
         for a in &pa.added {
-            let _ = writeln!(o, "- ➕ `{}` ({}): {}", a.id, sev(a.severity), md(&a.message));
+            let _ = writeln!(o, "- ➕ {} ({}): {}", code(&a.id), sev(a.severity), md(&a.message));
         }
         for a in &pa.removed {
-            let _ = writeln!(o, "- ➖ `{}` ({}): {}", a.id, sev(a.severity), md(&a.message));
+            let _ = writeln!(o, "- ➖ {} ({}): {}", code(&a.id), sev(a.severity), md(&a.message));
         }
         for c in &pa.changed {
             let _ = writeln!(
                 o,
-                "- ✏️ `{}` ({}): {} → {}",
-                c.after.id,
+                "- ✏️ {} ({}): {} → {}",
+                code(&c.after.id),
                 sev(c.after.severity),
                 md(&c.before.message),
                 md(&c.after.message)
@@ -536,13 +534,13 @@ pub fn markdown(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
             };
             let _ = writeln!(
                 o,
-                "| `{}` | {} | {} | {} | {} | {} | {} | {} |",
-                md(&a.id),
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                code(&a.id),
                 score,
-                arrow(&a.from, &a.to),
+                arrow(md(&a.from), md(&a.to)),
                 arrow(a.change_before.as_str(), a.change_after.as_str()),
                 cause(a),
-                alerts_cell(a),
+                alerts_cell(a, code),
                 md(why(&a.reasons_before)),
                 md(why(&a.reasons_after))
             );
@@ -558,8 +556,8 @@ pub fn markdown(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
             for f in list.iter().take(limit) {
                 let _ = writeln!(
                     o,
-                    "- `{}` (record {}): `{}`: {}",
-                    md(f.id.as_deref().unwrap_or("?")),
+                    "- {} (record {}): `{}`: {}",
+                    code(f.id.as_deref().unwrap_or("?")),
                     f.record,
                     f.error.code,
                     md(&f.error.message)
