@@ -423,3 +423,87 @@ fn a_failing_case_shows_the_decision_beside_the_expectation() {
     // The lint that explains it is printed by `test` too.
     assert!(text(&out.stderr).contains("warning[integer_division]"), "{}", text(&out.stderr));
 }
+
+// ---------------------------------------------------------------------------------------
+// the codes reference
+
+#[test]
+fn the_codes_reference_is_up_to_date() {
+    let path = root().join("docs/codes.md");
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        on_disk == tierwise::codes::markdown(),
+        "docs/codes.md is stale: run `cargo run -- schema` and commit it"
+    );
+}
+
+/// Every `"literal"` after one of `markers` (after `skip_args` arguments), in `src`.
+fn literals(src: &str, marker: &str, skip_args: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = src;
+    while let Some(i) = rest.find(marker) {
+        rest = &rest[i + marker.len()..];
+        let mut s = rest;
+        for _ in 0..skip_args {
+            match s.find(',') {
+                Some(k) => s = &s[k + 1..],
+                None => s = "",
+            }
+        }
+        let s = s.trim_start();
+        if let Some(body) = s.strip_prefix('"')
+            && let Some(end) = body.find('"')
+        {
+            let lit = &body[..end];
+            if !lit.is_empty() && lit.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                out.push(lit.to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_code_the_source_emits_is_in_the_reference_and_back() {
+    use tierwise::codes::*;
+    let mut listed: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    for list in [LOAD_ERRORS, LINTS, ACCOUNT_ERRORS, REASONS] {
+        listed.extend(list.iter().map(|c| c.code));
+    }
+    listed.extend(HTTP.iter().map(|(_, c)| c.code));
+    let mut sources = String::new();
+    let mut stack = vec![root().join("src")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") && !p.ends_with("codes.rs") {
+                sources.push_str(&std::fs::read_to_string(&p).unwrap());
+            }
+        }
+    }
+    let markers: [(&str, usize); 9] = [
+        ("self.err(", 0),
+        ("self.warn(", 0),
+        ("Level::Error,", 0),
+        ("Level::Warning,", 0),
+        ("code: ", 0),
+        ("AccountError::new(", 1),
+        ("ApiError::new(", 1),
+        ("self.push(", 1),
+        ("d.at(", 1),
+    ];
+    let mut missing = std::collections::BTreeSet::new();
+    for (m, skip) in markers {
+        for lit in literals(&sources, m, skip) {
+            if !listed.contains(lit.as_str()) {
+                missing.insert(lit);
+            }
+        }
+    }
+    assert!(missing.is_empty(), "codes emitted but not in src/codes.rs: {missing:?}");
+    let stale: Vec<&&str> =
+        listed.iter().filter(|c| !sources.contains(&format!("\"{c}\""))).collect();
+    assert!(stale.is_empty(), "codes in src/codes.rs that the source never emits: {stale:?}");
+}
