@@ -14,7 +14,7 @@ use serde_json::Value;
 use std::sync::Arc;
 
 mod csv_in;
-pub use csv_in::{Read, ReadOptions, looks_grouped, parse_columns, read_with};
+pub use csv_in::{Columns, Read, ReadOptions, looks_grouped, parse_columns, read_with};
 
 /// One account as another system sends it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -381,6 +381,15 @@ pub fn read_jsonl(text: &str) -> Vec<Record> {
 /// A CRM export read with the policy's `[columns]` (see [`read_with`] for the options).
 pub fn read_csv(text: &str, policy: &Policy) -> Result<Vec<Record>, ReadError> {
     read(text, Format::Csv, policy)
+}
+
+/// [`read`] before the policy is compiled (a test case's `accounts_file`).
+pub fn read_for(text: &str, format: Format, cols: &Columns<'_>) -> Result<Vec<Record>, ReadError> {
+    match format {
+        Format::Json => read_json(text),
+        Format::Jsonl => Ok(read_jsonl(text)),
+        Format::Csv => csv_in::read_csv(text, cols, &[]).map(|r| r.records),
+    }
 }
 
 /// The identity columns of a CSV export, by the names tierwise reads.

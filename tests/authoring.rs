@@ -507,3 +507,60 @@ fn every_code_the_source_emits_is_in_the_reference_and_back() {
         listed.iter().filter(|c| !sources.contains(&format!("\"{c}\""))).collect();
     assert!(stale.is_empty(), "codes in src/codes.rs that the source never emits: {stale:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// portfolio cases from a file
+
+#[test]
+fn a_portfolio_case_reads_its_book_from_a_file_and_expects_counts_and_shares() {
+    let policy = KAM.replace(
+        "[[tiers]]\nid = \"key\"\nmin_score = 7.0",
+        "[[tiers]]\nid = \"key\"\nmin_score = 7.0\nmax_share = 0.10",
+    );
+    assert!(policy.contains("max_share = 0.10"));
+    // 200 accounts, half of them strategic and big: the 10 % cap keeps 20 in `key`.
+    let mut csv = String::from("Account ID,Account Owner,Annual Revenue,seats,strategic,segment\n");
+    for i in 0..200 {
+        let big = i % 2 == 0;
+        csv.push_str(&format!(
+            "acct-{i:03},kam-{},{},{},{},mid\n",
+            i % 7,
+            if big { 2_000_000 + i * 1000 } else { 5_000 },
+            i,
+            if big { "TRUE" } else { "FALSE" }
+        ));
+    }
+    let cases = r#"
+[[case]]
+name = "the key cap keeps a tenth of the book"
+accounts_file = "fixtures/book.csv"
+as_of = "2026-11-01"
+expect = { tier_counts = { key = 20, base = 180 }, tier_shares = { key = 0.10, base = 0.9 }, tiers = { "acct-000" = "key" } }
+
+[[case]]
+name = "a wrong expectation shows the book"
+accounts_file = "fixtures/book.csv"
+as_of = "2026-11-01"
+expect = { tier_shares = { key = 0.5 }, tolerance = 0.01 }
+"#;
+    let (tmp, _dir) = write_policy(
+        "kam",
+        &[("policy.toml", &policy), ("tests/book.toml", cases), ("tests/fixtures/book.csv", &csv)],
+    );
+    let out = tierwise(&["test", "kam"], tmp.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let stdout: String =
+        stdout.lines().filter(|l| !l.starts_with("running")).collect::<Vec<_>>().join("\n");
+    insta::assert_snapshot!("portfolio_case_from_a_file", stdout);
+
+    // A file that is not there is the case's load error, with a "did you mean".
+    let bad = cases.replace("fixtures/book.csv", "fixture/book.csv");
+    let (tmp, _dir) = write_policy(
+        "kam",
+        &[("policy.toml", &policy), ("tests/book.toml", &bad), ("tests/fixtures/book.csv", &csv)],
+    );
+    let out = tierwise(&["check", "kam"], tmp.path());
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!("portfolio_case_missing_file", text(&out.stderr));
+}

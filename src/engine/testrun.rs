@@ -136,7 +136,48 @@ pub fn run_case(policy: &Policy, case: &TestCase) -> CaseResult {
             }
         }
     }
-    let got = if failures.is_empty() { Vec::new() } else { shown(case, e, &outcomes) };
+    if let Some(s) = &summary {
+        let count = |id: &str| s.tiers.iter().find(|t| &*t.id == id).map_or(0, |t| t.count);
+        let share = |id: &str| s.tiers.iter().find(|t| &*t.id == id).map_or(0.0, |t| t.share);
+        if let Some(want) = &e.tier_counts {
+            for (t, n) in want {
+                if count(t) != *n {
+                    failures.push(format!(
+                        "tier `{t}`: expected {n} accounts, got {} (of {} decided)",
+                        count(t),
+                        s.account_count
+                    ));
+                }
+            }
+        }
+        if let Some(want) = &e.tier_shares {
+            let tol = e.tolerance.unwrap_or(0.005);
+            for (t, x) in want {
+                if (share(t) - x).abs() > tol + 1e-12 {
+                    failures.push(format!(
+                        "tier `{t}`: expected a share of {x} (± {tol}), got {} ({} of {} decided)",
+                        share(t),
+                        count(t),
+                        s.account_count
+                    ));
+                }
+            }
+        }
+    }
+    let mut got = if failures.is_empty() { Vec::new() } else { shown(case, e, &outcomes) };
+    if let Some(s) = summary.as_ref().filter(|_| !failures.is_empty()) {
+        let tiers: Vec<String> = s
+            .tiers
+            .iter()
+            .map(|t| format!("{} {} ({:.1}%)", t.id, t.count, t.share * 100.0))
+            .collect();
+        got.push(format!(
+            "book: {} decided, {} errors; {}",
+            s.account_count,
+            s.error_count,
+            tiers.join(", ")
+        ));
+    }
     CaseResult { name: case.name.clone(), place: case.place.clone(), failures, got }
 }
 

@@ -91,7 +91,7 @@ fn something_to_compare(s: &mut schemars::Schema) {
 #[serde(deny_unknown_fields)]
 pub struct CandidateFolder {
     /// Relative path → text. Only `policy.toml` (required), `scripts/NAME.rhai` and
-    /// `tests/NAME.toml`; at most 64 files and 1 MiB in all (with the overrides).
+    /// `tests/NAME.toml`, `tests/fixtures/NAME.csv|json|jsonl|ndjson`; at most 64 files and 1 MiB in all (with the overrides).
     #[schemars(extend("maxProperties" = MAX_CANDIDATE_FILES))]
     #[schemars(extend("required" = ["policy.toml"]))]
     #[schemars(extend("propertyNames" = { "pattern": CANDIDATE_PATH_PATTERN }))]
@@ -256,6 +256,17 @@ fn path_problem(path: &str) -> Option<&'static str> {
     }
     if path == "policy.toml" {
         return None;
+    }
+    // A portfolio case's `accounts_file` (docs/snapshots.md): a book beside the cases.
+    if let Some(name) = path.strip_prefix("tests/fixtures/") {
+        let ok_ext = [".csv", ".json", ".jsonl", ".ndjson"].iter().any(|e| name.ends_with(e));
+        let ok_name = !name.starts_with('.')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        return if ok_ext && ok_name {
+            None
+        } else {
+            Some("a fixture must be `tests/fixtures/NAME.csv` (or `.json`, `.jsonl`, `.ndjson`)")
+        };
     }
     let Some((dir, name)) = path.split_once('/') else {
         return Some(

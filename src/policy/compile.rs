@@ -486,7 +486,7 @@ impl Compiler<'_> {
         });
         let portfolio_alerts = self.portfolio_alerts(&raw.portfolio.alerts, &engine, &lib);
         let columns = self.columns(&raw.columns, &inputs);
-        let cases = self.cases(files, &tiers);
+        let cases = self.cases(files, &tiers, &columns);
 
         if self.past_deadline() || self.d.has_errors() {
             return None;
@@ -1710,7 +1710,12 @@ impl Compiler<'_> {
         out
     }
 
-    fn cases(&mut self, files: &Files, tiers: &[Tier]) -> Vec<TestCase> {
+    fn cases(
+        &mut self,
+        files: &Files,
+        tiers: &[Tier],
+        columns: &[(String, String)],
+    ) -> Vec<TestCase> {
         let mut out = Vec::new();
         for path in files.keys().filter(|p| p.starts_with("tests/") && p.ends_with(".toml")) {
             if self.past_deadline() {
@@ -1734,14 +1739,16 @@ impl Compiler<'_> {
                         None,
                     )
                 };
-                let (values, portfolio) = match (&case.account, &case.accounts) {
-                    (Some(a), None) => (vec![a.clone()], false),
-                    (None, Some(list)) => (list.clone(), true),
+                let (values, portfolio) = match (&case.account, &case.accounts, &case.accounts_file)
+                {
+                    (Some(a), None, None) => (vec![a.clone()], false),
+                    (None, Some(list), None) => (list.clone(), true),
+                    (None, None, Some(_)) => (Vec::new(), true),
                     _ => {
                         bad(
                             &mut self.d,
                             format!(
-                                "case `{}` needs exactly one of `account` and `accounts`",
+                                "case `{}` needs exactly one of `account`, `accounts` and `accounts_file`",
                                 case.name
                             ),
                         );
@@ -1755,6 +1762,54 @@ impl Compiler<'_> {
                         Err(e) => {
                             bad(&mut self.d, format!("case `{}`: bad account: {e}", case.name))
                         }
+                    }
+                }
+                if let Some(file) = &case.accounts_file {
+                    match self.accounts_file(files, path, file, columns) {
+                        Ok(list) => accounts.extend(list),
+                        Err(msg) => bad(&mut self.d, format!("case `{}`: {msg}", case.name)),
+                    }
+                }
+                if let Some(d) = &case.as_of {
+                    match crate::snapshot::check_as_of(d) {
+                        Ok(()) => {
+                            for a in accounts.iter_mut().filter(|a| a.as_of.is_empty()) {
+                                a.as_of = d.clone();
+                            }
+                        }
+                        Err(msg) => bad(&mut self.d, format!("case `{}`: {msg}", case.name)),
+                    }
+                }
+                if let Some(t) = case.expect.tolerance
+                    && !(t.is_finite() && t >= 0.0)
+                {
+                    bad(
+                        &mut self.d,
+                        format!("case `{}`: `tolerance` must be a number ≥ 0, got {t}", case.name),
+                    );
+                }
+                let mut share_tiers: Vec<&String> = Vec::new();
+                if let Some(c) = &case.expect.tier_counts {
+                    share_tiers.extend(c.keys());
+                }
+                if let Some(c) = &case.expect.tier_shares {
+                    share_tiers.extend(c.keys());
+                }
+                for t in share_tiers {
+                    if !tiers.iter().any(|x| &x.id == t) {
+                        let help = did_you_mean(t, tiers.iter().map(|t| t.id.as_str()));
+                        self.d.at(
+                            Level::Error,
+                            "unknown_tier",
+                            path,
+                            Some(case.span.clone()),
+                            Some(&case.name),
+                            format!(
+                                "case `{}` counts tier `{t}`, which the policy does not have",
+                                case.name
+                            ),
+                            help,
+                        );
                     }
                 }
                 let e = &case.expect;
@@ -1795,6 +1850,57 @@ impl Compiler<'_> {
             }
         }
         out
+    }
+}
+
+impl Compiler<'_> {
+    /// The snapshots of a case's `accounts_file`, relative to the case's own file: every
+    /// record must be a snapshot (a bad one is the case's load error, with its line).
+    fn accounts_file(
+        &self,
+        files: &Files,
+        case_file: &str,
+        file: &str,
+        columns: &[(String, String)],
+    ) -> Result<Vec<crate::snapshot::Snapshot>, String> {
+        let dir = case_file.rsplit_once('/').map_or("", |(d, _)| d);
+        let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+        for seg in file.split('/') {
+            match seg {
+                "" | "." => {}
+                ".." => {
+                    if parts.pop().is_none() {
+                        return Err(format!(
+                            "`accounts_file = \"{file}\"` leaves the policy folder"
+                        ));
+                    }
+                }
+                s => parts.push(s),
+            }
+        }
+        let rel = parts.join("/");
+        let Some(bytes) = files.get(&rel) else {
+            let near = did_you_mean(&rel, files.keys().map(String::as_str))
+                .map(|h| format!("; {h}"))
+                .unwrap_or_default();
+            return Err(format!("`accounts_file` `{rel}` is not in the policy folder{near}"));
+        };
+        let Some(format) = crate::snapshot::Format::from_path(&rel) else {
+            return Err(format!("`{rel}`: use .csv, .json, .jsonl or .ndjson"));
+        };
+        let text = std::str::from_utf8(bytes).map_err(|_| format!("`{rel}` is not UTF-8 text"))?;
+        let cols = crate::snapshot::Columns { inputs: &self.inputs, columns, policy: "" };
+        let records =
+            crate::snapshot::read_for(text, format, &cols).map_err(|e| format!("`{rel}`: {e}"))?;
+        records
+            .into_iter()
+            .map(|r| {
+                r.map_err(|e| {
+                    let at = e.record.map(|n| format!(" (record {n})")).unwrap_or_default();
+                    format!("`{rel}`{at}: {}", e.message)
+                })
+            })
+            .collect()
     }
 }
 

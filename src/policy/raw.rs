@@ -422,6 +422,12 @@ pub struct RawCase {
     /// A portfolio-level case: several snapshots.
     #[schemars(with = "Option<Vec<crate::snapshot::Snapshot>>")]
     pub accounts: Option<Vec<toml::Value>>,
+    /// A portfolio-level case whose accounts are in a file, relative to the case's own file
+    /// (`accounts_file = "fixtures/book.csv"` is `tests/fixtures/book.csv`): `.csv` (read with
+    /// the policy's `[columns]`), `.json` (an array) or `.jsonl`/`.ndjson`.
+    pub accounts_file: Option<String>,
+    /// `as_of` for the case's accounts that carry none (an export without the column).
+    pub as_of: Option<String>,
     pub expect: RawExpect,
 }
 
@@ -449,4 +455,11 @@ pub struct RawExpect {
     pub managers: Option<BTreeMap<String, String>>,
     /// Portfolio: ids of portfolio alerts, exactly.
     pub portfolio_alerts: Option<Vec<String>>,
+    /// Portfolio: tier id → how many accounts end in it, exactly.
+    pub tier_counts: Option<BTreeMap<String, u64>>,
+    /// Portfolio: tier id → the fraction of decided accounts that end in it (0.05 for 5%),
+    /// within `tolerance`.
+    pub tier_shares: Option<BTreeMap<String, f64>>,
+    /// How far a `tier_shares` value may be from the book's (default 0.005, half a percent).
+    pub tolerance: Option<f64>,
 }

@@ -10,7 +10,7 @@
 use super::{
     AccountError, Format, IDENTITY, ReadError, Record, Snapshot, fill_as_of, read_json, read_jsonl,
 };
-use crate::policy::{InputType, Policy};
+use crate::policy::{Input, InputType, Policy};
 use serde_json::Value;
 
 /// What a command or a request adds to the file itself.
@@ -42,7 +42,7 @@ pub fn read_with(
     let mut read = match format {
         Format::Json => Read { records: read_json(text)?, notes: Vec::new() },
         Format::Jsonl => Read { records: read_jsonl(text), notes: Vec::new() },
-        Format::Csv => read_csv(text, policy, &opts.columns)?,
+        Format::Csv => read_csv(text, &Columns::of(policy), &opts.columns)?,
     };
     if let Some(as_of) = &opts.as_of {
         fill_as_of(&mut read.records, as_of);
@@ -118,6 +118,21 @@ pub fn looks_grouped(t: &str) -> Option<String> {
     Some(plain)
 }
 
+/// What CSV reading needs of a policy: its inputs (to type the cells), its `[columns]` and
+/// its name (for notes). Test cases read their `accounts_file` while the policy compiles,
+/// before there is a [`Policy`].
+pub struct Columns<'a> {
+    pub inputs: &'a [Input],
+    pub columns: &'a [(String, String)],
+    pub policy: &'a str,
+}
+
+impl<'a> Columns<'a> {
+    pub fn of(p: &'a Policy) -> Self {
+        Columns { inputs: &p.inputs, columns: &p.columns, policy: &p.name }
+    }
+}
+
 /// The name a column gives, after the maps: `None` for a column tierwise does not read.
 struct Layout {
     /// Per column: the name tierwise reads, and the input's type (`None` for identity).
@@ -138,7 +153,7 @@ fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Opt
 
 fn layout(
     headers: &csv::StringRecord,
-    policy: &Policy,
+    policy: &Columns<'_>,
     extra: &[(String, String)],
 ) -> Result<Layout, ReadError> {
     // The command's map replaces the policy's entry for the same name.
@@ -217,7 +232,7 @@ fn layout(
     if !plain.is_empty() {
         notes.push(format!(
             "columns not read (not identity columns nor inputs of policy `{}`): {}",
-            policy.name,
+            policy.policy,
             plain.join(", ")
         ));
     }
@@ -226,7 +241,11 @@ fn layout(
 
 /// A CRM export: identity columns and one column per input, in any order and under any
 /// names the maps give; an empty cell is absent.
-fn read_csv(text: &str, policy: &Policy, extra: &[(String, String)]) -> Result<Read, ReadError> {
+pub fn read_csv(
+    text: &str,
+    policy: &Columns<'_>,
+    extra: &[(String, String)],
+) -> Result<Read, ReadError> {
     let mut rdr =
         csv::ReaderBuilder::new().flexible(false).trim(csv::Trim::All).from_reader(text.as_bytes());
     let headers = rdr.headers().map_err(|e| ReadError::Csv(e.to_string()))?.clone();
