@@ -564,3 +564,79 @@ expect = { tier_shares = { key = 0.5 }, tolerance = 0.01 }
     assert_eq!(out.status.code(), Some(1));
     insta::assert_snapshot!("portfolio_case_missing_file", text(&out.stderr));
 }
+
+// ---------------------------------------------------------------------------------------
+// capacity: unassigned accounts, settings in expressions
+
+const BOOK_POLICY: &str = r#"
+[inputs]
+revenue_12m = { type = "number", min = 0 }
+
+[score]
+[[score.criteria]]
+id = "revenue"
+weight = 1.0
+steps = { input = "revenue_12m", at = [100000.0, 1000000.0] }
+
+[[tiers]]
+id = "key"
+min_score = 7.0
+max_share = 0.5
+
+[[tiers]]
+id = "base"
+
+[capacity]
+tiers = ["key"]
+per_manager = { min = 1, max = 3 }
+
+[[alerts]]
+id = "near_threshold"
+severity = "info"
+tiers = ["base"]
+when = 'score >= min_score("key") - 1.0'
+message = "score {score}, {min_score(\"key\") - score} below key"
+
+[[portfolio.alerts]]
+id = "unowned_key_accounts"
+severity = "high"
+when = "unassigned_count > 0"
+message = "{unassigned_count} key accounts have no manager; managers carry at most {per_manager_max}, key holds {tier_count(\"key\")} of {tier_limit(\"key\")} seats"
+"#;
+
+#[test]
+fn key_accounts_without_a_manager_are_listed_and_alerts_read_the_policys_settings() {
+    let book = |p: &tierwise::policy::Policy| {
+        let mut lines = String::new();
+        for i in 0..8 {
+            let manager =
+                if i % 3 == 0 { String::new() } else { format!(r#""manager":"kam-{}","#, i % 2) };
+            let rev = if i < 6 { 5_000_000 } else { 150_000 };
+            lines.push_str(&format!(
+                "{{\"id\":\"a{i}\",{manager}\"as_of\":\"2026-11-01\",\"fields\":{{\"revenue_12m\":{rev}}}}}\n"
+            ));
+        }
+        let recs = snapshot::read(&lines, Format::Jsonl, p).unwrap();
+        engine::evaluate_portfolio(p, &recs)
+    };
+    let p = load_inline(BOOK_POLICY, &[]);
+    let r = book(&p);
+    // The same book under a what-if with `per_manager.max = 2`: the message follows.
+    let q = load_inline(&BOOK_POLICY.replace("max = 3", "max = 2"), &[]);
+    let r2 = book(&q);
+    let account_alerts: Vec<String> = r
+        .accounts
+        .iter()
+        .filter_map(|o| o.decision())
+        .flat_map(|d| d.alerts.iter().map(move |a| format!("{}: {}", d.id, a.message)))
+        .collect();
+    insta::assert_yaml_snapshot!(
+        "unassigned_and_settings",
+        json!({
+            "unassigned": r.summary.unassigned,
+            "portfolio_alerts": r.summary.portfolio_alerts.iter().map(|a| &a.message).collect::<Vec<_>>(),
+            "what_if_max_2": r2.summary.portfolio_alerts.iter().map(|a| &a.message).collect::<Vec<_>>(),
+            "account_alerts": account_alerts,
+        })
+    );
+}

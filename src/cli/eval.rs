@@ -299,6 +299,18 @@ fn write_portfolio(
                     m.status.as_str()
                 )?;
             }
+            if !s.unassigned.is_empty() {
+                let shown: Vec<String> =
+                    s.unassigned.iter().take(10).map(|id| plain(id).into_owned()).collect();
+                let more = s.unassigned.len().saturating_sub(10);
+                writeln!(
+                    out,
+                    "unassigned: {} account(s) of the capacity tiers have no manager: {}{}",
+                    s.unassigned.len(),
+                    shown.join(", "),
+                    if more > 0 { format!(" (and {more} more)") } else { String::new() }
+                )?;
+            }
             for a in &s.portfolio_alerts {
                 writeln!(
                     out,

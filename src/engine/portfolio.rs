@@ -433,6 +433,7 @@ fn summarize(policy: &Policy, accounts: &[Outcome], revenue: &[f64], book: Book)
     let mut revenues = Vec::new();
     let mut moves = Vec::new();
     let mut errors = 0u64;
+    let mut unassigned: Vec<String> = Vec::new();
     // f64 addition is not associative: sums run over values sorted descending, never in input
     // order, so reordering the accounts cannot change a total (or flip a portfolio alert).
     let mut by_tier: Vec<Vec<f64>> = vec![Vec::new(); policy.tiers.len()];
@@ -446,6 +447,10 @@ fn summarize(policy: &Policy, accounts: &[Outcome], revenue: &[f64], book: Book)
         if let Some(t) = policy.tier_index(&d.tier) {
             tiers[t].count += 1;
             by_tier[t].push(rev);
+            // A key account nobody manages is in no book: listed so it gets an owner.
+            if d.manager.is_none() && policy.capacity.as_ref().is_some_and(|c| c.in_book[t]) {
+                unassigned.push(d.id.clone());
+            }
         }
         match d.change {
             Change::Promote => changes.promote += 1,
@@ -487,7 +492,17 @@ fn summarize(policy: &Policy, accounts: &[Outcome], revenue: &[f64], book: Book)
         tiers: tiers.iter().map(|t| (t.id.clone(), (t.count as i64, t.revenue))).collect(),
         managers_over: managers.iter().filter(|m| m.status == Load::Over).count() as i64,
         managers_under: managers.iter().filter(|m| m.status == Load::Under).count() as i64,
+        unassigned_count: unassigned.len() as i64,
+        tier_limits: policy
+            .tiers
+            .iter()
+            .map(|t| {
+                let l = limit(t.max_share, t.max_count, n).and_then(|l| i64::try_from(l).ok());
+                (t.id.clone(), l)
+            })
+            .collect(),
     });
+    unassigned.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     let top10 = agg.top_revenue_share(10);
     let (portfolio_alerts, portfolio_errors) = portfolio_alerts(policy, agg.clone());
     Summary {
@@ -499,6 +514,7 @@ fn summarize(policy: &Policy, accounts: &[Outcome], revenue: &[f64], book: Book)
         changes,
         over_cap,
         managers,
+        unassigned,
         portfolio_alerts,
         portfolio_errors,
         moves,

@@ -19,11 +19,15 @@ use std::sync::Arc;
 const POLICY_FILE: &str = "policy.toml";
 
 /// Variables portfolio alert expressions may read.
-const AGGREGATE_VARS: [(&str, Var); 4] = [
+const AGGREGATE_VARS: [(&str, Var); 8] = [
     ("account_count", Var::AccountCount),
     ("total_revenue", Var::TotalRevenue),
     ("managers_over", Var::ManagersOver),
     ("managers_under", Var::ManagersUnder),
+    ("unassigned_count", Var::UnassignedCount),
+    ("per_manager_min", Var::PerManagerMin),
+    ("per_manager_max", Var::PerManagerMax),
+    ("total_max", Var::TotalMax),
 ];
 
 pub(crate) fn compile(name: &str, files: &Files, limits: &Limits) -> Result<Policy, Report> {
@@ -437,11 +441,25 @@ impl Compiler<'_> {
                     .then(|| Some((stem.to_string(), self.d.sources.get(p)?.to_string())))?
             })
             .collect();
+        let cap = raw.capacity.as_ref();
+        let per = cap.and_then(|c| c.per_manager.as_ref());
+        let int = |v: Option<u64>| v.and_then(|v| i64::try_from(v).ok());
+        let settings = script::Settings {
+            per_manager_min: int(per.and_then(|p| p.min)),
+            per_manager_max: int(per.and_then(|p| p.max)),
+            total_max: int(cap.and_then(|c| c.total_max.as_ref().map(|t| t.value))),
+            min_scores: raw
+                .tiers
+                .iter()
+                .map(|t| (t.id.value.clone(), t.min_score.as_ref().map_or(0.0, |m| m.value)))
+                .collect(),
+        };
         let engine = script::build_engine(
             self.limits,
             self.vars.clone(),
             input_slots.clone(),
             Arc::new(scripts.clone()),
+            Arc::new(settings),
         );
         let lib = self.scripts(&engine, &scripts);
 
@@ -963,11 +981,16 @@ impl Compiler<'_> {
                 (ExprKind::Account, Var::Input(_))
                     | (ExprKind::Alert, Var::Input(_) | Var::Score | Var::Tier)
                     | (
+                        ExprKind::Alert | ExprKind::Portfolio,
+                        Var::PerManagerMin | Var::PerManagerMax | Var::TotalMax
+                    )
+                    | (
                         ExprKind::Portfolio,
                         Var::AccountCount
                             | Var::TotalRevenue
                             | Var::ManagersOver
                             | Var::ManagersUnder
+                            | Var::UnassignedCount
                     )
             );
             if ok {
@@ -1027,7 +1050,7 @@ impl Compiler<'_> {
                             let hint = match kind {
                                 ExprKind::Account => "expressions read declared `[inputs]` only",
                                 ExprKind::Alert => "alert expressions read declared `[inputs]`, `score` and `tier`",
-                                ExprKind::Portfolio => "portfolio alerts read `account_count`, `total_revenue`, `managers_over`, `managers_under` and the aggregate functions",
+                                ExprKind::Portfolio => "portfolio alerts read `account_count`, `total_revenue`, `managers_over`, `managers_under`, `unassigned_count`, the policy's `per_manager_min`, `per_manager_max`, `total_max` and the aggregate functions",
                             };
                             Some(hint.to_string())
                         });
