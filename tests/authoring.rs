@@ -640,3 +640,63 @@ fn key_accounts_without_a_manager_are_listed_and_alerts_read_the_policys_setting
         })
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// diff
+
+#[test]
+fn diff_names_a_bad_override_and_heads_with_the_candidates_warnings_and_failing_cases() {
+    let root = root();
+    let bad = tierwise(
+        &[
+            "diff",
+            "--baseline",
+            "policies/enterprise",
+            "--set",
+            "capacity.per_manager.max=sixteen",
+            "--accounts",
+            "samples/portfolio.jsonl",
+        ],
+        &root,
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    insta::assert_snapshot!("diff_bad_override_value", text(&bad.stderr));
+    let out = tierwise(
+        &[
+            "diff",
+            "--baseline",
+            "policies/enterprise",
+            "--set",
+            "tiers.key.min_score=65",
+            "--accounts",
+            "samples/portfolio.jsonl",
+            "--top",
+            "3",
+        ],
+        &root,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    // The header comes before any figure; the accounts that lose the capacity tier come first.
+    let header: Vec<&str> = stdout.lines().take(6).collect();
+    // Hashes redacted: an edit of the shipped policy must not churn this snapshot.
+    let redacted: Vec<String> = header
+        .iter()
+        .map(|l| {
+            l.split(' ')
+                .map(|w| {
+                    if w.len() == 12 && w.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        "<hash>"
+                    } else {
+                        w
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    insta::assert_snapshot!("diff_header_warns", redacted.join("\n"));
+    let listed = stdout.split("accounts that change").nth(1).unwrap_or("");
+    let first = listed.lines().nth(2).unwrap_or("");
+    assert!(first.contains("key → managed"), "{listed}");
+}

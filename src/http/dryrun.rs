@@ -560,15 +560,14 @@ fn run(
                     .candidate
                     .is_some()
                     .then(|| format!("candidate {}", candidate.short_hash())),
+                notes: candidate::header_notes(&baseline.policy, &candidate, Some(&test_cases)),
+                capacity_tiers: candidate::capacity_tiers(&baseline.policy),
             };
-            let mut text = if format == DiffFormat::Markdown {
+            let text = if format == DiffFormat::Markdown {
                 render::markdown(&diff, &ctx, top)
             } else {
                 render::table(&diff, &ctx, top)
             };
-            if let Some(note) = test_cases.note(format == DiffFormat::Markdown) {
-                text.push_str(&note);
-            }
             let ct = if format == DiffFormat::Markdown {
                 "text/markdown; charset=utf-8"
             } else {
