@@ -36,6 +36,8 @@ fi
 echo "accounts: $F ($(wc -l < "$F") lines, $(( $(stat -c %s "$F") / 1024 / 1024 )) MiB)"
 
 CLI=(target/release/tierwise eval --policy policies/enterprise --accounts "$F" --portfolio --format jsonl)
+# The same decision with its script written with a mutable local, a loop and a switch.
+LOOPS=(target/release/tierwise eval --policy tests/corpus/enterprise-loops --accounts "$F" --portfolio --format jsonl)
 HW=(target/release/examples/handwritten "$F")
 HW2=(target/release/examples/handwritten "$F" --threads 2)
 
@@ -51,6 +53,7 @@ rm -f "$DATA/out-cli.jsonl" "$DATA/out-handwritten.jsonl"
 
 hyperfine -N -i --warmup 2 --runs "$RUNS" --output=null --export-json "$DATA/hyperfine.json" \
     -n cli "${CLI[*]}" \
+    -n cli-loops "${LOOPS[*]}" \
     -n handwritten "${HW[*]}" \
     -n "handwritten --threads 2" "${HW2[*]}"
 
@@ -58,6 +61,10 @@ python3 - "$DATA/hyperfine.json" <<'EOF' || true
 import json, sys
 r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
 print("\nmedians: " + ", ".join(f'{k} {v["median"]:.3f} s (user {v["user"]:.3f} + sys {v["system"]:.3f})' for k, v in r.items()))
+for k in ("cli", "cli-loops"):
+    if k in r and "handwritten" in r:
+        cpu = lambda x: x["user"] + x["system"]
+        print(f'{k} / handwritten (1 thread): CPU {cpu(r[k]) / cpu(r["handwritten"]):.2f}x, wall {r[k]["median"] / r["handwritten"]["median"]:.2f}x')
 if "cli" in r and "handwritten" in r:
     print(f'cli / handwritten (1 thread): {r["cli"]["median"] / r["handwritten"]["median"]:.2f}x')
 if "cli" in r and "handwritten --threads 2" in r:
@@ -65,9 +72,10 @@ if "cli" in r and "handwritten --threads 2" in r:
 EOF
 
 echo
-for name in cli handwritten "handwritten --threads 2"; do
+for name in cli cli-loops handwritten "handwritten --threads 2"; do
     case "$name" in
         cli) cmd=("${CLI[@]}") ;;
+        cli-loops) cmd=("${LOOPS[@]}") ;;
         handwritten) cmd=("${HW[@]}") ;;
         *) cmd=("${HW2[@]}") ;;
     esac

@@ -12,7 +12,9 @@
 //!   `engine_batch_2cores` (`evaluate` on the whole slice: rayon on both cores),
 //!   `engine_one_per_call` (`evaluate(from_ref(record))` per account: one thread, what a
 //!   `/v1/evaluate` call per account costs), `engine_chunks_200` (one thread, per-call costs
-//!   shared), `engine_validate_only` (`snapshot::validate`), `handwritten_from_snapshot`
+//!   shared), `loops_engine_*` (the same two on tests/corpus/enterprise-loops, the same
+//!   decision with its script written with a mutable local, a loop and a `switch`),
+//!   `engine_validate_only` (`snapshot::validate`), `handwritten_from_snapshot`
 //!   (validation from the same `serde_json::Map` fields + decision + reasons + alerts),
 //!   `handwritten_core` (decision on pre-validated typed inputs), `handwritten_validate_only`;
 //! - `portfolio_100k/*`: `evaluate_portfolio` over all 100,000 records (2 cores) and the
@@ -86,6 +88,23 @@ fn main() {
         "hand-written validation refused an account the engine decided"
     );
 
+    // The corpus policy whose script uses a mutable local, a loop and a switch: the same
+    // decision as enterprise (tests/native_corpus.rs checks it), so the same hand-written one.
+    let loops_dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/enterprise-loops");
+    let loops = match tierwise::policy::load_dir(&loops_dir, &tierwise::script::Limits::default()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("cannot load {}: {e}", loops_dir.display());
+            std::process::exit(2);
+        }
+    };
+    eprintln!(
+        "through rhai: enterprise {}, enterprise-loops {}",
+        policy.rhai_count(),
+        loops.rhai_count()
+    );
+
     let mut c = Criterion::default().configure_from_args();
     {
         let mut g = c.benchmark_group("account_10k");
@@ -106,6 +125,20 @@ fn main() {
             b.iter(|| {
                 for ch in valid.chunks(200) {
                     black_box(engine::evaluate(&policy, black_box(ch)));
+                }
+            })
+        });
+        g.bench_function("loops_engine_one_per_call", |b| {
+            b.iter(|| {
+                for r in &valid {
+                    black_box(engine::evaluate(&loops, std::slice::from_ref(black_box(r))));
+                }
+            })
+        });
+        g.bench_function("loops_engine_chunks_200", |b| {
+            b.iter(|| {
+                for ch in valid.chunks(200) {
+                    black_box(engine::evaluate(&loops, black_box(ch)));
                 }
             })
         });
@@ -178,6 +211,8 @@ fn table(account_n: usize, portfolio_n: usize) {
     for id in [
         "engine_one_per_call",
         "engine_chunks_200",
+        "loops_engine_one_per_call",
+        "loops_engine_chunks_200",
         "engine_batch_2cores",
         "engine_validate_only",
         "handwritten_from_snapshot",

@@ -71,6 +71,7 @@ pub const LOAD_ERRORS: &[Code] = &[
     ),
     c("bad_margin", "a movement margin that is negative or not finite"),
     c("bad_tenure", "`min_tenure_days` is negative"),
+    c("bad_alert_days", "an alert's `cooldown_days` or `renotify_days` is negative"),
     c("bad_max_steps", "`max_steps` is 0"),
     c("bad_template", "a message with an unmatched `{` or `}` (write `{{` / `}}` for a brace)"),
     c("bad_revenue", "`portfolio.revenue` names an input that is not a number or integer"),
@@ -115,7 +116,14 @@ pub const LINTS: &[Code] = &[
         "bool_compared_with_text",
         "a `bool` input compared with text (`partner == \"true\"`): never equal",
     ),
+    c("renotify_every_time", "`renotify_days = 0` tells the alert again on every new `as_of`"),
 ];
+
+/// `check` notes (level `info`): nothing is wrong, but the author may want to know.
+pub const NOTES: &[Code] = &[c(
+    "rhai_fallback",
+    "a criterion runs through rhai, not the native fast path (same results, slower), with the construct that keeps it there",
+)];
 
 /// Why an account got no decision: `error.code` in an answer, `expect = { error = "..." }`
 /// in a test case. The other accounts are still decided.
@@ -177,6 +185,17 @@ pub const REASONS: &[Code] = &[
 
 /// HTTP error codes (`{code, message, details}`), with their status.
 pub const HTTP: &[(u16, Code)] = &[
+    (
+        400,
+        c("bad_request", "the request is not valid HTTP/1.1 (a malformed request line or header)"),
+    ),
+    (
+        400,
+        c(
+            "bad_query",
+            "a query parameter of `/v1/events` or `/v1/accounts/{id}/history` that is not valid",
+        ),
+    ),
     (400, c("malformed_json", "the body is not valid JSON")),
     (400, c("malformed_body", "the body is not what its `Content-Encoding` says")),
     (400, c("bad_host", "a request without a valid `Host` header (the connection is closed)")),
@@ -193,6 +212,8 @@ pub const HTTP: &[(u16, Code)] = &[
     (404, c("not_found", "no such route")),
     (404, c("unknown_policy", "no policy of that name is loaded (with a \"did you mean\")")),
     (404, c("unknown_schema", "no schema of that name")),
+    (404, c("events_off", "events are off: start the service with `--events` (or a webhook)")),
+    (404, c("no_history", "no state for that account under that policy and level")),
     (404, c("unknown_account", "no latest decision stored for that account under that policy")),
     (405, c("method_not_allowed", "the route does not take that method")),
     (408, c("body_timeout", "the body did not arrive in time")),
@@ -201,6 +222,7 @@ pub const HTTP: &[(u16, Code)] = &[
     (413, c("too_many_fields", "an account with more keys in `fields` than `TIERWISE_MAX_FIELDS`")),
     (413, c("response_too_large", "the answer would be larger than `TIERWISE_MAX_RESPONSE_BYTES`")),
     (413, c("candidate_too_large", "a dry run's candidate has too many files or bytes")),
+    (414, c("uri_too_long", "the request target is longer than the server reads")),
     (415, c("unsupported_media_type", "a `Content-Type` the endpoint does not take")),
     (415, c("unsupported_encoding", "a `Content-Encoding` other than `gzip`")),
     (422, c("invalid_request", "valid JSON of the wrong shape (with the place)")),
@@ -234,6 +256,7 @@ pub const HTTP: &[(u16, Code)] = &[
         ),
     ),
     (429, c("too_many_attempts", "too many wrong admin tokens from one address")),
+    (431, c("headers_too_large", "the request's headers are larger than the server reads")),
     (500, c("internal", "a failure inside one request (logged, not sent)")),
     (503, c("overloaded", "too many requests at once; retry after `Retry-After`")),
     (503, c("timeout", "the request ran past the request timeout")),
@@ -241,6 +264,7 @@ pub const HTTP: &[(u16, Code)] = &[
     (503, c("not_ready", "the default policy is not loaded yet")),
     (503, c("policy_unavailable", "no version of that policy passed its checks")),
     (503, c("cache_unavailable", "latest decisions only: Redis is down")),
+    (503, c("state_unavailable", "the event state store (Redis) cannot be reached")),
 ];
 
 /// What the command line's exit code says.
@@ -274,6 +298,8 @@ pub fn markdown() -> String {
     table(&mut out, LOAD_ERRORS);
     out.push_str("\n## Warnings (`tierwise check`, `tierwise test`, the `diff` header)\n\nThe policy loads; the rule cannot do what it says.\n\n");
     table(&mut out, LINTS);
+    out.push_str("\n## Notes (`tierwise check`)\n\n");
+    table(&mut out, NOTES);
     out.push_str("\n## Account errors\n\nAn account answered with `{id, error: {code, message, field, rule, place, record}}`; in a test case, `expect = { error = \"code\" }`.\n\n");
     table(&mut out, ACCOUNT_ERRORS);
     out.push_str("\n## Reasons\n\nEach decision's `reasons` (`{code, message}`); in a test case, `expect = { reasons = [\"code\", ...] }` (codes that must be present).\n\n");

@@ -27,6 +27,7 @@ pub mod codes;
 pub mod date;
 pub mod decision_log;
 pub mod engine;
+pub mod events;
 pub mod http;
 pub mod jsonmap;
 pub mod logging;

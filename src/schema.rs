@@ -13,6 +13,7 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("decision.schema.json", pretty(schema_for!(crate::engine::Outcome))),
         ("portfolio.schema.json", pretty(schema_for!(crate::engine::PortfolioResult))),
         ("diff.schema.json", pretty(schema_for!(crate::whatif::PolicyDiff))),
+        ("backtest.schema.json", pretty(schema_for!(crate::engine::backtest::BacktestResult))),
     ]
 }
 

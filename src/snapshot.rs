@@ -378,6 +378,46 @@ pub fn read_jsonl(text: &str) -> Vec<Record> {
     lines.par_iter().with_min_len(512).map(|&(i, l)| record_from_json(l, i + 1)).collect()
 }
 
+/// JSON lines read a chunk at a time from a reader, so a caller can decide and write each
+/// chunk before reading the next: memory stays flat whatever the file's size. Records are
+/// numbered by line in the whole input, as [`read_jsonl`] numbers them.
+pub struct JsonlChunks<R> {
+    reader: R,
+    /// Lines read so far.
+    line: usize,
+    /// Records per chunk.
+    size: usize,
+    buf: String,
+    done: bool,
+}
+
+impl<R: std::io::BufRead> JsonlChunks<R> {
+    pub fn new(reader: R, size: usize) -> Self {
+        JsonlChunks { reader, line: 0, size: size.max(1), buf: String::new(), done: false }
+    }
+
+    /// The next chunk (empty at the end), or the read error.
+    pub fn next_chunk(&mut self) -> std::io::Result<Vec<Record>> {
+        let mut lines: Vec<(usize, String)> = Vec::with_capacity(self.size);
+        while !self.done && lines.len() < self.size {
+            self.buf.clear();
+            if self.reader.read_line(&mut self.buf)? == 0 {
+                self.done = true;
+                break;
+            }
+            self.line += 1;
+            // As `str::lines`: one `\n`, then one `\r`.
+            let l = self.buf.strip_suffix('\n').unwrap_or(&self.buf);
+            let l = l.strip_suffix('\r').unwrap_or(l);
+            if !l.trim().is_empty() {
+                lines.push((self.line, l.to_string()));
+            }
+        }
+        use rayon::prelude::*;
+        Ok(lines.par_iter().with_min_len(512).map(|(i, l)| record_from_json(l, *i)).collect())
+    }
+}
+
 /// A CRM export read with the policy's `[columns]` (see [`read_with`] for the options).
 pub fn read_csv(text: &str, policy: &Policy) -> Result<Vec<Record>, ReadError> {
     read(text, Format::Csv, policy)

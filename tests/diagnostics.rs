@@ -352,3 +352,22 @@ fn a_duplicate_function_points_at_its_definition() {
     assert_eq!(d.code, "duplicate_function");
     assert_eq!((d.place.line, d.place.column), (3, 1), "{report}");
 }
+
+#[test]
+fn negative_alert_days_are_load_errors_with_their_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("enterprise");
+    copy_dir(&root().join("policies/enterprise"), &dir);
+    edit(
+        &dir,
+        "policy.toml",
+        "message = \"NPS fell {nps_prev - nps} points, from {nps_prev} to {nps}\"\n",
+        "message = \"NPS fell {nps_prev - nps} points, from {nps_prev} to {nps}\"\ncooldown_days = -1\nrenotify_days = -7\n",
+    );
+    let report = load_report(&dir);
+    let errors: Vec<_> = report.errors().collect();
+    assert_eq!(errors.len(), 2, "{report}");
+    assert!(errors.iter().all(|d| d.code == "bad_alert_days"), "{report}");
+    assert_eq!(errors[0].place.rule.as_deref(), Some("alerts.nps_drop"));
+    insta::assert_snapshot!(report.to_string());
+}

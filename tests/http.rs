@@ -274,7 +274,7 @@ async fn schemas_openapi_health_metrics() {
 async fn openapi_lists_exactly_the_routes() {
     let s = server();
     let ops = http::openapi::operations();
-    assert_eq!(ops.len(), 12, "{ops:?}");
+    assert_eq!(ops.len(), 17, "{ops:?}");
     for (method, path) in ops {
         let path = path.replace("{name}", "enterprise");
         let req =

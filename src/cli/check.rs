@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use tierwise::script::Limits;
 
-pub fn run(dir: &Path, limits: &Limits) -> ExitCode {
+pub fn run(dir: &Path, limits: &Limits, explain_speed: bool) -> ExitCode {
     let dirs = match super::policy_dirs(dir) {
         Ok(d) => d,
         Err(code) => return code,
@@ -24,6 +24,9 @@ pub fn run(dir: &Path, limits: &Limits) -> ExitCode {
                     p.alerts.len() + p.portfolio_alerts.len(),
                     p.cases.len()
                 );
+                if explain_speed {
+                    explain(&p);
+                }
             }
             None => {
                 failed += 1;
@@ -32,4 +35,28 @@ pub fn run(dir: &Path, limits: &Limits) -> ExitCode {
         }
     }
     if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
+/// `--explain-speed`: what runs through rhai, and why (everything else runs natively).
+fn explain(p: &tierwise::policy::Policy) {
+    let all = p.speed();
+    let slow: Vec<_> = all.iter().filter(|s| s.rhai.is_some()).collect();
+    println!(
+        "      speed: {} of {} rules and templates run natively, {} through rhai",
+        all.len() - slow.len(),
+        all.len(),
+        slow.len()
+    );
+    for s in slow {
+        println!(
+            "      rhai  {} {} `{}` at {}:{}:{}: {}",
+            s.kind,
+            s.rule,
+            s.source,
+            s.place.file,
+            s.place.line,
+            s.place.column,
+            s.rhai.as_deref().unwrap_or_default()
+        );
+    }
 }

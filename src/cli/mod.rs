@@ -1,5 +1,6 @@
 //! Command-line front end: one file per subcommand, each thin over the library.
 
+mod backtest;
 mod check;
 mod diff;
 mod eval;
@@ -80,6 +81,10 @@ enum Command {
         /// A policy folder (with policy.toml) or a folder of them.
         #[arg(default_value = "policies")]
         dir: PathBuf,
+        /// List every rule and message template that runs through rhai instead of the native
+        /// fast path, and the construct that keeps it there.
+        #[arg(long)]
+        explain_speed: bool,
     },
     /// Run policies' own test cases (tests/*.toml).
     Test {
@@ -93,6 +98,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// What-if: decide a book under a baseline and a candidate policy, show what differs.
     Diff(diff::DiffArgs),
+    /// Backtest: replay a policy over a book's history (snapshots at several dates) and
+    /// report tier moves, flip-flops, alerts and manager load, optionally beside a candidate.
+    Backtest(backtest::BacktestArgs),
     /// Write the JSON schemas (policy, test cases, snapshot, decision, portfolio, diff).
     Schema {
         /// Folder to write to.
@@ -106,7 +114,7 @@ enum Command {
         check: bool,
     },
     /// Run the HTTP service: evaluate over HTTP, reload policies live as they change.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
 }
 
 pub fn main() -> ExitCode {
@@ -119,10 +127,11 @@ pub fn main() -> ExitCode {
     };
     let limits = cli.sandbox.limits();
     match cli.command {
-        Command::Check { dir } => check::run(&dir, &limits),
+        Command::Check { dir, explain_speed } => check::run(&dir, &limits, explain_speed),
         Command::Test { dir, coverage } => test::run(&dir, &limits, coverage),
         Command::Eval(args) => eval::run(&args, &limits),
         Command::Diff(args) => diff::run(&args, &limits),
+        Command::Backtest(args) => backtest::run(&args, &limits),
         Command::Schema { out, reference, check } => schema::run(&out, &reference, check),
         Command::Serve(args) => serve::run(&args, &limits),
     }
@@ -218,7 +227,7 @@ pub fn load(dir: &std::path::Path, limits: &Limits) -> Option<tierwise::policy::
 /// A loaded policy's warnings, with paths relative to the policy folder as errors print
 /// them; the last line names the policy.
 pub fn print_warnings(p: &tierwise::policy::Policy) {
-    for w in &p.warnings {
+    for w in p.warnings.iter().chain(&p.notes) {
         eprintln!("{w}");
     }
     if !p.warnings.is_empty() {

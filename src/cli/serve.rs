@@ -77,6 +77,46 @@ pub struct ServeArgs {
     log_format: tierwise::logging::LogFormat,
     #[command(flatten)]
     cache: tierwise::cache::CacheArgs,
+    #[command(flatten)]
+    events: EventArgs,
+}
+
+/// Account state, events and their delivery.
+#[derive(clap::Args)]
+pub struct EventArgs {
+    /// Keep account state and emit events (implied by a webhook): evaluate and portfolio
+    /// answers then list each account's events.
+    #[arg(long, env = "TIERWISE_EVENTS")]
+    events: bool,
+    /// POST every event to this http:// URL (CloudEvents, signed per Standard Webhooks).
+    #[arg(long, env = "TIERWISE_WEBHOOK_URL", requires = "webhook_secret")]
+    webhook: Option<String>,
+    /// The webhook's signing secret, `whsec_` + base64 (24 to 64 bytes).
+    #[arg(long, env = "TIERWISE_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// A TOML file of `[[webhook]]` tables (url, secret or secret_env, types, levels,
+    /// policies, batch, retry_window).
+    #[arg(long, env = "TIERWISE_WEBHOOKS")]
+    webhooks: Option<PathBuf>,
+    /// How much of the outbox is kept: `LEN[,AGE]` (e.g. `100000,7d`); older or more events
+    /// are trimmed, delivered or not.
+    #[arg(long, env = "TIERWISE_EVENTS_RETENTION", default_value = "100000,7d", value_parser = tierwise::events::Retention::parse)]
+    events_retention: tierwise::events::Retention,
+}
+
+/// The webhooks the flags name (none: an empty list); an error names the flag at fault.
+fn webhooks(a: &EventArgs) -> Result<Vec<tierwise::events::webhook::Webhook>, String> {
+    use tierwise::events::webhook::Webhook;
+    let mut out = Vec::new();
+    if let (Some(url), Some(secret)) = (&a.webhook, &a.webhook_secret) {
+        out.push(Webhook::new(url, secret).map_err(|e| format!("--webhook: {e}"))?);
+    }
+    if let Some(path) = &a.webhooks {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| format!("--webhooks {shown}: {e}"))?;
+        out.extend(Webhook::from_file(&shown, &text, |v| std::env::var(v).ok())?);
+    }
+    Ok(out)
 }
 
 pub fn run(args: &ServeArgs, limits: &Limits) -> ExitCode {
@@ -165,7 +205,41 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
     }
     let admin = config.admin_token.is_some();
     let log_closer = log.closer();
+    let hooks = match webhooks(&args.events) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let state = http::App::with_cache(service, config, log, cache.clone());
+    if args.events.events || !hooks.is_empty() {
+        use tierwise::events::{EventStore, Hub, memory::MemoryStore, webhook::Delivery};
+        let retention = args.events.events_retention;
+        let store: Arc<dyn EventStore> = match args.cache.redis_url.as_deref() {
+            Some(url) if !url.is_empty() => {
+                match tierwise::events::redis::connect(url, retention).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("error: events need their Redis at start: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            _ => Arc::new(MemoryStore::new(retention)),
+        };
+        let delivery = (!hooks.is_empty()).then(|| Delivery::start(store.clone(), hooks));
+        eprintln!(
+            "tierwise: events on, state in {}, {} webhook(s)",
+            if store.durable() {
+                "Redis (durable with AOF on)"
+            } else {
+                "memory (lost on restart)"
+            },
+            delivery.as_ref().map_or(0, |d| d.len())
+        );
+        let _ = state.events.set(Arc::new(Hub::new(store, delivery)));
+    }
     let app = http::app(state.clone());
 
     let listener = match tokio::net::TcpListener::bind(&args.listen).await {

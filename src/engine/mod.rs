@@ -6,9 +6,11 @@
 //! the whole book (caps, `total_max`, manager capacity, portfolio alerts). The exact semantics
 //! are DESIGN.md's; the comments here point at the rule each branch implements.
 
+pub mod backtest;
 pub mod decision;
 pub mod portfolio;
 pub mod testrun;
+pub mod transition;
 
 pub use decision::*;
 pub use portfolio::evaluate_portfolio;
@@ -143,7 +145,7 @@ pub(crate) struct Ctx<'p> {
 
 impl<'p> Ctx<'p> {
     fn run(&self, id: &str, expr: &Expr) -> Result<Dynamic, AccountError> {
-        if let Some(v) = expr.native.as_ref().and_then(script::eval_native) {
+        if let Some(v) = expr.native.as_ref().ok().and_then(script::eval_native) {
             return Ok(v);
         }
         script::eval(&self.policy.engine, &expr.ast).map_err(|e| {
@@ -272,7 +274,7 @@ impl<'p> Ctx<'p> {
                 }
                 Scoring::Script { function, file, place, native } => {
                     let rule = place.rule.as_deref().unwrap_or("");
-                    let v = match native.as_ref().and_then(script::eval_native) {
+                    let v = match native.as_ref().ok().and_then(script::eval_native) {
                         Some(v) => Ok(v),
                         None => script::call(
                             &p.engine,

@@ -201,13 +201,13 @@ fn apply_caps(p: &Policy, scored: &mut [Scored], from: usize, n: usize) {
     }
 }
 
-pub(crate) struct Book {
+pub(crate) struct Placed {
     pub managers: Vec<ManagerLoad>,
     pub over_cap: Vec<OverCap>,
 }
 
 /// Caps, `total_max` and manager capacity over the decided accounts.
-fn place_accounts(p: &Policy, scored: &mut [Scored]) -> Book {
+fn place_accounts(p: &Policy, scored: &mut [Scored]) -> Placed {
     let n = scored.len();
     apply_caps(p, scored, 0, n);
     let managers = match &p.capacity {
@@ -228,7 +228,7 @@ fn place_accounts(p: &Policy, scored: &mut [Scored]) -> Book {
             (count > limit).then(|| OverCap { tier: t.id.clone(), limit, count })
         })
         .collect();
-    Book { managers, over_cap }
+    Placed { managers, over_cap }
 }
 
 /// `total_max`, then each manager's book against `per_manager`.
@@ -341,63 +341,137 @@ fn final_change(s: &Scored) -> Change {
 /// Portfolio level (`/v1/portfolio`): everything [`evaluate`] does, then caps by rank,
 /// `total_max`, manager capacity, alerts on the final tier, aggregates and portfolio alerts.
 pub fn evaluate_portfolio(policy: &Policy, records: &[Record]) -> PortfolioResult {
-    let ctx = Ctx { policy };
-    let pref = policy_ref(policy);
-    let dup = duplicates(records);
-    let first: Vec<Result<Scored, AccountError>> = map_records(records, |i, r| match r {
-        Err(e) => Err(e.clone()),
-        Ok(s) if dup[i] => Err(duplicate_error(&s.id)),
-        Ok(s) if crate::script::budget_spent() => Err(super::budget_spent(&s.id)),
-        Ok(s) => snapshot::validate(policy, s).and_then(|a| ctx.score_and_move(a)),
-    });
+    let mut b = Book::new(policy);
+    b.push(records);
+    let (policy_ref, summary, accounts) = b.finish(|o| o);
+    PortfolioResult { policy: policy_ref, summary, accounts }
+}
 
-    // Split: decided accounts go through the book-wide steps; errors keep their slot.
-    let mut slots: Vec<Result<usize, AccountError>> = Vec::with_capacity(first.len());
-    let mut scored: Vec<Scored> = Vec::new();
-    for r in first {
-        match r {
-            Ok(s) => {
-                slots.push(Ok(scored.len()));
-                scored.push(s);
+/// What a record became before the book-wide steps.
+enum Slot {
+    /// The record could not be read; `bool`: it is a snapshot (a read error keeps its own
+    /// error even when its id repeats).
+    Failed(Box<AccountError>, bool, Option<String>),
+    /// Index into [`Book::scored`].
+    Scored(usize),
+}
+
+/// A book evaluated as its records arrive: each chunk pushed is validated, scored and moved
+/// at once (on every core), so the caller can drop its raw snapshots before reading the
+/// next; the book-wide steps run in [`Book::finish`], which hands each finished outcome to
+/// the caller's function instead of keeping it (a caller that writes them out holds their
+/// bytes, not the decisions). Duplicate ids are found over the whole book, at the end.
+pub struct Book<'p> {
+    policy: &'p Policy,
+    slots: Vec<Slot>,
+    scored: Vec<Scored>,
+}
+
+impl<'p> Book<'p> {
+    pub fn new(policy: &'p Policy) -> Self {
+        Book { policy, slots: Vec::new(), scored: Vec::new() }
+    }
+
+    /// Validate → score → qualified tier → movement for the next records of the book.
+    pub fn push(&mut self, records: &[Record]) {
+        let ctx = Ctx { policy: self.policy };
+        let policy = self.policy;
+        // Repeats within the chunk are not evaluated at all (a hostile copy cannot spend the
+        // budget); repeats across chunks are found in `finish`.
+        let dup = duplicates(records);
+        let first: Vec<Result<Scored, Slot>> = map_records(records, |i, r| match r {
+            Err(e) => Err(Slot::Failed(Box::new(e.clone()), false, e.id.clone())),
+            Ok(s) if dup.get(i).copied().unwrap_or(false) => {
+                Err(Slot::Failed(Box::new(duplicate_error(&s.id)), true, Some(s.id.clone())))
             }
-            Err(e) => slots.push(Err(e)),
-        }
-    }
-    let book = place_accounts(policy, &mut scored);
-    for s in &mut scored {
-        s.change = final_change(s);
-    }
-    let mut revenue = vec![0.0; slots.len()];
-    for (i, slot) in slots.iter().enumerate() {
-        if let Ok(k) = slot {
-            revenue[i] = revenue_value(policy, &scored[*k]);
+            Ok(s) if crate::script::budget_spent() => {
+                Err(Slot::Failed(Box::new(super::budget_spent(&s.id)), true, Some(s.id.clone())))
+            }
+            Ok(s) => snapshot::validate(policy, s)
+                .and_then(|a| ctx.score_and_move(a))
+                .map_err(|e| Slot::Failed(Box::new(e), true, Some(s.id.clone()))),
+        });
+        self.slots.reserve(first.len());
+        for r in first {
+            match r {
+                Ok(sc) => {
+                    self.slots.push(Slot::Scored(self.scored.len()));
+                    self.scored.push(sc);
+                }
+                Err(slot) => self.slots.push(slot),
+            }
         }
     }
 
-    let finished: Vec<Result<Decision, AccountError>> = if scored.len() >= 256 {
-        let budget = crate::script::budget();
-        scored
-            .into_par_iter()
-            .with_min_len(64)
-            .map(|s| crate::script::with_budget(budget.clone(), || ctx.finish(s, &pref)))
-            .collect()
-    } else {
-        scored.into_iter().map(|s| ctx.finish(s, &pref)).collect()
-    };
-    let mut finished: Vec<Option<Result<Decision, AccountError>>> =
-        finished.into_iter().map(Some).collect();
-    let accounts: Vec<Outcome> = slots
-        .into_iter()
-        .enumerate()
-        .map(|(i, slot)| {
-            let r = match slot {
-                Ok(k) => finished
-                    .get_mut(k)
-                    .and_then(Option::take)
-                    .unwrap_or_else(|| Err(AccountError::new(None, "internal", "missing outcome"))),
-                Err(e) => Err(e),
-            };
-            match r {
+    /// The book-wide steps, then each outcome through `f` (on every core, in input order),
+    /// with the policy and the summary.
+    pub fn finish<T: Send>(
+        self,
+        f: impl Fn(Outcome) -> T + Sync + Send,
+    ) -> (Arc<PolicyRef>, Summary, Vec<T>) {
+        let Book { policy, slots, scored } = self;
+        let ctx = Ctx { policy };
+        let pref = policy_ref(policy);
+
+        // An id given twice makes every copy that is a snapshot an error.
+        let dup = {
+            let mut counts: HashMap<&str, u32> = HashMap::with_capacity(slots.len());
+            for slot in &slots {
+                let id = match slot {
+                    Slot::Failed(_, _, id) => id.as_deref(),
+                    Slot::Scored(k) => scored.get(*k).map(|s| s.account.id.as_str()),
+                };
+                if let Some(id) = id {
+                    *counts.entry(id).or_default() += 1;
+                }
+            }
+            let twice: std::collections::HashSet<String> =
+                counts.into_iter().filter(|(_, n)| *n > 1).map(|(id, _)| id.to_string()).collect();
+            twice
+        };
+        let mut keep: Vec<Option<Scored>> = scored.into_iter().map(Some).collect();
+        let mut scored: Vec<Scored> = Vec::with_capacity(keep.len());
+        let slots: Vec<Result<usize, AccountError>> = slots
+            .into_iter()
+            .map(|slot| match slot {
+                Slot::Failed(_, true, Some(id)) if dup.contains(&id) => Err(duplicate_error(&id)),
+                Slot::Failed(e, _, _) => Err(*e),
+                Slot::Scored(k) => match keep.get_mut(k).and_then(Option::take) {
+                    Some(s) if dup.contains(&s.account.id) => Err(duplicate_error(&s.account.id)),
+                    Some(s) => {
+                        scored.push(s);
+                        Ok(scored.len() - 1)
+                    }
+                    None => Err(AccountError::new(None, "internal", "missing account")),
+                },
+            })
+            .collect();
+        drop(keep);
+
+        let book = place_accounts(policy, &mut scored);
+        for s in &mut scored {
+            s.change = final_change(s);
+        }
+        // What the summary needs of each decided account, taken before `f` has it.
+        let mut revenue = vec![0.0; slots.len()];
+        for (i, slot) in slots.iter().enumerate() {
+            if let Ok(k) = slot {
+                revenue[i] = revenue_value(policy, &scored[*k]);
+            }
+        }
+
+        // Alerts, then the outcome goes straight to `f`: the finished decisions are never
+        // all held at once.
+        let mut at = vec![0usize; scored.len()];
+        for (i, slot) in slots.iter().enumerate() {
+            if let Ok(k) = slot
+                && let Some(p) = at.get_mut(*k)
+            {
+                *p = i;
+            }
+        }
+        let one = |(s, i): (Scored, usize)| {
+            let o = match ctx.finish(s, &pref) {
                 Ok(d) => Outcome::Decision(Box::new(d)),
                 Err(mut e) => {
                     if e.record.is_none() {
@@ -405,11 +479,77 @@ pub fn evaluate_portfolio(policy: &Policy, records: &[Record]) -> PortfolioResul
                     }
                     Outcome::error(e)
                 }
+            };
+            (Light::of(policy, &o), f(o))
+        };
+        let pairs = scored.into_iter().zip(at);
+        let finished: Vec<(Option<Light>, T)> = if pairs.len() >= 256 {
+            let budget = crate::script::budget();
+            pairs
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .with_min_len(64)
+                .map(|p| crate::script::with_budget(budget.clone(), || one(p)))
+                .collect()
+        } else {
+            pairs.map(one).collect()
+        };
+        let mut finished: Vec<Option<(Option<Light>, T)>> =
+            finished.into_iter().map(Some).collect();
+        let mut light: Vec<Option<Light>> = Vec::with_capacity(slots.len());
+        let mut out: Vec<T> = Vec::with_capacity(slots.len());
+        for (i, slot) in slots.into_iter().enumerate() {
+            match slot {
+                Ok(k) => match finished.get_mut(k).and_then(Option::take) {
+                    Some((l, t)) => {
+                        light.push(l);
+                        out.push(t);
+                    }
+                    None => {
+                        light.push(None);
+                        let e = AccountError::new(None, "internal", "missing outcome");
+                        out.push(f(Outcome::error(e)));
+                    }
+                },
+                Err(mut e) => {
+                    if e.record.is_none() {
+                        e.record = Some(i + 1);
+                    }
+                    light.push(None);
+                    out.push(f(Outcome::error(e)));
+                }
             }
-        })
-        .collect();
-    let summary = summarize(policy, &accounts, &revenue, book);
-    PortfolioResult { policy: pref, summary, accounts }
+        }
+        drop(finished);
+        let summary = summarize(policy, &light, &revenue, book);
+        (pref, summary, out)
+    }
+}
+
+/// What the summary reads of one decision.
+struct Light {
+    tier: Option<usize>,
+    change: Change,
+    moved: Option<Move>,
+    /// The id of an account without a manager (for `unassigned`); `None` when it has one.
+    no_manager: Option<String>,
+}
+
+impl Light {
+    fn of(policy: &Policy, o: &Outcome) -> Option<Light> {
+        let d = o.decision()?;
+        let moved = match &d.previous_tier {
+            Some(prev) if **prev != *d.tier => Some(Move {
+                id: d.id.clone(),
+                from: prev.clone(),
+                to: d.tier.to_string(),
+                change: d.change,
+            }),
+            _ => None,
+        };
+        let no_manager = d.manager.is_none().then(|| d.id.clone());
+        Some(Light { tier: policy.tier_index(&d.tier), change: d.change, moved, no_manager })
+    }
 }
 
 fn revenue_value(policy: &Policy, s: &Scored) -> f64 {
@@ -417,7 +557,12 @@ fn revenue_value(policy: &Policy, s: &Scored) -> f64 {
     s.account.values.get(r).and_then(as_number).unwrap_or(0.0)
 }
 
-fn summarize(policy: &Policy, accounts: &[Outcome], revenue: &[f64], book: Book) -> Summary {
+fn summarize(
+    policy: &Policy,
+    accounts: &[Option<Light>],
+    revenue: &[f64],
+    book: Placed,
+) -> Summary {
     let mut tiers: Vec<TierSummary> = policy
         .tiers
         .iter()
@@ -438,18 +583,20 @@ fn summarize(policy: &Policy, accounts: &[Outcome], revenue: &[f64], book: Book)
     // order, so reordering the accounts cannot change a total (or flip a portfolio alert).
     let mut by_tier: Vec<Vec<f64>> = vec![Vec::new(); policy.tiers.len()];
     for (i, o) in accounts.iter().enumerate() {
-        let Some(d) = o.decision() else {
+        let Some(d) = o else {
             errors += 1;
             continue;
         };
         let rev = revenue.get(i).copied().unwrap_or(0.0);
         revenues.push(rev);
-        if let Some(t) = policy.tier_index(&d.tier) {
+        if let Some(t) = d.tier {
             tiers[t].count += 1;
             by_tier[t].push(rev);
             // A key account nobody manages is in no book: listed so it gets an owner.
-            if d.manager.is_none() && policy.capacity.as_ref().is_some_and(|c| c.in_book[t]) {
-                unassigned.push(d.id.clone());
+            if let Some(id) = &d.no_manager
+                && policy.capacity.as_ref().is_some_and(|c| c.in_book[t])
+            {
+                unassigned.push(id.clone());
             }
         }
         match d.change {
@@ -459,15 +606,8 @@ fn summarize(policy: &Policy, accounts: &[Outcome], revenue: &[f64], book: Book)
             Change::None => changes.none += 1,
             Change::New => changes.new += 1,
         }
-        if let Some(prev) = &d.previous_tier
-            && **prev != *d.tier
-        {
-            moves.push(Move {
-                id: d.id.clone(),
-                from: prev.clone(),
-                to: d.tier.to_string(),
-                change: d.change,
-            });
+        if let Some(m) = &d.moved {
+            moves.push(m.clone());
         }
     }
     let n = revenues.len();

@@ -177,7 +177,7 @@ pub async fn dry_run(
 /// while: at equal priority a hostile dry run took the cores from live `/v1/evaluate` traffic
 /// (its p99 rose 6-8x on 2 cores); at nice 19 still 2.4x; with `SCHED_IDLE`, 1.0x. `None` (no
 /// pool could be started) runs the dry run on the blocking thread and the global pool.
-fn pool(priority: DryRunPriority) -> Option<&'static rayon::ThreadPool> {
+pub(super) fn pool(priority: DryRunPriority) -> Option<&'static rayon::ThreadPool> {
     use thread_priority::{
         NormalThreadSchedulePolicy as Normal, ThreadPriority, ThreadSchedulePolicy as Policy,
     };
@@ -216,7 +216,7 @@ fn pool(priority: DryRunPriority) -> Option<&'static rayon::ThreadPool> {
 /// The file names [`path_problem`] accepts, as the schema says them.
 const CANDIDATE_PATH_PATTERN: &str = r"^(policy\.toml|scripts/[A-Za-z0-9_-][A-Za-z0-9_.-]*\.rhai|tests/[A-Za-z0-9_-][A-Za-z0-9_.-]*\.toml)$";
 
-fn bad_request(message: impl Into<String>) -> ApiError {
+pub(super) fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
 }
 
@@ -299,12 +299,12 @@ fn path_problem(path: &str) -> Option<&'static str> {
 }
 
 /// A candidate over [`limits::check_candidate`]'s budget: 413, as every "too much content".
-fn too_large(e: limits::TooLarge) -> ApiError {
+pub(super) fn too_large(e: limits::TooLarge) -> ApiError {
     ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.code, e.message).details(e.details)
 }
 
 /// The candidate's files, checked (their size was, with the overrides): every path (400).
-fn candidate_files(c: &CandidateFolder) -> Result<Files, ApiError> {
+pub(super) fn candidate_files(c: &CandidateFolder) -> Result<Files, ApiError> {
     let bad: Vec<Value> = c
         .files
         .keys()
@@ -327,7 +327,7 @@ fn candidate_files(c: &CandidateFolder) -> Result<Files, ApiError> {
     Ok(c.files.iter().map(|(p, t)| (p.clone(), t.clone().into_bytes())).collect())
 }
 
-fn override_error(errors: Vec<overrides::OverrideError>) -> ApiError {
+pub(super) fn override_error(errors: Vec<overrides::OverrideError>) -> ApiError {
     let one = |e: &overrides::OverrideError| match &e.help {
         Some(h) => format!("override `{}`: {}; {h}", e.path, e.message),
         None => format!("override `{}`: {}", e.path, e.message),
@@ -375,7 +375,7 @@ fn candidate_unsafe(tripped: &[whatif::FailureDelta]) -> ApiError {
     .details(json!({ "accounts": tripped.len(), "stopped_early": stopped.len(), "by_code": by_code, "examples": examples }))
 }
 
-fn candidate_error(e: CandidateError) -> ApiError {
+pub(super) fn candidate_error(e: CandidateError) -> ApiError {
     match e {
         CandidateError::Overrides(errors) => override_error(errors),
         CandidateError::Invalid { report, with_overrides } => {
@@ -405,7 +405,7 @@ fn candidate_output_limit(rule: &str, tripped: &[&whatif::FailureDelta], limit: 
     .details(json!({ "rule": rule, "limit_bytes": limit, "examples": examples }))
 }
 
-fn candidate_invalid(report: policy::Report, with_overrides: bool) -> ApiError {
+pub(super) fn candidate_invalid(report: policy::Report, with_overrides: bool) -> ApiError {
     let n = report.errors().count();
     let first = report
         .errors()
@@ -422,6 +422,58 @@ fn candidate_invalid(report: policy::Report, with_overrides: bool) -> ApiError {
         ),
     )
     .details(json!({ "policy": report.policy, "diagnostics": report.diagnostics }))
+}
+
+/// What a request's candidate part (`candidate`, `overrides`) made, over its baseline.
+pub(super) struct SentCandidate {
+    pub baseline: std::sync::Arc<crate::service::Loaded>,
+    pub candidate: candidate::Candidate,
+    pub size: limits::Size,
+    /// A digest of the files and overrides as sent (the decision log keeps it, not them).
+    pub digest: String,
+}
+
+/// The candidate of a dry run or a backtest: held to the candidate budget (files and
+/// overrides together) before anything is looked up or parsed, then built by the one
+/// candidate builder ([`candidate::build`]) over `baseline`'s files (or the folder sent),
+/// compiled with the service's sandbox and a deadline at the request timeout.
+pub(super) fn candidate_of(
+    app: &AppState,
+    folder: Option<&CandidateFolder>,
+    raw_overrides: Option<&BTreeMap<String, &RawValue>>,
+    baseline: Option<&str>,
+    start: Instant,
+) -> Result<SentCandidate, ApiError> {
+    let size =
+        limits::check_candidate(folder.map(|c| &c.files), raw_overrides).map_err(too_large)?;
+    let digest = limits::digest_of(folder.map(|c| &c.files), raw_overrides);
+    let sent = folder.map(candidate_files).transpose()?;
+    let baseline = app.service.policy(baseline).map_err(lookup_error)?;
+    let sent_files = sent.is_some();
+    let files = sent.unwrap_or_else(|| (*baseline.files).clone());
+    let list = match raw_overrides {
+        Some(raw) => {
+            let mut map = serde_json::Map::new();
+            for (k, v) in raw {
+                let v: Value = serde_json::from_str(v.get()).map_err(|e| {
+                    let msg = e.to_string();
+                    let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m);
+                    bad_request(format!("override `{k}`: {msg}"))
+                })?;
+                map.insert(k.clone(), v);
+            }
+            Some(overrides::from_json_map(&map).map_err(override_error)?)
+        }
+        None => None,
+    };
+    // The service's sandbox, plus a deadline for the whole candidate: past the request
+    // timeout (the client has its 503 by then) compiling and every evaluation left stop.
+    let until = start.checked_add(app.config.request_timeout);
+    let limits = crate::script::Limits { until, ..app.service.limits().clone() };
+    let candidate =
+        candidate::build(&baseline.policy.name, files, sent_files, list.as_deref(), &limits)
+            .map_err(candidate_error)?;
+    Ok(SentCandidate { baseline, candidate, size, digest })
 }
 
 /// Parse, check, compile, evaluate both, compare, log, render. Blocking.
@@ -449,39 +501,16 @@ fn run(
             "nothing to compare: send `candidate` (a policy folder's files), `overrides`, or both",
         ));
     }
-    // The candidate's own limits come before any lookup or parsing of its content: files
-    // and overrides against one budget.
-    let size =
-        limits::check_candidate(req.candidate.as_ref().map(|c| &c.files), req.overrides.as_ref())
-            .map_err(too_large)?;
-    let candidate_digest =
-        limits::digest_of(req.candidate.as_ref().map(|c| &c.files), req.overrides.as_ref());
-    let sent = req.candidate.as_ref().map(candidate_files).transpose()?;
-    let baseline = app.service.policy(req.baseline.as_deref()).map_err(lookup_error)?;
-
-    let sent_files = sent.is_some();
-    let files = sent.unwrap_or_else(|| (*baseline.files).clone());
-    let list = match &req.overrides {
-        Some(raw) => {
-            let mut map = serde_json::Map::new();
-            for (k, v) in raw {
-                let v: Value = serde_json::from_str(v.get()).map_err(|e| {
-                    let msg = e.to_string();
-                    let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m);
-                    bad_request(format!("override `{k}`: {msg}"))
-                })?;
-                map.insert(k.clone(), v);
-            }
-            Some(overrides::from_json_map(&map).map_err(override_error)?)
-        }
-        None => None,
-    };
-    // The service's sandbox, plus a budget for the whole candidate: past the request timeout
-    // (the client has its 503 by then) every evaluation left stops at once.
+    let sent = candidate_of(
+        app,
+        req.candidate.as_ref(),
+        req.overrides.as_ref(),
+        req.baseline.as_deref(),
+        start,
+    )?;
+    let (baseline, cand, size, candidate_digest) =
+        (sent.baseline, sent.candidate, sent.size, sent.digest);
     let until = start.checked_add(app.config.request_timeout);
-    let limits = crate::script::Limits { until, ..app.service.limits().clone() };
-    let cand = candidate::build(&baseline.policy.name, files, sent_files, list.as_deref(), &limits)
-        .map_err(candidate_error)?;
     let (mut records, _skipped) = read_accounts(
         &req.accounts,
         &[&baseline.policy, &cand.policy],

@@ -6,7 +6,7 @@ use crate::cache;
 use crate::engine::{Outcome, PolicyRef, Summary};
 use crate::policy::{InputType, Scalar};
 use crate::service::{
-    self, Entry, Level, Loaded, Lookup, PipelineError, ReloadError, ReloadOutcome, Request,
+    self, Entry, Input, Level, Loaded, Lookup, PipelineError, ReloadError, ReloadOutcome, Request,
 };
 use crate::snapshot::{self, Record};
 use axum::body::Bytes;
@@ -21,7 +21,7 @@ use std::time::Instant;
 
 /// Bodies up to this size are decided on the async thread: a handful of accounts costs less
 /// than a hop to the blocking pool. Larger ones move off it (and use every core).
-const INLINE_MAX_BYTES: usize = 16 * 1024;
+pub(super) const INLINE_MAX_BYTES: usize = 16 * 1024;
 
 /// `POST /v1/evaluate` and `POST /v1/portfolio` bodies.
 #[derive(Deserialize, JsonSchema)]
@@ -37,6 +37,10 @@ pub struct EvaluateRequest<'a> {
     #[serde(borrow, deserialize_with = "account_list")]
     #[schemars(with = "Vec<AccountItem>")]
     pub accounts: Vec<&'a RawValue>,
+    /// `/v1/portfolio` with events on: the book's name, whose portfolio alerts have their own
+    /// state (default `default`).
+    #[serde(default)]
+    pub book: Option<String>,
 }
 
 /// The schema of one element of `accounts`: a snapshot, or anything else, which is answered
@@ -199,23 +203,22 @@ async fn run_evaluation(
     );
     let inline = body.len() <= INLINE_MAX_BYTES && level == Level::Account;
     let app2 = app.clone();
-    // Keys of `fields` no input declares: skipped while parsing, counted for the header.
-    let skipped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let skipped2 = skipped.clone();
     let input = move || {
         let limits = app2.service.limits();
         let req: EvaluateRequest<'_> = parse_capped(&body, limits.max_accounts)?;
         let loaded = app2.service.policy(req.policy.as_deref()).map_err(lookup_error)?;
-        let (mut records, n) = read_accounts(&req.accounts, &[&loaded.policy], limits.max_fields)?;
-        skipped2.store(n, std::sync::atomic::Ordering::Relaxed);
+        let (mut records, undeclared) =
+            read_accounts(&req.accounts, &[&loaded.policy], limits.max_fields)?;
         apply_as_of(&mut records, req.as_of.as_deref())?;
-        Ok((loaded, records))
+        Ok(Input { loaded, records, undeclared, book: req.book })
     };
-    let done = match app
-        .pipeline
-        .answer(Request { level, budget, start, inline, request_id: Some(rid.0) }, input)
-        .await
-    {
+    let req = Request { level, budget, start, inline, request_id: Some(rid.0) };
+    // With events on, the pipeline keeps each account's state and answers its events.
+    let answer = match app.events.get() {
+        Some(hub) => app.pipeline.answer_events(hub.clone(), req, input).await,
+        None => app.pipeline.answer(req, input).await,
+    };
+    let done = match answer {
         Ok(done) => done,
         Err(Failed::Request(e)) => return Err(e),
         // Past the request timeout: the client has its 503 already.
@@ -225,11 +228,15 @@ async fn run_evaluation(
         Err(Failed::Pipeline(PipelineError::ResponseTooLarge { limit, rule })) => {
             return Err(ApiError::response_too_large(limit, rule.as_deref()));
         }
+        Err(Failed::Pipeline(PipelineError::StateUnavailable(why))) => {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", why)
+                .retry_after(1));
+        }
         Err(Failed::Pipeline(PipelineError::Internal { what, detail })) => {
             return Err(ApiError::internal(what, detail));
         }
     };
-    let skipped = skipped.load(std::sync::atomic::Ordering::Relaxed);
+    let skipped = done.undeclared;
     let m = match level {
         Level::Account => &app.metrics.account,
         Level::Portfolio => &app.metrics.portfolio,
@@ -392,7 +399,7 @@ pub(super) fn read_accounts(
     Ok((parsed.into_iter().map(|(r, _)| r).collect(), skipped))
 }
 
-fn write_json<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) -> Result<(), ApiError> {
+pub(super) fn write_json<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) -> Result<(), ApiError> {
     serde_json::to_writer(buf, v).map_err(|e| ApiError::internal("serialize", e))
 }
 
@@ -546,7 +553,7 @@ fn info(name: &str, e: &Entry, default: Option<&str>) -> PolicyInfo {
     }
 }
 
-fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
+pub(super) fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
     match serde_json::to_vec(v) {
         Ok(b) => {
             (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], b)
@@ -629,7 +636,7 @@ pub fn log_reload(outcomes: &[ReloadOutcome]) {
 /// scheme, an empty token, a header that is not visible ASCII), 403 for a wrong one. Only
 /// SHA-256 digests are compared, in constant time: neither the token's bytes nor its length
 /// leak through timing. No answer repeats what was sent.
-fn authorize(
+pub(super) fn authorize(
     app: &AppState,
     headers: &HeaderMap,
     peer: Option<std::net::IpAddr>,
@@ -724,6 +731,21 @@ pub struct Health {
 #[derive(Serialize, JsonSchema)]
 pub struct HealthDetails {
     pub cache: CacheHealth,
+    /// Account state and events; absent when events are off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventsHealth>,
+}
+
+/// Where account state and the outbox live, as `/readyz` shows it.
+#[derive(Serialize, JsonSchema)]
+pub struct EventsHealth {
+    /// `memory` or `redis`.
+    pub backend: &'static str,
+    /// `durable` (Redis: survives a restart, with AOF on) or `memory-only` (lost on restart).
+    pub state: &'static str,
+    /// Webhooks configured, and those disabled by a 410.
+    pub webhooks: usize,
+    pub webhooks_disabled: usize,
 }
 
 /// The decision cache as `/readyz` shows it.
@@ -766,6 +788,15 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
                     breaker: stats.breaker.as_str(),
                     reason,
                 },
+                events: app.events.get().map(|hub| {
+                    let hooks = hub.delivery.as_ref().map(|d| d.summary()).unwrap_or_default();
+                    EventsHealth {
+                        backend: hub.store.backend(),
+                        state: if hub.store.durable() { "durable" } else { "memory-only" },
+                        webhooks: hooks.len(),
+                        webhooks_disabled: hooks.iter().filter(|h| h.1).count(),
+                    }
+                }),
             });
             json(
                 StatusCode::OK,
@@ -781,12 +812,19 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 pub async fn metrics(State(app): State<AppState>) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
     app.metrics.observe_log(app.log.stats());
-    let text = app.metrics.render(
+    let mut text = app.metrics.render(
         &app.service,
         &app.cache.stats(),
         app.pipeline.counters().gated.load(Relaxed),
         app.pipeline.counters().unavailable.load(Relaxed),
     );
+    if let Some(hub) = app.events.get() {
+        // Before OpenMetrics' closing `# EOF`.
+        let eof = text.rfind("# EOF").unwrap_or(text.len());
+        let tail = text.split_off(eof);
+        hub.render_metrics(&mut text);
+        text.push_str(&tail);
+    }
     (
         [(
             header::CONTENT_TYPE,

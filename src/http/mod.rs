@@ -11,8 +11,10 @@
 //! `Retry-After` when saturated) → timeout. Probes and `/metrics` stay outside the
 //! concurrency limit so a saturated server still says it is alive.
 
+mod backtest;
 mod dryrun;
 mod error;
+pub(crate) mod events;
 mod handlers;
 pub mod openapi;
 pub mod server;
@@ -103,6 +105,9 @@ pub struct App {
     admin_digest: Option<[u8; 32]>,
     /// Wrong admin tokens per client, rate-limited.
     auth_throttle: throttle::AuthThrottle,
+    /// Account state and events, when on (`--events`, a webhook, or Redis events): set once
+    /// at start, before serving.
+    pub events: std::sync::OnceLock<Arc<crate::events::Hub>>,
     /// Rendered once: they only change with the binary.
     openapi: Bytes,
     schemas: Vec<(&'static str, Bytes)>,
@@ -145,6 +150,7 @@ impl App {
             log,
             admin_digest,
             auth_throttle: throttle::AuthThrottle::default(),
+            events: std::sync::OnceLock::new(),
             openapi: Bytes::from(openapi::document_json()),
             schemas,
         })
@@ -161,7 +167,12 @@ const ROUTES: &[&str] = &[
     "/v1/evaluate",
     "/v1/portfolio",
     "/v1/dry-run",
+    "/v1/backtest",
     "/v1/accounts/{id}/decision",
+    "/v1/accounts/{id}/history",
+    "/v1/events",
+    "/v1/events/dead",
+    "/v1/events/dead/replay",
     "/v1/policies",
     "/v1/policies/reload",
     "/v1/policies/{name}",
@@ -178,7 +189,12 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/evaluate", post(handlers::evaluate))
         .route("/v1/portfolio", post(handlers::portfolio))
         .route("/v1/dry-run", post(dryrun::dry_run))
+        .route("/v1/backtest", post(backtest::backtest))
         .route("/v1/accounts/{id}/decision", get(handlers::latest_decision))
+        .route("/v1/accounts/{id}/history", get(events::history))
+        .route("/v1/events", get(events::list))
+        .route("/v1/events/dead", get(events::dead))
+        .route("/v1/events/dead/replay", post(events::replay))
         .route("/v1/policies", get(handlers::policies))
         .route("/v1/policies/reload", post(handlers::reload))
         .route("/v1/policies/{name}", get(handlers::policy))

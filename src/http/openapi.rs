@@ -3,6 +3,7 @@
 //! Only the list of operations is written here; a test checks it against the router.
 
 use super::ErrorBody;
+use super::backtest::{BacktestRequest, BacktestResponse};
 use super::dryrun::{DryRunRequest, DryRunResponse};
 use super::handlers::{
     EvaluateRequest, EvaluateResponse, Health, LatestDecision, PolicyInfo, PolicyList,
@@ -40,6 +41,12 @@ const DRY_RUN_HEADERS: &[(&str, &str)] = &[
     ("x-decision-id", "the dry run's id"),
     ("x-policy-hash", "SHA-256 of the baseline"),
     ("x-candidate-hash", "SHA-256 of the candidate's files after the overrides"),
+    ("x-dry-run", "always `true`"),
+];
+
+const BACKTEST_HEADERS: &[(&str, &str)] = &[
+    ("x-decision-id", "the backtest's id"),
+    ("x-policy-hash", "SHA-256 of the replayed policy"),
     ("x-dry-run", "always `true`"),
 ];
 
@@ -218,6 +225,61 @@ pub fn document() -> Value {
             admin: false,
         },
         Op {
+            method: "post",
+            path: "/v1/backtest",
+            id: "backtest",
+            summary: "Backtest: replay a served policy (and optionally a candidate, as in /v1/dry-run) over a book's history, one period per distinct `as_of`; tier moves, flip-flops, alerts and manager load per period and overall; changes nothing",
+            request: Some(de.subschema_for::<BacktestRequest<'static>>()),
+            responses: with(
+                vec![
+                    (
+                        200,
+                        "the replay, or both replays and their difference (format json)",
+                        Some(g.subschema_for::<BacktestResponse<'static>>()),
+                        JSON,
+                    ),
+                    (200, "a pull-request comment (format markdown)", None, "text/markdown"),
+                    (200, "a terminal summary (format table)", None, "text/plain"),
+                    (
+                        200,
+                        "one line per period and account (format jsonl, without a candidate)",
+                        None,
+                        "application/x-ndjson",
+                    ),
+                    e(
+                        400,
+                        "malformed JSON, a refused candidate file name (`bad_candidate_path`), or no default policy",
+                    ),
+                    e(404, "unknown policy"),
+                    e(
+                        413,
+                        "body over the size limit, more snapshots than the account limit (`too_many_accounts`), or a candidate over 64 files or 1 MiB (`candidate_too_large`)",
+                    ),
+                    e(415, "not `Content-Type: application/json`"),
+                    e(
+                        422,
+                        "JSON of the wrong shape, no history or both `periods` and `accounts` (`invalid_request`), an override that names nothing (`invalid_override`), a candidate that does not compile (`candidate_invalid`), a candidate that trips the sandbox where the policy does not (`candidate_sandbox_limit`)",
+                    ),
+                    internal(),
+                    e(
+                        503,
+                        "two dry runs or backtests already in progress (`overloaded`), or the policy has no version that passed its checks (`policy_unavailable`)",
+                    ),
+                ],
+                Kind::V1Post,
+            ),
+            ok_headers: BACKTEST_HEADERS,
+            query: vec![
+                (
+                    "format",
+                    "`json` (default), `markdown` (or `md`), `table` (or `text`) or `jsonl` (or `ndjson`); the body's `format` does the same",
+                    &["json", "markdown", "table", "jsonl", "md", "text", "ndjson"],
+                ),
+                ("top", "accounts and managers listed by markdown and table (default 10)", &[]),
+            ],
+            admin: false,
+        },
+        Op {
             method: "get",
             path: "/v1/accounts/{id}/decision",
             id: "latestDecision",
@@ -240,6 +302,117 @@ pub fn document() -> Value {
             ok_headers: &[],
             query: vec![],
             admin: false,
+        },
+        Op {
+            method: "get",
+            path: "/v1/accounts/{id}/history",
+            id: "accountHistory",
+            summary: "With events on: an account's tier periods (from, to, reason codes) and active alerts (since, last told) under a policy (`?policy=`, `?level=account|portfolio`)",
+            request: None,
+            responses: with(
+                vec![
+                    (200, "the history", Some(g.subschema_for::<super::events::History>()), JSON),
+                    path_400(),
+                    e(400, "a bad query (`bad_query`)"),
+                    e(
+                        404,
+                        "events off (`events_off`), unknown policy, or no state for the account (`no_history`)",
+                    ),
+                    internal(),
+                    e(503, "the state store is unavailable (`state_unavailable`)"),
+                ],
+                Kind::V1Get,
+            ),
+            ok_headers: &[],
+            query: vec![("level", "`account` (default) or `portfolio`", &["account", "portfolio"])],
+            admin: false,
+        },
+        Op {
+            method: "get",
+            path: "/v1/events",
+            id: "listEvents",
+            summary: "With events on: the retained outbox, oldest first, cursor-paged (`after` = the previous page's `next`); filters `type`, `policy`, `level`",
+            request: None,
+            responses: with(
+                vec![
+                    (
+                        200,
+                        "a page of CloudEvents",
+                        Some(g.subschema_for::<super::events::EventsPage>()),
+                        JSON,
+                    ),
+                    e(400, "a bad query (`bad_query`)"),
+                    e(404, "events are off (`events_off`)"),
+                    internal(),
+                    e(503, "the state store is unavailable (`state_unavailable`)"),
+                ],
+                Kind::V1Get,
+            ),
+            ok_headers: &[],
+            query: vec![
+                ("after", "the `next` cursor of the previous page", &[]),
+                ("limit", "events per page (default 100, at most 1000)", &[]),
+                (
+                    "type",
+                    "only this event type",
+                    &[
+                        "tier.changed",
+                        "alert.raised",
+                        "alert.repeated",
+                        "alert.cleared",
+                        "portfolio_alert.raised",
+                        "portfolio_alert.cleared",
+                    ],
+                ),
+                ("level", "only this level", &["account", "portfolio"]),
+            ],
+            admin: false,
+        },
+        Op {
+            method: "get",
+            path: "/v1/events/dead",
+            id: "deadEvents",
+            summary: "Events that ran out of retries, per webhook (admin)",
+            request: None,
+            responses: with(
+                vec![
+                    (
+                        200,
+                        "the dead-letter list (`dead`: webhook, id, type, subject, attempts, last_error, at, event)",
+                        None,
+                        JSON,
+                    ),
+                    e(401, "no bearer token (none, another scheme, or empty)"),
+                    e(403, "wrong token"),
+                    e(404, "admin routes disabled, or events off"),
+                    internal(),
+                ],
+                Kind::V1Get,
+            ),
+            ok_headers: &[],
+            query: vec![],
+            admin: true,
+        },
+        Op {
+            method: "post",
+            path: "/v1/events/dead/replay",
+            id: "replayDeadEvents",
+            summary: "Send dead letters again (admin); body `{webhook?, ids?}` narrows which (empty: all); answers `{replayed: N}`",
+            request: None,
+            responses: with(
+                vec![
+                    (200, "how many were queued again", None, JSON),
+                    e(400, "a bad body (`bad_request`)"),
+                    e(401, "no bearer token (none, another scheme, or empty)"),
+                    e(403, "wrong token"),
+                    e(404, "admin routes disabled, or events off"),
+                    internal(),
+                ],
+                Kind::V1Post,
+            ),
+            ok_headers: &[],
+            query: vec![],
+            admin: true,
         },
         Op {
             method: "get",
@@ -476,6 +649,9 @@ pub fn document() -> Value {
             };
             params.push(json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema }));
         }
+        if op.id == "listEvents" {
+            params.push(json!({ "name": "policy", "in": "query", "required": false, "description": "only this policy's events", "schema": { "type": "string" } }));
+        }
         if !params.is_empty() {
             o["parameters"] = Value::Array(params);
         }
@@ -558,6 +734,7 @@ mod tests {
         g.subschema_for::<EvaluateResponse<'static>>();
         g.subschema_for::<PortfolioResponse<'static>>();
         g.subschema_for::<DryRunResponse<'static>>();
+        g.subschema_for::<BacktestResponse<'static>>();
         g.subschema_for::<LatestDecision>();
         g.subschema_for::<PolicyList>();
         g.subschema_for::<PolicyInfo>();
@@ -566,6 +743,7 @@ mod tests {
         g.subschema_for::<ErrorBody>();
         de.subschema_for::<EvaluateRequest<'static>>();
         de.subschema_for::<DryRunRequest<'static>>();
+        de.subschema_for::<BacktestRequest<'static>>();
         let (out, requests) = (g.take_definitions(true), de.take_definitions(true));
         for (name, schema) in &requests {
             if let Some(other) = out.get(name) {

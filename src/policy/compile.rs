@@ -524,6 +524,7 @@ impl Compiler<'_> {
         let mut tiers = tiers;
         let mut movement = movement;
         let mut alerts = alerts;
+        let mut notes = Vec::new();
         if self.limits.native {
             let domains = domains(&inputs);
             let kinds: Vec<native::Kind> = inputs
@@ -556,12 +557,32 @@ impl Compiler<'_> {
                 }
             };
             for c in &mut criteria {
-                match &mut c.scoring {
-                    Scoring::Expr(e) => fill(e),
-                    Scoring::Script { function, native, .. } => {
-                        *native = b.call_with_account(function, &nlib)
+                let (why, place) = match &mut c.scoring {
+                    Scoring::Expr(e) => {
+                        fill(e);
+                        (e.native.as_ref().err().cloned(), e.place.clone())
                     }
-                    Scoring::Steps { .. } => {}
+                    Scoring::Script { function, native, place, .. } => {
+                        *native = b.call_with_account(function, &nlib);
+                        (native.as_ref().err().cloned(), place.clone())
+                    }
+                    Scoring::Steps { .. } => continue,
+                };
+                if let Some(why) = why {
+                    notes.push(Diagnostic {
+                        level: Level::Info,
+                        code: "rhai_fallback",
+                        message: format!(
+                            "criterion `{}` runs through rhai, not the native fast path: {why}",
+                            c.key
+                        ),
+                        place,
+                        help: Some(
+                            "the results are the same, only slower; `tierwise check --explain-speed` lists every such rule"
+                                .into(),
+                        ),
+                        span: None,
+                    });
                 }
             }
             for t in &mut tiers {
@@ -602,6 +623,7 @@ impl Compiler<'_> {
             columns,
             cases,
             warnings,
+            notes,
             limits: self.limits.clone(),
             engine,
             lib,
@@ -1021,7 +1043,7 @@ impl Compiler<'_> {
                     source: src.value.clone(),
                     place: self.place(&src.span, rule),
                     ast,
-                    native: None,
+                    native: Err(native::OFF.into()),
                 })
             }
             Err(ParseError(kind_err, pos)) => {
@@ -1296,7 +1318,7 @@ impl Compiler<'_> {
                         function: f.value.clone(),
                         file,
                         place: self.place(&f.span, &rule),
-                        native: None,
+                        native: Err(native::OFF.into()),
                     })
                 }
             } else {
@@ -1647,6 +1669,32 @@ impl Compiler<'_> {
                     applies
                 }
             };
+            for (name, v) in
+                [("cooldown_days", &a.cooldown_days), ("renotify_days", &a.renotify_days)]
+            {
+                if let Some(v) = v
+                    && v.value < 0
+                {
+                    self.err(
+                        "bad_alert_days",
+                        Some(v.span.clone()),
+                        Some(&rule),
+                        format!("`{name}` must be ≥ 0, got {}", v.value),
+                        None,
+                    );
+                }
+            }
+            if let Some(v) = &a.renotify_days
+                && v.value == 0
+            {
+                self.warn(
+                    "renotify_every_time",
+                    Some(v.span.clone()),
+                    Some(&rule),
+                    "`renotify_days = 0` tells the alert again on every new `as_of`; leave it out \
+                     to tell the alert once, or give a number of days",
+                );
+            }
             let when = self.expr(engine, lib, ExprKind::Alert, &a.when, &rule);
             let message = self.template(engine, lib, ExprKind::Alert, &a.message, &rule);
             if let (Some(when), Some(message)) = (when, message) {
@@ -1673,6 +1721,8 @@ impl Compiler<'_> {
                     applies,
                     when,
                     message,
+                    cooldown_days: a.cooldown_days.as_ref().map_or(0, |v| v.value.max(0)),
+                    renotify_days: a.renotify_days.as_ref().map(|v| v.value.max(0)),
                 });
             }
         }

@@ -18,6 +18,8 @@ use std::sync::Arc;
 pub enum Level {
     Error,
     Warning,
+    /// Not a problem: something worth knowing (e.g. a rule that runs through rhai, slower).
+    Info,
 }
 
 /// Where something is in a policy folder: `file:line:column`, and the rule it belongs to.
@@ -64,6 +66,7 @@ impl fmt::Display for Diagnostic {
         let level = match self.level {
             Level::Error => "error",
             Level::Warning => "warning",
+            Level::Info => "info",
         };
         write!(f, "{}: {level}[{}]: {}", self.place, self.code, self.message)?;
         if let Some(help) = &self.help {
@@ -235,6 +238,7 @@ impl miette::Diagnostic for Shown<'_> {
         Some(match self.d.level {
             Level::Error => miette::Severity::Error,
             Level::Warning => miette::Severity::Warning,
+            Level::Info => miette::Severity::Advice,
         })
     }
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {

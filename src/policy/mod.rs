@@ -27,8 +27,8 @@ pub struct Expr {
     pub source: String,
     pub place: Place,
     pub(crate) ast: AST,
-    /// The same expression for [`crate::script::native`], when it fits the subset.
-    pub(crate) native: Option<crate::script::native::Code>,
+    /// The same expression for [`crate::script::native`], or why it runs through rhai.
+    pub(crate) native: Result<crate::script::native::Code, String>,
 }
 
 impl std::fmt::Debug for Expr {
@@ -75,8 +75,8 @@ pub enum Scoring {
         function: String,
         file: String,
         place: Place,
-        /// The call for [`crate::script::native`], when the function fits the subset.
-        native: Option<crate::script::native::Code>,
+        /// The call for [`crate::script::native`], or why it runs through rhai.
+        native: Result<crate::script::native::Code, String>,
     },
 }
 
@@ -145,6 +145,10 @@ pub struct Alert {
     pub applies: Vec<bool>,
     pub when: Expr,
     pub message: Template,
+    /// `cooldown_days` (default 0): how long after a told clearing a return stays silent.
+    pub cooldown_days: i64,
+    /// `renotify_days`: how often a standing alert is told again (none: never).
+    pub renotify_days: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -192,6 +196,9 @@ pub struct Policy {
     pub cases: Vec<TestCase>,
     /// Lint findings that did not stop the load.
     pub warnings: Vec<Diagnostic>,
+    /// Lint `info`s: criteria that run through rhai instead of the native fast path (same
+    /// results, slower), with the construct that keeps them there.
+    pub notes: Vec<Diagnostic>,
     pub limits: Limits,
     pub(crate) engine: Engine,
     /// Every function of `scripts/*.rhai`, for `script` criteria.
@@ -217,42 +224,60 @@ impl Policy {
     }
 
     /// Every account-level expression and script criterion with whether it runs on the
-    /// native fast path (`false`: through rhai). For tests and `tierwise check --verbose`-style
-    /// reports: a policy that falls back to rhai is slower, never different.
+    /// native fast path (`false`: through rhai). For tests: a policy that falls back to rhai
+    /// is slower, never different.
     pub fn native_coverage(&self) -> Vec<(String, String, bool)> {
+        self.speed().into_iter().map(|s| (s.rule, s.source, s.rhai.is_none())).collect()
+    }
+
+    /// Every account-level rule and message template with how it runs: natively, or through
+    /// rhai and the construct that kept it there (`tierwise check --explain-speed`). Portfolio
+    /// alerts are left out: they run once per book, not once per account.
+    pub fn speed(&self) -> Vec<Speed> {
         let mut out = Vec::new();
-        let entry = |e: &Expr| {
-            (e.place.rule.clone().unwrap_or_default(), e.source.clone(), e.native.is_some())
+        let entry = |e: &Expr, kind: &'static str| Speed {
+            rule: e.place.rule.clone().unwrap_or_default(),
+            kind,
+            source: e.source.clone(),
+            place: e.place.clone(),
+            rhai: e.native.as_ref().err().cloned(),
         };
         for c in &self.criteria {
             match &c.scoring {
-                Scoring::Expr(e) => out.push(entry(e)),
-                Scoring::Script { function, place, native, .. } => out.push((
-                    place.rule.clone().unwrap_or_default(),
-                    format!("{function}(account)"),
-                    native.is_some(),
-                )),
+                Scoring::Expr(e) => out.push(entry(e, "criterion")),
+                Scoring::Script { function, place, native, .. } => out.push(Speed {
+                    rule: place.rule.clone().unwrap_or_default(),
+                    kind: "criterion",
+                    source: format!("{function}(account)"),
+                    place: place.clone(),
+                    rhai: native.as_ref().err().cloned(),
+                }),
                 Scoring::Steps { .. } => {}
             }
         }
-        let mut push = |e: &Expr| out.push(entry(e));
+        let mut push = |e: &Expr, kind| out.push(entry(e, kind));
         for t in &self.tiers {
             if let Some(w) = &t.when {
-                push(w);
+                push(w, "condition");
             }
         }
         for h in &self.movement.holds {
-            push(&h.when);
+            push(&h.when, "hold");
         }
         for a in &self.alerts {
-            push(&a.when);
+            push(&a.when, "condition");
             for p in &a.message.parts {
                 if let Part::Expr(e) = p {
-                    push(e);
+                    push(e, "template");
                 }
             }
         }
         out
+    }
+
+    /// How many of [`Policy::speed`]'s entries run through rhai.
+    pub fn rhai_count(&self) -> usize {
+        self.speed().iter().filter(|s| s.rhai.is_some()).count()
     }
 
     pub fn tier_index(&self, id: &str) -> Option<usize> {
@@ -262,6 +287,19 @@ impl Policy {
     pub fn input_index(&self, name: &str) -> Option<usize> {
         self.inputs.iter().position(|i| i.name == name)
     }
+}
+
+/// How one rule or template runs (see [`Policy::speed`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Speed {
+    pub rule: String,
+    /// `criterion`, `condition`, `hold` or `template`.
+    pub kind: &'static str,
+    pub source: String,
+    pub place: Place,
+    /// Why it runs through rhai (the construct the fast path does not cover); `None`: native.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rhai: Option<String>,
 }
 
 /// The files of one policy folder, by relative path (`/`-separated).

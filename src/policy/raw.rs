@@ -371,6 +371,14 @@ pub struct RawAlert {
     #[serde(default)]
     /// What the alert watches, for people reading the policy.
     pub description: String,
+    /// Days after an `alert.cleared` during which the alert coming back is silent (it
+    /// flapped): no `alert.raised` until this many days have passed since the clearing.
+    /// Default 0; negative is a load error. Example: `14`.
+    pub cooldown_days: Option<Loc<i64>>,
+    /// While the alert stays raised, tell it again (`alert.repeated`) once this many days
+    /// have passed since it was last told. Absent: never repeated; negative is a load
+    /// error. Example: `30`.
+    pub renotify_days: Option<Loc<i64>>,
 }
 
 /// `[portfolio]`: the whole book.

@@ -19,9 +19,10 @@
 
 pub mod candidate;
 pub mod encode;
+pub mod events;
 pub mod pipeline;
 
-pub use pipeline::{Answer, CacheCounters, Level, Made, Pipeline, PipelineError, Request};
+pub use pipeline::{Answer, CacheCounters, Input, Level, Pipeline, PipelineError, Request};
 
 use crate::cache::{CostGate, PolicyId};
 use crate::engine::{self, PolicyRef, testrun};

@@ -17,8 +17,9 @@
 //! 2. **read** — one `get_many` / `get`, never an error (a cache that fails is a miss);
 //! 3. **evaluate** the misses under the request's [`Budget`] (its timeout, on every thread);
 //! 4. **splice** cached and fresh answers back into input order, as the answer's bytes;
-//! 5. **transitions** — [`Pipeline::after_decisions`], where account state and events are
-//!    derived from the decisions just made (a no-op until events exist);
+//! 5. **transitions** — with events on, [`Pipeline::answer_events`](super::events) takes the
+//!    place of steps 1–4: every account is decided (the transition needs the decisions, not
+//!    cached bytes), state and outbox change in the store, and each answer lists its events;
 //! 6. **write** new entries and every decided account's latest decision (queued, never waits);
 //! 7. **log** the decisions (the decision log's own thread encodes and writes them).
 //!
@@ -30,7 +31,7 @@ use super::Loaded;
 use super::encode::{write_json, write_outcomes};
 use crate::cache::{self, AccountPlan, Cache, Key, WriteBatch};
 use crate::decision_log::{self, DecisionLog};
-use crate::engine::{self, Outcome, PortfolioResult, Summary};
+use crate::engine::{self, Outcome, PortfolioResult};
 use crate::script::{self, Budget};
 use crate::snapshot::Record;
 use bytes::Bytes;
@@ -83,6 +84,8 @@ pub struct Answer {
     pub accounts: usize,
     /// Accounts answered with an error.
     pub errors: u64,
+    /// Keys of `fields` skipped because no input declares them.
+    pub undeclared: usize,
 }
 
 /// One served evaluation's settings, as [`Pipeline::answer`] takes them.
@@ -99,6 +102,16 @@ pub struct Request {
     pub request_id: Option<Arc<str>>,
 }
 
+/// A parsed request, as the caller's `input` step hands it to [`Pipeline::answer`].
+pub struct Input {
+    pub loaded: Arc<Loaded>,
+    pub records: Vec<Record>,
+    /// Keys of `fields` skipped while parsing because no input declares them.
+    pub undeclared: usize,
+    /// With events on, the book whose portfolio alerts have their own state (`default`).
+    pub book: Option<String>,
+}
+
 /// Why an evaluation has no answer (a bad account is not one: it is that account's error).
 #[derive(Debug)]
 pub enum PipelineError {
@@ -108,25 +121,17 @@ pub enum PipelineError {
     /// The answer would pass the budget's output limit (`limit` bytes); `rule` is the one
     /// whose rendered output passed it, when one did (its alerts fan out).
     ResponseTooLarge { limit: usize, rule: Option<String> },
+    /// Account state could not be read or written (events on): nothing was answered, so the
+    /// caller may send the same snapshots again.
+    StateUnavailable(String),
     /// A bug or a lost task: `what` failed with `detail` (logged, not shown to clients).
     Internal { what: &'static str, detail: String },
 }
 
 impl PipelineError {
-    fn internal(what: &'static str, e: impl std::fmt::Display) -> Self {
+    pub(super) fn internal(what: &'static str, e: impl std::fmt::Display) -> Self {
         PipelineError::Internal { what, detail: e.to_string() }
     }
-}
-
-/// The decisions one call made, as [`Pipeline::after_decisions`] sees them.
-pub struct Made<'a> {
-    pub level: Level,
-    /// The outcomes evaluated now (cached ones are not evaluated again).
-    pub fresh: &'a [Outcome],
-    /// Cached account decisions, as their bytes, with their input positions.
-    pub cached: &'a [(usize, Bytes)],
-    /// Portfolio level: the book's summary (absent when the whole answer was cached).
-    pub summary: Option<&'a Summary>,
 }
 
 /// The pipeline: the cache and the decision log every evaluation goes through. Cheap to
@@ -197,31 +202,13 @@ impl Pipeline {
         if offset > 0 {
             renumber(chunk, &mut outcomes, |j| offset + j);
         }
-        let made = Made { level: Level::Account, fresh: &outcomes, cached: &[], summary: None };
-        self.after_decisions(loaded, &made);
         outcomes
     }
 
     /// Portfolio level: the whole book, caps, capacity and portfolio alerts.
     pub fn decide_portfolio(&self, loaded: &Loaded, records: &[Record]) -> PortfolioResult {
-        let result = engine::evaluate_portfolio(&loaded.policy, records);
-        let made = Made {
-            level: Level::Portfolio,
-            fresh: &result.accounts,
-            cached: &[],
-            summary: Some(&result.summary),
-        };
-        self.after_decisions(loaded, &made);
-        result
+        engine::evaluate_portfolio(&loaded.policy, records)
     }
-
-    /// Where decisions become account state and events: called once per account-level
-    /// chunk and once per portfolio, after the decisions are made and before they are
-    /// answered, written or logged (so an event is in the outbox before the answer that
-    /// caused it). A what-if never calls it (a dry run touches no state).
-    ///
-    /// A no-op today: account state, transitions and the outbox plug in here.
-    pub fn after_decisions(&self, _loaded: &Loaded, _made: &Made<'_>) {}
 
     /// The engine on `records`, timed for the cost gate.
     fn evaluate_accounts(&self, loaded: &Loaded, records: &[Record]) -> Vec<Outcome> {
@@ -231,21 +218,33 @@ impl Pipeline {
         out
     }
 
+    /// The decision cache, when there is one (not on the command line).
+    pub(super) fn cache(&self) -> Option<&Arc<dyn Cache>> {
+        self.cache.as_ref()
+    }
+
+    /// Step 7: the decision log's own thread encodes and writes the job (when the log is on).
+    pub(super) fn log_job(&self, job: decision_log::Job) {
+        if self.log.enabled() {
+            self.log.record(job);
+        }
+    }
+
     /// A served evaluation: `input` (parse the request, find its policy) then steps 1–7 of
     /// the module's list. With `inline`, everything runs on the calling thread (a handful of
     /// accounts costs less than a hop to the blocking pool); otherwise the CPU parts run on
     /// the blocking pool and use every core. `start` is when the request arrived.
     pub async fn answer<E, F>(&self, req: Request, input: F) -> Result<Answer, E>
     where
-        F: FnOnce() -> Result<(Arc<Loaded>, Vec<Record>), E> + Send + 'static,
+        F: FnOnce() -> Result<Input, E> + Send + 'static,
         E: From<PipelineError> + Send + 'static,
     {
         let (level, inline) = (req.level, req.inline);
         let me = self.clone();
-        let (loaded, records, step) = off_thread(inline, move || {
-            let (loaded, records) = input()?;
+        let (loaded, records, step, undeclared) = off_thread(inline, move || {
+            let Input { loaded, records, undeclared, .. } = input()?;
             let step = me.plan(&loaded, &records, level);
-            Ok::<_, E>((loaded, records, step))
+            Ok::<_, E>((loaded, records, step, undeclared))
         })
         .await??;
         let found = self.read(&loaded, step).await;
@@ -261,7 +260,7 @@ impl Pipeline {
         {
             cache.put_many(writes); // never waits
         }
-        Ok(answer)
+        Ok(Answer { undeclared, ..answer })
     }
 
     /// Step 1: what to ask the cache.
@@ -412,8 +411,6 @@ impl Pipeline {
         if budget.spent() {
             return Err(PipelineError::Timeout);
         }
-        let made = Made { level, fresh: &outcomes, cached: &cached, summary: summary.as_ref() };
-        self.after_decisions(loaded, &made);
         let errors = outcomes.iter().filter(|o| o.decision().is_none()).count() as u64;
         if records.len() > FREE_LATER {
             // Tens of thousands of small allocations: freed by the pool, after the answer.
@@ -435,7 +432,10 @@ impl Pipeline {
             });
         }
         let hash = loaded.policy.hash.clone();
-        Ok((Answer { bytes: buf, decision_id, hash, hits, accounts: n, errors }, writes))
+        Ok((
+            Answer { bytes: buf, decision_id, hash, hits, accounts: n, errors, undeclared: 0 },
+            writes,
+        ))
     }
 }
 
@@ -466,7 +466,7 @@ pub(crate) fn renumber(records: &[Record], outcomes: &mut [Outcome], at: impl Fn
 }
 
 /// `f` on the calling thread (`inline`) or on the blocking pool.
-async fn off_thread<T: Send + 'static>(
+pub(super) async fn off_thread<T: Send + 'static>(
     inline: bool,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, PipelineError> {

@@ -20,6 +20,7 @@
 //! different tiers (a candidate folder can add one): tiers are known by id, in the order the
 //! two summaries list them.
 
+pub mod backtest;
 pub mod render;
 pub mod text;
 

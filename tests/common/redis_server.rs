@@ -11,16 +11,27 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Append-only file on (`appendfsync always`): what survives a SIGKILL and a restart.
+    aof: bool,
 }
 
 impl RedisServer {
     /// Starts a server on a free loopback port and waits until it answers `PING`.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// With the append-only file on, as operators run it for durable events.
+    pub fn start_aof() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(aof: bool) -> Self {
         for _ in 0..20 {
             // The port is free now; another process could take it before redis binds it,
             // so a server that does not come up is retried on another port.
             let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let mut s = RedisServer { port, child: None, dir: tempfile::tempdir().unwrap() };
+            let mut s = RedisServer { port, child: None, dir: tempfile::tempdir().unwrap(), aof };
             if s.spawn() {
                 return s;
             }
@@ -30,7 +41,12 @@ impl RedisServer {
 
     fn spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(if self.aof {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "everysec"]
+            })
             .args(["--daemonize", "no", "--loglevel", "warning"])
             .arg("--dir")
             .arg(self.dir.path())
