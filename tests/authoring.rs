@@ -240,6 +240,58 @@ mod http_door {
     }
 
     #[tokio::test]
+    async fn csv_and_json_lines_bodies_are_read_as_the_command_line_reads_them() {
+        let (_t, r) = router();
+        let csv = "Account ID,Account Owner,Annual Revenue,seats,strategic,segment\n\
+                   a1, jane ,2000000,3,TRUE,smb\n\
+                   a2,jane,\"1,250,000\",3,yes,smb\n";
+        for path in ["/v1/evaluate?as_of=2026-11-01", "/v1/portfolio?as_of=2026-11-01&policy=kam"] {
+            let (status, text) = post(&r, path, "text/csv; charset=utf-8", csv.into()).await;
+            assert_eq!(status, 200, "{path}: {text}");
+            assert_eq!(tiers(&text), ["a1 key", "\"a2\" error \"bad_type\""], "{path}: {text}");
+        }
+        let ndjson = "{\"id\":\"n1\",\"fields\":{\"revenue_12m\":2000000,\"seats\":1,\"segment\":\"mid\",\"strategic\":true}}\n\nnot json\n";
+        let (status, text) =
+            post(&r, "/v1/portfolio?as_of=2026-11-01", "application/x-ndjson", ndjson.into()).await;
+        assert_eq!(status, 200, "{text}");
+        assert_eq!(tiers(&text), ["n1 key", "null error \"bad_record\""], "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["accounts"][1]["error"]["record"], 3, "numbered by line: {text}");
+        // A dry run of a CSV book: the overrides in the query.
+        let (status, text) = post(
+            &r,
+            "/v1/dry-run?as_of=2026-11-01&set=tiers.key.min_score%3D10.5&format=table",
+            "text/csv",
+            csv.into(),
+        )
+        .await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("--set tiers.key.min_score=10.5"), "{text}");
+        assert!(text.contains("key → base"), "{text}");
+        // Other types are still refused, naming the three accepted.
+        let (status, text) = post(&r, "/v1/evaluate", "text/plain", csv.into()).await;
+        assert_eq!(status, 415);
+        insta::assert_snapshot!("http_unsupported_media_type", text);
+    }
+
+    #[tokio::test]
+    async fn a_csv_body_has_the_account_limit_of_a_json_one() {
+        let (tmp, _dir) = write_policy("kam", &[("policy.toml", KAM)]);
+        let limits = Limits { max_accounts: 2, ..Limits::default() };
+        let service = Arc::new(Service::new(tmp.path(), limits, None));
+        service.reload();
+        let r = http::app(App::new(service, Config::default(), DecisionLog::off()));
+        let csv = "Account ID,Annual Revenue,seats,segment\na,1,1,smb\nb,1,1,smb\nc,1,1,smb\n";
+        let (status, text) =
+            post(&r, "/v1/evaluate?as_of=2026-11-01", "text/csv", csv.into()).await;
+        assert_eq!(status, 413, "{text}");
+        assert!(text.contains("too_many_accounts"), "{text}");
+        let nd = "{\"id\":\"a\"}\n{\"id\":\"b\"}\n{\"id\":\"c\"}\n";
+        let (status, _) = post(&r, "/v1/portfolio", "application/x-ndjson", nd.into()).await;
+        assert_eq!(status, 413);
+    }
+
+    #[tokio::test]
     async fn a_request_gives_as_of_once_for_the_accounts_without_one() {
         let (_t, r) = router();
         let acct = |id: &str, as_of: Option<&str>| {
