@@ -754,3 +754,45 @@ fn diff_names_a_bad_override_and_heads_with_the_candidates_warnings_and_failing_
     let first = listed.lines().nth(2).unwrap_or("");
     assert!(first.contains("key → managed"), "{listed}");
 }
+
+// ---------------------------------------------------------------------------------------
+// a policy written from the docs alone
+
+/// examples/policies/harbor: a shipping-visibility SaaS's program, written from README.md,
+/// docs/snapshots.md and docs/codes.md by someone new to tierwise. It must keep loading
+/// without a warning and passing its own cases, book from a CRM export included.
+#[test]
+fn the_policy_written_from_the_docs_passes_check_and_its_cases() {
+    let dir = root().join("examples/policies/harbor");
+    let p = match tierwise::policy::load_dir(&dir, &Default::default()) {
+        Ok(p) => p,
+        Err(e) => panic!("examples/policies/harbor does not load: {e:?}"),
+    };
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    let results = tierwise::engine::testrun::run_cases(&p);
+    assert_eq!(results.len(), 8);
+    let failed: Vec<_> = results.iter().filter(|r| !r.passed()).collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    // The same export through the command line, `as_of` given once.
+    let out = tierwise(
+        &[
+            "eval",
+            "--policy",
+            "examples/policies/harbor",
+            "--accounts",
+            "examples/policies/harbor/tests/fixtures/book.csv",
+            "--as-of",
+            "2026-11-01",
+            "--portfolio",
+            "--format",
+            "table",
+        ],
+        &root(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(
+        table.contains("unassigned: 2 account(s) of the capacity tiers have no manager: s07, s14"),
+        "{table}"
+    );
+}
