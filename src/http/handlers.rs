@@ -156,6 +156,19 @@ pub async fn evaluate(
     RawQuery(query): RawQuery,
     body: BookBody,
 ) -> Result<Response, ApiError> {
+    if super::explain::wanted(query.as_deref())? {
+        // Explanations re-read the request's JSON; the book alone (CSV, JSON lines) has none.
+        if body.0 != BodyKind::Json {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "`explain=full` needs a JSON body (`Content-Type: application/json`)",
+            ));
+        }
+        let bytes = body.1.clone();
+        let res = run_evaluation(app.clone(), body, query, Level::Account, deadline, rid).await?;
+        return super::explain::add(app, bytes, res, deadline).await;
+    }
     run_evaluation(app, body, query, Level::Account, deadline, rid).await
 }
 
@@ -316,6 +329,21 @@ impl From<PipelineError> for Failed {
     }
 }
 
+/// The answer for a pipeline that gave none.
+pub(super) fn pipeline_error(app: &AppState, e: PipelineError) -> ApiError {
+    match e {
+        // Past the request timeout: the client has its 503 already.
+        PipelineError::Timeout => ApiError::timeout(app.config.request_timeout),
+        PipelineError::ResponseTooLarge { limit, rule } => {
+            ApiError::response_too_large(limit, rule.as_deref())
+        }
+        PipelineError::StateUnavailable(why) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", why).retry_after(1)
+        }
+        PipelineError::Internal { what, detail } => ApiError::internal(what, detail),
+    }
+}
+
 /// Parse, hand to the pipeline, count, answer with its bytes.
 async fn run_evaluation(
     app: AppState,
@@ -361,20 +389,7 @@ async fn run_evaluation(
     let done = match answer {
         Ok(done) => done,
         Err(Failed::Request(e)) => return Err(e),
-        // Past the request timeout: the client has its 503 already.
-        Err(Failed::Pipeline(PipelineError::Timeout)) => {
-            return Err(ApiError::timeout(app.config.request_timeout));
-        }
-        Err(Failed::Pipeline(PipelineError::ResponseTooLarge { limit, rule })) => {
-            return Err(ApiError::response_too_large(limit, rule.as_deref()));
-        }
-        Err(Failed::Pipeline(PipelineError::StateUnavailable(why))) => {
-            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", why)
-                .retry_after(1));
-        }
-        Err(Failed::Pipeline(PipelineError::Internal { what, detail })) => {
-            return Err(ApiError::internal(what, detail));
-        }
+        Err(Failed::Pipeline(e)) => return Err(pipeline_error(&app, e)),
     };
     let skipped = done.undeclared;
     let m = match level {
