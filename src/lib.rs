@@ -23,6 +23,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod cache;
+pub mod codes;
 pub mod date;
 pub mod decision_log;
 pub mod engine;

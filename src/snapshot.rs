@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
 
+mod csv_in;
+pub use csv_in::{Columns, Read, ReadOptions, looks_grouped, parse_columns, read_with};
+
 /// One account as another system sends it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "tierwise account snapshot")]
@@ -32,11 +35,38 @@ pub struct Snapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier_since: Option<String>,
     /// The day the snapshot describes (`YYYY-MM-DD`); the engine's only notion of "today".
+    /// Required, unless the request (`as_of` beside `accounts`, `?as_of=`) or the command
+    /// (`--as-of DATE`) gives it once for the accounts without one.
+    #[serde(default, deserialize_with = "null_is_empty")]
+    #[schemars(with = "String")]
     pub as_of: String,
     /// Values of the policy's inputs; other keys are ignored. `null` is an absent value.
     #[serde(default)]
     #[schemars(with = "std::collections::BTreeMap<String, serde_json::Value>")]
     pub fields: serde_json::Map<String, Value>,
+}
+
+/// `"as_of": null` reads as absent, as every other `null` of a snapshot does.
+fn null_is_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Gives `as_of` to the snapshots that carry none (`--as-of`, a request's `as_of`); those
+/// that have one keep it.
+pub fn fill_as_of(records: &mut [Record], as_of: &str) {
+    for s in records.iter_mut().flatten() {
+        if s.as_of.is_empty() {
+            s.as_of = as_of.to_string();
+        }
+    }
+}
+
+/// Checks a date given once for a whole input (`--as-of`, a request's `as_of`).
+pub fn check_as_of(as_of: &str) -> Result<(), String> {
+    match crate::date::parse_days(as_of) {
+        Some(_) => Ok(()),
+        None => Err(format!("`as_of` is `{as_of}`, not a date (YYYY-MM-DD)")),
+    }
 }
 
 /// Why one account got no decision.
@@ -134,13 +164,10 @@ pub enum ReadError {
     Csv(String),
 }
 
-/// Reads `text` in `format`. CSV needs the policy to type its columns.
+/// Reads `text` in `format`. CSV needs the policy to type its columns (and rename them, by
+/// its `[columns]`). [`read_with`] also takes the command's `--as-of` and `--columns`.
 pub fn read(text: &str, format: Format, policy: &Policy) -> Result<Vec<Record>, ReadError> {
-    match format {
-        Format::Json => read_json(text),
-        Format::Jsonl => Ok(read_jsonl(text)),
-        Format::Csv => read_csv(text, policy),
-    }
+    read_with(text, format, policy, &ReadOptions::default()).map(|r| r.records)
 }
 
 fn id_of(raw: &str) -> Option<String> {
@@ -223,6 +250,8 @@ pub fn parse_filtered(raw: &str, n: usize, filter: &FieldFilter<'_>) -> (Record,
         current_tier: Option<String>,
         #[serde(default)]
         tier_since: Option<String>,
+        // As in [`Snapshot`]: absent or `null` until a request's `as_of` fills it.
+        #[serde(default, deserialize_with = "null_is_empty")]
         as_of: String,
         #[serde(default, borrow)]
         fields: Option<&'a serde_json::value::RawValue>,
@@ -389,76 +418,22 @@ impl<R: std::io::BufRead> JsonlChunks<R> {
     }
 }
 
-const IDENTITY: [&str; 6] = ["id", "name", "manager", "current_tier", "tier_since", "as_of"];
-
-/// A CRM export: identity columns, then one column per input; an empty cell is absent.
+/// A CRM export read with the policy's `[columns]` (see [`read_with`] for the options).
 pub fn read_csv(text: &str, policy: &Policy) -> Result<Vec<Record>, ReadError> {
-    let mut rdr = csv::ReaderBuilder::new().flexible(false).from_reader(text.as_bytes());
-    let headers = rdr.headers().map_err(|e| ReadError::Csv(e.to_string()))?.clone();
-    if !headers.iter().any(|h| h == "id") {
-        return Err(ReadError::Csv("the header has no `id` column".into()));
-    }
-    let types: Vec<Option<InputType>> =
-        headers.iter().map(|h| policy.inputs.iter().find(|i| i.name == h).map(|i| i.ty)).collect();
-    let mut out = Vec::new();
-    for (n, row) in rdr.records().enumerate() {
-        let line = n + 2;
-        let row = match row {
-            Ok(r) => r,
-            Err(e) => {
-                let mut err = AccountError::new(None, "bad_record", format!("line {line}: {e}"));
-                err.record = Some(line);
-                out.push(Err(err));
-                continue;
-            }
-        };
-        let mut obj = serde_json::Map::new();
-        let mut fields = serde_json::Map::new();
-        for ((h, cell), ty) in headers.iter().zip(row.iter()).zip(&types) {
-            if cell.is_empty() {
-                continue;
-            }
-            if IDENTITY.contains(&h) {
-                obj.insert(h.to_string(), Value::String(cell.to_string()));
-            } else if let Some(ty) = ty {
-                fields.insert(h.to_string(), csv_cell(cell, *ty));
-            }
-        }
-        obj.insert("fields".into(), Value::Object(fields));
-        out.push(serde_json::from_value::<Snapshot>(Value::Object(obj.clone())).map_err(|e| {
-            let id = obj.get("id").and_then(Value::as_str);
-            let mut err =
-                AccountError::new(id, "bad_record", format!("line {line}: not a snapshot: {e}"));
-            err.record = Some(line);
-            err
-        }));
-    }
-    Ok(out)
+    read(text, Format::Csv, policy)
 }
 
-/// Types a CSV cell by its input; a cell that does not parse stays text, so validation names
-/// the field and the expected type.
-fn csv_cell(cell: &str, ty: InputType) -> Value {
-    let t = cell.trim();
-    match ty {
-        InputType::Number | InputType::Integer => {
-            if let Ok(i) = t.parse::<i64>() {
-                return Value::from(i);
-            }
-            match t.parse::<f64>() {
-                Ok(f) if f.is_finite() => serde_json::Number::from_f64(f)
-                    .map_or(Value::String(cell.into()), Value::Number),
-                _ => Value::String(cell.into()),
-            }
-        }
-        InputType::Bool => match t {
-            "true" => Value::Bool(true),
-            "false" => Value::Bool(false),
-            _ => Value::String(cell.into()),
-        },
-        InputType::String | InputType::Date => Value::String(cell.into()),
+/// [`read`] before the policy is compiled (a test case's `accounts_file`).
+pub fn read_for(text: &str, format: Format, cols: &Columns<'_>) -> Result<Vec<Record>, ReadError> {
+    match format {
+        Format::Json => read_json(text),
+        Format::Jsonl => Ok(read_jsonl(text)),
+        Format::Csv => csv_in::read_csv(text, cols, &[]).map(|r| r.records),
     }
 }
+
+/// The identity columns of a CSV export, by the names tierwise reads.
+pub const IDENTITY: [&str; 6] = ["id", "name", "manager", "current_tier", "tier_since", "as_of"];
 
 fn type_name(v: &Value) -> &'static str {
     match v {
@@ -492,6 +467,14 @@ pub fn validate(policy: &Policy, s: &Snapshot) -> Result<Account, AccountError> 
     let id = Some(s.id.as_str());
     if s.id.is_empty() {
         return Err(AccountError::new(id, "bad_record", "`id` is empty").field("id"));
+    }
+    if s.as_of.is_empty() {
+        return Err(AccountError::new(
+            id,
+            "missing_field",
+            "`as_of` is missing: give it per account, or once for the whole input (`--as-of DATE` on the command line, `as_of` in an HTTP request)",
+        )
+        .field("as_of"));
     }
     let as_of = crate::date::parse_days(&s.as_of).ok_or_else(|| {
         AccountError::new(
@@ -535,6 +518,19 @@ pub fn validate(policy: &Policy, s: &Snapshot) -> Result<Account, AccountError> 
             Some(v) => v,
         };
         let bad_type = || {
+            let grouped = matches!(inp.ty, InputType::Number | InputType::Integer)
+                .then(|| v.as_str().and_then(looks_grouped))
+                .flatten();
+            if let Some(plain) = grouped {
+                return err(
+                    "bad_type",
+                    format!(
+                        "`{}` is {}, a number with thousands separators: write it without them (`{plain}`)",
+                        inp.name,
+                        shown(v)
+                    ),
+                );
+            }
             err(
                 "bad_type",
                 format!(

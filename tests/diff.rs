@@ -59,7 +59,10 @@ fn snapshot_all(name: &str, d: &PolicyDiff, ctx: &render::Context) {
 }
 
 fn ctx(sets: &[&str]) -> render::Context {
-    render::Context { overrides: sets.iter().map(|s| s.to_string()).collect(), candidate_dir: None }
+    render::Context {
+        overrides: sets.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -105,6 +108,7 @@ fn new_criterion_in_a_candidate_folder() {
     let c = render::Context {
         overrides: Vec::new(),
         candidate_dir: Some("candidate/enterprise".into()),
+        ..Default::default()
     };
     snapshot_all("new_criterion", &d, &c);
 }

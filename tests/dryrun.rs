@@ -316,14 +316,20 @@ async fn another_baseline_by_name_and_markdown_or_table() {
     let files = apply(&mm.files, &["tiers[0].min_score=9.0"]);
     let cand = policy::load_files("mid-market", &files, &Limits::default()).unwrap();
     let d = whatif::diff(&mm.policy, &cand, &records);
-    let ctx =
-        render::Context { overrides: vec!["tiers[0].min_score=9.0".into()], candidate_dir: None };
-    // The shared rendering, then what the candidate's own test cases say (9.0 breaks some).
+    use tierwise::service::candidate;
+    // The shared rendering, with the header the candidate builder gives: its failing test
+    // cases (9.0 breaks some) come before the figures.
+    let cases = candidate::TestCases::run(&cand);
+    let ctx = render::Context {
+        overrides: vec!["tiers[0].min_score=9.0".into()],
+        notes: candidate::header_notes(&mm.policy, &cand, Some(&cases)),
+        capacity_tiers: candidate::capacity_tiers(&mm.policy),
+        ..Default::default()
+    };
     let text = a.text();
-    let (rendered, tests) = text.split_at(render::markdown(&d, &ctx, 20).len());
-    assert_eq!(rendered, render::markdown(&d, &ctx, 20));
-    assert!(tests.starts_with("\n**13 of the candidate's 25 test cases fail, so it would not go live: `checkin_overdue fires for a key account never checked in with` (tests/alerts.toml:23), "), "{tests}");
-    assert!(tests.ends_with(", and 8 more.**\n"), "{tests}");
+    assert_eq!(text, render::markdown(&d, &ctx, 20));
+    assert!(text.contains("\n> **13 of the candidate's 25 test cases fail, so it would not go live: checkin_overdue fires for a key account never checked in with (tests/alerts.toml:23), "), "{text}");
+    assert!(text.contains(", and 8 more**\n"), "{text}");
     assert!(
         a.text().starts_with("### What-if: `mid-market` → the baseline with 1 override"),
         "{}",
@@ -790,6 +796,6 @@ async fn the_openapi_document_describes_the_dry_run() {
     let req_props = keys(&doc["components"]["schemas"]["DryRunRequest"]["properties"]);
     assert_eq!(
         req_props.into_iter().collect::<Vec<_>>(),
-        ["accounts", "baseline", "candidate", "format", "overrides", "top"]
+        ["accounts", "as_of", "baseline", "candidate", "format", "overrides", "top"]
     );
 }

@@ -750,7 +750,7 @@ async fn answers_are_the_engine_outcomes_byte_for_byte() {
     let s = server();
     let mut list = accounts(2500);
     // Bad elements are answered as the snapshot reader answers them, at their position.
-    list[3] = json!({ "id": "no-date" });
+    list[3] = json!({ "name": "no id", "as_of": "2026-11-01" });
     list[1700] = json!([1, 2]);
     list[2100] = json!({ "id": 7, "as_of": "2026-11-01" });
     let recs = tierwise::snapshot::read_json(&serde_json::to_string(&list).unwrap()).unwrap();

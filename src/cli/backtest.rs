@@ -474,6 +474,7 @@ fn run_inner(args: &BacktestArgs, limits: &Limits) -> Result<ExitCode, ExitCode>
             let ctx = render::Context {
                 overrides: args.set.iter().map(|s| s.trim().to_string()).collect(),
                 candidate_dir: args.candidate.as_ref().map(|d| d.display().to_string()),
+                ..Default::default()
             };
             match f {
                 BacktestFormat::Table => render::comparison_table(&cmp, &ctx, args.top),

@@ -13,9 +13,7 @@ pub fn run(dir: &Path, limits: &Limits, explain_speed: bool) -> ExitCode {
     for d in &dirs {
         match super::load(d, limits) {
             Some(p) => {
-                for w in p.warnings.iter().chain(&p.notes) {
-                    eprintln!("{}/{w}", d.display());
-                }
+                super::print_warnings(&p);
                 println!(
                     "ok    {:<16} {}  {} inputs, {} criteria, {} tiers, {} alerts, {} test cases",
                     p.name,

@@ -49,13 +49,16 @@ pub struct DiffArgs {
     /// The input's format when the extension does not say (standard input: default jsonl).
     #[arg(long, value_enum)]
     input_format: Option<Format>,
+    #[command(flatten)]
+    read: super::ReadArgs,
     #[arg(long, value_enum, default_value = "table")]
     format: DiffFormat,
     /// Exit 1 when any account changes tier or gets a decision under one policy only (1 is
     /// every command's "ran and found a problem" code).
     #[arg(long)]
     fail_on_moves: bool,
-    /// How many changed accounts the table and markdown list (JSON lists all).
+    /// How many changed accounts the table and markdown list (JSON lists all), what matters
+    /// first: accounts leaving a capacity tier, then demotions, promotions, the rest.
     #[arg(long, default_value_t = 20)]
     top: usize,
 }
@@ -149,11 +152,19 @@ fn records(
     text: &str,
     format: Format,
     p: &Policy,
+    notes: bool,
 ) -> Result<Vec<Record>, ExitCode> {
-    snapshot::read(text, format, p).map_err(|e| {
+    let opts = args.read.options(p)?;
+    let read = snapshot::read_with(text, format, p, &opts).map_err(|e| {
         eprintln!("error: `{}`: {e}", args.accounts);
         ExitCode::from(2)
-    })
+    })?;
+    if notes {
+        for n in &read.notes {
+            eprintln!("note: {n}");
+        }
+    }
+    Ok(read.records)
 }
 
 pub fn run(args: &DiffArgs, limits: &Limits) -> ExitCode {
@@ -171,11 +182,14 @@ fn run_inner(args: &DiffArgs, limits: &Limits) -> Result<ExitCode, ExitCode> {
     let cand = candidate(args, limits)?;
     let candidate = &cand.policy;
     let (text, format) = read_text(args)?;
-    let before = records(args, &text, format, &baseline)?;
+    let before = records(args, &text, format, &baseline, true)?;
     // CSV cells are typed by the policy's `[inputs]`, which the candidate may change; JSON
     // does not depend on the policy, so it is read once.
-    let after =
-        if format == Format::Csv { Some(records(args, &text, format, candidate)?) } else { None };
+    let after = if format == Format::Csv {
+        Some(records(args, &text, format, candidate, false)?)
+    } else {
+        None
+    };
     drop(text);
     let what_if = Pipeline::offline().what_if(
         &baseline,
@@ -195,25 +209,21 @@ fn run_inner(args: &DiffArgs, limits: &Limits) -> Result<ExitCode, ExitCode> {
     // The process ends right after: freeing 100k records one by one costs time for nothing.
     std::mem::forget((before, after));
 
+    // Not run for a candidate that trips the sandbox: each case would hit the same limit.
+    let test_cases = if what_if.tripped.is_empty() { Some(cand.test_cases()) } else { None };
     let ctx = render::Context {
         overrides: args.set.iter().map(|s| s.trim().to_string()).collect(),
         candidate_dir: args.candidate.as_ref().map(|d| d.display().to_string()),
+        notes: candidate::header_notes(&baseline, candidate, test_cases.as_ref()),
+        capacity_tiers: candidate::capacity_tiers(&baseline),
     };
-    let mut out = match args.format {
+    let out = match args.format {
         DiffFormat::Table => render::table(&diff, &ctx, args.top),
         DiffFormat::Markdown => render::markdown(&diff, &ctx, args.top),
         DiffFormat::Json => {
             serde_json::to_string_pretty(&diff).map(|s| s + "\n").unwrap_or_default()
         }
     };
-    // Not run for a candidate that trips the sandbox: each case would hit the same limit.
-    let test_cases = if what_if.tripped.is_empty() { Some(cand.test_cases()) } else { None };
-    if args.format != DiffFormat::Json
-        && let Some(note) =
-            test_cases.as_ref().and_then(|t| t.note(args.format == DiffFormat::Markdown))
-    {
-        out.push_str(&note);
-    }
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = stdout.write_all(out.as_bytes()).and_then(|_| stdout.flush())
         && e.kind() != std::io::ErrorKind::BrokenPipe

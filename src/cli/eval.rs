@@ -38,6 +38,8 @@ pub struct EvalArgs {
     /// The input's format when the extension does not say (standard input: default jsonl).
     #[arg(long, value_enum)]
     input_format: Option<Format>,
+    #[command(flatten)]
+    read: super::ReadArgs,
 }
 
 /// Accounts decided and written at a time, at account level.
@@ -71,8 +73,17 @@ pub fn run(args: &EvalArgs, limits: &Limits) -> ExitCode {
         eprintln!("error: cannot read `{}`: {e}", args.accounts);
         return ExitCode::from(2);
     }
-    let records = match snapshot::read(&text, format, &policy) {
-        Ok(r) => r,
+    let opts = match args.read.options(&policy) {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
+    let records = match snapshot::read_with(&text, format, &policy, &opts) {
+        Ok(r) => {
+            for n in &r.notes {
+                eprintln!("note: {n}");
+            }
+            r.records
+        }
         Err(e) => {
             eprintln!("error: `{}`: {e}", args.accounts);
             return ExitCode::from(2);
@@ -286,6 +297,18 @@ fn write_portfolio(
                     plain(&m.manager),
                     m.count,
                     m.status.as_str()
+                )?;
+            }
+            if !s.unassigned.is_empty() {
+                let shown: Vec<String> =
+                    s.unassigned.iter().take(10).map(|id| plain(id).into_owned()).collect();
+                let more = s.unassigned.len().saturating_sub(10);
+                writeln!(
+                    out,
+                    "unassigned: {} account(s) of the capacity tiers have no manager: {}{}",
+                    s.unassigned.len(),
+                    shown.join(", "),
+                    if more > 0 { format!(" (and {more} more)") } else { String::new() }
                 )?;
             }
             for a in &s.portfolio_alerts {

@@ -138,6 +138,49 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// How a command reads its accounts beyond the file itself (eval, diff).
+#[derive(clap::Args, Clone, Default)]
+pub struct ReadArgs {
+    /// `as_of` (YYYY-MM-DD) for the accounts that carry none: an export without the column.
+    #[arg(long, value_name = "DATE")]
+    pub as_of: Option<String>,
+    /// A CSV column map, TOML lines such as `id = "Account ID"` (as the policy's `[columns]`,
+    /// on top of it).
+    #[arg(long, value_name = "FILE")]
+    pub columns: Option<PathBuf>,
+}
+
+impl ReadArgs {
+    /// The options for `policy`, or exit 2 for a bad date or column map.
+    pub fn options(
+        &self,
+        policy: &tierwise::policy::Policy,
+    ) -> Result<tierwise::snapshot::ReadOptions, ExitCode> {
+        if let Some(d) = &self.as_of
+            && let Err(e) = tierwise::snapshot::check_as_of(d)
+        {
+            eprintln!("error: --as-of: {e}");
+            return Err(ExitCode::from(2));
+        }
+        let columns = match &self.columns {
+            None => Vec::new(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    eprintln!("error: cannot read `{}`: {e}", path.display());
+                    ExitCode::from(2)
+                })?;
+                tierwise::snapshot::parse_columns(&text, policy).map_err(|e| {
+                    for line in e.lines() {
+                        eprintln!("error: `{}`: {line}", path.display());
+                    }
+                    ExitCode::from(2)
+                })?
+            }
+        };
+        Ok(tierwise::snapshot::ReadOptions { as_of: self.as_of.clone(), columns })
+    }
+}
+
 /// Colour and graphics only for people at a terminal.
 pub fn stderr_is_terminal() -> bool {
     std::io::stderr().is_terminal()
@@ -179,6 +222,18 @@ pub fn load(dir: &std::path::Path, limits: &Limits) -> Option<tierwise::policy::
             );
             None
         }
+    }
+}
+
+/// A loaded policy's warnings, with paths relative to the policy folder as errors print
+/// them; the last line names the policy.
+pub fn print_warnings(p: &tierwise::policy::Policy) {
+    for w in p.warnings.iter().chain(&p.notes) {
+        eprintln!("{w}");
+    }
+    if !p.warnings.is_empty() {
+        let n = p.warnings.len();
+        eprintln!("warning: policy `{}` has {n} warning{}", p.name, if n == 1 { "" } else { "s" });
     }
 }
 

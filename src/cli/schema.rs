@@ -12,6 +12,9 @@ pub fn run(out: &Path, reference: &Path, check: bool) -> ExitCode {
     let mut files: Vec<(std::path::PathBuf, String)> =
         tierwise::schema::all().into_iter().map(|(name, text)| (out.join(name), text)).collect();
     files.push((reference.to_path_buf(), tierwise::schema::policy_reference()));
+    // The codes reference sits beside the policy reference (docs/codes.md).
+    let codes = reference.with_file_name("codes.md");
+    files.push((codes, tierwise::codes::markdown()));
     for (path, text) in files {
         if check {
             if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {

@@ -16,6 +16,8 @@ pub fn run(dir: &Path, limits: &Limits, coverage: bool) -> ExitCode {
             broken += 1;
             continue;
         };
+        // A warning is often why a case fails (`integer_division`): said before the cases.
+        super::print_warnings(&p);
         println!("\nrunning {} cases of policy `{}` ({})", p.cases.len(), p.name, p.short_hash());
         let results = testrun::run_cases(&p);
         for r in &results {
@@ -43,6 +45,13 @@ pub fn run(dir: &Path, limits: &Limits, coverage: bool) -> ExitCode {
                 );
                 for f in &r.failures {
                     println!("  {f}");
+                }
+                // What the engine decided, beside what the case expected.
+                if !r.got.is_empty() {
+                    println!("  got:");
+                    for g in &r.got {
+                        println!("    {g}");
+                    }
                 }
             }
         }

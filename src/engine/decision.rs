@@ -234,6 +234,10 @@ pub struct Summary {
     pub over_cap: Vec<OverCap>,
     pub changes: ChangeCounts,
     pub managers: Vec<ManagerLoad>,
+    /// Accounts that end in a capacity tier without a `manager`: in no book, by id (listed
+    /// only when there are some; `unassigned_count` in portfolio alerts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unassigned: Vec<String>,
     pub portfolio_alerts: Vec<AlertOut>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub portfolio_errors: Vec<PortfolioError>,

@@ -531,6 +531,8 @@ struct Light {
     tier: Option<usize>,
     change: Change,
     moved: Option<Move>,
+    /// The id of an account without a manager (for `unassigned`); `None` when it has one.
+    no_manager: Option<String>,
 }
 
 impl Light {
@@ -545,7 +547,8 @@ impl Light {
             }),
             _ => None,
         };
-        Some(Light { tier: policy.tier_index(&d.tier), change: d.change, moved })
+        let no_manager = d.manager.is_none().then(|| d.id.clone());
+        Some(Light { tier: policy.tier_index(&d.tier), change: d.change, moved, no_manager })
     }
 }
 
@@ -575,6 +578,7 @@ fn summarize(
     let mut revenues = Vec::new();
     let mut moves = Vec::new();
     let mut errors = 0u64;
+    let mut unassigned: Vec<String> = Vec::new();
     // f64 addition is not associative: sums run over values sorted descending, never in input
     // order, so reordering the accounts cannot change a total (or flip a portfolio alert).
     let mut by_tier: Vec<Vec<f64>> = vec![Vec::new(); policy.tiers.len()];
@@ -588,6 +592,12 @@ fn summarize(
         if let Some(t) = d.tier {
             tiers[t].count += 1;
             by_tier[t].push(rev);
+            // A key account nobody manages is in no book: listed so it gets an owner.
+            if let Some(id) = &d.no_manager
+                && policy.capacity.as_ref().is_some_and(|c| c.in_book[t])
+            {
+                unassigned.push(id.clone());
+            }
         }
         match d.change {
             Change::Promote => changes.promote += 1,
@@ -622,7 +632,17 @@ fn summarize(
         tiers: tiers.iter().map(|t| (t.id.clone(), (t.count as i64, t.revenue))).collect(),
         managers_over: managers.iter().filter(|m| m.status == Load::Over).count() as i64,
         managers_under: managers.iter().filter(|m| m.status == Load::Under).count() as i64,
+        unassigned_count: unassigned.len() as i64,
+        tier_limits: policy
+            .tiers
+            .iter()
+            .map(|t| {
+                let l = limit(t.max_share, t.max_count, n).and_then(|l| i64::try_from(l).ok());
+                (t.id.clone(), l)
+            })
+            .collect(),
     });
+    unassigned.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     let top10 = agg.top_revenue_share(10);
     let (portfolio_alerts, portfolio_errors) = portfolio_alerts(policy, agg.clone());
     Summary {
@@ -634,6 +654,7 @@ fn summarize(
         changes,
         over_cap,
         managers,
+        unassigned,
         portfolio_alerts,
         portfolio_errors,
         moves,

@@ -10,6 +10,10 @@ pub struct CaseResult {
     pub place: Place,
     /// What did not match; empty when the case passed.
     pub failures: Vec<String>,
+    /// For a failed case, what the decisions it checks were (per-criterion scores, tier,
+    /// change, reasons, alerts), to read beside the expectation; empty when it passed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub got: Vec<String>,
 }
 
 impl CaseResult {
@@ -132,7 +136,112 @@ pub fn run_case(policy: &Policy, case: &TestCase) -> CaseResult {
             }
         }
     }
-    CaseResult { name: case.name.clone(), place: case.place.clone(), failures }
+    if let Some(s) = &summary {
+        let count = |id: &str| s.tiers.iter().find(|t| &*t.id == id).map_or(0, |t| t.count);
+        let share = |id: &str| s.tiers.iter().find(|t| &*t.id == id).map_or(0.0, |t| t.share);
+        if let Some(want) = &e.tier_counts {
+            for (t, n) in want {
+                if count(t) != *n {
+                    failures.push(format!(
+                        "tier `{t}`: expected {n} accounts, got {} (of {} decided)",
+                        count(t),
+                        s.account_count
+                    ));
+                }
+            }
+        }
+        if let Some(want) = &e.tier_shares {
+            let tol = e.tolerance.unwrap_or(0.005);
+            for (t, x) in want {
+                if (share(t) - x).abs() > tol + 1e-12 {
+                    failures.push(format!(
+                        "tier `{t}`: expected a share of {x} (± {tol}), got {} ({} of {} decided)",
+                        share(t),
+                        count(t),
+                        s.account_count
+                    ));
+                }
+            }
+        }
+    }
+    let mut got = if failures.is_empty() { Vec::new() } else { shown(case, e, &outcomes) };
+    if let Some(s) = summary.as_ref().filter(|_| !failures.is_empty()) {
+        let tiers: Vec<String> = s
+            .tiers
+            .iter()
+            .map(|t| format!("{} {} ({:.1}%)", t.id, t.count, t.share * 100.0))
+            .collect();
+        got.push(format!(
+            "book: {} decided, {} errors; {}",
+            s.account_count,
+            s.error_count,
+            tiers.join(", ")
+        ));
+    }
+    CaseResult { name: case.name.clone(), place: case.place.clone(), failures, got }
+}
+
+/// The decisions a failed case checks, as lines: the account of an account-level case, the
+/// first account and every account named in `tiers` of a portfolio case.
+fn shown(case: &TestCase, e: &crate::policy::raw::RawExpect, outcomes: &[Outcome]) -> Vec<String> {
+    let mut ids: Vec<&str> = Vec::new();
+    if let Some(first) = outcomes.first().and_then(Outcome::id) {
+        ids.push(first);
+    }
+    if case.portfolio
+        && let Some(tiers) = &e.tiers
+    {
+        for id in tiers.keys() {
+            if !ids.contains(&id.as_str()) {
+                ids.push(id);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for id in ids {
+        match outcomes.iter().find(|o| o.id() == Some(id)) {
+            Some(Outcome::Decision(d)) => out.extend(explain(d)),
+            Some(Outcome::Error { error, .. }) => {
+                out.push(format!("account `{id}`: error `{}`: {}", error.code, error.message))
+            }
+            None => {}
+        }
+    }
+    out
+}
+
+/// One decision in a few lines: what a failed expectation is compared with.
+pub fn explain(d: &Decision) -> Vec<String> {
+    let total: f64 = d.scores.iter().map(|c| c.weight).sum();
+    let criteria: Vec<String> = d
+        .scores
+        .iter()
+        .map(|c| {
+            let share = if total > 0.0 { c.weight * c.score / total } else { 0.0 };
+            format!("{} {} (weight {}, adds {:.4})", c.id, c.score, c.weight, share)
+        })
+        .collect();
+    let from = d.previous_tier.as_deref().map(|t| format!(" from `{t}`")).unwrap_or_default();
+    let mut out = vec![
+        format!(
+            "account `{}`: score {} → tier `{}`{from}, change `{}`, qualified for `{}`",
+            d.id,
+            d.score,
+            d.tier,
+            d.change.as_str(),
+            d.qualified_tier
+        ),
+        format!("  criteria: {}", criteria.join("; ")),
+    ];
+    for r in &d.reasons {
+        out.push(format!("  reason {}: {}", r.code, r.message));
+    }
+    let alerts: Vec<&str> = d.alerts.iter().map(|a| &*a.id).collect();
+    out.push(format!(
+        "  alerts: {}",
+        if alerts.is_empty() { "none".to_string() } else { alerts.join(", ") }
+    ));
+    out
 }
 
 fn check_decision(e: &crate::policy::raw::RawExpect, d: &Decision, failures: &mut Vec<String>) {

@@ -962,6 +962,7 @@ mod tests {
             over_cap: vec![],
             changes: Default::default(),
             managers: vec![],
+            unassigned: vec![],
             portfolio_alerts: vec![AlertOut {
                 id: "x".into(),
                 severity: Severity::Low,

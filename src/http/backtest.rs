@@ -314,6 +314,7 @@ fn run(
                                 candidate.as_ref().map(|c| c.short_hash()).unwrap_or_default()
                             )
                         }),
+                        ..Default::default()
                     };
                     if md {
                         render::comparison_markdown(c, &ctx, top)

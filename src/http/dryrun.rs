@@ -16,7 +16,7 @@
 //! ([`crate::decision_log::DryRun`]), never per-account decisions.
 
 use super::handlers::{account_list, lookup_error, parse_capped, read_accounts};
-use super::{ApiError, AppState, DryRunPriority, JsonBody};
+use super::{ApiError, AppState, BodyKind, BookBody, DryRunPriority};
 use crate::decision_log;
 use crate::engine::PolicyRef;
 use crate::policy::limits;
@@ -66,6 +66,9 @@ pub struct DryRunRequest<'a> {
     #[serde(default)]
     #[schemars(range(max = MAX_TOP))]
     pub top: Option<u32>,
+    /// `as_of` (`YYYY-MM-DD`) for the accounts that carry none.
+    #[serde(default)]
+    pub as_of: Option<String>,
     /// The book: decided under both policies, at portfolio level.
     #[serde(borrow, deserialize_with = "account_list")]
     #[schemars(with = "Vec<super::handlers::AccountItem>")]
@@ -88,7 +91,7 @@ fn something_to_compare(s: &mut schemars::Schema) {
 #[serde(deny_unknown_fields)]
 pub struct CandidateFolder {
     /// Relative path → text. Only `policy.toml` (required), `scripts/NAME.rhai` and
-    /// `tests/NAME.toml`; at most 64 files and 1 MiB in all (with the overrides).
+    /// `tests/NAME.toml`, `tests/fixtures/NAME.csv|json|jsonl|ndjson`; at most 64 files and 1 MiB in all (with the overrides).
     #[schemars(extend("maxProperties" = MAX_CANDIDATE_FILES))]
     #[schemars(extend("required" = ["policy.toml"]))]
     #[schemars(extend("propertyNames" = { "pattern": CANDIDATE_PATH_PATTERN }))]
@@ -151,11 +154,13 @@ pub struct CandidateInfo<'a> {
 pub async fn dry_run(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,
-    body: JsonBody,
+    BookBody(kind, body): BookBody,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
-    on_dry_run_pool(app, "dry-run task", move |app| run(app, &body.0, query.as_deref(), start))
-        .await
+    on_dry_run_pool(app, "dry-run task", move |app| {
+        run_any(app, kind, &body, query.as_deref(), start)
+    })
+    .await
 }
 
 /// Runs a candidate's work (a dry run, a backtest, the console's) on the blocking pool and
@@ -313,6 +318,17 @@ fn path_problem(path: &str) -> Option<&'static str> {
     }
     if path == "policy.toml" {
         return None;
+    }
+    // A portfolio case's `accounts_file` (docs/snapshots.md): a book beside the cases.
+    if let Some(name) = path.strip_prefix("tests/fixtures/") {
+        let ok_ext = [".csv", ".json", ".jsonl", ".ndjson"].iter().any(|e| name.ends_with(e));
+        let ok_name = !name.starts_with('.')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        return if ok_ext && ok_name {
+            None
+        } else {
+            Some("a fixture must be `tests/fixtures/NAME.csv` (or `.json`, `.jsonl`, `.ndjson`)")
+        };
     }
     let Some((dir, name)) = path.split_once('/') else {
         return Some(
@@ -522,10 +538,69 @@ pub(super) fn candidate_of(
     Ok(SentCandidate { baseline, candidate, size, digest })
 }
 
-/// Parse, check, compile, evaluate both, compare, log, render. Blocking.
+/// A JSON body as it is; a CSV or JSON-lines body (the book alone) with the request's other
+/// fields from the query: `baseline`, `as_of`, `format`, `top` and `set=PATH=VALUE` overrides
+/// (repeatable; the value as TOML, a bare word being text). No candidate folder: send JSON.
+fn run_any(
+    app: &AppState,
+    kind: BodyKind,
+    body: &[u8],
+    query: Option<&str>,
+    start: Instant,
+) -> Result<Response, ApiError> {
+    if kind == BodyKind::Json {
+        return run(app, body, None, query, start);
+    }
+    let mut envelope = serde_json::Map::new();
+    let mut overrides = serde_json::Map::new();
+    for (k, v) in super::query_pairs(query) {
+        match k.as_str() {
+            "baseline" | "as_of" => {
+                envelope.insert(k, Value::String(v));
+            }
+            "set" => {
+                let Some((path, value)) = v.split_once('=') else {
+                    return Err(bad_request(format!("`set={v}` needs `PATH=VALUE`")));
+                };
+                let o = overrides::parse_set(&format!("{path}={value}"))
+                    .map_err(|e| bad_request(e.to_string()))?;
+                let json = toml_value_json(&o.value);
+                overrides.insert(path.trim().to_string(), json);
+            }
+            _ => {}
+        }
+    }
+    if !overrides.is_empty() {
+        envelope.insert("overrides".into(), Value::Object(overrides));
+    }
+    envelope.insert("accounts".into(), Value::Array(Vec::new()));
+    let json = serde_json::to_vec(&Value::Object(envelope))
+        .map_err(|e| ApiError::internal("dry-run envelope", e))?;
+    run(app, &json, Some((kind, body)), query, start)
+}
+
+/// A TOML value of an override as JSON (for the envelope of a CSV dry run).
+fn toml_value_json(v: &toml_edit::Value) -> Value {
+    use toml_edit::Value as T;
+    match v {
+        T::String(s) => Value::String(s.value().clone()),
+        T::Integer(i) => Value::from(*i.value()),
+        T::Float(f) => serde_json::Number::from_f64(*f.value()).map_or(Value::Null, Value::Number),
+        T::Boolean(b) => Value::Bool(*b.value()),
+        T::Datetime(d) => Value::String(d.value().to_string()),
+        T::Array(a) => Value::Array(a.iter().map(toml_value_json).collect()),
+        T::InlineTable(t) => {
+            Value::Object(t.iter().map(|(k, v)| (k.to_string(), toml_value_json(v))).collect())
+        }
+    }
+}
+
+/// Parse, check, compile, evaluate both, compare, log, render. Blocking. `book`: the
+/// accounts of a CSV or JSON-lines body, read once the policies are known.
 fn run(
     app: &AppState,
     body: &[u8],
+    book: Option<(BodyKind, &[u8])>,
     query: Option<&str>,
     start: Instant,
 ) -> Result<Response, ApiError> {
@@ -553,15 +628,41 @@ fn run(
     let (baseline, cand, size, candidate_digest) =
         (sent.baseline, sent.candidate, sent.size, sent.digest);
     let until = start.checked_add(app.config.request_timeout);
-    let (records, _skipped) = read_accounts(
-        &req.accounts,
-        &[&baseline.policy, &cand.policy],
-        app.service.limits().max_fields,
-    )?;
+    let policies = [&baseline.policy, &cand.policy];
+    let (mut records, mut after) = match book {
+        None => {
+            let (r, _skipped) =
+                read_accounts(&req.accounts, &policies, app.service.limits().max_fields)?;
+            (r, None)
+        }
+        // CSV is typed by the policy's inputs (and renamed by its `[columns]`): read once per
+        // side, as `tierwise diff` does.
+        Some((BodyKind::Csv, text)) => {
+            let limits = app.service.limits();
+            let (b, _) =
+                super::handlers::read_book(BodyKind::Csv, text, &[&baseline.policy], limits)?;
+            let (a, _) = super::handlers::read_book(BodyKind::Csv, text, &[&cand.policy], limits)?;
+            (b, Some(a))
+        }
+        Some((kind, text)) => {
+            let (r, _) = super::handlers::read_book(kind, text, &policies, app.service.limits())?;
+            (r, None)
+        }
+    };
+    super::handlers::apply_as_of(&mut records, req.as_of.as_deref())?;
+    if let Some(a) = &mut after {
+        super::handlers::apply_as_of(a, req.as_of.as_deref())?;
+    }
     let max_out = app.service.limits().max_response_bytes;
-    let what_if =
-        app.pipeline.what_if(&baseline.policy, &cand.policy, &records, None, until, max_out);
-    drop(records);
+    let what_if = app.pipeline.what_if(
+        &baseline.policy,
+        &cand.policy,
+        &records,
+        after.as_deref(),
+        until,
+        max_out,
+    );
+    drop((records, after));
     if let Some(rule) = &what_if.baseline_over {
         // The served policy itself fans out over this book: the same 413 a live request gets.
         return Err(ApiError::response_too_large(max_out, Some(rule)));
@@ -630,15 +731,14 @@ fn run(
                     .candidate
                     .is_some()
                     .then(|| format!("candidate {}", candidate.short_hash())),
+                notes: candidate::header_notes(&baseline.policy, &candidate, Some(&test_cases)),
+                capacity_tiers: candidate::capacity_tiers(&baseline.policy),
             };
-            let mut text = if format == DiffFormat::Markdown {
+            let text = if format == DiffFormat::Markdown {
                 render::markdown(&diff, &ctx, top)
             } else {
                 render::table(&diff, &ctx, top)
             };
-            if let Some(note) = test_cases.note(format == DiffFormat::Markdown) {
-                text.push_str(&note);
-            }
             (text.into_bytes(), text_type(format == DiffFormat::Markdown))
         }
     };

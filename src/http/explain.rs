@@ -49,7 +49,9 @@ pub(super) async fn add(
         let req: EvaluateRequest<'_> = parse_capped(&body, limits.max_accounts)?;
         let loaded =
             app.service.policy(req.policy.as_deref()).map_err(super::handlers::lookup_error)?;
-        let (records, _) = read_accounts(&req.accounts, &[&loaded.policy], limits.max_fields)?;
+        let (mut records, _) = read_accounts(&req.accounts, &[&loaded.policy], limits.max_fields)?;
+        // As the answer read them: a request's `as_of` for the accounts without one.
+        super::handlers::apply_as_of(&mut records, req.as_of.as_deref())?;
         let budget =
             crate::script::Budget::with_output(Some(deadline.0), limits.max_response_bytes);
         app.pipeline

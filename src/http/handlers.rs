@@ -1,7 +1,7 @@
 //! Handlers: parse, call the service, render. Evaluation answers are serialized once, into
 //! the response bytes, straight from the engine's outcomes.
 
-use super::{ApiError, AppState, Deadline, JsonBody, PathParam, parse};
+use super::{ApiError, AppState, BodyKind, BookBody, Deadline, PathParam, parse};
 use crate::cache;
 use crate::engine::{Outcome, PolicyRef, Summary};
 use crate::policy::{InputType, Scalar};
@@ -9,8 +9,7 @@ use crate::service::{
     self, Entry, Input, Level, Loaded, Lookup, PipelineError, ReloadError, ReloadOutcome, Request,
 };
 use crate::snapshot::{self, Record};
-use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
@@ -29,6 +28,10 @@ pub struct EvaluateRequest<'a> {
     /// The policy's name; absent: the default policy.
     #[serde(default)]
     pub policy: Option<String>,
+    /// `as_of` (`YYYY-MM-DD`) for the accounts that carry none (an export without the
+    /// column); accounts with their own keep it.
+    #[serde(default)]
+    pub as_of: Option<String>,
     /// The snapshots, decided in order; a bad one is answered with its own error.
     #[serde(borrow, deserialize_with = "account_list")]
     #[schemars(with = "Vec<AccountItem>")]
@@ -150,24 +153,161 @@ pub async fn evaluate(
     State(app): State<AppState>,
     deadline: Deadline,
     rid: super::RequestId,
-    axum::extract::RawQuery(query): axum::extract::RawQuery,
-    body: JsonBody,
+    RawQuery(query): RawQuery,
+    body: BookBody,
 ) -> Result<Response, ApiError> {
     if super::explain::wanted(query.as_deref())? {
-        let res =
-            run_evaluation(app.clone(), body.0.clone(), Level::Account, deadline, rid).await?;
-        return super::explain::add(app, body.0, res, deadline).await;
+        // Explanations re-read the request's JSON; the book alone (CSV, JSON lines) has none.
+        if body.0 != BodyKind::Json {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "`explain=full` needs a JSON body (`Content-Type: application/json`)",
+            ));
+        }
+        let bytes = body.1.clone();
+        let res = run_evaluation(app.clone(), body, query, Level::Account, deadline, rid).await?;
+        return super::explain::add(app, bytes, res, deadline).await;
     }
-    run_evaluation(app, body.0, Level::Account, deadline, rid).await
+    run_evaluation(app, body, query, Level::Account, deadline, rid).await
 }
 
 pub async fn portfolio(
     State(app): State<AppState>,
     deadline: Deadline,
     rid: super::RequestId,
-    body: JsonBody,
+    RawQuery(query): RawQuery,
+    body: BookBody,
 ) -> Result<Response, ApiError> {
-    run_evaluation(app, body.0, Level::Portfolio, deadline, rid).await
+    run_evaluation(app, body, query, Level::Portfolio, deadline, rid).await
+}
+
+/// The request's fields from the query string: `policy`, `book`, `as_of` (a JSON body may
+/// carry them too; the query's must then agree).
+#[derive(Default)]
+struct QueryFields {
+    policy: Option<String>,
+    book: Option<String>,
+    as_of: Option<String>,
+}
+
+fn query_fields(query: Option<&str>) -> QueryFields {
+    let mut q = QueryFields::default();
+    for (k, v) in super::query_pairs(query) {
+        match k.as_str() {
+            "policy" => q.policy = Some(v),
+            "book" => q.book = Some(v),
+            "as_of" => q.as_of = Some(v),
+            _ => {}
+        }
+    }
+    q
+}
+
+/// The query's value, or the body's; both given and different is the request's error.
+fn one_of_two(
+    name: &str,
+    q: Option<String>,
+    b: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    match (q, b) {
+        (Some(a), Some(b)) if a != b => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("`{name}` in the query and in the body differ"),
+        )),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+/// A CSV or JSON-lines body's accounts, read with `policy` (CSV is typed by its inputs and
+/// renamed by its `[columns]`), within the same account and field limits as JSON.
+pub(super) fn read_book(
+    kind: BodyKind,
+    body: &[u8],
+    policies: &[&crate::policy::Policy],
+    limits: &crate::script::Limits,
+) -> Result<(Vec<Record>, usize), ApiError> {
+    let text = std::str::from_utf8(body).map_err(|_| {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", "the body is not UTF-8 text")
+    })?;
+    let too_many = |n: usize| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_accounts",
+            format!(
+                "{n} accounts or more in one request; the limit is {} (--max-accounts)",
+                limits.max_accounts
+            ),
+        )
+        .details(serde_json::json!({ "limit_accounts": limits.max_accounts }))
+    };
+    match kind {
+        BodyKind::Csv => {
+            // Counted before reading: a body of a million tiny rows costs no more than the cap.
+            let rows = text.lines().filter(|l| !l.trim().is_empty()).count().saturating_sub(1);
+            if rows > limits.max_accounts {
+                return Err(too_many(rows));
+            }
+            let first = policies
+                .first()
+                .copied()
+                .ok_or_else(|| ApiError::internal("read_book", "no policy"))?;
+            let read = snapshot::read_with(text, snapshot::Format::Csv, first, &Default::default())
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_request",
+                        e.to_string(),
+                    )
+                })?;
+            Ok((read.records, 0))
+        }
+        BodyKind::Ndjson | BodyKind::Json => {
+            // Each line is one account; a line that is not JSON is that line's error, in place.
+            enum Slot {
+                Parsed,
+                Bad(Record),
+            }
+            let mut items: Vec<&RawValue> = Vec::new();
+            let mut slots: Vec<(usize, Slot)> = Vec::new();
+            for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                if slots.len() >= limits.max_accounts {
+                    return Err(too_many(slots.len() + 1));
+                }
+                match serde_json::from_str::<&RawValue>(line) {
+                    Ok(v) => {
+                        items.push(v);
+                        slots.push((n + 1, Slot::Parsed));
+                    }
+                    Err(_) => {
+                        let r = snapshot::read_jsonl(line).pop().unwrap_or_else(|| {
+                            Err(snapshot::AccountError::new(None, "bad_record", "not JSON"))
+                        });
+                        slots.push((n + 1, Slot::Bad(r)));
+                    }
+                }
+            }
+            let (good, skipped) = read_accounts(&items, policies, limits.max_fields)?;
+            let mut good = good.into_iter();
+            let out = slots
+                .into_iter()
+                .map(|(line, slot)| {
+                    let mut r = match slot {
+                        Slot::Bad(r) => r,
+                        Slot::Parsed => good.next().unwrap_or_else(|| {
+                            Err(snapshot::AccountError::new(None, "bad_record", "not JSON"))
+                        }),
+                    };
+                    if let Err(e) = &mut r {
+                        e.record = Some(line);
+                    }
+                    r
+                })
+                .collect();
+            Ok((out, skipped))
+        }
+    }
 }
 
 /// Why an evaluation request has no answer: its own fault (parsing, policy lookup), or the
@@ -207,7 +347,8 @@ pub(super) fn pipeline_error(app: &AppState, e: PipelineError) -> ApiError {
 /// Parse, hand to the pipeline, count, answer with its bytes.
 async fn run_evaluation(
     app: AppState,
-    body: Bytes,
+    BookBody(kind, body): BookBody,
+    query: Option<String>,
     level: Level,
     deadline: Deadline,
     rid: super::RequestId,
@@ -222,11 +363,22 @@ async fn run_evaluation(
     let app2 = app.clone();
     let input = move || {
         let limits = app2.service.limits();
+        let q = query_fields(query.as_deref());
+        if kind != BodyKind::Json {
+            let loaded = app2.service.policy(q.policy.as_deref()).map_err(lookup_error)?;
+            let (mut records, undeclared) = read_book(kind, &body, &[&loaded.policy], limits)?;
+            apply_as_of(&mut records, q.as_of.as_deref())?;
+            return Ok(Input { loaded, records, undeclared, book: q.book });
+        }
         let req: EvaluateRequest<'_> = parse_capped(&body, limits.max_accounts)?;
-        let loaded = app2.service.policy(req.policy.as_deref()).map_err(lookup_error)?;
-        let (records, undeclared) =
+        let policy = one_of_two("policy", q.policy, req.policy)?;
+        let as_of = one_of_two("as_of", q.as_of, req.as_of)?;
+        let book = one_of_two("book", q.book, req.book)?;
+        let loaded = app2.service.policy(policy.as_deref()).map_err(lookup_error)?;
+        let (mut records, undeclared) =
             read_accounts(&req.accounts, &[&loaded.policy], limits.max_fields)?;
-        Ok(Input { loaded, records, undeclared, book: req.book })
+        apply_as_of(&mut records, as_of.as_deref())?;
+        Ok(Input { loaded, records, undeclared, book })
     };
     let req = Request { level, budget, start, inline, request_id: Some(rid.0) };
     // With events on, the pipeline keeps each account's state and answers its events.
@@ -350,6 +502,16 @@ pub async fn latest_decision(
         buf,
     )
         .into_response())
+}
+
+/// A request's `as_of` given to the accounts without one; a date that is not one is the
+/// request's error (422 `invalid_as_of`), before any account is decided.
+pub(super) fn apply_as_of(records: &mut [Record], as_of: Option<&str>) -> Result<(), ApiError> {
+    let Some(d) = as_of else { return Ok(()) };
+    snapshot::check_as_of(d)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_as_of", e))?;
+    snapshot::fill_as_of(records, d);
+    Ok(())
 }
 
 /// Accounts per parallel parsing chunk.

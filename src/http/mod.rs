@@ -441,6 +441,100 @@ async fn limit_and_timeout(State(app): State<AppState>, mut req: Request, next: 
     }
 }
 
+/// What an evaluation body carries: the JSON request, or the accounts alone as a CSV export
+/// (`text/csv`) or JSON lines (`application/x-ndjson`), the request's other fields then in the
+/// query string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    Json,
+    Csv,
+    Ndjson,
+}
+
+/// The body of `/v1/evaluate`, `/v1/portfolio` and `/v1/dry-run`: JSON, CSV or JSON lines,
+/// read within the same size limit (and gzip) as every JSON body.
+pub struct BookBody(pub BodyKind, pub Bytes);
+
+impl FromRequest<AppState> for BookBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let kind = match essence.as_str() {
+            "text/csv" => BodyKind::Csv,
+            "application/x-ndjson" | "application/jsonl" | "application/jsonlines" => {
+                BodyKind::Ndjson
+            }
+            _ => {
+                return JsonBody::from_request(req, state)
+                    .await
+                    .map(|b| BookBody(BodyKind::Json, b.0))
+                    .map_err(|e| {
+                        if e.code() == "unsupported_media_type" {
+                            let got =
+                                if ct.is_empty() { "none".to_string() } else { format!("`{ct}`") };
+                            ApiError::new(
+                                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                                "unsupported_media_type",
+                                format!("expected `Content-Type: application/json`, `text/csv` or `application/x-ndjson`, got {got}"),
+                            )
+                        } else {
+                            e
+                        }
+                    });
+            }
+        };
+        let encoding = content_encoding(req.headers())?;
+        let limit = state.config.body_limit;
+        let body = read_body(req, limit).await?;
+        match encoding {
+            Encoding::Identity => Ok(BookBody(kind, body)),
+            Encoding::Gzip => gunzip(&body, limit).map(|b| BookBody(kind, Bytes::from(b))),
+        }
+    }
+}
+
+/// `?key=value` pairs of a query string, percent-decoded (`+` is a space).
+pub(crate) fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < b.len() => {
+                    match u8::from_str_radix(s.get(i + 1..i + 3).unwrap_or(""), 16) {
+                        Ok(v) => {
+                            out.push(v);
+                            i += 2;
+                        }
+                        Err(_) => out.push(b'%'),
+                    }
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
 /// A request body that must be JSON: the content type is checked and the body read (within
 /// the limit); parsing is the handler's, with [`parse`], so it can borrow from the bytes.
 pub struct JsonBody(pub Bytes);

@@ -204,7 +204,10 @@ pub fn document() -> Value {
                         413,
                         "body over the size limit, a candidate over 64 files, 64 overrides, 1 MiB or 1,000 items in one list (`candidate_too_large`), too many accounts or `fields` keys, or the served policy's own answer past the output budget (`response_too_large`)",
                     ),
-                    e(415, "not `Content-Type: application/json`"),
+                    e(
+                        415,
+                        "not `Content-Type: application/json`, `text/csv` or `application/x-ndjson`",
+                    ),
                     e(
                         422,
                         "JSON of the wrong shape or nothing to compare (`invalid_request`), an override that names nothing (`invalid_override`), a candidate that does not compile (`candidate_invalid`, every diagnostic in `details`), a candidate that trips the sandbox on live accounts (`candidate_sandbox_limit`), a candidate whose alerts fan out past the output budget (`candidate_output_limit`, naming the rule)",
@@ -259,7 +262,10 @@ pub fn document() -> Value {
                         413,
                         "body over the size limit, more snapshots than the account limit (`too_many_accounts`), or a candidate over 64 files or 1 MiB (`candidate_too_large`)",
                     ),
-                    e(415, "not `Content-Type: application/json`"),
+                    e(
+                        415,
+                        "not `Content-Type: application/json`, `text/csv` or `application/x-ndjson`",
+                    ),
                     e(
                         422,
                         "JSON of the wrong shape, no history or both `periods` and `accounts` (`invalid_request`), an override that names nothing (`invalid_override`), a candidate that does not compile (`candidate_invalid`), a candidate that trips the sandbox where the policy does not (`candidate_sandbox_limit`)",
@@ -627,6 +633,19 @@ pub fn document() -> Value {
                 media["example"] = example;
             }
             o["requestBody"] = json!({ "required": true, "content": { JSON: media } });
+            // The book alone, as exports arrive (docs/snapshots.md); the request's other
+            // fields (`policy`, `book`, `as_of`; for a dry run `baseline`, `set`, `format`,
+            // `top`) then come from the query string.
+            if matches!(op.id, "evaluate" | "portfolio" | "dryRun") {
+                o["requestBody"]["content"]["text/csv"] = json!({ "schema": {
+                    "type": "string",
+                    "description": "a CSV export: a header line (identity columns, one column per input, or the names of the policy's `[columns]`), then one account per line"
+                } });
+                o["requestBody"]["content"]["application/x-ndjson"] = json!({ "schema": {
+                    "type": "string",
+                    "description": "one snapshot per line"
+                } });
+            }
         }
         let mut params = Vec::new();
         let segment = |name: &str, schema: Value| json!({ "name": name, "in": "path", "required": true, "schema": schema });

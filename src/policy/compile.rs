@@ -20,11 +20,15 @@ use std::sync::Arc;
 const POLICY_FILE: &str = "policy.toml";
 
 /// Variables portfolio alert expressions may read.
-const AGGREGATE_VARS: [(&str, Var); 4] = [
+const AGGREGATE_VARS: [(&str, Var); 8] = [
     ("account_count", Var::AccountCount),
     ("total_revenue", Var::TotalRevenue),
     ("managers_over", Var::ManagersOver),
     ("managers_under", Var::ManagersUnder),
+    ("unassigned_count", Var::UnassignedCount),
+    ("per_manager_min", Var::PerManagerMin),
+    ("per_manager_max", Var::PerManagerMax),
+    ("total_max", Var::TotalMax),
 ];
 
 pub(crate) fn compile(name: &str, files: &Files, limits: &Limits) -> Result<Policy, Report> {
@@ -71,6 +75,9 @@ pub(crate) fn compile(name: &str, files: &Files, limits: &Limits) -> Result<Poli
         text: text.clone(),
         vars: HashMap::new(),
         fn_files: HashMap::new(),
+        inputs: Vec::new(),
+        script_asts: Vec::new(),
+        scripts_broken: false,
         stopped: false,
     };
     let policy = c.policy(name, files, raw);
@@ -315,6 +322,13 @@ struct Compiler<'a> {
     vars: HashMap<String, Var>,
     /// Script function name (one parameter) → the file defining it.
     fn_files: HashMap<String, String>,
+    /// The declared inputs, for the authoring lints of every expression.
+    inputs: Vec<Input>,
+    /// Each script file's AST, for the authoring lints once the criteria are known.
+    script_asts: Vec<(String, AST)>,
+    /// A script file did not compile: a function it may define is not reported missing
+    /// (that would bury the real error under one per criterion).
+    scripts_broken: bool,
     /// Set once compiling passed [`Limits::until`] (reported once, then everything stops).
     stopped: bool,
 }
@@ -410,6 +424,7 @@ impl Compiler<'_> {
 
     fn policy(&mut self, name: &str, files: &Files, raw: RawPolicy) -> Option<Policy> {
         let inputs = self.inputs(&raw.inputs);
+        self.inputs = inputs.clone();
         let input_slots: HashMap<String, usize> =
             inputs.iter().enumerate().map(|(i, inp)| (inp.name.clone(), i)).collect();
         self.vars = input_slots.iter().map(|(n, &i)| (n.clone(), Var::Input(i))).collect();
@@ -427,11 +442,25 @@ impl Compiler<'_> {
                     .then(|| Some((stem.to_string(), self.d.sources.get(p)?.to_string())))?
             })
             .collect();
+        let cap = raw.capacity.as_ref();
+        let per = cap.and_then(|c| c.per_manager.as_ref());
+        let int = |v: Option<u64>| v.and_then(|v| i64::try_from(v).ok());
+        let settings = script::Settings {
+            per_manager_min: int(per.and_then(|p| p.min)),
+            per_manager_max: int(per.and_then(|p| p.max)),
+            total_max: int(cap.and_then(|c| c.total_max.as_ref().map(|t| t.value))),
+            min_scores: raw
+                .tiers
+                .iter()
+                .map(|t| (t.id.value.clone(), t.min_score.as_ref().map_or(0.0, |m| m.value)))
+                .collect(),
+        };
         let engine = script::build_engine(
             self.limits,
             self.vars.clone(),
             input_slots.clone(),
             Arc::new(scripts.clone()),
+            Arc::new(settings),
         );
         let lib = self.scripts(&engine, &scripts);
 
@@ -454,6 +483,7 @@ impl Compiler<'_> {
             }
         };
         let criteria = self.criteria(&raw.score, &inputs, &engine, &lib);
+        self.lint_scripts(&criteria);
         let tiers = self.tiers(&raw.tiers, scale, &engine, &lib);
         let movement = self.movement(&raw.movement, &engine, &lib);
         let capacity = raw.capacity.as_ref().and_then(|c| self.capacity(c, &tiers));
@@ -474,13 +504,23 @@ impl Compiler<'_> {
             }
         });
         let portfolio_alerts = self.portfolio_alerts(&raw.portfolio.alerts, &engine, &lib);
-        let cases = self.cases(files, &tiers);
+        let columns = self.columns(&raw.columns, &inputs);
+        let cases = self.cases(files, &tiers, &columns);
 
         if self.past_deadline() || self.d.has_errors() {
             return None;
         }
         self.lint(&raw, &inputs, &tiers, &movement, capacity.as_ref(), &engine);
-        let warnings = self.d.items.iter().filter(|d| d.level == Level::Warning).cloned().collect();
+        let mut warnings: Vec<Diagnostic> =
+            self.d.items.iter().filter(|d| d.level == Level::Warning).cloned().collect();
+        // In file order, as a report of errors is.
+        warnings.sort_by(|a, b| {
+            (&a.place.file, a.place.line, a.place.column).cmp(&(
+                &b.place.file,
+                b.place.line,
+                b.place.column,
+            ))
+        });
         let mut criteria = criteria;
         let mut tiers = tiers;
         let mut movement = movement;
@@ -581,6 +621,7 @@ impl Compiler<'_> {
             alerts,
             revenue,
             portfolio_alerts,
+            columns,
             cases,
             warnings,
             notes,
@@ -589,6 +630,57 @@ impl Compiler<'_> {
             lib,
             pref: std::sync::OnceLock::new(),
         })
+    }
+
+    /// `[columns]`: each key must be a name tierwise reads, each header given once.
+    fn columns(
+        &mut self,
+        raw: &IndexMap<String, Loc<String>>,
+        inputs: &[Input],
+    ) -> Vec<(String, String)> {
+        let known: Vec<&str> = crate::snapshot::IDENTITY
+            .iter()
+            .copied()
+            .chain(inputs.iter().map(|i| i.name.as_str()))
+            .collect();
+        let mut out: Vec<(String, String)> = Vec::new();
+        for (key, header) in raw {
+            let rule = format!("columns.{key}");
+            if !known.contains(&key.as_str()) {
+                let help = did_you_mean(key, known.iter().copied());
+                self.err(
+                    "unknown_column_target",
+                    Some(header.span.clone()),
+                    Some(&rule),
+                    format!("`columns.{key}` maps a column to `{key}`, which is neither an identity column nor a declared input"),
+                    help,
+                );
+                continue;
+            }
+            let h = header.value.trim();
+            if h.is_empty() {
+                self.err(
+                    "bad_column",
+                    Some(header.span.clone()),
+                    Some(&rule),
+                    format!("`columns.{key}` is empty"),
+                    None,
+                );
+                continue;
+            }
+            if let Some((other, _)) = out.iter().find(|(_, x)| x == h) {
+                self.err(
+                    "bad_column",
+                    Some(header.span.clone()),
+                    Some(&rule),
+                    format!("column `{h}` is mapped twice, to `{other}` and to `{key}`"),
+                    None,
+                );
+                continue;
+            }
+            out.push((key.clone(), h.to_string()));
+        }
+        out
     }
 
     /// Warnings that need the compiled rules (see [`super::lint`]); only for a policy
@@ -762,6 +854,8 @@ impl Compiler<'_> {
             let ast = match engine.compile_into_self_contained(&Scope::new(), src) {
                 Ok(ast) => ast,
                 Err(e) => {
+                    self.scripts_broken = true;
+                    self.foreign_syntax(&file, src, 0);
                     let pos = e.position();
                     let span = self.script_span(&file, pos.line(), pos.position());
                     let (code, msg) = match *e {
@@ -823,11 +917,52 @@ impl Compiler<'_> {
                     self.fn_files.entry(f.name.to_string()).or_insert_with(|| file.clone());
                 }
             }
+            self.script_asts.push((file.clone(), ast.clone_functions_only()));
             let mut funcs = ast.clone_functions_only();
             funcs.set_source(file.as_str());
             lib.combine(funcs);
         }
         lib
+    }
+
+    /// A source rhai could not parse: a word of another language in it is the likely cause,
+    /// said before rhai's own message (see [`diag::Report`]'s order).
+    fn foreign_syntax(&mut self, file: &str, src: &str, base: usize) {
+        let inputs = &self.inputs;
+        if let Some((at, word, hint)) =
+            super::astlint::foreign_syntax(src, &|w| inputs.iter().any(|i| i.name == w))
+        {
+            let at = base + at;
+            self.d.at(
+                Level::Error,
+                "foreign_syntax",
+                file,
+                Some(at..at + word.len()),
+                None,
+                format!("`{word}` is not rhai"),
+                Some(hint.to_string()),
+            );
+        }
+    }
+
+    /// The authoring lints of every script function (see [`super::astlint`]): a function
+    /// reads the account when a `script` criterion names it or its parameter is `account`.
+    fn lint_scripts(&mut self, criteria: &[Criterion]) {
+        let named: HashSet<String> = criteria
+            .iter()
+            .filter_map(|c| match &c.scoring {
+                Scoring::Script { function, .. } => Some(function.clone()),
+                _ => None,
+            })
+            .collect();
+        let takes = |name: &str, param: &str| param == "account" || named.contains(name);
+        for (file, ast) in std::mem::take(&mut self.script_asts) {
+            for f in super::astlint::script(&ast, &self.inputs, &takes) {
+                let span = self.script_span(&file, Some(f.line), Some(f.column));
+                let level = if f.error { Level::Error } else { Level::Warning };
+                self.d.at(level, f.code, &file, span, None, f.message, f.help);
+            }
+        }
     }
 
     fn script_span(
@@ -862,30 +997,48 @@ impl Compiler<'_> {
             return None;
         }
         let mut scope = Scope::new();
-        let mut allowed: Vec<&str> = Vec::new();
+        let mut allowed: Vec<String> = Vec::new();
         for (name, var) in &self.vars {
             let ok = matches!(
                 (kind, var),
                 (ExprKind::Account, Var::Input(_))
                     | (ExprKind::Alert, Var::Input(_) | Var::Score | Var::Tier)
                     | (
+                        ExprKind::Alert | ExprKind::Portfolio,
+                        Var::PerManagerMin | Var::PerManagerMax | Var::TotalMax
+                    )
+                    | (
                         ExprKind::Portfolio,
                         Var::AccountCount
                             | Var::TotalRevenue
                             | Var::ManagersOver
                             | Var::ManagersUnder
+                            | Var::UnassignedCount
                     )
             );
             if ok {
-                allowed.push(name);
+                allowed.push(name.clone());
             }
         }
         allowed.sort_unstable();
         for name in &allowed {
-            scope.push_dynamic(*name, Dynamic::UNIT);
+            scope.push_dynamic(name.as_str(), Dynamic::UNIT);
         }
         match engine.compile_expression_with_scope(&scope, &src.value) {
             Ok(ast) => {
+                for f in super::astlint::expression(&ast, &self.inputs) {
+                    let off = offset_in_string(&self.text, &src.span, f.line, f.column);
+                    let level = if f.error { Level::Error } else { Level::Warning };
+                    self.d.at(
+                        level,
+                        f.code,
+                        POLICY_FILE,
+                        Some(off..off + 1),
+                        Some(rule),
+                        f.message,
+                        f.help,
+                    );
+                }
                 let ast = if lib.iter_functions().next().is_some() { lib.merge(&ast) } else { ast };
                 Some(Expr {
                     source: src.value.clone(),
@@ -895,6 +1048,19 @@ impl Compiler<'_> {
                 })
             }
             Err(ParseError(kind_err, pos)) => {
+                if let Some((at, word, hint)) = super::astlint::foreign_syntax(&src.value, &|w| {
+                    self.inputs.iter().any(|i| i.name == w)
+                }) {
+                    let (l, c) = diag::LineIndex::new(&src.value).line_col(at);
+                    let off = offset_in_string(&self.text, &src.span, l as usize, c as usize);
+                    self.err(
+                        "foreign_syntax",
+                        Some(off..off + word.len()),
+                        Some(rule),
+                        format!("`{word}` is not rhai"),
+                        Some(hint.to_string()),
+                    );
+                }
                 let off = offset_in_string(
                     &self.text,
                     &src.span,
@@ -903,11 +1069,11 @@ impl Compiler<'_> {
                 );
                 let (code, msg, help) = match &*kind_err {
                     rhai::ParseErrorType::VariableUndefined(v) => {
-                        let help = did_you_mean(v, allowed.iter().copied()).or_else(|| {
+                        let help = did_you_mean(v, allowed.iter().map(String::as_str)).or_else(|| {
                             let hint = match kind {
                                 ExprKind::Account => "expressions read declared `[inputs]` only",
                                 ExprKind::Alert => "alert expressions read declared `[inputs]`, `score` and `tier`",
-                                ExprKind::Portfolio => "portfolio alerts read `account_count`, `total_revenue`, `managers_over`, `managers_under` and the aggregate functions",
+                                ExprKind::Portfolio => "portfolio alerts read `account_count`, `total_revenue`, `managers_over`, `managers_under`, `unassigned_count`, the policy's `per_manager_min`, `per_manager_max`, `total_max` and the aggregate functions",
                             };
                             Some(hint.to_string())
                         });
@@ -1117,7 +1283,9 @@ impl Compiler<'_> {
                     .filter(|m| m.name == f.value.as_str())
                     .map(|m| m.params.len())
                     .collect();
-                if found.is_empty() {
+                if found.is_empty() && self.scripts_broken {
+                    None
+                } else if found.is_empty() {
                     let names: Vec<&str> = lib.iter_functions().map(|m| m.name).collect();
                     let help = did_you_mean(&f.value, names.iter().copied()).or_else(|| {
                         Some("define it in a file of `scripts/`: `fn name(account) { ... }`".into())
@@ -1616,7 +1784,12 @@ impl Compiler<'_> {
         out
     }
 
-    fn cases(&mut self, files: &Files, tiers: &[Tier]) -> Vec<TestCase> {
+    fn cases(
+        &mut self,
+        files: &Files,
+        tiers: &[Tier],
+        columns: &[(String, String)],
+    ) -> Vec<TestCase> {
         let mut out = Vec::new();
         for path in files.keys().filter(|p| p.starts_with("tests/") && p.ends_with(".toml")) {
             if self.past_deadline() {
@@ -1640,14 +1813,16 @@ impl Compiler<'_> {
                         None,
                     )
                 };
-                let (values, portfolio) = match (&case.account, &case.accounts) {
-                    (Some(a), None) => (vec![a.clone()], false),
-                    (None, Some(list)) => (list.clone(), true),
+                let (values, portfolio) = match (&case.account, &case.accounts, &case.accounts_file)
+                {
+                    (Some(a), None, None) => (vec![a.clone()], false),
+                    (None, Some(list), None) => (list.clone(), true),
+                    (None, None, Some(_)) => (Vec::new(), true),
                     _ => {
                         bad(
                             &mut self.d,
                             format!(
-                                "case `{}` needs exactly one of `account` and `accounts`",
+                                "case `{}` needs exactly one of `account`, `accounts` and `accounts_file`",
                                 case.name
                             ),
                         );
@@ -1661,6 +1836,54 @@ impl Compiler<'_> {
                         Err(e) => {
                             bad(&mut self.d, format!("case `{}`: bad account: {e}", case.name))
                         }
+                    }
+                }
+                if let Some(file) = &case.accounts_file {
+                    match self.accounts_file(files, path, file, columns) {
+                        Ok(list) => accounts.extend(list),
+                        Err(msg) => bad(&mut self.d, format!("case `{}`: {msg}", case.name)),
+                    }
+                }
+                if let Some(d) = &case.as_of {
+                    match crate::snapshot::check_as_of(d) {
+                        Ok(()) => {
+                            for a in accounts.iter_mut().filter(|a| a.as_of.is_empty()) {
+                                a.as_of = d.clone();
+                            }
+                        }
+                        Err(msg) => bad(&mut self.d, format!("case `{}`: {msg}", case.name)),
+                    }
+                }
+                if let Some(t) = case.expect.tolerance
+                    && !(t.is_finite() && t >= 0.0)
+                {
+                    bad(
+                        &mut self.d,
+                        format!("case `{}`: `tolerance` must be a number ≥ 0, got {t}", case.name),
+                    );
+                }
+                let mut share_tiers: Vec<&String> = Vec::new();
+                if let Some(c) = &case.expect.tier_counts {
+                    share_tiers.extend(c.keys());
+                }
+                if let Some(c) = &case.expect.tier_shares {
+                    share_tiers.extend(c.keys());
+                }
+                for t in share_tiers {
+                    if !tiers.iter().any(|x| &x.id == t) {
+                        let help = did_you_mean(t, tiers.iter().map(|t| t.id.as_str()));
+                        self.d.at(
+                            Level::Error,
+                            "unknown_tier",
+                            path,
+                            Some(case.span.clone()),
+                            Some(&case.name),
+                            format!(
+                                "case `{}` counts tier `{t}`, which the policy does not have",
+                                case.name
+                            ),
+                            help,
+                        );
                     }
                 }
                 let e = &case.expect;
@@ -1701,6 +1924,57 @@ impl Compiler<'_> {
             }
         }
         out
+    }
+}
+
+impl Compiler<'_> {
+    /// The snapshots of a case's `accounts_file`, relative to the case's own file: every
+    /// record must be a snapshot (a bad one is the case's load error, with its line).
+    fn accounts_file(
+        &self,
+        files: &Files,
+        case_file: &str,
+        file: &str,
+        columns: &[(String, String)],
+    ) -> Result<Vec<crate::snapshot::Snapshot>, String> {
+        let dir = case_file.rsplit_once('/').map_or("", |(d, _)| d);
+        let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+        for seg in file.split('/') {
+            match seg {
+                "" | "." => {}
+                ".." => {
+                    if parts.pop().is_none() {
+                        return Err(format!(
+                            "`accounts_file = \"{file}\"` leaves the policy folder"
+                        ));
+                    }
+                }
+                s => parts.push(s),
+            }
+        }
+        let rel = parts.join("/");
+        let Some(bytes) = files.get(&rel) else {
+            let near = did_you_mean(&rel, files.keys().map(String::as_str))
+                .map(|h| format!("; {h}"))
+                .unwrap_or_default();
+            return Err(format!("`accounts_file` `{rel}` is not in the policy folder{near}"));
+        };
+        let Some(format) = crate::snapshot::Format::from_path(&rel) else {
+            return Err(format!("`{rel}`: use .csv, .json, .jsonl or .ndjson"));
+        };
+        let text = std::str::from_utf8(bytes).map_err(|_| format!("`{rel}` is not UTF-8 text"))?;
+        let cols = crate::snapshot::Columns { inputs: &self.inputs, columns, policy: "" };
+        let records =
+            crate::snapshot::read_for(text, format, &cols).map_err(|e| format!("`{rel}`: {e}"))?;
+        records
+            .into_iter()
+            .map(|r| {
+                r.map_err(|e| {
+                    let at = e.record.map(|n| format!(" (record {n})")).unwrap_or_default();
+                    format!("`{rel}`{at}: {}", e.message)
+                })
+            })
+            .collect()
     }
 }
 

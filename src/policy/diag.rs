@@ -155,14 +155,18 @@ pub struct Report {
 
 impl Report {
     pub fn from_diagnostics(policy: &str, mut d: Diagnostics) -> Self {
-        d.items.sort_by(|a, b| {
-            (a.level != Level::Error, &a.place.file, a.place.line, a.place.column).cmp(&(
-                b.level != Level::Error,
-                &b.place.file,
-                b.place.line,
-                b.place.column,
-            ))
-        });
+        // A word of another language (`elif`) is the cause of the parse errors around it
+        // and of the missing functions that follow: it is said first.
+        let key = |x: &Diagnostic| {
+            (
+                x.level != Level::Error,
+                x.code != "foreign_syntax",
+                x.place.file.clone(),
+                x.place.line,
+                x.place.column,
+            )
+        };
+        d.items.sort_by_key(key);
         Report { policy: policy.to_string(), diagnostics: d.items, sources: d.sources }
     }
 

@@ -168,7 +168,7 @@ pub(crate) fn tiers(
                 span: r.when.as_ref().map(|w| w.span.clone()),
                 rule: rule.clone(),
                 message: format!("no account can reach tier `{}`: its condition `{}` holds for no value of the inputs it reads", t.id, w.source),
-                help: Some("check the values against the inputs' `one_of`".into()),
+                help: Some("check what it compares each input with: the input's type, and the values of its `one_of`".into()),
             });
         }
         if i < last {

@@ -5,6 +5,7 @@
 //! script compiled once, every rule checked). [`load_dir`] reads a folder; [`load_files`] takes
 //! the same files from memory (a candidate sent over HTTP), so the checks are one code path.
 
+mod astlint;
 pub mod compile;
 pub mod diag;
 pub mod limits;
@@ -200,6 +201,9 @@ pub struct Policy {
     /// Index of the `[portfolio] revenue` input.
     pub revenue: Option<usize>,
     pub portfolio_alerts: Vec<PortfolioAlert>,
+    /// `[columns]`: CSV header by the name tierwise reads (identity column or input), in
+    /// file order.
+    pub columns: Vec<(String, String)>,
     pub cases: Vec<TestCase>,
     /// Lint findings that did not stop the load.
     pub warnings: Vec<Diagnostic>,

@@ -152,12 +152,49 @@ pub fn apply(text: &str, overrides: &[Override]) -> Result<String, Vec<OverrideE
     })?;
     let schema = schemars::schema_for!(super::raw::RawPolicy);
     let mut errors = Vec::new();
+    // Each value is checked against the policy's types as it is applied, so a value that
+    // does not fit (`capacity.per_manager.max=sixteen`) is that override's error, named,
+    // rather than a type error in a policy.toml the user never wrote. Only when the text
+    // fitted before: a broken candidate folder is the compiler's to report.
+    let fits = |d: &DocumentMut| toml::from_str::<super::raw::RawPolicy>(&d.to_string()).err();
+    let mut fitted = fits(&doc).is_none();
     for o in overrides {
-        if let Err(e) = apply_one(&mut doc, o, schema.as_value()) {
-            errors.push(e);
+        match apply_one(&mut doc, o, schema.as_value()) {
+            Err(e) => errors.push(e),
+            Ok(()) if fitted => {
+                if let Some(e) = fits(&doc) {
+                    errors.push(OverrideError::new(
+                        &o.path,
+                        format!(
+                            "`{}` does not fit: {}",
+                            o.value.to_string().trim(),
+                            plain_type_message(e.message())
+                        ),
+                        Some(format!(
+                            "the value of `{}` in policy.toml, as TOML (text in quotes)",
+                            o.path
+                        )),
+                    ));
+                    fitted = false;
+                }
+            }
+            Ok(()) => {}
         }
     }
     if errors.is_empty() { Ok(doc.to_string()) } else { Err(errors) }
+}
+
+/// serde's "invalid type: string \"sixteen\", expected u64" in a rev-ops user's words.
+fn plain_type_message(m: &str) -> String {
+    let m = m.trim().replace("invalid type: ", "got ");
+    let m = m
+        .replace("expected u64", "expected a whole number ≥ 0")
+        .replace("expected u32", "expected a whole number ≥ 0")
+        .replace("expected usize", "expected a whole number ≥ 0")
+        .replace("expected i64", "expected a whole number")
+        .replace("expected f64", "expected a number")
+        .replace("expected a boolean", "expected true or false");
+    m.lines().next().unwrap_or("").to_string()
 }
 
 /// One step of a path: a key, then an optional element selector.

@@ -83,6 +83,13 @@ pub struct RawPolicy {
     /// Whole-book settings: which input is revenue, portfolio alerts.
     #[serde(default)]
     pub portfolio: RawPortfolio,
+    /// CSV column names of your export, by the name tierwise reads: an identity column
+    /// (`id`, `name`, `manager`, `current_tier`, `tier_since`, `as_of`) or a declared input.
+    /// Example: `id = "Account ID"`, `manager = "Account Owner"`, `revenue_12m = "Annual
+    /// Revenue"`. A column already named as tierwise reads it needs no entry. Applies to CSV
+    /// only (JSON keeps its keys); `--columns FILE` on the command line adds to it.
+    #[serde(default)]
+    pub columns: IndexMap<String, Loc<String>>,
 }
 
 /// `[policy]`: free text from the author. The content hash, not `version`, identifies a
@@ -423,6 +430,12 @@ pub struct RawCase {
     /// A portfolio-level case: several snapshots.
     #[schemars(with = "Option<Vec<crate::snapshot::Snapshot>>")]
     pub accounts: Option<Vec<toml::Value>>,
+    /// A portfolio-level case whose accounts are in a file, relative to the case's own file
+    /// (`accounts_file = "fixtures/book.csv"` is `tests/fixtures/book.csv`): `.csv` (read with
+    /// the policy's `[columns]`), `.json` (an array) or `.jsonl`/`.ndjson`.
+    pub accounts_file: Option<String>,
+    /// `as_of` for the case's accounts that carry none (an export without the column).
+    pub as_of: Option<String>,
     pub expect: RawExpect,
 }
 
@@ -450,4 +463,11 @@ pub struct RawExpect {
     pub managers: Option<BTreeMap<String, String>>,
     /// Portfolio: ids of portfolio alerts, exactly.
     pub portfolio_alerts: Option<Vec<String>>,
+    /// Portfolio: tier id → how many accounts end in it, exactly.
+    pub tier_counts: Option<BTreeMap<String, u64>>,
+    /// Portfolio: tier id → the fraction of decided accounts that end in it (0.05 for 5%),
+    /// within `tolerance`.
+    pub tier_shares: Option<BTreeMap<String, f64>>,
+    /// How far a `tier_shares` value may be from the book's (default 0.005, half a percent).
+    pub tolerance: Option<f64>,
 }

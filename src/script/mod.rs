@@ -288,6 +288,25 @@ pub enum Var {
     TotalRevenue,
     ManagersOver,
     ManagersUnder,
+    /// Accounts of the capacity tiers without a manager (portfolio alerts).
+    UnassignedCount,
+    /// The policy's own `capacity.per_manager.min` / `.max` and `capacity.total_max`
+    /// (`()` when not set): alerts and messages that follow a what-if.
+    PerManagerMin,
+    PerManagerMax,
+    TotalMax,
+}
+
+/// The policy's own settings that expressions may read, so a message such as "more than
+/// {per_manager_max} accounts" follows the policy (and a what-if's candidate) instead of
+/// going stale. Built from `policy.toml` before anything is compiled.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub per_manager_min: Option<i64>,
+    pub per_manager_max: Option<i64>,
+    pub total_max: Option<i64>,
+    /// Tier id → `min_score` (0 when absent), best first.
+    pub min_scores: Vec<(String, f64)>,
 }
 
 /// Portfolio figures that portfolio alert expressions read.
@@ -301,6 +320,11 @@ pub struct Aggregates {
     pub tiers: HashMap<String, (i64, f64)>,
     pub managers_over: i64,
     pub managers_under: i64,
+    /// Accounts of the capacity tiers without a manager.
+    pub unassigned_count: i64,
+    /// Tier id → its cap in this book (`min(floor(max_share * N + 1e-9), max_count)`),
+    /// `None` for a tier without one.
+    pub tier_limits: HashMap<String, Option<i64>>,
 }
 
 impl Aggregates {
@@ -600,6 +624,7 @@ pub fn build_engine(
     vars: HashMap<String, Var>,
     inputs: HashMap<String, usize>,
     scripts: Arc<BTreeMap<String, String>>,
+    settings: Arc<Settings>,
 ) -> Engine {
     let mut e = Engine::new_raw();
     for p in packages() {
@@ -645,6 +670,7 @@ pub fn build_engine(
     // variable read: policies declare tens of inputs, not thousands.
     let mut var_list: Vec<(String, Var)> = vars.into_iter().collect();
     var_list.sort_by(|a, b| a.0.cmp(&b.0));
+    let set = settings.clone();
     #[allow(deprecated)] // "volatile", not deprecated: see rhai's note on `on_var`.
     e.on_var(move |name, index, _| {
         // index > 0: a local of the script itself, never an input.
@@ -674,6 +700,12 @@ pub fn build_engine(
                 Var::ManagersUnder => {
                     Dynamic::from_int(c.agg.as_ref().map_or(0, |a| a.managers_under))
                 }
+                Var::UnassignedCount => {
+                    Dynamic::from_int(c.agg.as_ref().map_or(0, |a| a.unassigned_count))
+                }
+                Var::PerManagerMin => set.per_manager_min.map_or(Dynamic::UNIT, Dynamic::from_int),
+                Var::PerManagerMax => set.per_manager_max.map_or(Dynamic::UNIT, Dynamic::from_int),
+                Var::TotalMax => set.total_max.map_or(Dynamic::UNIT, Dynamic::from_int),
             };
             Ok(Some(v))
         })
@@ -707,6 +739,21 @@ pub fn build_engine(
     e.register_fn("top_revenue_share", |n: i64| with_agg(|a| a.top_revenue_share(n)));
     e.register_fn("tier_count", |id: &str| with_agg(|a| a.tiers.get(id).map_or(0, |t| t.0)));
     e.register_fn("tier_revenue", |id: &str| with_agg(|a| a.tiers.get(id).map_or(0.0, |t| t.1)));
+    e.register_fn("tier_limit", |id: &str| {
+        with_agg(|a| match a.tier_limits.get(id) {
+            Some(Some(n)) => Dynamic::from_int(*n),
+            _ => Dynamic::UNIT,
+        })
+    });
+    let set = settings;
+    e.register_fn("min_score", move |id: &str| -> Result<f64, Box<EvalAltResult>> {
+        match set.min_scores.iter().find(|(t, _)| t == id) {
+            Some((_, m)) => Ok(*m),
+            None => {
+                Err(runtime_err(format!("`min_score(\"{id}\")`: the policy has no tier `{id}`")))
+            }
+        }
+    });
     e.register_fn("tier_share", |id: &str| {
         with_agg(|a| {
             if a.account_count == 0 {

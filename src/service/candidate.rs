@@ -96,6 +96,48 @@ impl TestCases {
     }
 }
 
+/// The lines a diff's header carries before its figures, for `tierwise diff` and the dry
+/// run's table and markdown alike: the warnings the candidate has and the baseline has not
+/// (`tiers.gold.min_score=65` above the scale: `unreachable_tier`), then its failing test
+/// cases. A reader sees "this would not go live" before "140 demotions".
+pub fn header_notes(
+    baseline: &Policy,
+    candidate: &Policy,
+    tests: Option<&TestCases>,
+) -> Vec<String> {
+    let known: HashSet<(&str, &str)> =
+        baseline.warnings.iter().map(|w| (w.code, w.message.as_str())).collect();
+    let new: Vec<&policy::Diagnostic> = candidate
+        .warnings
+        .iter()
+        .filter(|w| !known.contains(&(w.code, w.message.as_str())))
+        .collect();
+    let mut out = Vec::new();
+    if !new.is_empty() {
+        out.push(format!(
+            "the candidate has {} new warning{} (`tierwise check`):",
+            new.len(),
+            if new.len() == 1 { "" } else { "s" }
+        ));
+        for w in new.iter().take(10) {
+            out.push(format!("  {}: warning[{}]: {}", w.place, w.code, w.message));
+        }
+        if new.len() > 10 {
+            out.push(format!("  and {} more", new.len() - 10));
+        }
+    }
+    if let Some(note) = tests.and_then(|t| t.note(false)) {
+        out.push(note.trim().to_string());
+    }
+    out
+}
+
+/// The ids of `p`'s `capacity.tiers`, for ordering a diff's accounts.
+pub fn capacity_tiers(p: &Policy) -> Vec<String> {
+    let Some(c) = &p.capacity else { return Vec::new() };
+    p.tiers.iter().zip(&c.in_book).filter(|(_, b)| **b).map(|(t, _)| t.id.clone()).collect()
+}
+
 /// A compiled candidate, with what it was made of.
 pub struct Candidate {
     pub policy: Policy,

@@ -17,6 +17,12 @@ pub struct Context {
     pub overrides: Vec<String>,
     /// The candidate folder, if one was given.
     pub candidate_dir: Option<String>,
+    /// What the reader must see before the figures: the candidate's new lint warnings and
+    /// its failing test cases ([`crate::service::candidate::header_notes`]), one per line.
+    pub notes: Vec<String>,
+    /// The baseline's `capacity.tiers`: an account that leaves one of them is listed first
+    /// (a key account losing its manager's attention is what a reviewer must see).
+    pub capacity_tiers: Vec<String>,
 }
 
 /// A score for a sentence: at most two decimals, no trailing zeros (as the engine's reasons
@@ -68,14 +74,17 @@ fn load(l: Option<Load>) -> &'static str {
     l.map_or("-", Load::as_str)
 }
 
-/// The accounts to show: promotions, demotions, other moves, then same-tier changes; within
-/// each, by score under the baseline (highest first), then id.
-fn top(d: &PolicyDiff, n: usize) -> Vec<&AccountDiff> {
+/// The accounts to show, what matters first: accounts that leave a capacity tier (`from`
+/// is one, `to` is not), other demotions, promotions, other moves, then same-tier changes;
+/// within each, by score under the baseline (highest first), then id.
+fn top<'a>(d: &'a PolicyDiff, ctx: &Context, n: usize) -> Vec<&'a AccountDiff> {
+    let key = |t: &str| ctx.capacity_tiers.iter().any(|c| c == t);
     let group = |a: &AccountDiff| match a.direction {
-        Direction::Up => 0,
+        _ if key(&a.from) && !key(&a.to) => 0,
         Direction::Down => 1,
-        Direction::Unranked => 2,
-        Direction::Same => 3,
+        Direction::Up => 2,
+        Direction::Unranked => 3,
+        Direction::Same => 4,
     };
     let mut list: Vec<&AccountDiff> = d.accounts.iter().collect();
     list.sort_by(|a, b| {
@@ -251,6 +260,9 @@ pub fn table(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
     for ov in &ctx.overrides {
         let _ = writeln!(o, "  --set {}", plain(ov));
     }
+    for n in &ctx.notes {
+        let _ = writeln!(o, "{}", plain(&n.replace('`', "")));
+    }
     let _ = writeln!(o, "{}", plain(&headline(d)));
     let _ = writeln!(
         o,
@@ -350,10 +362,10 @@ pub fn table(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
     }
 
     if !d.accounts.is_empty() {
-        let shown = top(d, limit);
+        let shown = top(d, ctx, limit);
         let _ = writeln!(
             o,
-            "\naccounts that change ({} of {}; promotions, demotions, then the rest; by score under the baseline)",
+            "\naccounts that change ({} of {}, --top N for more; leaving a capacity tier first, then demotions, promotions, the rest; by score under the baseline)",
             shown.len(),
             d.accounts.len()
         );
@@ -422,6 +434,12 @@ pub fn markdown(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
     if !ctx.overrides.is_empty() {
         for ov in &ctx.overrides {
             let _ = writeln!(o, "- {}", code(ov));
+        }
+        o.push('\n');
+    }
+    if !ctx.notes.is_empty() {
+        for n in &ctx.notes {
+            let _ = writeln!(o, "> **{n}**");
         }
         o.push('\n');
     }
@@ -514,10 +532,10 @@ pub fn markdown(d: &PolicyDiff, ctx: &Context, limit: usize) -> String {
     }
 
     if !d.accounts.is_empty() {
-        let shown = top(d, limit);
+        let shown = top(d, ctx, limit);
         let _ = writeln!(
             o,
-            "\n<details><summary>{} that change (showing {})</summary>\n",
+            "\n<details><summary>{} that change (showing {}: leaving a capacity tier first, then demotions, promotions, the rest)</summary>\n",
             plural(d.accounts.len() as u64, "account", "accounts"),
             shown.len()
         );

@@ -446,11 +446,15 @@ fn compare(
     }
     let diff = w.diff;
     let cases = cand.test_cases();
+    // The same header as `tierwise diff` and the dry run: new warnings, failing cases.
+    let notes = crate::service::candidate::header_notes(&loaded.policy, candidate, Some(&cases));
     let (total, failed_cases) = (cases.total, cases.failed);
     let overrides: Vec<String> = c.overrides.iter().map(ToString::to_string).collect();
     let ctx = whatif::render::Context {
         overrides: overrides.clone(),
         candidate_dir: c.edited.then(|| format!("policy.toml edited ({})", candidate.short_hash())),
+        notes,
+        capacity_tiers: crate::service::candidate::capacity_tiers(&loaded.policy),
     };
     let markdown = whatif::render::markdown(&diff, &ctx, 20);
     Ok(Compared {
