@@ -517,7 +517,12 @@ async fn the_console_in_a_real_browser() {
             json!(12)
         );
         let t = Instant::now();
-        c.find(Locator::Css("#backtest-form button[type=submit]")).await.unwrap().click().await.unwrap();
+        c.find(Locator::Css("#backtest-form button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         until(&c, "document.querySelector('#result .result[data-kind=backtest]')", "the backtest")
             .await;
         bt_times.push(t.elapsed().as_secs_f64() * 1e3);
@@ -628,8 +633,10 @@ mod pages {
         let mut body: Vec<u8> = Vec::new();
         for (k, v) in pairs {
             body.extend_from_slice(
-                format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
-                    .as_bytes(),
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+                )
+                .as_bytes(),
             );
         }
         for (name, bytes) in files {
@@ -1118,7 +1125,8 @@ async fn the_sample_history_is_backtested_on_the_page() {
     let w = pages::post_files(&r, "/ui/backtest", &[("flip_window", "1")], &files[..1], true).await;
     assert_eq!(w.status, 422);
     assert!(w.body.contains("at least 2"), "{}", w.body);
-    let bad = pages::post_files(&r, "/ui/backtest", &[], &[("x.json", &b"[{\"id\": 1"[..])], true).await;
+    let bad =
+        pages::post_files(&r, "/ui/backtest", &[], &[("x.json", &b"[{\"id\": 1"[..])], true).await;
     assert_eq!(bad.status, 422);
     assert!(pages::text(&bad.body).contains("`x.json`:"), "{}", bad.body);
 }
@@ -1128,7 +1136,9 @@ async fn a_history_over_the_body_limit_is_refused() {
     let (_tmp, r) =
         pages::router_with(tierwise::http::Config { body_limit: 64 * 1024, ..Default::default() });
     let history = pages::history();
-    let a = pages::post_files(&r, "/ui/backtest", &[], &[("a.jsonl", history[0].1.as_slice())], true).await;
+    let a =
+        pages::post_files(&r, "/ui/backtest", &[], &[("a.jsonl", history[0].1.as_slice())], true)
+            .await;
     assert_eq!(a.status, 413);
 }
 

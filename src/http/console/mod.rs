@@ -581,7 +581,11 @@ async fn read_multipart(mut m: axum::extract::Multipart) -> Result<(Pairs, Vec<U
                 "the history is larger than the server's body limit (TIERWISE_BODY_LIMIT): upload fewer periods, or ask the operator to raise it",
             );
         }
-        ApiError::new(e.status(), "invalid_request", format!("the form cannot be read: {}", e.body_text()))
+        ApiError::new(
+            e.status(),
+            "invalid_request",
+            format!("the form cannot be read: {}", e.body_text()),
+        )
     };
     while let Some(f) = m.next_field().await.map_err(problem)? {
         let name = f.name().unwrap_or("").to_string();
@@ -597,7 +601,10 @@ async fn read_multipart(mut m: axum::extract::Multipart) -> Result<(Pairs, Vec<U
                     ApiError::new(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "invalid_request",
-                        format!("`{file}` is not UTF-8 text (byte {}): export it as UTF-8 CSV or JSON", e.utf8_error().valid_up_to()),
+                        format!(
+                            "`{file}` is not UTF-8 text (byte {}): export it as UTF-8 CSV or JSON",
+                            e.utf8_error().valid_up_to()
+                        ),
                     )
                 })?;
                 files.push(Upload { name: file, text });
@@ -718,7 +725,10 @@ async fn backtest_post(
         Err(e) => Err(ApiError::new(
             e.status(),
             "invalid_request",
-            format!("the backtest form is sent as multipart/form-data (it carries files): {}", e.body_text()),
+            format!(
+                "the backtest form is sent as multipart/form-data (it carries files): {}",
+                e.body_text()
+            ),
         )),
     };
     let (form, files) = match read {
@@ -746,7 +756,10 @@ async fn backtest_post(
         Ok(m) if fragment => html(StatusCode::OK, m),
         Ok(m) => {
             let reg = app.service.registry();
-            html(StatusCode::OK, pages::backtest_page(&reg, &loaded, app.config.body_limit, Some(m)))
+            html(
+                StatusCode::OK,
+                pages::backtest_page(&reg, &loaded, app.config.body_limit, Some(m)),
+            )
         }
         Err(e) => error_page("Backtest", pages::Nav::Backtest, &e, fragment),
     }

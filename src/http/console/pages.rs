@@ -1005,7 +1005,9 @@ fn report_section(r: &crate::engine::backtest::Report, prefix: &str) -> Markup {
     let counts: Vec<(String, Vec<u64>)> = r
         .periods
         .iter()
-        .map(|f| (f.as_of.clone(), tiers.iter().map(|t| f.tiers.get(t).copied().unwrap_or(0)).collect()))
+        .map(|f| {
+            (f.as_of.clone(), tiers.iter().map(|t| f.tiers.get(t).copied().unwrap_or(0)).collect())
+        })
         .collect();
     let causes = vec!["from caps".to_string(), "from scores".to_string()];
     let moves: Vec<(String, Vec<u64>)> = r
@@ -1017,10 +1019,21 @@ fn report_section(r: &crate::engine::backtest::Report, prefix: &str) -> Markup {
     let mut over: Vec<&crate::engine::backtest::ManagerFigures> =
         o.managers.iter().filter(|m| m.periods_over > 0).collect();
     over.sort_by(|a, b| b.periods_over.cmp(&a.periods_over).then(a.manager.cmp(&b.manager)));
-    let rejected: usize = r.periods.iter().map(|f| f.rejected.len()).sum::<usize>() + r.unplaced.len();
+    let rejected: usize =
+        r.periods.iter().map(|f| f.rejected.len()).sum::<usize>() + r.unplaced.len();
     let mut cols: Vec<&str> = vec!["as_of", "Accounts", "Errors"];
     cols.extend(tiers.iter().map(String::as_str));
-    cols.extend(["Promoted", "Demoted", "Held", "Moves from caps", "Moves from scores", "Flip-flops", "Alerts raised", "Alerts cleared", "Managers over"]);
+    cols.extend([
+        "Promoted",
+        "Demoted",
+        "Held",
+        "Moves from caps",
+        "Moves from scores",
+        "Flip-flops",
+        "Alerts raised",
+        "Alerts cleared",
+        "Managers over",
+    ]);
     html! {
         div class="charts" {
             figure {
@@ -1094,7 +1107,8 @@ pub fn backtest_result(
         BacktestResult::Comparison(c) => (&c.baseline, Some(c)),
     };
     let o = &base.overall;
-    let words = |r: &crate::engine::backtest::Report| crate::whatif::backtest::title(r).replace('`', "");
+    let words =
+        |r: &crate::engine::backtest::Report| crate::whatif::backtest::title(r).replace('`', "");
     html! {
         div class="result" data-kind="backtest" data-periods=(o.periods) data-moves=(o.moves) data-flip-flops=(o.flip_flops) data-candidate=(cand.is_some()) {
             h2 { "The history under " (p.name) " " span class="muted" { "(" code { (short(&p.hash)) } ")" } }

@@ -284,12 +284,7 @@ pub fn periods(id: &str, tiers: &[String], periods: &[(String, Vec<u64>)]) -> Ma
 }
 
 /// Stacked columns, one per period, one segment per series (`series[0]` at the bottom).
-pub fn stacked(
-    id: &str,
-    title: &str,
-    series: &[String],
-    periods: &[(String, Vec<u64>)],
-) -> Markup {
+pub fn stacked(id: &str, title: &str, series: &[String], periods: &[(String, Vec<u64>)]) -> Markup {
     let n = periods.len().max(1) as u32;
     let col = (640 / n).clamp(16, 80);
     let (left, top, plot) = (50u32, 30u32, 220u32);
@@ -299,8 +294,12 @@ pub fn stacked(
     let desc = periods
         .iter()
         .map(|(p, c)| {
-            let parts =
-                series.iter().zip(c).map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", ");
+            let parts = series
+                .iter()
+                .zip(c)
+                .map(|(t, n)| format!("{t} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
             format!("{p}: {parts}")
         })
         .collect::<Vec<_>>()
