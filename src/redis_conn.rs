@@ -201,15 +201,7 @@ impl RedisConn {
                 redis::cmd("PING").query_async::<Value>(&mut c).await.and_then(check).map(drop)
             }
             Inner::Cluster(c) => {
-                let topo = match self.topology() {
-                    Some(t) => t,
-                    None => {
-                        self.refresh_topology().await?;
-                        self.topology().ok_or_else(|| {
-                            RedisError::from((ErrorKind::ClusterConnectionNotFound, "no slot map"))
-                        })?
-                    }
-                };
+                let topo = self.known_topology().await?;
                 let pings = topo.reps.iter().map(|&slot| {
                     let mut c = c.clone();
                     async move {
@@ -264,6 +256,17 @@ impl RedisConn {
 
     fn topology(&self) -> Option<Arc<Topology>> {
         self.topology.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The slot map, read from the cluster first if none is known (yet, or since it was
+    /// forgotten after a redirect).
+    async fn known_topology(&self) -> RedisResult<Arc<Topology>> {
+        if let Some(t) = self.topology() {
+            return Ok(t);
+        }
+        self.refresh_topology().await?;
+        self.topology()
+            .ok_or_else(|| RedisError::from((ErrorKind::ClusterConnectionNotFound, "no slot map")))
     }
 
     fn forget_topology(&self) {
@@ -347,15 +350,7 @@ impl RedisConn {
             }
             Inner::Cluster(c) => c,
         };
-        let topo = match self.topology() {
-            Some(t) => t,
-            None => {
-                self.refresh_topology().await?;
-                self.topology().ok_or_else(|| {
-                    RedisError::from((ErrorKind::ClusterConnectionNotFound, "no slot map"))
-                })?
-            }
-        };
+        let topo = self.known_topology().await?;
         // Shard → (a slot it owns, the commands' indices). A slot no master owns is its own
         // group: redis-rs then answers it with the cluster's own error.
         let mut groups: HashMap<u32, (u16, Vec<usize>)> = HashMap::new();

@@ -246,30 +246,15 @@ fn candidate(args: &BacktestArgs, limits: &Limits) -> Result<Option<Policy>, Exi
     let dir = args.candidate.as_deref().unwrap_or(&args.policy);
     let mut files: Files = policy::read_dir(dir).map_err(|e| usage(format_args!("{e}")))?;
     if !args.set.is_empty() {
-        let mut list = Vec::new();
-        let mut bad = false;
-        for s in &args.set {
-            match overrides::parse_set(s) {
-                Ok(o) => list.push(o),
-                Err(e) => {
+        let list = super::sets::parse(&args.set)?;
+        match overrides::apply_files(&files, &list) {
+            Ok(f) => files = f,
+            Err(errors) => {
+                for e in errors {
                     eprintln!("error: {e}");
-                    bad = true;
                 }
+                return Err(ExitCode::from(2));
             }
-        }
-        if !bad {
-            match overrides::apply_files(&files, &list) {
-                Ok(f) => files = f,
-                Err(errors) => {
-                    for e in errors {
-                        eprintln!("error: {e}");
-                    }
-                    bad = true;
-                }
-            }
-        }
-        if bad {
-            return Err(ExitCode::from(2));
         }
     }
     let name = dir

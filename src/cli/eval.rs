@@ -316,6 +316,23 @@ fn md(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
+/// A reason in a markdown cell: its code, then its sentence.
+fn md_reason(r: &engine::Reason) -> String {
+    format!("`{}` {}", r.code, md(&r.message))
+}
+
+/// The cells every markdown row of a decision starts with: account, score, tier, was, change.
+fn md_decision_cells(d: &engine::Decision) -> String {
+    format!(
+        "| `{}` | {:.2} | {} | {} | {} |",
+        md(&d.id),
+        d.score,
+        d.tier,
+        d.previous_tier.as_deref().map_or("-".to_string(), md),
+        d.change.as_str()
+    )
+}
+
 fn write_markdown_accounts(
     out: &mut impl Write,
     outcomes: &[Outcome],
@@ -335,19 +352,9 @@ fn write_markdown_accounts(
                     .iter()
                     .rev()
                     .find(|r| r.code != "stay")
-                    .map(|r| format!("`{}` {}", r.code, md(&r.message)))
+                    .map(md_reason)
                     .unwrap_or_default();
-                writeln!(
-                    out,
-                    "| `{}` | {:.2} | {} | {} | {} | {} | {} |",
-                    md(&d.id),
-                    d.score,
-                    d.tier,
-                    d.previous_tier.as_deref().map_or("-".to_string(), md),
-                    d.change.as_str(),
-                    alerts.join(" "),
-                    why
-                )?;
+                writeln!(out, "{} {} | {} |", md_decision_cells(d), alerts.join(" "), why)?;
             }
             Outcome::Error { id, error } => writeln!(
                 out,
@@ -421,18 +428,8 @@ fn write_markdown_portfolio(out: &mut impl Write, r: &PortfolioResult) -> std::i
         writeln!(out, "| account | score | tier | was | change | reasons |")?;
         writeln!(out, "|---|--:|---|---|---|---|")?;
         for d in seated {
-            let why: Vec<String> =
-                seat_reasons(d).map(|r| format!("`{}` {}", r.code, md(&r.message))).collect();
-            writeln!(
-                out,
-                "| `{}` | {:.2} | {} | {} | {} | {} |",
-                md(&d.id),
-                d.score,
-                d.tier,
-                d.previous_tier.as_deref().map_or("-".to_string(), md),
-                d.change.as_str(),
-                why.join("<br>")
-            )?;
+            let why: Vec<String> = seat_reasons(d).map(md_reason).collect();
+            writeln!(out, "{} {} |", md_decision_cells(d), why.join("<br>"))?;
         }
     }
     writeln!(out, "\n<details><summary>All accounts</summary>\n")?;

@@ -6,6 +6,7 @@ mod diff;
 mod eval;
 mod schema;
 mod serve;
+mod sets;
 mod test;
 
 use clap::{Parser, Subcommand};

@@ -105,6 +105,11 @@ pub struct EventArgs {
     /// are trimmed, delivered or not.
     #[arg(long, env = "TIERWISE_EVENTS_RETENTION", default_value = "100000,7d", value_parser = tierwise::events::Retention::parse)]
     events_retention: tierwise::events::Retention,
+    /// Replicas on one Redis share the webhooks: each is walked by one replica at a time,
+    /// which renews its lease on it every third of this; a replica that dies leaves its
+    /// webhooks to the others after this long (milliseconds).
+    #[arg(long, env = "TIERWISE_WEBHOOK_LEASE_MS", default_value_t = 15_000)]
+    webhook_lease_ms: u64,
 }
 
 /// The webhooks the flags name (none: an empty list); an error names the flag at fault.
@@ -232,7 +237,13 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
             }
             _ => Arc::new(MemoryStore::new(retention)),
         };
-        let delivery = (!hooks.is_empty()).then(|| Delivery::start(store.clone(), hooks));
+        let delivery = (!hooks.is_empty()).then(|| {
+            Delivery::start(
+                store.clone(),
+                hooks,
+                Duration::from_millis(args.events.webhook_lease_ms),
+            )
+        });
         eprintln!(
             "tierwise: events on, state in {}, {} webhook(s)",
             if store.durable() {

@@ -540,25 +540,19 @@ impl<'p> Ctx<'p> {
         for a in p.alerts.iter().filter(|a| a.applies[s.tier]) {
             if self.condition(&s.account.id, &a.when)? {
                 let rule = || format!("alerts.{}", a.id);
+                // Either limit stops this account at this alert, named in `alerts.<id>`.
+                let over = |why: String| Err(output_limit(&s.account.id, rule(), why));
                 if alerts.len() >= p.limits.max_alerts_per_account {
-                    return Err(output_limit(
-                        &s.account.id,
-                        rule(),
-                        format!(
-                            "raises more than {} alerts, the limit per account; the first past it is `{}`",
-                            p.limits.max_alerts_per_account, a.key
-                        ),
+                    return over(format!(
+                        "raises more than {} alerts, the limit per account; the first past it is `{}`",
+                        p.limits.max_alerts_per_account, a.key
                     ));
                 }
                 let message = self.render(&s.account.id, &a.message)?;
                 if !script::note_output(a.key.len() + message.len() + ALERT_OVERHEAD, &rule()) {
-                    return Err(output_limit(
-                        &s.account.id,
-                        rule(),
-                        format!(
-                            "the answer would pass its limit of {} bytes; alert `{}` adds the most recent",
-                            p.limits.max_response_bytes, a.key
-                        ),
+                    return over(format!(
+                        "the answer would pass its limit of {} bytes; alert `{}` adds the most recent",
+                        p.limits.max_response_bytes, a.key
                     ));
                 }
                 alerts.push(AlertOut { id: a.key.clone(), severity: a.severity, message });

@@ -56,6 +56,8 @@ use std::sync::Arc;
 /// Tier periods kept per account (the oldest dropped first).
 pub const HISTORY_LEN: usize = 32;
 
+// Also the service pipeline's level (account or portfolio) and, by `as_str`, the name in
+// the decision log and the metrics. The doc line below is the schemas' description.
 /// Which evaluation a state and its events belong to; the two can disagree (caps).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,

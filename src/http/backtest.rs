@@ -10,7 +10,10 @@
 //! dry runs and backtests at once. Nothing shared is touched: no cache, no state, no events,
 //! no decision log lines per account.
 
-use super::dryrun::{CandidateFolder, bad_request, candidate_of, pool};
+use super::dryrun::{
+    CandidateFolder, bad_request, candidate_of, dry_run_answer, on_dry_run_pool, one_format,
+    query_options, text_type,
+};
 use super::handlers::{account_list, lookup_error, parse_capped, read_accounts};
 use super::{ApiError, AppState, JsonBody};
 use crate::engine::backtest::{self, BacktestResult, Level, Options, Report};
@@ -18,8 +21,8 @@ use crate::script;
 use crate::snapshot::Record;
 use crate::whatif::backtest as render;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -129,42 +132,8 @@ pub async fn backtest(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
-    tokio::task::spawn_blocking(move || {
-        let Ok(_permit) = app.dry_runs.try_acquire() else {
-            app.metrics.overloaded.inc();
-            return Err(ApiError::overloaded());
-        };
-        match pool(app.config.dry_run_priority) {
-            Some(p) => p.install(|| run(&app, &body.0, query.as_deref(), start)),
-            None => run(&app, &body.0, query.as_deref(), start),
-        }
-    })
-    .await
-    .map_err(|e| ApiError::internal("backtest task", e))?
-}
-
-fn query_format(query: Option<&str>) -> Result<(Option<BacktestFormat>, Option<u32>), ApiError> {
-    let (mut format, mut top) = (None, None);
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "format" => {
-                format = Some(BacktestFormat::parse(v).ok_or_else(|| {
-                    bad_request(format!(
-                        "unknown format `{v}`: use `json`, `markdown`, `table` or `jsonl`"
-                    ))
-                })?)
-            }
-            "top" => {
-                top =
-                    Some(v.parse().map_err(|_| {
-                        bad_request(format!("`top` must be a whole number, got `{v}`"))
-                    })?)
-            }
-            _ => {}
-        }
-    }
-    Ok((format, top))
+    on_dry_run_pool(app, "backtest task", move |app| run(app, &body.0, query.as_deref(), start))
+        .await
 }
 
 /// The snapshots of one inline period (`i` counts from 1 across the history): one without
@@ -200,15 +169,11 @@ fn run(
     query: Option<&str>,
     start: Instant,
 ) -> Result<Response, ApiError> {
-    let (q_format, q_top) = query_format(query)?;
+    let (q_format, q_top) =
+        query_options(query, BacktestFormat::parse, "`json`, `markdown`, `table` or `jsonl`")?;
     let cap = app.service.limits().max_accounts;
     let req: BacktestRequest<'_> = parse_capped(body, cap)?;
-    let format = match (q_format, req.format) {
-        (Some(a), Some(b)) if a != b => {
-            return Err(bad_request("`format` in the query and in the body differ"));
-        }
-        (a, b) => a.or(b).unwrap_or(BacktestFormat::Json),
-    };
+    let format = one_format(q_format, req.format, BacktestFormat::Json)?;
     let top = q_top.or(req.top).map_or(DEFAULT_TOP, |t| t as usize);
     let flip_window = req.flip_window.unwrap_or(backtest::DEFAULT_FLIP_WINDOW);
     if flip_window < 2 {
@@ -357,25 +322,18 @@ fn run(
                     }
                 }
             };
-            let ct = if md { "text/markdown; charset=utf-8" } else { "text/plain; charset=utf-8" };
-            (text.into_bytes(), ct)
+            (text.into_bytes(), text_type(md))
         }
     };
-    let mut res = (StatusCode::OK, bytes).into_response();
-    let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    let cand_hash = candidate.as_ref().map(|c| c.hash.as_str());
-    for (name, value) in [
-        ("x-decision-id", Some(decision_id.as_str())),
-        ("x-policy-hash", Some(loaded.policy.hash.as_str())),
-        ("x-candidate-hash", cand_hash),
-    ] {
-        if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
-            h.insert(name, v);
-        }
-    }
-    h.insert("x-dry-run", HeaderValue::from_static("true"));
-    Ok(res)
+    Ok(dry_run_answer(
+        bytes,
+        content_type,
+        [
+            ("x-decision-id", Some(&decision_id)),
+            ("x-policy-hash", Some(&loaded.policy.hash)),
+            ("x-candidate-hash", candidate.as_ref().map(|c| c.hash.as_str())),
+        ],
+    ))
 }
 
 /// A candidate that runs into the sandbox where the policy does not (an endless loop,

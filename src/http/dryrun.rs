@@ -154,6 +154,22 @@ pub async fn dry_run(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
+    on_dry_run_pool(app, "dry-run task", move |app| run(app, &body.0, query.as_deref(), start))
+        .await
+}
+
+/// Runs a candidate's work (a dry run, a backtest, the console's) on the blocking pool and
+/// the dry runs' threads ([`pool`]), at most [`super::DRY_RUNS_AT_ONCE`] at once (503
+/// `overloaded` past that). `task` names it in an internal error.
+pub(super) async fn on_dry_run_pool<T, W>(
+    app: AppState,
+    task: &'static str,
+    work: W,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    W: FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+{
     tokio::task::spawn_blocking(move || {
         // Held by the work itself: a request that timed out still counts until its work ends.
         let Ok(_permit) = app.dry_runs.try_acquire() else {
@@ -161,12 +177,12 @@ pub async fn dry_run(
             return Err(ApiError::overloaded());
         };
         match pool(app.config.dry_run_priority) {
-            Some(p) => p.install(|| run(&app, &body.0, query.as_deref(), start)),
-            None => run(&app, &body.0, query.as_deref(), start),
+            Some(p) => p.install(|| work(&app)),
+            None => work(&app),
         }
     })
     .await
-    .map_err(|e| ApiError::internal("dry-run task", e))?
+    .map_err(|e| ApiError::internal(task, e))?
 }
 
 /// The threads dry runs are compiled and evaluated on, one pool per priority (see
@@ -217,16 +233,22 @@ pub(super) fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
 }
 
-/// `?format=markdown&top=10`.
-fn query_options(query: Option<&str>) -> Result<(Option<DiffFormat>, Option<u32>), ApiError> {
+/// `?format=markdown&top=10`, the format read by `parse` (`choices` names the formats for
+/// the error); other keys are left to others.
+pub(super) fn query_options<F>(
+    query: Option<&str>,
+    parse: fn(&str) -> Option<F>,
+    choices: &str,
+) -> Result<(Option<F>, Option<u32>), ApiError> {
     let (mut format, mut top) = (None, None);
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
             "format" => {
-                format = Some(DiffFormat::parse(v).ok_or_else(|| {
-                    bad_request(format!("unknown format `{v}`: use `json`, `markdown` or `table`"))
-                })?)
+                format =
+                    Some(parse(v).ok_or_else(|| {
+                        bad_request(format!("unknown format `{v}`: use {choices}"))
+                    })?)
             }
             "top" => {
                 top =
@@ -238,6 +260,44 @@ fn query_options(query: Option<&str>) -> Result<(Option<DiffFormat>, Option<u32>
         }
     }
     Ok((format, top))
+}
+
+/// The format asked for, in the query or the body (both: they must agree), else `default`.
+pub(super) fn one_format<F: PartialEq>(
+    query: Option<F>,
+    body: Option<F>,
+    default: F,
+) -> Result<F, ApiError> {
+    match (query, body) {
+        (Some(a), Some(b)) if a != b => {
+            Err(bad_request("`format` in the query and in the body differ"))
+        }
+        (a, b) => Ok(a.or(b).unwrap_or(default)),
+    }
+}
+
+/// The content type of a text form: markdown or a terminal table.
+pub(super) fn text_type(markdown: bool) -> &'static str {
+    if markdown { "text/markdown; charset=utf-8" } else { "text/plain; charset=utf-8" }
+}
+
+/// A dry run's answer (`x-dry-run: true`): the bytes, their type and the ids that name it
+/// (a header whose value is absent or not a header value is left out).
+pub(super) fn dry_run_answer(
+    bytes: Vec<u8>,
+    content_type: &'static str,
+    ids: [(&'static str, Option<&str>); 3],
+) -> Response {
+    let mut res = (StatusCode::OK, bytes).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    for (name, value) in ids {
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+            h.insert(name, v);
+        }
+    }
+    h.insert("x-dry-run", HeaderValue::from_static("true"));
+    res
 }
 
 /// Why a candidate file name is refused, if it is.
@@ -469,14 +529,10 @@ fn run(
     query: Option<&str>,
     start: Instant,
 ) -> Result<Response, ApiError> {
-    let (q_format, q_top) = query_options(query)?;
+    let (q_format, q_top) =
+        query_options(query, DiffFormat::parse, "`json`, `markdown` or `table`")?;
     let req: DryRunRequest<'_> = parse_capped(body, app.service.limits().max_accounts)?;
-    let format = match (q_format, req.format) {
-        (Some(a), Some(b)) if a != b => {
-            return Err(bad_request("`format` in the query and in the body differ"));
-        }
-        (a, b) => a.or(b).unwrap_or(DiffFormat::Json),
-    };
+    let format = one_format(q_format, req.format, DiffFormat::Json)?;
     // Each is checked, whichever is used: the query's wins, the body's must still be valid.
     if let Some(t) = [q_top, req.top].into_iter().flatten().find(|t| *t > MAX_TOP) {
         return Err(bad_request(format!("`top` is at most {MAX_TOP}, got {t}")));
@@ -583,28 +639,18 @@ fn run(
             if let Some(note) = test_cases.note(format == DiffFormat::Markdown) {
                 text.push_str(&note);
             }
-            let ct = if format == DiffFormat::Markdown {
-                "text/markdown; charset=utf-8"
-            } else {
-                "text/plain; charset=utf-8"
-            };
-            (text.into_bytes(), ct)
+            (text.into_bytes(), text_type(format == DiffFormat::Markdown))
         }
     };
-    let mut res = (StatusCode::OK, bytes).into_response();
-    let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    for (name, value) in [
-        ("x-decision-id", &decision_id),
-        ("x-policy-hash", &baseline.policy.hash),
-        ("x-candidate-hash", &candidate.hash),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            h.insert(name, v);
-        }
-    }
-    h.insert("x-dry-run", HeaderValue::from_static("true"));
-    Ok(res)
+    Ok(dry_run_answer(
+        bytes,
+        content_type,
+        [
+            ("x-decision-id", Some(&decision_id)),
+            ("x-policy-hash", Some(&baseline.policy.hash)),
+            ("x-candidate-hash", Some(&candidate.hash)),
+        ],
+    ))
 }
 
 #[cfg(test)]

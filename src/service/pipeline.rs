@@ -45,22 +45,10 @@ const MAX_CACHED_BOOK: usize = 8 << 20;
 /// Records at least this many are freed on the thread pool after the answer is out.
 const FREE_LATER: usize = 512;
 
-/// Which evaluation: each account on its own, or the whole book.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    Account,
-    Portfolio,
-}
-
-impl Level {
-    /// The name in the decision log and the metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Account => "account",
-            Level::Portfolio => "portfolio",
-        }
-    }
-}
+/// Which evaluation: each account on its own, or the whole book. The engine's one type
+/// (states and events are keyed by it too); `as_str` is the name in the decision log and
+/// the metrics.
+pub use crate::engine::transition::Level;
 
 /// Accounts the cache did not serve, by why: for `/metrics`.
 #[derive(Default)]

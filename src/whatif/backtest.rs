@@ -6,7 +6,9 @@
 //! with a candidate, the headline sentence and both sides with their difference. The JSON form
 //! (serde) holds everything. Pure: a `String` out, the same bytes for the same report.
 
-use crate::engine::backtest::{Comparison, Overall, PeriodFigures, Report};
+use crate::engine::backtest::{
+    Comparison, FlipFlopper, ManagerFigures, Overall, PeriodFigures, Report,
+};
 use std::fmt::Write as _;
 
 pub use super::render::Context;
@@ -110,12 +112,93 @@ fn tier_ids(r: &Report) -> Vec<String> {
     r.periods.first().map(|p| p.tiers.keys().cloned().collect()).unwrap_or_default()
 }
 
-pub fn path(f: &crate::engine::backtest::FlipFlopper) -> String {
+pub fn path(f: &FlipFlopper) -> String {
     let mut out: Vec<&str> = Vec::new();
     for t in f.tiers.iter().flatten() {
         out.push(t);
     }
     out.join(" → ")
+}
+
+/// A period's counts after its tiers, in the columns of both forms: promoted, demoted, held,
+/// moves from caps, from scores, flip-flops, alerts raised, cleared, managers over.
+fn period_counts(p: &PeriodFigures) -> [u64; 9] {
+    [
+        p.promoted,
+        p.demoted,
+        p.held,
+        p.moves.from_caps,
+        p.moves.from_scores,
+        p.flip_flops,
+        ev(p, "alert.raised"),
+        ev(p, "alert.cleared"),
+        p.managers_over,
+    ]
+}
+
+/// The terminal table's widths for [`period_counts`], those of its headings.
+const COUNT_WIDTHS: [usize; 9] = [5, 5, 5, 5, 6, 5, 6, 7, 5];
+
+/// The managers over capacity in some period, most periods over first (then by name).
+fn managers_over(r: &Report) -> Vec<&ManagerFigures> {
+    let mut over: Vec<_> = r.overall.managers.iter().filter(|m| m.periods_over > 0).collect();
+    over.sort_by(|a, b| b.periods_over.cmp(&a.periods_over).then(a.manager.cmp(&b.manager)));
+    over
+}
+
+/// A terminal list of the `top` first of `total` items under `label (shown of total):`;
+/// nothing when there are none.
+fn list_txt(
+    o: &mut String,
+    label: &str,
+    total: usize,
+    top: usize,
+    rows: impl Iterator<Item = String>,
+) {
+    if total == 0 {
+        return;
+    }
+    let _ = writeln!(o, "\n{label} ({} of {total}):", total.min(top));
+    for row in rows.take(top) {
+        let _ = writeln!(o, "  {row}");
+    }
+}
+
+/// A folded markdown table of the `top` first of `total` rows, under a summary
+/// `label (shown of total)`; nothing when there are none. `head` is the header row,
+/// `align` the row under it.
+fn details_md(
+    o: &mut String,
+    label: &str,
+    (total, top): (usize, usize),
+    (head, align): (&str, &str),
+    rows: impl Iterator<Item = String>,
+) {
+    if total == 0 {
+        return;
+    }
+    let _ = writeln!(o, "\n<details><summary>{label} ({} of {total})</summary>\n", total.min(top));
+    let _ = writeln!(o, "{head}");
+    let _ = writeln!(o, "{align}");
+    for row in rows.take(top) {
+        let _ = writeln!(o, "{row}");
+    }
+    let _ = writeln!(o, "\n</details>");
+}
+
+fn flip_flopper_txt(f: &FlipFlopper) -> String {
+    format!("{:<16} {:>2}  {}", f.id, f.flip_flops, path(f))
+}
+
+/// The flip-flopping accounts as a folded markdown table.
+fn flip_floppers_md(o: &mut String, label: &str, ff: &[FlipFlopper], top: usize) {
+    details_md(
+        o,
+        label,
+        (ff.len(), top),
+        ("| account | flip-flops | tiers, period by period |", "|---|--:|---|"),
+        ff.iter().map(|f| format!("| `{}` | {} | {} |", md(&f.id), f.flip_flops, md(&path(f)))),
+    );
 }
 
 /// A terminal summary of one replay.
@@ -138,19 +221,9 @@ pub fn table(r: &Report, top: usize) -> String {
         for t in &tiers {
             let _ = write!(line, " {:>9}", p.tiers.get(t).copied().unwrap_or(0));
         }
-        let _ = write!(
-            line,
-            " {:>5} {:>5} {:>5} {:>5} {:>6} {:>5} {:>6} {:>7} {:>5}",
-            p.promoted,
-            p.demoted,
-            p.held,
-            p.moves.from_caps,
-            p.moves.from_scores,
-            p.flip_flops,
-            ev(p, "alert.raised"),
-            ev(p, "alert.cleared"),
-            p.managers_over
-        );
+        for (n, w) in period_counts(p).into_iter().zip(COUNT_WIDTHS) {
+            let _ = write!(line, " {n:>w$}");
+        }
         let _ = writeln!(o, "{line}");
     }
     o.push('\n');
@@ -158,26 +231,20 @@ pub fn table(r: &Report, top: usize) -> String {
         let _ = writeln!(o, "{l}");
     }
     let ff = &r.overall.flip_floppers;
-    if !ff.is_empty() {
-        let _ = writeln!(o, "\nFlip-flopping accounts ({} of {}):", ff.len().min(top), ff.len());
-        for f in ff.iter().take(top) {
-            let _ = writeln!(o, "  {:<16} {:>2}  {}", f.id, f.flip_flops, path(f));
-        }
-    }
-    let over: Vec<_> = r.overall.managers.iter().filter(|m| m.periods_over > 0).collect();
-    if !over.is_empty() {
-        let _ =
-            writeln!(o, "\nManagers over capacity ({} of {}):", over.len().min(top), over.len());
-        let mut list = over.clone();
-        list.sort_by(|a, b| b.periods_over.cmp(&a.periods_over).then(a.manager.cmp(&b.manager)));
-        for m in list.into_iter().take(top) {
-            let _ = writeln!(
-                o,
-                "  {:<16} over in {} of {} periods, peak {} accounts ({})",
+    list_txt(&mut o, "Flip-flopping accounts", ff.len(), top, ff.iter().map(flip_flopper_txt));
+    let over = managers_over(r);
+    list_txt(
+        &mut o,
+        "Managers over capacity",
+        over.len(),
+        top,
+        over.iter().map(|m| {
+            format!(
+                "{:<16} over in {} of {} periods, peak {} accounts ({})",
                 m.manager, m.periods_over, m.periods, m.peak_load, m.peak_as_of
-            );
-        }
-    }
+            )
+        }),
+    );
     o
 }
 
@@ -190,8 +257,24 @@ pub fn markdown(r: &Report, top: usize) -> String {
     }
     o.push('\n');
     period_table_md(&mut o, r);
-    flip_floppers_md(&mut o, r, top);
-    managers_md(&mut o, r, top);
+    flip_floppers_md(&mut o, "Flip-flopping accounts", &r.overall.flip_floppers, top);
+    let over = managers_over(r);
+    details_md(
+        &mut o,
+        "Managers over capacity",
+        (over.len(), top),
+        ("| manager | periods over | peak load | peak on |", "|---|--:|--:|---|"),
+        over.iter().map(|m| {
+            format!(
+                "| `{}` | {} of {} | {} | {} |",
+                md(&m.manager),
+                m.periods_over,
+                m.periods,
+                m.peak_load,
+                m.peak_as_of
+            )
+        }),
+    );
     o
 }
 
@@ -210,71 +293,17 @@ fn period_table_md(o: &mut String, r: &Report) {
     for p in &r.periods {
         let counts: Vec<String> =
             tiers.iter().map(|t| p.tiers.get(t).copied().unwrap_or(0).to_string()).collect();
+        let rest: Vec<String> = period_counts(p).iter().map(u64::to_string).collect();
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             p.as_of,
             p.accounts,
             p.errors,
             counts.join(" | "),
-            p.promoted,
-            p.demoted,
-            p.held,
-            p.moves.from_caps,
-            p.moves.from_scores,
-            p.flip_flops,
-            ev(p, "alert.raised"),
-            ev(p, "alert.cleared"),
-            p.managers_over
+            rest.join(" | ")
         );
     }
-}
-
-fn flip_floppers_md(o: &mut String, r: &Report, top: usize) {
-    let ff = &r.overall.flip_floppers;
-    if ff.is_empty() {
-        return;
-    }
-    let _ = writeln!(
-        o,
-        "\n<details><summary>Flip-flopping accounts ({} of {})</summary>\n",
-        ff.len().min(top),
-        ff.len()
-    );
-    let _ = writeln!(o, "| account | flip-flops | tiers, period by period |");
-    let _ = writeln!(o, "|---|--:|---|");
-    for f in ff.iter().take(top) {
-        let _ = writeln!(o, "| `{}` | {} | {} |", md(&f.id), f.flip_flops, md(&path(f)));
-    }
-    let _ = writeln!(o, "\n</details>");
-}
-
-fn managers_md(o: &mut String, r: &Report, top: usize) {
-    let mut over: Vec<_> = r.overall.managers.iter().filter(|m| m.periods_over > 0).collect();
-    if over.is_empty() {
-        return;
-    }
-    over.sort_by(|a, b| b.periods_over.cmp(&a.periods_over).then(a.manager.cmp(&b.manager)));
-    let _ = writeln!(
-        o,
-        "\n<details><summary>Managers over capacity ({} of {})</summary>\n",
-        over.len().min(top),
-        over.len()
-    );
-    let _ = writeln!(o, "| manager | periods over | peak load | peak on |");
-    let _ = writeln!(o, "|---|--:|--:|---|");
-    for m in over.into_iter().take(top) {
-        let _ = writeln!(
-            o,
-            "| `{}` | {} of {} | {} | {} |",
-            md(&m.manager),
-            m.periods_over,
-            m.periods,
-            m.peak_load,
-            m.peak_as_of
-        );
-    }
-    let _ = writeln!(o, "\n</details>");
 }
 
 fn what(ctx: &Context) -> String {
@@ -383,35 +412,28 @@ pub fn comparison_table(c: &Comparison, ctx: &Context, top: usize) -> String {
         );
     }
     let managers = &c.difference.overall.managers;
-    if !managers.is_empty() {
-        let _ = writeln!(
-            o,
-            "\nManagers whose load changes ({} of {}):",
-            managers.len().min(top),
-            managers.len()
-        );
-        for m in managers.iter().take(top) {
-            let _ = writeln!(
-                o,
-                "  {:<16} peak load {}, periods over capacity {}",
+    list_txt(
+        &mut o,
+        "Managers whose load changes",
+        managers.len(),
+        top,
+        managers.iter().map(|m| {
+            format!(
+                "{:<16} peak load {}, periods over capacity {}",
                 m.manager,
                 signed(m.peak_load),
                 signed(m.periods_over)
-            );
-        }
-    }
+            )
+        }),
+    );
     let ff = &c.candidate.overall.flip_floppers;
-    if !ff.is_empty() {
-        let _ = writeln!(
-            o,
-            "\nFlip-flopping under the candidate ({} of {}):",
-            ff.len().min(top),
-            ff.len()
-        );
-        for f in ff.iter().take(top) {
-            let _ = writeln!(o, "  {:<16} {:>2}  {}", f.id, f.flip_flops, path(f));
-        }
-    }
+    list_txt(
+        &mut o,
+        "Flip-flopping under the candidate",
+        ff.len(),
+        top,
+        ff.iter().map(flip_flopper_txt),
+    );
     o
 }
 
@@ -457,40 +479,25 @@ pub fn comparison_markdown(c: &Comparison, ctx: &Context, top: usize) -> String 
     }
     let _ = writeln!(o, "\n</details>");
     let managers = &c.difference.overall.managers;
-    if !managers.is_empty() {
-        let _ = writeln!(
-            o,
-            "\n<details><summary>Managers whose load changes ({} of {})</summary>\n",
-            managers.len().min(top),
-            managers.len()
-        );
-        let _ = writeln!(o, "| manager | peak load | periods over capacity |");
-        let _ = writeln!(o, "|---|--:|--:|");
-        for m in managers.iter().take(top) {
-            let _ = writeln!(
-                o,
+    details_md(
+        &mut o,
+        "Managers whose load changes",
+        (managers.len(), top),
+        ("| manager | peak load | periods over capacity |", "|---|--:|--:|"),
+        managers.iter().map(|m| {
+            format!(
                 "| `{}` | {} | {} |",
                 md(&m.manager),
                 signed(m.peak_load),
                 signed(m.periods_over)
-            );
-        }
-        let _ = writeln!(o, "\n</details>");
-    }
-    let ff = &c.candidate.overall.flip_floppers;
-    if !ff.is_empty() {
-        let _ = writeln!(
-            o,
-            "\n<details><summary>Flip-flopping under the candidate ({} of {})</summary>\n",
-            ff.len().min(top),
-            ff.len()
-        );
-        let _ = writeln!(o, "| account | flip-flops | tiers, period by period |");
-        let _ = writeln!(o, "|---|--:|---|");
-        for f in ff.iter().take(top) {
-            let _ = writeln!(o, "| `{}` | {} | {} |", md(&f.id), f.flip_flops, md(&path(f)));
-        }
-        let _ = writeln!(o, "\n</details>");
-    }
+            )
+        }),
+    );
+    flip_floppers_md(
+        &mut o,
+        "Flip-flopping under the candidate",
+        &c.candidate.overall.flip_floppers,
+        top,
+    );
     o
 }

@@ -25,7 +25,7 @@ mod svg;
 use super::{ApiError, AppState, Deadline};
 use crate::policy::{self, overrides};
 use crate::script;
-use crate::service::{Loaded, candidate};
+use crate::service::{Loaded, Registry, candidate};
 use crate::snapshot::{self, Record};
 use crate::whatif::{self, PolicyDiff};
 use axum::Router;
@@ -125,29 +125,35 @@ fn lookup(app: &AppState, name: Option<&str>) -> Result<Arc<Loaded>, ApiError> {
     app.service.policy(nonempty(name)).map_err(super::handlers::lookup_error)
 }
 
-/// Runs console work as a dry run runs: on the blocking pool, one of the
-/// [`super::DRY_RUNS_AT_ONCE`] slots, the dry-run threads' priority, every evaluation under
-/// the request's deadline.
-async fn offload<T: Send + 'static>(
+/// Runs console work as a dry run runs ([`super::dryrun::on_dry_run_pool`]: the blocking
+/// pool, one of the [`super::DRY_RUNS_AT_ONCE`] slots, the dry-run threads' priority), every
+/// evaluation under the request's deadline.
+async fn offload(
     app: &AppState,
     deadline: Deadline,
-    work: impl FnOnce(&AppState) -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    let app = app.clone();
-    tokio::task::spawn_blocking(move || {
-        let Ok(_permit) = app.dry_runs.try_acquire() else {
-            app.metrics.overloaded.inc();
-            return Err(ApiError::overloaded());
-        };
+    work: impl FnOnce(&AppState) -> Result<Markup, ApiError> + Send + 'static,
+) -> Result<Markup, ApiError> {
+    super::dryrun::on_dry_run_pool(app.clone(), "console task", move |app| {
         let budget = script::Budget::new(Some(deadline.0));
-        let run = || script::with_budget(Some(budget), || work(&app));
-        Ok(match super::dryrun::pool(app.config.dry_run_priority) {
-            Some(p) => p.install(run),
-            None => run(),
-        })
+        script::with_budget(Some(budget), || work(app))
     })
     .await
-    .map_err(|e| ApiError::internal("console task", e))?
+}
+
+/// A posted form's answer: the result section alone when the script asks for a fragment,
+/// else the whole page around it (`page`); an error as the page (`title`, `nav`) shows one.
+fn answer(
+    app: &AppState,
+    done: Result<Markup, ApiError>,
+    fragment: bool,
+    (title, nav): (&str, pages::Nav),
+    page: impl FnOnce(&Registry, Markup) -> Markup,
+) -> Response {
+    match done {
+        Ok(m) if fragment => html(StatusCode::OK, m),
+        Ok(m) => html(StatusCode::OK, page(&app.service.registry(), m)),
+        Err(e) => error_page(title, nav, &e, fragment),
+    }
 }
 
 /// A book as pasted or uploaded: JSON (an array), JSON lines or CSV, told apart by the first
@@ -222,16 +228,10 @@ async fn book_post(
         let result = app.pipeline.decide_portfolio(&loaded, &records);
         Ok(pages::book_result(&loaded, &result, &records))
     })
-    .await
-    .and_then(|r| r);
-    match done {
-        Ok(m) if fragment => html(StatusCode::OK, m),
-        Ok(m) => {
-            let reg = app.service.registry();
-            html(StatusCode::OK, pages::book_page(&reg, None, Some(m)))
-        }
-        Err(e) => error_page("Book", pages::Nav::Book, &e, fragment),
-    }
+    .await;
+    answer(&app, done, fragment, ("Book", pages::Nav::Book), |reg, m| {
+        pages::book_page(reg, None, Some(m))
+    })
 }
 
 fn form_error(e: axum::extract::rejection::FormRejection) -> ApiError {
@@ -299,16 +299,10 @@ async fn account_post(
         let snap = records.get(pos).and_then(|r| r.as_ref().ok());
         Ok(pages::account_result(&loaded, &outcomes[pos], snap, level))
     })
-    .await
-    .and_then(|r| r);
-    match done {
-        Ok(m) if fragment => html(StatusCode::OK, m),
-        Ok(m) => {
-            let reg = app.service.registry();
-            html(StatusCode::OK, pages::account_page(&reg, None, id.as_deref(), Some(m)))
-        }
-        Err(e) => error_page("Account", pages::Nav::Account, &e, fragment),
-    }
+    .await;
+    answer(&app, done, fragment, ("Account", pages::Nav::Account), |reg, m| {
+        pages::account_page(reg, None, id.as_deref(), Some(m))
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -496,16 +490,10 @@ async fn whatif_post(
                 Ok(pages::diagnostics(&report, &text))
             }
         })
-        .await
-        .and_then(|r| r);
-    match done {
-        Ok(m) if fragment => html(StatusCode::OK, m),
-        Ok(m) => {
-            let reg = app.service.registry();
-            html(StatusCode::OK, pages::whatif_page(&reg, &loaded, Some(m)))
-        }
-        Err(e) => error_page("What-if", pages::Nav::WhatIf, &e, fragment),
-    }
+        .await;
+    answer(&app, done, fragment, ("What-if", pages::Nav::WhatIf), |reg, m| {
+        pages::whatif_page(reg, &loaded, Some(m))
+    })
 }
 
 /// `policy.toml` with the form's overrides applied (and the page's edits), as a download.
