@@ -738,17 +738,9 @@ async fn backtest_post(
             }
         }
     })
-    .await
-    .and_then(|r| r);
-    match done {
-        Ok(m) if fragment => html(StatusCode::OK, m),
-        Ok(m) => {
-            let reg = app.service.registry();
-            html(
-                StatusCode::OK,
-                pages::backtest_page(&reg, &loaded, app.config.body_limit, Some(m)),
-            )
-        }
-        Err(e) => error_page("Backtest", pages::Nav::Backtest, &e, fragment),
-    }
+    .await;
+    let limit = app.config.body_limit;
+    answer(&app, done, fragment, ("Backtest", pages::Nav::Backtest), |reg, m| {
+        pages::backtest_page(reg, &loaded, limit, Some(m))
+    })
 }
