@@ -91,6 +91,9 @@ fn policies_with_hostile(tmp: &Path) -> PathBuf {
 fn serve(policies: &Path) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tierwise"))
         .args(["serve", "--listen", "127.0.0.1:0", "--decision-log", "off", "--no-watch"])
+        // The twelve files of samples/history weigh 9.2 MB together, more than the default
+        // 8 MiB body limit (docs/console.md says so): the Backtest page replays them all.
+        .args(["--body-limit", &(16 * 1024 * 1024).to_string()])
         .arg("--policies")
         .arg(policies)
         .stdout(Stdio::null())
@@ -201,6 +204,16 @@ async fn keyboard_and_labels(c: &Client, page: &str) {
 async fn shot(c: &Client, name: &str) {
     let png = c.screenshot().await.unwrap();
     std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
+}
+
+/// The files of samples/history, in path order.
+fn history_files() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("samples/history"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -484,12 +497,63 @@ async fn the_console_in_a_real_browser() {
     .await;
     no_console_errors(&c, "What-if (diagnostics)").await;
 
-    // Backtest.
-    c.goto(&format!("{base}/backtest")).await.unwrap();
-    until(&c, "document.querySelector('h1')", "the Backtest page").await;
+    // Backtest: the sample history's twelve files chosen at once, replayed, charted.
+    c.goto(&format!("{base}/backtest?policy=enterprise")).await.unwrap();
+    until(&c, "document.getElementById('history-files')", "the Backtest page").await;
     no_console_errors(&c, "Backtest").await;
     keyboard_and_labels(&c, "Backtest").await;
+    let history = history_files();
+    assert_eq!(history.len(), 12, "{history:?}");
+    let paths: Vec<String> = history.iter().map(|p| p.display().to_string()).collect();
+    let mut bt_times = Vec::new();
+    for _ in 0..3 {
+        c.goto(&format!("{base}/backtest?policy=enterprise")).await.unwrap();
+        until(&c, "document.getElementById('history-files')", "the Backtest page").await;
+        // A file input takes several files as paths, one per line.
+        let input = c.find(Locator::Id("history-files")).await.unwrap();
+        input.send_keys(&paths.join("\n")).await.unwrap();
+        assert_eq!(
+            js(&c, "return document.getElementById('history-files').files.length;").await,
+            json!(12)
+        );
+        let t = Instant::now();
+        c.find(Locator::Css("#backtest-form button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until(&c, "document.querySelector('#result .result[data-kind=backtest]')", "the backtest")
+            .await;
+        bt_times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    assert_eq!(
+        js(&c, "return document.querySelector('#result .result').getAttribute('data-periods');")
+            .await,
+        json!("12")
+    );
+    let chart = js(
+        &c,
+        "const s = document.querySelector('#result svg#chart-tiers[role=img]'); return s && [s.querySelector('title').textContent, s.querySelector('desc').textContent, s.querySelectorAll('rect').length];",
+    )
+    .await;
+    assert_eq!(chart[0], json!("Accounts per tier in each period"), "{chart}");
+    assert!(chart[1].as_str().unwrap().starts_with("2025-12-01: strategic "), "{chart}");
+    assert!(chart[2].as_u64().unwrap() >= 36, "{chart}");
+    let rows = js(&c, "return [...document.querySelectorAll('#chart-periods tbody tr')].map(tr => tr.cells[0].innerText);").await;
+    assert_eq!(rows.as_array().unwrap().len(), 12, "{rows}");
+    assert_eq!(rows[0], json!("2025-12-01"));
+    assert_eq!(rows[11], json!("2026-11-01"));
+    let page = js(&c, "return document.getElementById('result').innerText;").await;
+    assert!(page.as_str().unwrap().contains("desk.south"), "a manager over capacity: {page}");
+    no_console_errors(&c, "Backtest").await;
+    keyboard_and_labels(&c, "Backtest (result)").await;
+    js(&c, "document.activeElement.blur(); document.getElementById('result').scrollIntoView(); return true;").await;
     shot(&c, "backtest").await;
+    let backtest_ms = median(bt_times.clone());
+    eprintln!(
+        "console: sample history (12 files, 23,947 snapshots) → backtest on screen median {backtest_ms:.0} ms; runs {bt_times:?}"
+    );
 
     c.close().await.unwrap();
     // Generous bounds for a debug build on a shared machine; the figures are printed above.
@@ -555,6 +619,52 @@ mod pages {
             .body(Body::from(body))
             .unwrap();
         send(r, req).await
+    }
+
+    /// The Backtest form as a browser sends it: `multipart/form-data`, text fields then files.
+    pub async fn post_files(
+        r: &Router,
+        path: &str,
+        pairs: &[(&str, &str)],
+        files: &[(&str, &[u8])],
+        fragment: bool,
+    ) -> Answer {
+        let boundary = "----tierwise-test-boundary-7MA4YWxkTrZu0gW";
+        let mut body: Vec<u8> = Vec::new();
+        for (k, v) in pairs {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+                )
+                .as_bytes(),
+            );
+        }
+        for (name, bytes) in files {
+            body.extend_from_slice(
+                format!("--{boundary}\r\nContent-Disposition: form-data; name=\"history\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n")
+                    .as_bytes(),
+            );
+            body.extend_from_slice(bytes);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let mut req = Request::post(path)
+            .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"));
+        if fragment {
+            req = req.header("x-console", "fragment");
+        }
+        send(r, req.body(Body::from(body)).unwrap()).await
+    }
+
+    /// The files of samples/history: (name, bytes), in path order.
+    pub fn history() -> Vec<(String, Vec<u8>)> {
+        super::history_files()
+            .into_iter()
+            .map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read(&p).unwrap())
+            })
+            .collect()
     }
 
     pub fn sample() -> String {
@@ -936,6 +1046,99 @@ async fn books_over_the_body_limit_are_refused() {
     let (_tmp, r) =
         pages::router_with(tierwise::http::Config { body_limit: 64 * 1024, ..Default::default() });
     let a = pages::post(&r, "/ui/book", &[("book", &pages::sample())]).await;
+    assert_eq!(a.status, 413);
+}
+
+/// A router whose body limit takes the whole sample history (9.2 MB; the default is 8 MiB).
+fn history_router() -> (tempfile::TempDir, axum::Router) {
+    pages::router_with(tierwise::http::Config {
+        body_limit: 16 * 1024 * 1024,
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn the_sample_history_is_backtested_on_the_page() {
+    let (_tmp, r) = history_router();
+    let history = pages::history();
+    let files: Vec<(&str, &[u8])> =
+        history.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    // The whole page, as a browser without the script gets it.
+    let a = pages::post_files(
+        &r,
+        "/ui/backtest",
+        &[("policy", "enterprise"), ("flip_window", "3"), ("level", "portfolio")],
+        &files,
+        false,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    insta::assert_snapshot!("console_page_backtest_result", pages::outline(&a.body));
+    let headline = pages::text(pages::fragment(&a.body, "<p class=\"headline\""));
+    let summary = pages::text(pages::fragment(&a.body, "<ul class=\"summary\""));
+    // The same replay as `tierwise backtest --history samples/history` (docs/backtest.md).
+    assert!(headline.contains("12 periods, 2025-12-01 … 2026-11-01 (335 days)"), "{headline}");
+    assert!(summary.contains("tier moves (0 from caps"), "{summary}");
+    assert_eq!(a.body.matches("<tr><th scope=\"row\">20").count(), 12, "a row per period");
+    let md = pages::fragment(&a.body, "<textarea id=\"markdown\"");
+    assert!(md.contains("### Backtest: `enterprise`"), "{md}");
+
+    // A candidate from the What-if fields: the margin and the tenure rule off.
+    let b = pages::post_files(
+        &r,
+        "/ui/backtest",
+        &[
+            ("policy", "enterprise"),
+            ("o:movement.min_tenure_days", "0"),
+            ("o:movement.demote_margin", "0"),
+        ],
+        &files,
+        true,
+    )
+    .await;
+    assert_eq!(b.status, 200, "{}", b.body);
+    assert!(b.body.starts_with("<div class=\"result\" data-kind=\"backtest\""), "a fragment");
+    let headline = pages::text(pages::fragment(&b.body, "<p class=\"headline\""));
+    insta::assert_snapshot!("console_backtest_candidate_headline", pages::redact(&headline));
+    assert!(b.body.contains("data-candidate=\"true\""));
+    for id in ["base-tiers", "cand-tiers", "base-moves", "cand-moves"] {
+        assert!(b.body.contains(&format!("<svg id=\"{id}\"")), "no chart {id}");
+    }
+    assert!(b.body.contains("<table class=\"periods\" id=\"difference\">"));
+
+    // One file, hostile file name: shown as text.
+    let c = pages::post_files(
+        &r,
+        "/ui/backtest",
+        &[],
+        &[("<img src=x onerror=alert(1)>.csv", files[10].1)],
+        true,
+    )
+    .await;
+    assert_eq!(c.status, 200, "{}", c.body);
+    assert!(!c.body.contains("<img"), "{}", c.body);
+    assert!(c.body.contains("&lt;img src=x onerror=alert(1)&gt;.csv"));
+    // No file, a bad flip window, a file that is not a history: said in words.
+    let none = pages::post_files(&r, "/ui/backtest", &[], &[], true).await;
+    assert_eq!(none.status, 422);
+    assert!(none.body.contains("no history"), "{}", none.body);
+    let w = pages::post_files(&r, "/ui/backtest", &[("flip_window", "1")], &files[..1], true).await;
+    assert_eq!(w.status, 422);
+    assert!(w.body.contains("at least 2"), "{}", w.body);
+    let bad =
+        pages::post_files(&r, "/ui/backtest", &[], &[("x.json", &b"[{\"id\": 1"[..])], true).await;
+    assert_eq!(bad.status, 422);
+    assert!(pages::text(&bad.body).contains("`x.json`:"), "{}", bad.body);
+}
+
+#[tokio::test]
+async fn a_history_over_the_body_limit_is_refused() {
+    let (_tmp, r) =
+        pages::router_with(tierwise::http::Config { body_limit: 64 * 1024, ..Default::default() });
+    let history = pages::history();
+    let a =
+        pages::post_files(&r, "/ui/backtest", &[], &[("a.jsonl", history[0].1.as_slice())], true)
+            .await;
     assert_eq!(a.status, 413);
 }
 

@@ -339,7 +339,7 @@ fn run(
 
 /// A candidate that runs into the sandbox where the policy does not (an endless loop,
 /// runaway recursion) could never go live: refused, as `/v1/dry-run` refuses it.
-fn refuse_unsafe(base: &Report, cand: &Report) -> Result<(), ApiError> {
+pub(super) fn refuse_unsafe(base: &Report, cand: &Report) -> Result<(), ApiError> {
     let limited = |r: &Report| -> std::collections::BTreeSet<(String, String)> {
         r.periods
             .iter()

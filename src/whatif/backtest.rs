@@ -64,7 +64,7 @@ fn ev(p: &PeriodFigures, kind: &str) -> u64 {
     p.events.get(kind).copied().unwrap_or(0)
 }
 
-fn title(r: &Report) -> String {
+pub fn title(r: &Report) -> String {
     let o = &r.overall;
     let span = match (&o.first_as_of, &o.last_as_of) {
         (Some(a), Some(b)) if a != b => format!("{a} … {b} ({} days)", o.span_days),
@@ -83,7 +83,7 @@ fn title(r: &Report) -> String {
 }
 
 /// The whole replay in sentences (shared by both forms).
-fn overall_lines(o: &Overall, window: u32) -> Vec<String> {
+pub fn overall_lines(o: &Overall, window: u32) -> Vec<String> {
     vec![
         format!(
             "{} tier moves ({} from caps, {} from scores): {} per account per year; {} of accounts ever moved",
@@ -112,7 +112,7 @@ fn tier_ids(r: &Report) -> Vec<String> {
     r.periods.first().map(|p| p.tiers.keys().cloned().collect()).unwrap_or_default()
 }
 
-fn path(f: &FlipFlopper) -> String {
+pub fn path(f: &FlipFlopper) -> String {
     let mut out: Vec<&str> = Vec::new();
     for t in f.tiers.iter().flatten() {
         out.push(t);

@@ -54,7 +54,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/ui/account", get(account_page).post(account_post))
         .route("/ui/whatif", get(whatif_page).post(whatif_post))
         .route("/ui/whatif/policy.toml", axum::routing::post(whatif_download))
-        .route("/ui/backtest", get(backtest_page))
+        .route("/ui/backtest", get(backtest_page).post(backtest_post))
         .route("/ui/assets/console.css", get(|| async { asset(CSS, "text/css; charset=utf-8") }))
         .route(
             "/ui/assets/console.js",
@@ -544,7 +544,207 @@ async fn whatif_download(
 // ---------------------------------------------------------------------------------------------
 // Backtest
 
-async fn backtest_page(State(app): State<AppState>) -> Response {
-    let reg = app.service.registry();
-    html(StatusCode::OK, pages::backtest_page(&reg))
+async fn backtest_page(State(app): State<AppState>, Query(q): Query<PageQuery>) -> Response {
+    match lookup(&app, q.policy.as_deref()) {
+        Ok(loaded) => {
+            let reg = app.service.registry();
+            html(StatusCode::OK, pages::backtest_page(&reg, &loaded, app.config.body_limit, None))
+        }
+        Err(e) => error_page("Backtest", pages::Nav::Backtest, &e, false),
+    }
+}
+
+/// One uploaded history file: its name (for messages) and its text.
+struct Upload {
+    name: String,
+    text: String,
+}
+
+/// The backtest form as posted (`multipart/form-data`, so the files go as they are, not
+/// percent-encoded): its text fields in order, and every file of `history`.
+async fn read_multipart(mut m: axum::extract::Multipart) -> Result<(Pairs, Vec<Upload>), ApiError> {
+    let mut pairs = Pairs::new();
+    let mut files = Vec::new();
+    let problem = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the history is larger than the server's body limit (TIERWISE_BODY_LIMIT): upload fewer periods, or ask the operator to raise it",
+            );
+        }
+        ApiError::new(
+            e.status(),
+            "invalid_request",
+            format!("the form cannot be read: {}", e.body_text()),
+        )
+    };
+    while let Some(f) = m.next_field().await.map_err(problem)? {
+        let name = f.name().unwrap_or("").to_string();
+        let file = f.file_name().map(str::to_string);
+        let bytes = f.bytes().await.map_err(problem)?;
+        match file {
+            // A file input with nothing chosen still sends one empty part.
+            Some(file) if name == "history" => {
+                if file.is_empty() && bytes.is_empty() {
+                    continue;
+                }
+                let text = String::from_utf8(bytes.to_vec()).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_request",
+                        format!(
+                            "`{file}` is not UTF-8 text (byte {}): export it as UTF-8 CSV or JSON",
+                            e.utf8_error().valid_up_to()
+                        ),
+                    )
+                })?;
+                files.push(Upload { name: file, text });
+            }
+            Some(_) => {}
+            None => pairs.push((name, String::from_utf8_lossy(&bytes).into_owned())),
+        }
+    }
+    Ok((pairs, files))
+}
+
+/// Reads, groups and replays a history, as `POST /v1/backtest` does; with the form's
+/// overrides, the candidate too (built, checked and refused like a dry run's).
+fn run_backtest(
+    app: &AppState,
+    loaded: &Loaded,
+    form: &Pairs,
+    files: &[Upload],
+    until: Option<std::time::Instant>,
+) -> Result<Markup, CandidateProblem> {
+    use crate::engine::backtest::{self, BacktestResult, Level, Options};
+    use crate::whatif::backtest as render;
+    const TOP: usize = 20;
+    if files.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "no history: choose one or more files (CSV, JSON lines or JSON), each holding one or more `as_of` dates",
+        )
+        .into());
+    }
+    let flip_window = match nonempty(field(form, "flip_window")) {
+        None => backtest::DEFAULT_FLIP_WINDOW,
+        Some(v) => v.parse::<u32>().ok().filter(|w| *w >= 2).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("the flip window must be a whole number of periods, at least 2 (a return needs a period away); got `{v}`"),
+            )
+        })?,
+    };
+    let level = match field(form, "level") {
+        Some("account") => Level::Account,
+        _ => Level::Portfolio,
+    };
+    // The candidate: the form's overrides on the baseline's files, through the one builder.
+    let c = candidate_files(loaded, form)?;
+    let candidate = if c.overrides.is_empty() {
+        None
+    } else {
+        let limits = crate::script::Limits { until, ..app.service.limits().clone() };
+        let text = c
+            .files
+            .get("policy.toml")
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default();
+        let cand = candidate::build(&loaded.policy.name, c.files, true, None, &limits).map_err(
+            |e| match e {
+                candidate::CandidateError::Overrides(errs) => CandidateProblem::Overrides(errs),
+                candidate::CandidateError::Invalid { report, .. } => {
+                    CandidateProblem::Invalid { report, text }
+                }
+            },
+        )?;
+        Some(cand.policy)
+    };
+    // Every file read as the Book page reads its upload (the form's overrides change no
+    // input, so the baseline's inputs type the CSV columns for both), the history capped
+    // as a whole.
+    let cap = app.service.limits().max_accounts;
+    let mut records = Vec::new();
+    for f in files {
+        let these = read_book(app, &f.text, &loaded.policy).map_err(|e| {
+            ApiError::new(e.status, e.body.code, format!("`{}`: {}", f.name, e.body.message))
+        })?;
+        records.extend(these);
+        if records.len() > cap {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_accounts",
+                format!("the history carries more than {cap} snapshots (the limit is TIERWISE_MAX_ACCOUNTS); replay fewer periods or accounts"),
+            )
+            .into());
+        }
+    }
+    let opts = Options { level, flip_window };
+    let (periods, unplaced) = backtest::group(records);
+    let result = match &candidate {
+        None => BacktestResult::Report(backtest::replay(&loaded.policy, periods, unplaced, opts)),
+        Some(cand) => {
+            let base = backtest::replay(&loaded.policy, periods.clone(), unplaced.clone(), opts);
+            let after = backtest::replay(cand, periods, unplaced, opts);
+            super::backtest::refuse_unsafe(&base, &after)?;
+            BacktestResult::Comparison(backtest::compare(base, after))
+        }
+    };
+    let overrides: Vec<String> = c.overrides.iter().map(ToString::to_string).collect();
+    let markdown = match &result {
+        BacktestResult::Report(r) => render::markdown(r, TOP),
+        BacktestResult::Comparison(cmp) => {
+            let ctx = render::Context { overrides: overrides.clone(), candidate_dir: None };
+            render::comparison_markdown(cmp, &ctx, TOP)
+        }
+    };
+    let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    Ok(pages::backtest_result(loaded, &result, &overrides, &names, &markdown))
+}
+
+async fn backtest_post(
+    State(app): State<AppState>,
+    deadline: Deadline,
+    headers: HeaderMap,
+    form: Result<axum::extract::Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Response {
+    let fragment = wants_fragment(&headers);
+    let read = match form {
+        Ok(m) => read_multipart(m).await,
+        Err(e) => Err(ApiError::new(
+            e.status(),
+            "invalid_request",
+            format!(
+                "the backtest form is sent as multipart/form-data (it carries files): {}",
+                e.body_text()
+            ),
+        )),
+    };
+    let (form, files) = match read {
+        Ok(x) => x,
+        Err(e) => return error_page("Backtest", pages::Nav::Backtest, &e, fragment),
+    };
+    let loaded = match lookup(&app, field(&form, "policy")) {
+        Ok(l) => l,
+        Err(e) => return error_page("Backtest", pages::Nav::Backtest, &e, fragment),
+    };
+    let l2 = loaded.clone();
+    let done = offload(&app, deadline, move |app| {
+        match run_backtest(app, &l2, &form, &files, Some(deadline.0)) {
+            Ok(m) => Ok(m),
+            Err(CandidateProblem::Api(e)) => Err(e),
+            Err(CandidateProblem::Overrides(errs)) => Ok(pages::override_problems(&errs)),
+            Err(CandidateProblem::Invalid { report, text }) => {
+                Ok(pages::diagnostics(&report, &text))
+            }
+        }
+    })
+    .await;
+    let limit = app.config.body_limit;
+    answer(&app, done, fragment, ("Backtest", pages::Nav::Backtest), |reg, m| {
+        pages::backtest_page(reg, &loaded, limit, Some(m))
+    })
 }

@@ -901,16 +901,264 @@ pub fn whatif_result(loaded: &Loaded, c: &Compared) -> Markup {
 // ---------------------------------------------------------------------------------------------
 // Backtest
 
-pub fn backtest_page(_reg: &Registry) -> Markup {
+/// The What-if fields of `p`, grouped, for a form (`prefix` keeps the ids of two forms apart).
+fn override_fieldsets(p: &Policy, prefix: &str) -> Markup {
+    let all = fields::fields(p);
+    let mut groups: Vec<(&str, Vec<&fields::Field>)> = Vec::new();
+    for f in &all {
+        match groups.iter_mut().find(|(g, _)| *g == f.group) {
+            Some((_, v)) => v.push(f),
+            None => groups.push((f.group, vec![f])),
+        }
+    }
+    html! {
+        @for (g, fs) in &groups {
+            fieldset {
+                legend { (g) }
+                @for (i, f) in fs.iter().enumerate() {
+                    @let id = format!("{prefix}-{}-{i}", g.replace(' ', "-").to_ascii_lowercase());
+                    div class="field" {
+                        label for=(id) { (f.label) }
+                        input type="number" id=(id) name=(f.name) value=(f.value) data-default=(f.value)
+                            step=(if f.integer { "1" } else { "any" }) inputmode="decimal";
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn mib(bytes: usize) -> String {
+    format!("{} MiB", Num(bytes as f64 / (1024.0 * 1024.0)))
+}
+
+pub fn backtest_page(
+    reg: &Registry,
+    loaded: &Loaded,
+    body_limit: usize,
+    result: Option<Markup>,
+) -> Markup {
+    let p = &loaded.policy;
     let body = html! {
         h1 { "Backtest" }
         p class="lead" {
-            "A policy replayed over a book's history: tier counts and moves per period, "
-            "flip-flops, alerts per month."
+            "Replay a policy over a book's history, as if it had been live since the first "
+            "snapshot: tier counts and moves per period, moves from caps against moves from "
+            "scores, accounts that flip-flop between tiers, managers over capacity. Optionally "
+            "against a candidate with changed values. Nothing goes live, nothing is stored."
         }
-        div class="problem" role="status" {
-            p { "The backtest engine is not part of this build yet; this page shows its charts once it is." }
+        form class="panel inline" method="get" action="backtest" {
+            (policy_select(reg, Some(&p.name)))
+            button type="submit" { "Use this policy" }
         }
+        form id="backtest-form" class="panel" method="post" action="backtest" enctype="multipart/form-data" data-fetch="result" data-max-bytes=(body_limit) {
+            input type="hidden" name="policy" value=(p.name);
+            div class="field" {
+                label for="history-files" { "History files (CSV, JSON lines or JSON; choose several at once)" }
+                input type="file" id="history-files" name="history" multiple accept=".csv,.jsonl,.ndjson,.json,text/csv,application/json";
+            }
+            p class="hint" {
+                "Each distinct " code { "as_of" } " date is one period; a file may hold one or "
+                "several, and files may mix formats (the twelve monthly files of "
+                code { "samples/history/" } " are an example). At most " (mib(body_limit))
+                " in all: the service's body limit (" code { "TIERWISE_BODY_LIMIT" } ")."
+            }
+            div class="buttons" {
+                div class="field" {
+                    label for="flip-window" { "Flip window (periods)" }
+                    input type="number" id="flip-window" name="flip_window" value="3" min="2" step="1" inputmode="numeric";
+                }
+                div class="field" {
+                    label for="level" { "Decided" }
+                    select id="level" name="level" {
+                        option value="portfolio" selected { "as a book (caps and capacity)" }
+                        option value="account" { "account by account" }
+                    }
+                }
+            }
+            details {
+                summary { "Compare a candidate (optional): change values of " (p.name) }
+                p class="hint" { "Leave these as they are to replay " (p.name) " alone. A changed value replays a candidate beside it, as the What-if page builds one." }
+                div class="knobs" { (override_fieldsets(p, "b")) }
+            }
+            div class="buttons" {
+                button type="submit" { "Run the backtest" }
+            }
+        }
+        section id="result" aria-live="polite" aria-label="Result" { @if let Some(r) = result { (r) } }
     };
     layout("Backtest", Nav::Backtest, body)
+}
+
+fn signed(d: i64) -> String {
+    if d > 0 { format!("+{d}") } else { d.to_string() }
+}
+
+fn alerts_of(f: &crate::engine::backtest::PeriodFigures, kind: &str) -> u64 {
+    f.events.get(kind).copied().unwrap_or(0)
+}
+
+/// One replay: its charts, the per-period table, flip-floppers, managers over capacity.
+fn report_section(r: &crate::engine::backtest::Report, prefix: &str) -> Markup {
+    let tiers: Vec<String> =
+        r.periods.first().map(|f| f.tiers.keys().cloned().collect()).unwrap_or_default();
+    let counts: Vec<(String, Vec<u64>)> = r
+        .periods
+        .iter()
+        .map(|f| {
+            (f.as_of.clone(), tiers.iter().map(|t| f.tiers.get(t).copied().unwrap_or(0)).collect())
+        })
+        .collect();
+    let causes = vec!["from caps".to_string(), "from scores".to_string()];
+    let moves: Vec<(String, Vec<u64>)> = r
+        .periods
+        .iter()
+        .map(|f| (f.as_of.clone(), vec![f.moves.from_caps, f.moves.from_scores]))
+        .collect();
+    let o = &r.overall;
+    let mut over: Vec<&crate::engine::backtest::ManagerFigures> =
+        o.managers.iter().filter(|m| m.periods_over > 0).collect();
+    over.sort_by(|a, b| b.periods_over.cmp(&a.periods_over).then(a.manager.cmp(&b.manager)));
+    let rejected: usize =
+        r.periods.iter().map(|f| f.rejected.len()).sum::<usize>() + r.unplaced.len();
+    let mut cols: Vec<&str> = vec!["as_of", "Accounts", "Errors"];
+    cols.extend(tiers.iter().map(String::as_str));
+    cols.extend([
+        "Promoted",
+        "Demoted",
+        "Held",
+        "Moves from caps",
+        "Moves from scores",
+        "Flip-flops",
+        "Alerts raised",
+        "Alerts cleared",
+        "Managers over",
+    ]);
+    html! {
+        div class="charts" {
+            figure {
+                (svg::periods(&format!("{prefix}-tiers"), &tiers, &counts))
+                figcaption { "Accounts per tier in each period (stacked, best tier at the bottom); the table below gives the figures." }
+            }
+            figure {
+                (svg::stacked(&format!("{prefix}-moves"), "Tier moves per period, by cause", &causes, &moves))
+                figcaption { "Promotions and demotions per period: from caps (a tier cap, total_max or manager capacity moved the account) or from scores." }
+            }
+        }
+        table class="periods" id=(format!("{prefix}-periods")) {
+            caption { "Per period: tiers after the period, moves by cause, flip-flops (returns within " (r.flip_window) " periods), alert events, managers over capacity." }
+            (head(&cols))
+            tbody { @for f in &r.periods { tr {
+                th scope="row" { (f.as_of) }
+                td class="num" { (f.accounts) } td class="num" { (f.errors) }
+                @for t in &tiers { td class="num" { (f.tiers.get(t).copied().unwrap_or(0)) } }
+                td class="num" { (f.promoted) } td class="num" { (f.demoted) } td class="num" { (f.held) }
+                td class="num" { (f.moves.from_caps) } td class="num" { (f.moves.from_scores) }
+                td class="num" { (f.flip_flops) }
+                td class="num" { (alerts_of(f, "alert.raised")) } td class="num" { (alerts_of(f, "alert.cleared")) }
+                td class="num" { (f.managers_over) }
+            } } }
+        }
+        h3 { "Flip-flopping accounts" }
+        @if o.flip_floppers.is_empty() { p { "None: no account came back to a tier within " (r.flip_window) " periods of leaving it." } } @else {
+            table class="accounts" {
+                caption { (o.flip_floppers.len()) " account(s), most flip-flops first" @if o.flip_floppers.len() > 100 { "; the first 100 shown (the markdown lists 20, the API all)" } "." }
+                (head(&["Account", "Flip-flops", "Tier, period by period"]))
+                tbody { @for f in o.flip_floppers.iter().take(100) { tr {
+                    th scope="row" { (f.id) } td class="num" { (f.flip_flops) } td { (crate::whatif::backtest::path(f)) }
+                } } }
+            }
+        }
+        h3 { "Managers over capacity" }
+        @if over.is_empty() { p { "None over " code { "capacity.per_manager.max" } " in any period." } } @else {
+            table {
+                caption { (over.len()) " manager(s) over " code { "capacity.per_manager.max" } " in at least one period." }
+                (head(&["Manager", "Periods over", "Peak load", "Peak in"]))
+                tbody { @for m in &over { tr {
+                    th scope="row" { (m.manager) } td class="num" { (m.periods_over) " of " (m.periods) }
+                    td class="num" { (m.peak_load) } td { (m.peak_as_of) }
+                } } }
+            }
+        }
+        @if rejected > 0 {
+            details class="problem" {
+                summary { (rejected) " snapshot(s) answered with an error" }
+                ul {
+                    @for (as_of, x) in r.periods.iter().flat_map(|f| f.rejected.iter().map(move |x| (f.as_of.as_str(), x))).chain(r.unplaced.iter().map(|x| ("no period", x))).take(200) {
+                        li { (as_of) ": " code { (x.id.as_deref().unwrap_or("(no id)")) } " " (x.error.code) ": " (x.error.message) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn backtest_result(
+    loaded: &Loaded,
+    result: &crate::engine::backtest::BacktestResult,
+    overrides: &[String],
+    files: &[&str],
+    markdown: &str,
+) -> Markup {
+    use crate::engine::backtest::BacktestResult;
+    let p = &loaded.policy;
+    let (base, cand) = match result {
+        BacktestResult::Report(r) => (r, None),
+        BacktestResult::Comparison(c) => (&c.baseline, Some(c)),
+    };
+    let o = &base.overall;
+    let words =
+        |r: &crate::engine::backtest::Report| crate::whatif::backtest::title(r).replace('`', "");
+    html! {
+        div class="result" data-kind="backtest" data-periods=(o.periods) data-moves=(o.moves) data-flip-flops=(o.flip_flops) data-candidate=(cand.is_some()) {
+            h2 { "The history under " (p.name) " " span class="muted" { "(" code { (short(&p.hash)) } ")" } }
+            @if let Some(c) = cand {
+                p class="headline" { (c.difference.headline) "." }
+                p { "Candidate " code { (short(&c.candidate.policy.hash)) } ":" @for o in overrides { " " code { (o) } } }
+            } @else {
+                p class="headline" { (words(base)) "." }
+            }
+            ul class="summary" { @for l in crate::whatif::backtest::overall_lines(o, base.flip_window) { li { (l) } } }
+            p class="hint" { "From " (files.len()) " file(s): " (files.join(", ")) "." }
+            div class="buttons" {
+                button type="button" data-copy="markdown" { "Copy as markdown" }
+                span class="copied" aria-live="polite" {}
+            }
+            details {
+                summary { "The markdown, for a pull request" }
+                div class="field" {
+                    label for="markdown" { "Markdown for a pull request" }
+                    textarea id="markdown" readonly rows="10" class="code" { (markdown) }
+                }
+            }
+            @if let Some(c) = cand {
+                @let d = &c.difference;
+                @let tiers: Vec<&String> = d.periods.first().map(|f| f.tiers.keys().collect()).unwrap_or_default();
+                table class="periods" id="difference" {
+                    caption { "Candidate minus " (p.name) ", per period." }
+                    thead { tr {
+                        th scope="col" { "as_of" }
+                        @for t in &tiers { th scope="col" { (t) } }
+                        th scope="col" { "Moves from caps" } th scope="col" { "Moves from scores" } th scope="col" { "Flip-flops" } th scope="col" { "Alerts raised" } th scope="col" { "Managers over" }
+                    } }
+                    tbody { @for f in &d.periods { tr {
+                        th scope="row" { (f.as_of) }
+                        @for t in &tiers { td class="num" { (signed(f.tiers.get(*t).copied().unwrap_or(0))) } }
+                        td class="num" { (signed(f.moves_from_caps)) } td class="num" { (signed(f.moves_from_scores)) }
+                        td class="num" { (signed(f.flip_flops)) }
+                        td class="num" { (signed(f.events.get("alert.raised").copied().unwrap_or(0))) }
+                        td class="num" { (signed(f.managers_over)) }
+                    } } }
+                }
+                h3 { "Under " (p.name) }
+                (report_section(base, "base"))
+                h3 { "Under the candidate" }
+                p class="headline" { (words(&c.candidate)) "." }
+                ul class="summary" { @for l in crate::whatif::backtest::overall_lines(&c.candidate.overall, c.candidate.flip_window) { li { (l) } } }
+                (report_section(&c.candidate, "cand"))
+            } @else {
+                (report_section(base, "chart"))
+            }
+        }
+    }
 }

@@ -279,10 +279,14 @@ pub fn tiers_before_after(id: &str, rows: &[(String, u64, u64)]) -> Markup {
 }
 
 /// Tier counts per period (stacked columns), for a backtest.
-#[allow(dead_code)] // drawn by the Backtest page once the engine replays history
 pub fn periods(id: &str, tiers: &[String], periods: &[(String, Vec<u64>)]) -> Markup {
+    stacked(id, "Accounts per tier in each period", tiers, periods)
+}
+
+/// Stacked columns, one per period, one segment per series (`series[0]` at the bottom).
+pub fn stacked(id: &str, title: &str, series: &[String], periods: &[(String, Vec<u64>)]) -> Markup {
     let n = periods.len().max(1) as u32;
-    let col = (760 / n).clamp(16, 80);
+    let col = (640 / n).clamp(16, 80);
     let (left, top, plot) = (50u32, 30u32, 220u32);
     let width = left + col * n + 140;
     let height = top + plot + 70;
@@ -290,18 +294,24 @@ pub fn periods(id: &str, tiers: &[String], periods: &[(String, Vec<u64>)]) -> Ma
     let desc = periods
         .iter()
         .map(|(p, c)| {
-            let parts =
-                tiers.iter().zip(c).map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", ");
+            let parts = series
+                .iter()
+                .zip(c)
+                .map(|(t, n)| format!("{t} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
             format!("{p}: {parts}")
         })
         .collect::<Vec<_>>()
         .join("; ");
     html! {
-        (frame(id, width, height, "Accounts per tier in each period", &desc, html! {
-            @for (j, t) in tiers.iter().enumerate() {
+        (frame(id, width, height, title, &desc, html! {
+            @for (j, t) in series.iter().enumerate() {
                 rect x=(left + col * n + 16) y=(top + 18 * j as u32) width="12" height="12" fill=(tier_colour(j)) {}
                 text x=(left + col * n + 32) y=(top + 18 * j as u32 + 10) { (t) }
             }
+            text x=(left - 6) y=(top + 4) text-anchor="end" font-size="10" { (peak as u64) }
+            text x=(left - 6) y=(top + plot) text-anchor="end" font-size="10" { "0" }
             line x1=(left) x2=(left + col * n) y1=(top + plot) y2=(top + plot) stroke="#555" {}
             @for (i, (p, c)) in periods.iter().enumerate() {
                 @let x = left + col * i as u32;
@@ -310,7 +320,7 @@ pub fn periods(id: &str, tiers: &[String], periods: &[(String, Vec<u64>)]) -> Ma
                     @let y0 = top as f64 + plot as f64 * (1.0 - (below[j] + v) as f64 / peak);
                     @let h = plot as f64 * *v as f64 / peak;
                     rect x=(x + 2) y=(Num(y0)) width=(col.saturating_sub(4)) height=(Num(h)) fill=(tier_colour(j)) {
-                        title { (p) " " (tiers.get(j).map_or("", String::as_str)) ": " (v) }
+                        title { (p) " " (series.get(j).map_or("", String::as_str)) ": " (v) }
                     }
                 }
                 text transform={"translate(" (x + col / 2 - 4) "," (top + plot + 10) ") rotate(45)"} font-size="10" { (p) }

@@ -3,6 +3,7 @@
 // - reads a chosen file into the book text area
 // - posts forms marked data-fetch and swaps in the result section (the server sends only it)
 // - re-renders the what-if diff as its fields change (data-live)
+// - sends the backtest's history files as multipart (after checking them against the body limit)
 // - filters the book table; copies the markdown
 "use strict";
 (function () {
@@ -31,7 +32,27 @@
     var started = performance.now();
     var mine = ++seq;
     target.setAttribute("aria-busy", "true");
-    var body = new URLSearchParams(new FormData(form, submitter || null));
+    var data = new FormData(form, submitter || null);
+    // A form with files (the backtest's history) goes as multipart, the files as they are.
+    var multipart = form.getAttribute("enctype") === "multipart/form-data";
+    var limit = Number(form.getAttribute("data-max-bytes") || 0);
+    if (multipart && limit > 0) {
+      var size = 0;
+      data.forEach(function (v) { size += (typeof v === "string") ? v.length : v.size; });
+      if (size > limit) {
+        // Said here rather than sent for the server's 413: the same limit, in words.
+        target.removeAttribute("aria-busy");
+        target.innerHTML = "";
+        var p = document.createElement("p");
+        p.className = "problem";
+        p.setAttribute("role", "alert");
+        p.textContent = "These files hold " + (size / 1048576).toFixed(1) + " MiB, more than the " +
+          (limit / 1048576).toFixed(1) + " MiB the service takes in one request (TIERWISE_BODY_LIMIT): choose fewer periods.";
+        target.appendChild(p);
+        return;
+      }
+    }
+    var body = multipart ? data : new URLSearchParams(data);
     fetch(form.getAttribute("action"), {
       method: "POST",
       body: body,
