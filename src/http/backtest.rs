@@ -10,7 +10,7 @@
 //! dry runs and backtests at once. Nothing shared is touched: no cache, no state, no events,
 //! no decision log lines per account.
 
-use super::dryrun::{CandidateFolder, bad_request, candidate_of, pool};
+use super::dryrun::{CandidateFolder, MAX_TOP, bad_request, candidate_of, pool};
 use super::handlers::{account_list, lookup_error, parse_capped, read_accounts};
 use super::{ApiError, AppState, JsonBody};
 use crate::engine::backtest::{self, BacktestResult, Level, Options, Report};
@@ -32,6 +32,7 @@ const DEFAULT_TOP: usize = 10;
 /// `POST /v1/backtest` body: `periods` or `accounts`, not both.
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = one_history)]
 pub struct BacktestRequest<'a> {
     /// The served policy to replay; absent: the default policy.
     #[serde(default)]
@@ -60,6 +61,7 @@ pub struct BacktestRequest<'a> {
     pub format: Option<BacktestFormat>,
     /// How many accounts and managers the markdown and table forms list (default 10).
     #[serde(default)]
+    #[schemars(range(max = MAX_TOP))]
     pub top: Option<u32>,
     /// The history by period: each period's snapshots.
     #[serde(default, borrow)]
@@ -68,6 +70,18 @@ pub struct BacktestRequest<'a> {
     #[serde(default, borrow)]
     #[schemars(with = "Option<Vec<super::handlers::AccountItem>>")]
     pub accounts: Option<Accounts<'a>>,
+}
+
+/// The schema says what [`run`] checks first: exactly one of `periods` and `accounts` (not
+/// `null`), so a fuzzer's `{}` is schema-invalid as the server says it is.
+fn one_history(s: &mut schemars::Schema) {
+    s.insert(
+        "oneOf".into(),
+        serde_json::json!([
+            { "required": ["periods"], "properties": { "periods": { "type": "array" } } },
+            { "required": ["accounts"], "properties": { "accounts": { "type": "array" } } }
+        ]),
+    );
 }
 
 /// One period sent inline.
@@ -209,6 +223,9 @@ fn run(
         }
         (a, b) => a.or(b).unwrap_or(BacktestFormat::Json),
     };
+    if let Some(t) = [q_top, req.top].into_iter().flatten().find(|t| *t > MAX_TOP) {
+        return Err(bad_request(format!("`top` is at most {MAX_TOP}, got {t}")));
+    }
     let top = q_top.or(req.top).map_or(DEFAULT_TOP, |t| t as usize);
     let flip_window = req.flip_window.unwrap_or(backtest::DEFAULT_FLIP_WINDOW);
     if flip_window < 2 {
