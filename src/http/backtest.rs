@@ -11,8 +11,8 @@
 //! no decision log lines per account.
 
 use super::dryrun::{
-    CandidateFolder, bad_request, candidate_of, dry_run_answer, on_dry_run_pool, one_format,
-    query_options, text_type,
+    CandidateFolder, MAX_TOP, bad_request, candidate_of, dry_run_answer, on_dry_run_pool,
+    one_format, query_options, text_type,
 };
 use super::handlers::{account_list, lookup_error, parse_capped, read_accounts};
 use super::{ApiError, AppState, JsonBody};
@@ -35,6 +35,7 @@ const DEFAULT_TOP: usize = 10;
 /// `POST /v1/backtest` body: `periods` or `accounts`, not both.
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = one_history)]
 pub struct BacktestRequest<'a> {
     /// The served policy to replay; absent: the default policy.
     #[serde(default)]
@@ -63,6 +64,7 @@ pub struct BacktestRequest<'a> {
     pub format: Option<BacktestFormat>,
     /// How many accounts and managers the markdown and table forms list (default 10).
     #[serde(default)]
+    #[schemars(range(max = MAX_TOP))]
     pub top: Option<u32>,
     /// The history by period: each period's snapshots.
     #[serde(default, borrow)]
@@ -71,6 +73,18 @@ pub struct BacktestRequest<'a> {
     #[serde(default, borrow)]
     #[schemars(with = "Option<Vec<super::handlers::AccountItem>>")]
     pub accounts: Option<Accounts<'a>>,
+}
+
+/// The schema says what [`run`] checks first: exactly one of `periods` and `accounts` (not
+/// `null`), so a fuzzer's `{}` is schema-invalid as the server says it is.
+fn one_history(s: &mut schemars::Schema) {
+    s.insert(
+        "oneOf".into(),
+        serde_json::json!([
+            { "required": ["periods"], "properties": { "periods": { "type": "array" } } },
+            { "required": ["accounts"], "properties": { "accounts": { "type": "array" } } }
+        ]),
+    );
 }
 
 /// One period sent inline.
@@ -174,6 +188,10 @@ fn run(
     let cap = app.service.limits().max_accounts;
     let req: BacktestRequest<'_> = parse_capped(body, cap)?;
     let format = one_format(q_format, req.format, BacktestFormat::Json)?;
+    // Each is checked, whichever is used: the query's wins, the body's must still be valid.
+    if let Some(t) = [q_top, req.top].into_iter().flatten().find(|t| *t > MAX_TOP) {
+        return Err(bad_request(format!("`top` is at most {MAX_TOP}, got {t}")));
+    }
     let top = q_top.or(req.top).map_or(DEFAULT_TOP, |t| t as usize);
     let flip_window = req.flip_window.unwrap_or(backtest::DEFAULT_FLIP_WINDOW);
     if flip_window < 2 {

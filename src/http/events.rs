@@ -7,6 +7,7 @@ use super::{ApiError, AppState};
 use crate::engine::transition::{EventType, Level};
 use crate::events::{Filter, Hub};
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -59,6 +60,12 @@ fn bad_query(message: String) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_query", message)
 }
 
+/// axum's own rejection is a `text/plain` body; every error here is the JSON shape (an
+/// unknown query parameter is the usual one).
+fn query_of<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q).map_err(|e| bad_query(e.body_text()))
+}
+
 fn filter_of(q: &EventsQuery) -> Result<Filter, ApiError> {
     let mut f = Filter::default();
     if let Some(t) = &q.kind {
@@ -86,8 +93,9 @@ fn filter_of(q: &EventsQuery) -> Result<Filter, ApiError> {
 
 pub async fn list(
     State(app): State<AppState>,
-    Query(q): Query<EventsQuery>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let q = query_of(q)?;
     let hub = hub(&app)?;
     let filter = filter_of(&q)?;
     let after = match q.after.as_deref() {
@@ -170,8 +178,9 @@ pub struct History {
 pub async fn history(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<HistoryQuery>,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let q = query_of(q)?;
     let hub = hub(&app)?;
     let loaded = app.service.policy(q.policy.as_deref()).map_err(lookup_error)?;
     let level = match q.level.as_deref() {

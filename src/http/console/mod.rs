@@ -697,7 +697,7 @@ fn run_backtest(
     let markdown = match &result {
         BacktestResult::Report(r) => render::markdown(r, TOP),
         BacktestResult::Comparison(cmp) => {
-            let ctx = render::Context { overrides: overrides.clone(), candidate_dir: None };
+            let ctx = render::Context { overrides: overrides.clone(), ..Default::default() };
             render::comparison_markdown(cmp, &ctx, TOP)
         }
     };
