@@ -1,4 +1,4 @@
-//! Engine vs hand-written Rust on `policies/enterprise` (PERF-NOTES.md, "Reproducing").
+//! Engine vs hand-written Rust on `policies/enterprise` (README "Performance").
 //!
 //! ```text
 //! cargo bench --bench engine -- --warm-up-time 1 --measurement-time 5

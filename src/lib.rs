@@ -1,6 +1,6 @@
 //! tierwise: a rules engine for key-account management.
 //!
-//! Crate map, top to bottom (arrows point down, DESIGN.md "Layers"):
+//! Crate map, top to bottom (arrows point down; docs/architecture.md):
 //! - [`policy`]: a policy folder (TOML + rhai) → a validated, compiled [`policy::Policy`];
 //!   every problem reported at once with file:line:column.
 //! - [`script`]: the one hardened rhai engine (limits, deadline, sandboxed imports).

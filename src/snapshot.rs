@@ -587,7 +587,7 @@ pub fn validate(policy: &Policy, s: &Snapshot) -> Result<Account, AccountError> 
             }
         };
         if let Some(why) =
-            crate::policy::compile::check_scalar(&scalar, inp.min, inp.max, inp.one_of.as_deref())
+            crate::policy::check_scalar(&scalar, inp.min, inp.max, inp.one_of.as_deref())
         {
             let code = if why.contains("is not one of") { "not_one_of" } else { "out_of_range" };
             return Err(err(code, format!("`{}`: {why}", inp.name)));

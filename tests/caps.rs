@@ -1,4 +1,4 @@
-//! Caps, `total_max` and manager capacity never break a protection (DESIGN.md "Caps", settled
+//! Caps, `total_max` and manager capacity never break a protection (docs/caps.md; settled
 //! details): properties over generated books of hundreds of accounts, snapshots of a book that
 //! ends over its cap and of the two `cap_priority` orders, and the what-if attribution of moves
 //! to scores or to seats.

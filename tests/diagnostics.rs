@@ -1,5 +1,5 @@
 //! A bad policy never goes live, and the report says exactly what is wrong: every problem
-//! at once, each with file:line:column and the rule's id (DESIGN.md, principle 2).
+//! at once, each with file:line:column and the rule's id (the contract's second principle).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -158,7 +158,7 @@ fn imports_outside_scripts_are_refused_at_load() {
     }
 }
 
-/// DESIGN.md principle 2: a failed load says the file, line and column. rhai resolves the
+/// The contract: a failed load says the file, line and column. rhai resolves the
 /// imports of `compile_into_self_contained` with `Position::NONE`, and the engine does not
 /// find the `import` statement again, so the place is `scripts/evil.rhai:0:0`.
 #[test]

@@ -1,4 +1,4 @@
-//! DESIGN.md "Semantics" and "Settled details", one focused case each, on tiny inline
+//! The policy semantics (docs/policy-reference.md, docs/caps.md), one focused case each, on tiny inline
 //! policies whose score is an input (`expr = "x"`) so every number can be checked by hand.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -1051,7 +1051,7 @@ fn the_same_input_gives_the_same_bytes_and_order_changes_no_decision() {
     }
 }
 
-/// DESIGN.md principle 3 and "Determinism": the same bytes "whatever the order of the
+/// Determinism: the same bytes "whatever the order of the
 /// accounts". `summarize` adds revenues in input order, and f64 addition is not associative:
 /// 0.1 + 0.2 + 0.3 = 0.6000000000000001 but 0.3 + 0.2 + 0.1 = 0.6. So `total_revenue`,
 /// `tiers[].revenue`, `top10_revenue_share` (and `total_revenue`/`tier_revenue()` in

@@ -12,7 +12,7 @@ mod live;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
-use live::{Answer, get, post};
+use live::{Answer, get, metric, post};
 use serde_json::{Value, json};
 use std::process::{Command, Stdio};
 
@@ -192,4 +192,153 @@ fn a_redis_restart_with_aof_loses_no_accepted_event() {
     let next = ids(&evaluate(&s.addr, &snapshot(20)));
     let all = outbox(&s.addr);
     assert_eq!(all.len(), emitted.len() + next.len());
+}
+
+/// A webhook receiver for the failover test: answers every POST after `delay`, and keeps
+/// the event ids in the order they arrived (a batch's in its order).
+struct Receiver {
+    url: String,
+    ids: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Receiver {
+    fn start(delay: std::time::Duration) -> Receiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let ids = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = ids.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(conn.try_clone().unwrap());
+                    let mut conn = conn;
+                    loop {
+                        let mut len = 0usize;
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let l = line.trim_end();
+                            if l.is_empty() {
+                                break;
+                            }
+                            if let Some((k, v)) = l.split_once(':')
+                                && k.eq_ignore_ascii_case("content-length")
+                            {
+                                len = v.trim().parse().unwrap();
+                            }
+                        }
+                        let mut body = vec![0; len];
+                        if r.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(delay);
+                        let v: Value = serde_json::from_slice(&body).unwrap();
+                        let events = v.as_array().cloned().unwrap_or_else(|| vec![v]);
+                        seen.lock()
+                            .unwrap()
+                            .extend(events.iter().map(|e| e["id"].as_str().unwrap().to_string()));
+                        if conn
+                            .write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Receiver { url, ids }
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.ids.lock().unwrap().clone()
+    }
+}
+
+// The child is waited for in `Running::drop`, which clippy cannot see.
+#[allow(clippy::zombie_processes)]
+fn serve_hooked(policies: &std::path::Path, redis: &str, hook: &str) -> common::Running {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tierwise"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-watch", "--decision-log", "off"])
+        .arg("--policies")
+        .arg(policies)
+        .args(["--redis", redis, "--webhook", hook])
+        .args(["--webhook-secret", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])
+        .args(["--webhook-lease-ms", "1500"])
+        .env_remove("TIERWISE_ADMIN_TOKEN")
+        .env_remove("TIERWISE_REDIS_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (addr, stderr) = common::listening(&mut child);
+    common::Running { child, addr, stderr }
+}
+
+/// Two replicas on one Redis share a webhook: one delivers, the other waits; the one
+/// delivering is killed with SIGKILL mid-way, and the other delivers everything it left, in
+/// order, from where it stopped (the POST in flight may come twice, with the same id).
+#[test]
+fn a_replica_killed_while_delivering_leaves_its_events_to_the_other() {
+    use std::time::{Duration, Instant};
+    let redis = redis_server::RedisServer::start();
+    let dir = policies();
+    let hook = Receiver::start(Duration::from_millis(150));
+    let a = serve_hooked(dir.path(), &redis.url(), &hook.url);
+    let b = serve_hooked(dir.path(), &redis.url(), &hook.url);
+    for d in 0..30 {
+        evaluate(&a.addr, &snapshot(d));
+    }
+    let want = outbox(&b.addr);
+    assert!(want.len() >= 20, "{} events", want.len());
+    // Delivery under way: one replica at a time.
+    let t = Instant::now();
+    while hook.ids().len() < 4 {
+        assert!(t.elapsed() < Duration::from_secs(20), "nothing delivered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let delivered = |s: &common::Running| metric(&s.addr, "tierwise_webhook_delivered_total");
+    let (da, db) = loop {
+        let (da, db) = (delivered(&a), delivered(&b));
+        if da + db > 0.0 {
+            break (da, db);
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "no acknowledgement counted");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(da == 0.0 || db == 0.0, "both replicas deliver: {da} and {db}");
+    let (mut leader, other) = if da > 0.0 { (a, b) } else { (b, a) };
+    assert!(hook.ids().len() < want.len(), "delivered everything before the kill");
+    let _ = leader.child.kill(); // SIGKILL
+    let _ = leader.child.wait();
+    let t = Instant::now();
+    loop {
+        let got = hook.ids();
+        let mut unique: Vec<String> = Vec::new();
+        for id in got {
+            if !unique.contains(&id) {
+                unique.push(id);
+            }
+        }
+        if unique.len() == want.len() {
+            assert_eq!(unique, want, "every event, in the outbox's order");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{} of {} delivered after the kill",
+            unique.len(),
+            want.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(delivered(&other) > 0.0, "the other took over");
 }

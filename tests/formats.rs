@@ -1,6 +1,6 @@
 //! Snapshots in: JSON array, JSON lines and CSV carry the same accounts to the same
 //! decisions; a bad snapshot is that account's error with a code and the field at fault, and
-//! never stops the others (DESIGN.md "Snapshot (input)", "Every input account appears ...").
+//! never stops the others (README "[inputs]": every input account appears in the answer).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -341,7 +341,7 @@ fn unreadable_inputs_are_errors_of_the_whole_input() {
     assert_eq!(recs[1].as_ref().err().map(|e| e.record), Some(Some(5)));
 }
 
-/// DESIGN.md: "An id given twice makes every copy an error (`duplicate_id`)". When one copy is
+/// The contract: "An id given twice makes every copy an error (`duplicate_id`)". When one copy is
 /// a record that fails to parse (here `as_of` is a number) its id is still read and shown, but
 /// `duplicates` counts only parsed records, so the other copy is decided: the output holds
 /// two entries for `dup`, an error and a decision.

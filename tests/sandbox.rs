@@ -1,6 +1,6 @@
 //! Hostile scripts and inputs: every sandbox limit turns into that account's error within
 //! milliseconds, the other accounts of the batch are decided, and nothing overflows a stack
-//! (DESIGN.md, principle 5 and "Sandbox defaults").
+//! (README "Scripts": the sandbox and its defaults).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -173,7 +173,7 @@ fn the_limits_hold_on_a_thread_with_a_2_mib_stack() {
     check_hostile_batch(&out);
 }
 
-/// DESIGN.md, sandbox defaults: "maps 1,000 entries". rhai checks the value assigned by
+/// The sandbox defaults (README "Scripts"): "maps 1,000 entries". rhai checks the value assigned by
 /// `m[k] = v`, not the map it lands in, so a map grown that way is bounded by the operation
 /// limit (each insertion costs several operations), not by `max_map_size`: a loop meant to
 /// build a million entries is stopped long before, and the account is that loop's error.
@@ -358,7 +358,7 @@ fn deep_rhai_expressions_are_load_errors() {
     );
 }
 
-/// DESIGN.md: an error output carries "the place". For a runtime error inside a `script`
+/// The contract: an error output carries "the place". For a runtime error inside a `script`
 /// criterion the place should be in the script file (or at least the criterion), but the
 /// script's line/column are added to the criterion's place in `policy.toml`: an error at
 /// `scripts/r.rhai:5:25` is reported at `policy.toml:12:25`, a line that has nothing to do

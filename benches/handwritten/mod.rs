@@ -1,7 +1,7 @@
 //! `policies/enterprise` written out by hand in Rust: the lower bound the engine is measured
 //! against (benches/engine.rs, examples/handwritten.rs, examples/check_handwritten.rs).
 //!
-//! Same semantics as DESIGN.md and the engine, decision for decision: input validation (same
+//! Same semantics as the engine (docs/policy-reference.md), decision for decision: input validation (same
 //! codes and messages, same order), the six criteria (steps, the three `expr` formulas and the
 //! `account_health` script translated), the weighted mean, the qualified tier with strategic's
 //! `when`, movement (margins, tenure, holds, `max_steps`), alerts with the same texts (rhai's

@@ -1,4 +1,4 @@
-//! The decision cache in front of the engine (DESIGN.md "Cache", "Scaling out").
+//! The decision cache in front of the engine (README "Cache"; docs/deploy.md for replicas on one Redis).
 //!
 //! What is cached: the serialized JSON of one account's decision, keyed by the policy that
 //! made it (name and content hash) and the digest of the snapshot it was made from; a whole

@@ -68,6 +68,9 @@ pub struct ServeArgs {
     /// or `normal`.
     #[arg(long, env = "TIERWISE_DRY_RUN_PRIORITY", value_enum, default_value_t = http::DryRunPriority::Idle)]
     dry_run_priority: http::DryRunPriority,
+    /// The console under /ui/: `on` or `off` (then /ui/ answers 404; the API is unchanged).
+    #[arg(long, env = "TIERWISE_CONSOLE", value_parser = ["on", "off"], default_value = "on")]
+    console: String,
     /// Async worker threads [default: one per core].
     #[arg(long, env = "TIERWISE_WORKERS")]
     workers: Option<usize>,
@@ -102,6 +105,11 @@ pub struct EventArgs {
     /// are trimmed, delivered or not.
     #[arg(long, env = "TIERWISE_EVENTS_RETENTION", default_value = "100000,7d", value_parser = tierwise::events::Retention::parse)]
     events_retention: tierwise::events::Retention,
+    /// Replicas on one Redis share the webhooks: each is walked by one replica at a time,
+    /// which renews its lease on it every third of this; a replica that dies leaves its
+    /// webhooks to the others after this long (milliseconds).
+    #[arg(long, env = "TIERWISE_WEBHOOK_LEASE_MS", default_value_t = 15_000)]
+    webhook_lease_ms: u64,
 }
 
 /// The webhooks the flags name (none: an empty list); an error names the flag at fault.
@@ -190,6 +198,7 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
         admin_token: std::env::var("TIERWISE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
         cache_always: args.cache.cache_always,
         dry_run_priority: args.dry_run_priority,
+        console: args.console == "on",
     };
     let cache_config = tierwise::cache::CacheConfig::from(&args.cache);
     let cache = match tierwise::cache::build(&cache_config) {
@@ -228,7 +237,13 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
             }
             _ => Arc::new(MemoryStore::new(retention)),
         };
-        let delivery = (!hooks.is_empty()).then(|| Delivery::start(store.clone(), hooks));
+        let delivery = (!hooks.is_empty()).then(|| {
+            Delivery::start(
+                store.clone(),
+                hooks,
+                Duration::from_millis(args.events.webhook_lease_ms),
+            )
+        });
         eprintln!(
             "tierwise: events on, state in {}, {} webhook(s)",
             if store.durable() {
@@ -251,9 +266,10 @@ async fn serve(args: &ServeArgs, limits: &Limits) -> ExitCode {
     };
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     info!(
-        "listening on http://{} (admin routes {})",
+        "listening on http://{} (admin routes {}; console {})",
         addr.map_or(args.listen.clone(), |a| a.to_string()),
-        if admin { "enabled" } else { "disabled: no TIERWISE_ADMIN_TOKEN" }
+        if admin { "enabled" } else { "disabled: no TIERWISE_ADMIN_TOKEN" },
+        if args.console == "on" { "at /ui/" } else { "off" }
     );
 
     let grace = Duration::from_millis(args.shutdown_grace_ms);

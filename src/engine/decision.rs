@@ -10,14 +10,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use std::sync::Arc;
 
-/// The policy a decision was made under. The hash, not the version, identifies it.
-#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
-pub struct PolicyRef {
-    pub name: String,
-    pub version: String,
-    /// SHA-256 of the policy folder's files, hex.
-    pub hash: String,
-}
+pub use crate::policy::PolicyRef;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]

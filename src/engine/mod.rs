@@ -4,10 +4,11 @@
 //! the same bytes whatever the order of the accounts. [`evaluate`] decides accounts one by one
 //! (score, qualified tier, movement, alerts); [`portfolio::evaluate_portfolio`] adds what needs
 //! the whole book (caps, `total_max`, manager capacity, portfolio alerts). The exact semantics
-//! are DESIGN.md's; the comments here point at the rule each branch implements.
+//! are the policy reference's (docs/policy-reference.md); the comments here point at the rule each branch implements.
 
 pub mod backtest;
 pub mod decision;
+pub mod explain;
 pub mod portfolio;
 pub mod testrun;
 pub mod transition;

@@ -1,6 +1,6 @@
 //! Portfolio level: the whole book at once.
 //!
-//! Order (DESIGN.md, settled details): validate → score → qualified tier → movement (per
+//! Order (docs/policy-reference.md and docs/caps.md): validate → score → qualified tier → movement (per
 //! account, on every core) → tier caps, best tier first → `total_max` → manager capacity →
 //! account alerts on the final tier → aggregates → portfolio alerts. Ranking is always by
 //! score descending, then id ascending (UTF-8 bytes), so input order never matters.

@@ -182,6 +182,26 @@ pub trait EventStore: Send + Sync {
 
     /// Events retained and the last seq given out.
     fn depth(&self) -> (usize, u64);
+
+    /// Takes, or keeps, the right to deliver to webhook `name` for `ttl`. One replica at a
+    /// time walks a webhook's outbox, in order; the others wait, and a replica that dies
+    /// leaves the webhook to the next one after `ttl`. `holder` names this process. In memory
+    /// (one process): always granted.
+    async fn lease(&self, _name: &str, _holder: &str, _ttl: Duration) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// The seq up to which webhook `name` has been handled (delivered or dead-lettered), as
+    /// the replicas share it; `None` before the first (or in memory, where each process has
+    /// its own).
+    async fn handled(&self, _name: &str) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
+    /// Records that webhook `name` has been handled up to `seq` (never moves it back).
+    async fn set_handled(&self, _name: &str, _seq: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -24,6 +24,7 @@ use bytes::Bytes;
 use redis::aio::ConnectionLike;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 const SCRIPT: &str = r#"
 local cur = redis.call('GET', KEYS[1])
@@ -38,6 +39,25 @@ return {1, ''}
 "#;
 
 const OUTBOX: &str = "tw:{tw-ev}:out";
+
+/// Grants the lease to `ARGV[1]` for `ARGV[2]` ms when it is free or already theirs.
+const LEASE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not cur then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+return 0
+"#;
+
+/// Moves the handled mark forward only: a replica that lost its lease late cannot rewind it.
+const HANDLED: &str = r#"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"#;
+
+fn webhook_key(name: &str, what: &str) -> String {
+    format!("tw:{{tw-ev}}:wh:{name}:{what}")
+}
 /// Compare-and-set attempts per account before the batch fails.
 const CAS_TRIES: usize = 8;
 
@@ -354,6 +374,43 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> EventStore for RedisStor
 
     fn depth(&self) -> (usize, u64) {
         (self.retained.load(Relaxed) as usize, self.last_seq.load(Relaxed))
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        let got: i64 = redis::cmd("EVAL")
+            .arg(LEASE)
+            .arg(1)
+            .arg(webhook_key(name, "lease"))
+            .arg(holder)
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok(got == 1)
+    }
+
+    async fn handled(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        let mut c = self.conn.clone();
+        let v: Option<u64> = redis::cmd("GET")
+            .arg(webhook_key(name, "handled"))
+            .query_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok(v)
+    }
+
+    async fn set_handled(&self, name: &str, seq: u64) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let _: i64 = redis::cmd("EVAL")
+            .arg(HANDLED)
+            .arg(1)
+            .arg(webhook_key(name, "handled"))
+            .arg(seq)
+            .query_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok(())
     }
 }
 

@@ -226,6 +226,21 @@ pub struct Delivery {
     hooks: Vec<Arc<Hook>>,
     dead: Mutex<VecDeque<Dead>>,
     store: Arc<dyn EventStore>,
+    /// This process, as a lease holder.
+    holder: String,
+    /// How long a webhook's lease lasts unrenewed: how long a replica that died keeps its
+    /// webhooks from the others.
+    lease: Duration,
+}
+
+/// Why a delivery ended without the next events.
+enum Ended {
+    /// Acknowledged or dead-lettered: go on.
+    Handled,
+    /// A 410: the webhook is disabled.
+    Disabled,
+    /// Another replica holds the webhook now (this one stalled past its lease).
+    Lost,
 }
 
 /// What an attempt came to.
@@ -236,8 +251,13 @@ enum Attempt {
 }
 
 impl Delivery {
-    /// Starts one worker per webhook on the current tokio runtime.
-    pub fn start(store: Arc<dyn EventStore>, hooks: Vec<Webhook>) -> Arc<Delivery> {
+    /// Starts one worker per webhook on the current tokio runtime. Replicas sharing a store
+    /// share the work: each webhook is walked by the one replica holding its `lease`.
+    pub fn start(
+        store: Arc<dyn EventStore>,
+        hooks: Vec<Webhook>,
+        lease: Duration,
+    ) -> Arc<Delivery> {
         let d = Arc::new(Delivery {
             hooks: hooks
                 .into_iter()
@@ -252,6 +272,8 @@ impl Delivery {
                 .collect(),
             dead: Mutex::new(VecDeque::new()),
             store,
+            holder: uuid::Uuid::new_v4().to_string(),
+            lease: lease.max(Duration::from_millis(100)),
         });
         for h in &d.hooks {
             let (d2, h2) = (Arc::downgrade(&d), h.clone());
@@ -360,25 +382,51 @@ impl Delivery {
 
 async fn worker(d: std::sync::Weak<Delivery>, h: Arc<Hook>) {
     let mut cursor = 0u64;
+    let mut leading = false;
     loop {
         let Some(dl) = d.upgrade() else { return };
         if h.stats.disabled.load(Relaxed) {
             return;
         }
-        // Replays first (an operator asked for them).
+        // Replays first (an operator asked this replica for them).
         let replayed: Vec<Stored> = {
             let mut q = h.replay.lock().unwrap_or_else(|p| p.into_inner());
             q.drain(..).collect()
         };
         for e in replayed {
-            if !deliver(&dl, &h, std::slice::from_ref(&e)).await {
+            if let Ended::Disabled = deliver(&dl, &h, std::slice::from_ref(&e), false).await {
                 return;
+            }
+        }
+        // One replica at a time walks this webhook's outbox (so each event goes out once, in
+        // order); taking it over, a replica starts where the last holder stopped.
+        match dl.store.lease(&h.cfg.name, &dl.holder, dl.lease).await {
+            Ok(true) if !leading => {
+                leading = true;
+                if let Ok(Some(done)) = dl.store.handled(&h.cfg.name).await {
+                    cursor = cursor.max(done);
+                }
+            }
+            Ok(true) => {}
+            Ok(false) => {
+                leading = false;
+                let pause = dl.lease / 3;
+                drop(dl);
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(webhook = %h.cfg.name, error = %e, "webhook lease check failed");
+                leading = false;
+                drop(dl);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
             }
         }
         let page = match dl.store.page(cursor, h.cfg.batch, &h.cfg.filter).await {
             Ok(p) => p,
             Err(e) => {
-                eprintln!("tierwise: webhook {}: outbox read failed: {e}", h.cfg.name);
+                tracing::warn!(webhook = %h.cfg.name, error = %e, "webhook outbox read failed");
                 drop(dl);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
@@ -390,26 +438,54 @@ async fn worker(d: std::sync::Weak<Delivery>, h: Arc<Hook>) {
         if page.events.is_empty() {
             cursor = page.next.max(cursor);
             h.stats.cursor.store(cursor, Relaxed);
-            let store = dl.store.clone();
+            let _ = dl.store.set_handled(&h.cfg.name, cursor).await;
+            let (store, renew) = (dl.store.clone(), dl.lease / 3);
             drop(dl);
             tokio::select! {
                 _ = store.wait_after(cursor) => {}
                 _ = h.wake.notified() => {}
+                // The lease is renewed while idle too.
+                _ = tokio::time::sleep(renew) => {}
             }
             continue;
         }
-        if !deliver(&dl, &h, &page.events).await {
-            return;
+        match deliver(&dl, &h, &page.events, true).await {
+            Ended::Disabled => return,
+            Ended::Lost => {
+                leading = false;
+                continue;
+            }
+            Ended::Handled => {}
         }
         cursor = page.next;
         h.stats.cursor.store(cursor, Relaxed);
+        if let Err(e) = dl.store.set_handled(&h.cfg.name, cursor).await {
+            tracing::warn!(webhook = %h.cfg.name, error = %e, "webhook delivery not recorded");
+        }
     }
 }
 
-/// Delivers one POST's worth until acknowledged or dead-lettered; false when the webhook was
-/// disabled (410).
-async fn deliver(d: &Delivery, h: &Hook, events: &[Stored]) -> bool {
-    let Some(first) = events.first() else { return true };
+/// Sleeps `delay`, renewing the webhook's lease along the way when `leased`; false once the
+/// lease is another replica's.
+async fn wait_leased(d: &Delivery, h: &Hook, delay: Duration, leased: bool) -> bool {
+    let until = Instant::now() + delay;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        tokio::time::sleep(left.min(d.lease / 3)).await;
+        if leased && let Ok(false) = d.store.lease(&h.cfg.name, &d.holder, d.lease).await {
+            return false;
+        }
+    }
+}
+
+/// Delivers one POST's worth until acknowledged or dead-lettered, or until the webhook is
+/// disabled (410); with `leased`, until its lease is lost (another replica goes on from the
+/// last handled event, so this POST may reach the receiver twice, with the same id).
+async fn deliver(d: &Delivery, h: &Hook, events: &[Stored], leased: bool) -> Ended {
+    let Some(first) = events.first() else { return Ended::Handled };
     h.stats.oldest_ms.store(first.time_ms, Relaxed);
     let (id, content_type, body) = payload(events);
     let start = Instant::now();
@@ -439,7 +515,10 @@ async fn deliver(d: &Delivery, h: &Hook, events: &[Stored]) -> bool {
                     break Err(Some(why));
                 }
                 h.stats.retried.fetch_add(1, Relaxed);
-                tokio::time::sleep(delay).await;
+                if !wait_leased(d, h, delay, leased).await {
+                    h.stats.oldest_ms.store(0, Relaxed);
+                    return Ended::Lost;
+                }
             }
         }
     };
@@ -447,17 +526,20 @@ async fn deliver(d: &Delivery, h: &Hook, events: &[Stored]) -> bool {
     match result {
         Ok(()) => {
             h.stats.delivered.fetch_add(events.len() as u64, Relaxed);
-            true
+            Ended::Handled
         }
         Err(None) => {
-            eprintln!("tierwise: webhook {} answered 410 Gone: disabled until restart", h.cfg.name);
+            tracing::warn!(webhook = %h.cfg.name, "webhook answered 410 Gone: disabled until restart");
             h.stats.disabled.store(true, Relaxed);
-            false
+            Ended::Disabled
         }
         Err(Some(why)) => {
-            eprintln!(
-                "tierwise: webhook {}: {id} dead-lettered after {attempt} attempts ({why})",
-                h.cfg.name
+            tracing::warn!(
+                webhook = %h.cfg.name,
+                event = %id,
+                attempts = attempt,
+                reason = %why,
+                "webhook event dead-lettered"
             );
             h.stats.dead_lettered.fetch_add(events.len() as u64, Relaxed);
             let mut dead = d.dead.lock().unwrap_or_else(|p| p.into_inner());
@@ -477,7 +559,7 @@ async fn deliver(d: &Delivery, h: &Hook, events: &[Stored]) -> bool {
                     dead.pop_front();
                 }
             }
-            true
+            Ended::Handled
         }
     }
 }

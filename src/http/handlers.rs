@@ -150,8 +150,14 @@ pub async fn evaluate(
     State(app): State<AppState>,
     deadline: Deadline,
     rid: super::RequestId,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
+    if super::explain::wanted(query.as_deref())? {
+        let res =
+            run_evaluation(app.clone(), body.0.clone(), Level::Account, deadline, rid).await?;
+        return super::explain::add(app, body.0, res, deadline).await;
+    }
     run_evaluation(app, body.0, Level::Account, deadline, rid).await
 }
 
@@ -180,6 +186,21 @@ impl From<ApiError> for Failed {
 impl From<PipelineError> for Failed {
     fn from(e: PipelineError) -> Self {
         Failed::Pipeline(e)
+    }
+}
+
+/// The answer for a pipeline that gave none.
+pub(super) fn pipeline_error(app: &AppState, e: PipelineError) -> ApiError {
+    match e {
+        // Past the request timeout: the client has its 503 already.
+        PipelineError::Timeout => ApiError::timeout(app.config.request_timeout),
+        PipelineError::ResponseTooLarge { limit, rule } => {
+            ApiError::response_too_large(limit, rule.as_deref())
+        }
+        PipelineError::StateUnavailable(why) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", why).retry_after(1)
+        }
+        PipelineError::Internal { what, detail } => ApiError::internal(what, detail),
     }
 }
 
@@ -216,20 +237,7 @@ async fn run_evaluation(
     let done = match answer {
         Ok(done) => done,
         Err(Failed::Request(e)) => return Err(e),
-        // Past the request timeout: the client has its 503 already.
-        Err(Failed::Pipeline(PipelineError::Timeout)) => {
-            return Err(ApiError::timeout(app.config.request_timeout));
-        }
-        Err(Failed::Pipeline(PipelineError::ResponseTooLarge { limit, rule })) => {
-            return Err(ApiError::response_too_large(limit, rule.as_deref()));
-        }
-        Err(Failed::Pipeline(PipelineError::StateUnavailable(why))) => {
-            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", why)
-                .retry_after(1));
-        }
-        Err(Failed::Pipeline(PipelineError::Internal { what, detail })) => {
-            return Err(ApiError::internal(what, detail));
-        }
+        Err(Failed::Pipeline(e)) => return Err(pipeline_error(&app, e)),
     };
     let skipped = done.undeclared;
     let m = match level {

@@ -12,14 +12,17 @@
 //! concurrency limit so a saturated server still says it is alive.
 
 mod backtest;
+mod console;
 mod dryrun;
 mod error;
 pub(crate) mod events;
+mod explain;
 mod handlers;
 pub mod openapi;
 pub mod server;
 pub mod throttle;
 
+pub use console::CSP as CONSOLE_CSP;
 pub use dryrun::{MAX_CANDIDATE_BYTES, MAX_CANDIDATE_FILES};
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use handlers::log_reload;
@@ -55,6 +58,8 @@ pub struct Config {
     pub cache_always: bool,
     /// CPU priority of the threads dry runs are compiled and evaluated on.
     pub dry_run_priority: DryRunPriority,
+    /// Serve the console under `/ui/` (`--console off` turns it off: `/ui/` is then a 404).
+    pub console: bool,
 }
 
 /// How dry runs share the cores with live requests (`--dry-run-priority`).
@@ -80,6 +85,7 @@ impl Default for Config {
             admin_token: None,
             cache_always: false,
             dry_run_priority: DryRunPriority::default(),
+            console: true,
         }
     }
 }
@@ -181,6 +187,16 @@ const ROUTES: &[&str] = &[
     "/healthz",
     "/readyz",
     "/metrics",
+    "/ui",
+    "/ui/",
+    "/ui/policies",
+    "/ui/book",
+    "/ui/account",
+    "/ui/whatif",
+    "/ui/whatif/policy.toml",
+    "/ui/backtest",
+    "/ui/assets/console.css",
+    "/ui/assets/console.js",
 ];
 
 /// The whole router.
@@ -205,8 +221,13 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics));
-    with_layers(
+    let routes = if state.config.console {
+        api.merge(ops).merge(console::routes(state.clone()))
+    } else {
         api.merge(ops)
+    };
+    with_layers(
+        routes
             // An unknown path; a known path with the wrong method gets the next one.
             .fallback(|uri: axum::http::Uri| async move { ApiError::not_found(uri.path()) })
             .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move {

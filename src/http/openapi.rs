@@ -152,7 +152,11 @@ pub fn document() -> Value {
             ]
             .concat(),
             ok_headers: EVAL_HEADERS,
-            query: vec![],
+            query: vec![(
+                "explain",
+                "`full`: every decision also carries `explanation` (the single criterion changes that reach the next tier, and what holds the account where it is); `none` (default): not",
+                &["full", "none"],
+            )],
             admin: false,
         },
         Op {

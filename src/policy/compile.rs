@@ -8,6 +8,7 @@
 use super::diag::{Diagnostics, Level, Place, did_you_mean};
 use super::limits;
 use super::raw::*;
+use super::scalar::{check_scalar, scalar_text};
 use super::*;
 use crate::script::{self, Limits, Var, native};
 use indexmap::IndexMap;
@@ -1762,65 +1763,6 @@ fn scalar_fits(v: &Scalar, ty: InputType) -> bool {
         (Scalar::String(s), InputType::Date) => crate::date::parse_days(s).is_some(),
         (Scalar::Bool(_), InputType::Bool) => true,
         _ => false,
-    }
-}
-
-pub(crate) fn scalar_text(v: &Scalar) -> String {
-    match v {
-        Scalar::Bool(b) => b.to_string(),
-        Scalar::Integer(i) => i.to_string(),
-        Scalar::Number(f) => f.to_string(),
-        Scalar::String(s) => format!("`{s}`"),
-    }
-}
-
-/// Why a value breaks an input's `min`/`max`/`one_of`, if it does.
-pub(crate) fn check_scalar(
-    v: &Scalar,
-    min: Option<f64>,
-    max: Option<f64>,
-    one_of: Option<&[Scalar]>,
-) -> Option<String> {
-    let num = match v {
-        Scalar::Integer(i) => Some(*i as f64),
-        Scalar::Number(f) => Some(*f),
-        _ => None,
-    };
-    if let (Some(n), Some(lo)) = (num, min)
-        && n < lo
-    {
-        return Some(format!("{} is below the minimum {lo}", scalar_text(v)));
-    }
-    if let (Some(n), Some(hi)) = (num, max)
-        && n > hi
-    {
-        return Some(format!("{} is above the maximum {hi}", scalar_text(v)));
-    }
-    if let Some(list) = one_of {
-        let same = |a: &Scalar, b: &Scalar| match (a, b) {
-            (Scalar::String(x), Scalar::String(y)) => x == y,
-            (Scalar::Bool(x), Scalar::Bool(y)) => x == y,
-            _ => match (scalar_f64(a), scalar_f64(b)) {
-                (Some(x), Some(y)) => x == y,
-                _ => false,
-            },
-        };
-        if !list.iter().any(|x| same(x, v)) {
-            return Some(format!(
-                "{} is not one of {}",
-                scalar_text(v),
-                list.iter().map(scalar_text).collect::<Vec<_>>().join(", ")
-            ));
-        }
-    }
-    None
-}
-
-fn scalar_f64(v: &Scalar) -> Option<f64> {
-    match v {
-        Scalar::Integer(i) => Some(*i as f64),
-        Scalar::Number(f) => Some(*f),
-        _ => None,
     }
 }
 

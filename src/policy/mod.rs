@@ -11,9 +11,11 @@ pub mod limits;
 mod lint;
 pub mod overrides;
 pub mod raw;
+mod scalar;
 
 pub use diag::{Diagnostic, Level, Place, Report};
 pub use raw::{InputType, Overflow, Priority, Scalar, Severity};
+pub use scalar::check_scalar;
 
 use crate::script::Limits;
 use rhai::{AST, Engine, ImmutableString};
@@ -169,6 +171,15 @@ pub struct TestCase {
     pub expect: raw::RawExpect,
 }
 
+/// The policy a decision was made under. The hash, not the version, identifies it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, schemars::JsonSchema)]
+pub struct PolicyRef {
+    pub name: String,
+    pub version: String,
+    /// SHA-256 of the policy folder's files, hex.
+    pub hash: String,
+}
+
 /// A loaded, validated, compiled policy. Immutable; share it behind an `Arc`.
 pub struct Policy {
     /// The folder's name.
@@ -201,7 +212,7 @@ pub struct Policy {
     pub(crate) lib: AST,
     /// What every decision names as its policy, built once (a `/v1/evaluate` call per
     /// account would otherwise copy the name, version and hash each time).
-    pub(crate) pref: std::sync::OnceLock<std::sync::Arc<crate::engine::PolicyRef>>,
+    pub(crate) pref: std::sync::OnceLock<std::sync::Arc<PolicyRef>>,
 }
 
 impl std::fmt::Debug for Policy {

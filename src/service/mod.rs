@@ -20,6 +20,7 @@
 pub mod candidate;
 pub mod encode;
 pub mod events;
+pub mod explain;
 pub mod pipeline;
 
 pub use pipeline::{Answer, CacheCounters, Input, Level, Pipeline, PipelineError, Request};

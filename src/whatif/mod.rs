@@ -1,6 +1,6 @@
 //! What-if: one portfolio under a baseline and a candidate policy, and what differs.
 //!
-//! Part of the pure engine layer (DESIGN.md "Layers": engine = account eval · portfolio ·
+//! Part of the pure engine layer (docs/architecture.md, layers: engine = account eval · portfolio ·
 //! diff); it only reads the engine's public results, so it sits beside `engine` rather than
 //! inside it.
 //!
