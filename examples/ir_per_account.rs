@@ -18,8 +18,8 @@
 
 #![allow(clippy::result_large_err)]
 
+// The module allows its own dead code.
 #[path = "../benches/handwritten/mod.rs"]
-#[allow(dead_code)]
 mod handwritten;
 
 #[path = "../benches/handwritten/check.rs"]
