@@ -484,9 +484,17 @@ fn exit_codes() {
     ]
     .concat());
     assert_eq!(code, 2, "{err}");
-    // A candidate that does not load: 1.
+    // An override whose value the schema refuses is a usage error naming it: 2.
     let (code, _, err) =
         cli(&[&SAMPLE[..], &["samples/history", "--set", "tiers.key.min_score=\"x\""]].concat());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("override `tiers.key.min_score`"), "{err}");
+    // A candidate that does not load: 1.
+    let (code, _, err) = cli(&[
+        &SAMPLE[..],
+        &["samples/history", "--set", "score.criteria[id=relationship].expr=\"relationship +\""],
+    ]
+    .concat());
     assert_eq!(code, 1, "{err}");
     // A clean history: 0.
     let dir = tempfile::tempdir().unwrap();
