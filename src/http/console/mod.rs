@@ -381,6 +381,29 @@ pub(super) struct Compared {
     pub cases: usize,
 }
 
+/// The page's candidate through the one candidate builder (the form's overrides are in the
+/// files already), compiled with the service's sandbox and `until`; compile problems keep
+/// the text they are shown against.
+fn build_candidate(
+    app: &AppState,
+    loaded: &Loaded,
+    c: CandidateFiles,
+    until: Option<std::time::Instant>,
+) -> Result<candidate::Candidate, CandidateProblem> {
+    let limits = crate::script::Limits { until, ..app.service.limits().clone() };
+    let text = c
+        .files
+        .get("policy.toml")
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default();
+    candidate::build(&loaded.policy.name, c.files, true, None, &limits).map_err(|e| match e {
+        candidate::CandidateError::Overrides(errs) => CandidateProblem::Overrides(errs),
+        candidate::CandidateError::Invalid { report, .. } => {
+            CandidateProblem::Invalid { report, text }
+        }
+    })
+}
+
 fn compare(
     app: &AppState,
     loaded: &Loaded,
@@ -388,21 +411,8 @@ fn compare(
     until: Option<std::time::Instant>,
 ) -> Result<Compared, CandidateProblem> {
     let c = candidate_files(loaded, form)?;
-    let limits = crate::script::Limits { until, ..app.service.limits().clone() };
-    let text = c
-        .files
-        .get("policy.toml")
-        .map(|b| String::from_utf8_lossy(b).into_owned())
-        .unwrap_or_default();
-    // The one candidate builder (the form's overrides are in the files already).
-    let cand = candidate::build(&loaded.policy.name, c.files, true, None, &limits).map_err(
-        |e| match e {
-            candidate::CandidateError::Overrides(errs) => CandidateProblem::Overrides(errs),
-            candidate::CandidateError::Invalid { report, .. } => {
-                CandidateProblem::Invalid { report, text }
-            }
-        },
-    )?;
+    let (given, edited) = (c.overrides.clone(), c.edited);
+    let cand = build_candidate(app, loaded, c, until)?;
     let candidate = &cand.policy;
     let book = field(form, "book").unwrap_or("");
     let before_records = read_book(app, book, &loaded.policy)?;
@@ -449,10 +459,10 @@ fn compare(
     // The same header as `tierwise diff` and the dry run: new warnings, failing cases.
     let notes = crate::service::candidate::header_notes(&loaded.policy, candidate, Some(&cases));
     let (total, failed_cases) = (cases.total, cases.failed);
-    let overrides: Vec<String> = c.overrides.iter().map(ToString::to_string).collect();
+    let overrides: Vec<String> = given.iter().map(ToString::to_string).collect();
     let ctx = whatif::render::Context {
         overrides: overrides.clone(),
-        candidate_dir: c.edited.then(|| format!("policy.toml edited ({})", candidate.short_hash())),
+        candidate_dir: edited.then(|| format!("policy.toml edited ({})", candidate.short_hash())),
         notes,
         capacity_tiers: crate::service::candidate::capacity_tiers(&loaded.policy),
     };
@@ -461,7 +471,7 @@ fn compare(
         diff,
         markdown,
         overrides,
-        edited: c.edited,
+        edited,
         warnings: candidate.warnings.clone(),
         failed_cases,
         cases: total,
@@ -644,25 +654,9 @@ fn run_backtest(
     };
     // The candidate: the form's overrides on the baseline's files, through the one builder.
     let c = candidate_files(loaded, form)?;
-    let candidate = if c.overrides.is_empty() {
-        None
-    } else {
-        let limits = crate::script::Limits { until, ..app.service.limits().clone() };
-        let text = c
-            .files
-            .get("policy.toml")
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .unwrap_or_default();
-        let cand = candidate::build(&loaded.policy.name, c.files, true, None, &limits).map_err(
-            |e| match e {
-                candidate::CandidateError::Overrides(errs) => CandidateProblem::Overrides(errs),
-                candidate::CandidateError::Invalid { report, .. } => {
-                    CandidateProblem::Invalid { report, text }
-                }
-            },
-        )?;
-        Some(cand.policy)
-    };
+    let given = c.overrides.clone();
+    let candidate =
+        if given.is_empty() { None } else { Some(build_candidate(app, loaded, c, until)?.policy) };
     // Every file read as the Book page reads its upload (the form's overrides change no
     // input, so the baseline's inputs type the CSV columns for both), the history capped
     // as a whole.
@@ -693,7 +687,7 @@ fn run_backtest(
             BacktestResult::Comparison(backtest::compare(base, after))
         }
     };
-    let overrides: Vec<String> = c.overrides.iter().map(ToString::to_string).collect();
+    let overrides: Vec<String> = given.iter().map(ToString::to_string).collect();
     let markdown = match &result {
         BacktestResult::Report(r) => render::markdown(r, TOP),
         BacktestResult::Comparison(cmp) => {
