@@ -396,6 +396,35 @@ impl Compiler<'_> {
         true
     }
 
+    /// An `unknown_tier` error for each tier a case names (`verb`: how it names it) that the
+    /// policy does not have, with a did-you-mean.
+    fn unknown_case_tiers<'t>(
+        &mut self,
+        path: &str,
+        case: &Loc<RawCase>,
+        tiers: &[Tier],
+        named: impl IntoIterator<Item = &'t String>,
+        verb: &str,
+    ) {
+        for t in named {
+            if !tiers.iter().any(|x| &x.id == t) {
+                let help = did_you_mean(t, tiers.iter().map(|t| t.id.as_str()));
+                self.d.at(
+                    Level::Error,
+                    "unknown_tier",
+                    path,
+                    Some(case.span.clone()),
+                    Some(&case.name),
+                    format!(
+                        "case `{}` {verb} tier `{t}`, which the policy does not have",
+                        case.name
+                    ),
+                    help,
+                );
+            }
+        }
+    }
+
     fn err(
         &mut self,
         code: &'static str,
@@ -1869,46 +1898,14 @@ impl Compiler<'_> {
                 if let Some(c) = &case.expect.tier_shares {
                     share_tiers.extend(c.keys());
                 }
-                for t in share_tiers {
-                    if !tiers.iter().any(|x| &x.id == t) {
-                        let help = did_you_mean(t, tiers.iter().map(|t| t.id.as_str()));
-                        self.d.at(
-                            Level::Error,
-                            "unknown_tier",
-                            path,
-                            Some(case.span.clone()),
-                            Some(&case.name),
-                            format!(
-                                "case `{}` counts tier `{t}`, which the policy does not have",
-                                case.name
-                            ),
-                            help,
-                        );
-                    }
-                }
+                self.unknown_case_tiers(path, &case, tiers, share_tiers, "counts");
                 let e = &case.expect;
                 let mut tier_names: Vec<&String> =
                     e.tier.iter().chain(e.qualified_tier.iter()).collect();
                 if let Some(t) = &e.tiers {
                     tier_names.extend(t.values());
                 }
-                for t in tier_names {
-                    if !tiers.iter().any(|x| &x.id == t) {
-                        let help = did_you_mean(t, tiers.iter().map(|t| t.id.as_str()));
-                        self.d.at(
-                            Level::Error,
-                            "unknown_tier",
-                            path,
-                            Some(case.span.clone()),
-                            Some(&case.name),
-                            format!(
-                                "case `{}` expects tier `{t}`, which the policy does not have",
-                                case.name
-                            ),
-                            help,
-                        );
-                    }
-                }
+                self.unknown_case_tiers(path, &case, tiers, tier_names, "expects");
                 if let Some(c) = &e.change
                     && !["promote", "demote", "hold", "none", "new"].contains(&c.as_str())
                 {
